@@ -1,0 +1,52 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+/// One settings array for every Swift target: Swift 6 language mode everywhere, and
+/// cross-module optimisation so the small hot helpers in Common inline into the binaries.
+let swiftSettings: [SwiftSetting] = [
+    .unsafeFlags(["-cross-module-optimization"], .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "proxies",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "tcp-proxy", targets: ["TcpProxy"]),
+        .executable(name: "udp-proxy", targets: ["UdpProxy"]),
+        .executable(name: "http-proxy", targets: ["HttpProxy"]),
+        .executable(name: "redis-proxy", targets: ["RedisProxy"]),
+        .executable(name: "health-checker", targets: ["HealthChecker"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // System libraries (Debian -dev packages, installed by scripts/install-deps.sh).
+        .systemLibrary(name: "CLibevent", pkgConfig: "libevent_pthreads", providers: [.apt(["libevent-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CNghttp2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
+        // hiredis' .pc adds -D_FILE_OFFSET_BITS=64, which SwiftPM rejects: no pkgConfig here.
+        .systemLibrary(name: "CHiredis", providers: [.apt(["libhiredis-dev"])]),
+        // What Swift cannot import (function-like macros, _GNU_SOURCE-only calls, relaxed
+        // atomics on raw memory), as small prefixed C functions.
+        .target(name: "CShim", dependencies: ["CLibevent", "COpenSSL", "CNghttp2", "CHiredis"]),
+        .target(
+            name: "Common",
+            dependencies: [
+                "CShim", "CLibevent", "COpenSSL", "CNghttp2", "CHiredis",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(name: "TcpProxy", dependencies: ["Common"], path: "Sources/tcp-proxy", swiftSettings: swiftSettings),
+        .executableTarget(name: "UdpProxy", dependencies: ["Common"], path: "Sources/udp-proxy", swiftSettings: swiftSettings),
+        .executableTarget(name: "HttpProxy", dependencies: ["Common"], path: "Sources/http-proxy", swiftSettings: swiftSettings),
+        .executableTarget(name: "RedisProxy", dependencies: ["Common"], path: "Sources/redis-proxy", swiftSettings: swiftSettings),
+        .executableTarget(name: "HealthChecker", dependencies: ["Common"], path: "Sources/health-checker", swiftSettings: swiftSettings),
+        .testTarget(name: "CommonTests", dependencies: ["Common", "TcpProxy"], swiftSettings: swiftSettings),
+    ]
+)

@@ -1,0 +1,3 @@
+#include <sys/types.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/read.h>

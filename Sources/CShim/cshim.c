@@ -1,0 +1,101 @@
+#define _GNU_SOURCE
+#include "cshim.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+int cshim_listen(const struct sockaddr *addr, socklen_t len, int reuseport, int backlog) {
+    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    int one = 1;
+    if (addr->sa_family != AF_UNIX) {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
+            int e = errno; close(fd); return -e;
+        }
+        if (addr->sa_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    }
+    if (bind(fd, addr, len) < 0 || listen(fd, backlog) < 0) { int e = errno; close(fd); return -e; }
+    return fd;
+}
+
+int cshim_udp_bind(const struct sockaddr *addr, socklen_t len, int reuseport) {
+    int fd = socket(addr->sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    int one = 1;
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
+        int e = errno; close(fd); return -e;
+    }
+    if (bind(fd, addr, len) < 0) { int e = errno; close(fd); return -e; }
+    return fd;
+}
+
+int cshim_connect(const struct sockaddr *addr, socklen_t len) {
+    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    if (addr->sa_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    if (connect(fd, addr, len) < 0 && errno != EINPROGRESS) { int e = errno; close(fd); return -e; }
+    return fd;
+}
+
+int cshim_accept(int fd, struct sockaddr *addr, socklen_t *len) {
+    int c = accept4(fd, addr, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    return c < 0 ? -errno : c;
+}
+
+int cshim_socket_error(int fd) {
+    int err = 0; socklen_t l = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l) < 0) return errno;
+    return err;
+}
+
+void cshim_set_nodelay(int fd) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+void cshim_set_linger_zero(int fd) {
+    struct linger l = { 1, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
+int cshim_pipe(int fds[2], int size) {
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) return -errno;
+    if (size > 0) fcntl(fds[0], F_SETPIPE_SZ, size);
+    return 0;
+}
+
+ssize_t cshim_splice(int in, int out, size_t len) {
+    ssize_t n = splice(in, NULL, out, NULL, len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    return n < 0 ? -errno : n;
+}
+
+long cshim_raise_nofile(void) {
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NOFILE, &r) < 0) return -1;
+    if (r.rlim_cur < r.rlim_max) { r.rlim_cur = r.rlim_max; setrlimit(RLIMIT_NOFILE, &r); }
+    getrlimit(RLIMIT_NOFILE, &r);
+    return (long)r.rlim_cur;
+}
+
+uint64_t cshim_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint64_t cshim_wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+#include <sys/prctl.h>
+void cshim_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }

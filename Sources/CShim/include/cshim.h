@@ -1,0 +1,79 @@
+// C helpers for what Swift cannot import or reach cleanly: function-like macros,
+// calls that glibc only declares under _GNU_SOURCE (splice, accept4, pipe2), and relaxed
+// atomics on raw memory for the per-worker stats slabs. Every name is prefixed cshim_.
+// Never define _GNU_SOURCE in this header (see docs/architecture.md, "C boundary").
+#ifndef CSHIM_H
+#define CSHIM_H
+#include <sys/types.h>
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/socket.h>
+#include <event2/event.h>
+#include <openssl/ssl.h>
+
+// MARK: stats slots (single writer: the owning thread; any reader: relaxed loads)
+
+/// Adds `v` to a slot only its owning thread writes: a relaxed load and store, no RMW.
+static inline void cshim_slot_add(uint64_t *slot, uint64_t v) {
+    __atomic_store_n(slot, __atomic_load_n(slot, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
+}
+static inline void cshim_slot_sub(uint64_t *slot, uint64_t v) {
+    __atomic_store_n(slot, __atomic_load_n(slot, __ATOMIC_RELAXED) - v, __ATOMIC_RELAXED);
+}
+static inline void cshim_slot_store(uint64_t *slot, uint64_t v) {
+    __atomic_store_n(slot, v, __ATOMIC_RELAXED);
+}
+static inline uint64_t cshim_slot_load(const uint64_t *slot) {
+    return __atomic_load_n(slot, __ATOMIC_RELAXED);
+}
+/// Multi-writer slots (a listener's connection count shared by workers).
+static inline int64_t cshim_atomic_add(int64_t *slot, int64_t v) {
+    return __atomic_add_fetch(slot, v, __ATOMIC_RELAXED);
+}
+
+// MARK: sockets (all non-blocking and close-on-exec)
+
+/// A listening TCP socket. Returns the fd, or -errno. `reuseport` sets SO_REUSEPORT.
+int cshim_listen(const struct sockaddr *addr, socklen_t len, int reuseport, int backlog);
+/// A bound UDP socket (SO_REUSEPORT when asked). Returns the fd, or -errno.
+int cshim_udp_bind(const struct sockaddr *addr, socklen_t len, int reuseport);
+/// Starts a non-blocking connect. Returns the fd (connect in progress or done) or -errno.
+int cshim_connect(const struct sockaddr *addr, socklen_t len);
+/// accept4(SOCK_NONBLOCK|SOCK_CLOEXEC). Returns the fd or -errno.
+int cshim_accept(int fd, struct sockaddr *addr, socklen_t *len);
+/// The pending socket error (SO_ERROR), or errno of getsockopt.
+int cshim_socket_error(int fd);
+/// TCP_NODELAY on.
+void cshim_set_nodelay(int fd);
+/// SO_LINGER {1, 0}: the next close() sends RST (used to abort, as Envoy does).
+void cshim_set_linger_zero(int fd);
+
+// MARK: splice(2) through a pipe
+
+/// pipe2(O_NONBLOCK|O_CLOEXEC), sized to `size` bytes when possible. Returns 0 or -errno.
+int cshim_pipe(int fds[2], int size);
+/// splice(in, NULL, out, NULL, len, SPLICE_F_MOVE|SPLICE_F_NONBLOCK). Returns bytes, 0 on EOF, -errno.
+ssize_t cshim_splice(int in, int out, size_t len);
+
+// MARK: libevent macros
+
+static inline struct event *cshim_evtimer_new(struct event_base *b, event_callback_fn cb, void *arg) {
+    return evtimer_new(b, cb, arg);
+}
+static inline struct event *cshim_evsignal_new(struct event_base *b, int sig, event_callback_fn cb, void *arg) {
+    return evsignal_new(b, sig, cb, arg);
+}
+
+// MARK: process
+
+/// Raises RLIMIT_NOFILE's soft limit to the hard limit. Returns the new soft limit.
+long cshim_raise_nofile(void);
+/// Monotonic milliseconds (CLOCK_MONOTONIC_COARSE: a vDSO read, cheap enough per event).
+uint64_t cshim_now_ms(void);
+/// Wall clock, milliseconds since the epoch.
+uint64_t cshim_wall_ms(void);
+
+/// Names the calling thread (15 bytes shown by top/ps).
+void cshim_set_thread_name(const char *name);
+
+#endif

@@ -1,0 +1,172 @@
+import CLibevent
+import Glibc
+
+/// The admin HTTP endpoint, on the main thread's loop (libevent's evhttp): Envoy's paths, so
+/// existing scripts and dashboards carry over. Loopback by default; it is not hardened for
+/// hostile networks (Envoy's advice holds: never expose it).
+final class AdminServer {
+    unowned let server: Server
+    private let http: OpaquePointer
+    let address: SocketAddress
+
+    struct AdminError: Error, CustomStringConvertible { let description: String }
+
+    init(server: Server, dispatcher: Dispatcher, address: SocketAddress) throws {
+        self.server = server
+        guard let h = evhttp_new(dispatcher.base) else { throw AdminError(description: "evhttp_new failed") }
+        http = h
+        guard address.family != .unix else { throw AdminError(description: "admin needs a host:port address") }
+        guard let handle = evhttp_bind_socket_with_handle(h, address.host, address.port) else {
+            evhttp_free(h)
+            throw AdminError(description: "cannot listen on \(address)")
+        }
+        let fd = evhttp_bound_socket_get_fd(handle)
+        self.address = SocketAddress.local(of: fd) ?? address
+        evhttp_set_allowed_methods(h, UInt16(EVHTTP_REQ_GET.rawValue | EVHTTP_REQ_POST.rawValue | EVHTTP_REQ_HEAD.rawValue))
+        evhttp_set_gencb(h, { req, ctx in
+            Unmanaged<AdminServer>.fromOpaque(ctx!).takeUnretainedValue().handle(req!)
+        }, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    deinit { evhttp_free(http) }
+
+    private func handle(_ req: OpaquePointer) {
+        let uri = String(cString: evhttp_request_get_uri(req))
+        let method = evhttp_request_get_command(req)
+        let isPost = method == EVHTTP_REQ_POST
+        var path = uri
+        var query: [String: String] = [:]
+        if let q = uri.firstIndex(of: "?") {
+            path = String(uri[..<q])
+            for pair in uri[uri.index(after: q)...].split(separator: "&") {
+                let kv = pair.split(separator: "=", maxSplits: 1)
+                query[percentDecode(String(kv[0]))] = kv.count > 1 ? percentDecode(String(kv[1])) : ""
+            }
+        }
+        let (code, type, body) = route(path: path, query: query, post: isPost)
+        let out = evbuffer_new()
+        var b = body
+        b.withUTF8 { _ = evbuffer_add(out, $0.baseAddress, $0.count) }
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", type)
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-cache, max-age=0")
+        evhttp_send_reply(req, Int32(code), code == 200 ? "OK" : code == 404 ? "Not Found" : code == 405 ? "Method Not Allowed" : "Error", out)
+        evbuffer_free(out)
+    }
+
+    private func route(path: String, query: [String: String], post: Bool) -> (Int, String, String) {
+        let text = "text/plain; charset=UTF-8", json = "application/json"
+        let postOnly: Set<String> = ["/healthcheck/fail", "/healthcheck/ok", "/drain_listeners", "/quitquitquit"]
+        if postOnly.contains(path) && !post { return (405, text, "\(path) needs POST\n") }
+        switch path {
+        case "/", "/help":
+            return (200, text, """
+            admin commands:
+              /stats               counters, gauges, histograms (?format=json, ?filter=REGEX, ?usedonly)
+              /stats/prometheus    Prometheus text exposition
+              /clusters            hosts, weights, health, counters (?format=json)
+              /listeners           listeners and bound addresses (?format=json)
+              /ready               200 LIVE, 503 when draining or health check failed
+              /server_info         version, state, uptime (JSON)
+              /config_dump         the running config (JSON)
+              POST /healthcheck/fail, /healthcheck/ok, /drain_listeners, /quitquitquit
+
+            """)
+        case "/stats":
+            let filter = query["filter"].flatMap { StatsFormat.Filter($0) }
+            if query["filter"] != nil && filter == nil { return (400, text, "bad filter regex\n") }
+            let snap = server.store.snapshot()
+            let used = query["usedonly"] != nil
+            if query["format"] == "json" { return (200, json, StatsFormat.json(snap, filter: filter, usedOnly: used)) }
+            return (200, text, StatsFormat.text(snap, filter: filter, usedOnly: used))
+        case "/stats/prometheus":
+            return (200, "text/plain; version=0.0.4", StatsFormat.prometheus(server.store.snapshot()))
+        case "/clusters":
+            return (200, query["format"] == "json" ? json : text, clusters(json: query["format"] == "json"))
+        case "/listeners":
+            if query["format"] == "json" {
+                let ls = server.boundAddresses.map { JSON.object([("name", .string($0.0)), ("local_address", .string($0.1.description))]) }
+                return (200, json, JSON.object([("listener_statuses", .array(ls))]).serialized(pretty: true) + "\n")
+            }
+            return (200, text, server.boundAddresses.map { "\($0.0)::\($0.1)\n" }.joined())
+        case "/ready":
+            if server.state != "LIVE" { return (503, text, "\(server.state)\n") }
+            if server.healthCheckFailed { return (503, text, "HEALTH_CHECK_FAILED\n") }
+            return (200, text, "LIVE\n")
+        case "/server_info":
+            let info = JSON.object([
+                ("version", .string(toolkitVersion)),
+                ("binary", .string(server.binary.blockParser.binary)),
+                ("state", .string(server.state)),
+                ("uptime_current_epoch", .string("\(server.uptimeSeconds)s")),
+                ("concurrency", .int(Int64(server.store.value("server.concurrency") ?? 0))),
+                ("config_generation", .int(Int64(server.snapshot.generation))),
+                ("pid", .int(Int64(getpid()))),
+            ])
+            return (200, json, info.serialized(pretty: true) + "\n")
+        case "/config_dump":
+            return (200, json, ConfigDump.render(server.snapshot.config).serialized(pretty: true) + "\n")
+        case "/healthcheck/fail":
+            server.healthCheckFailed = true
+            return (200, text, "OK\n")
+        case "/healthcheck/ok":
+            server.healthCheckFailed = false
+            return (200, text, "OK\n")
+        case "/drain_listeners":
+            server.stopListening()
+            return (200, text, "OK\n")
+        case "/quitquitquit":
+            server.quit()
+            return (200, text, "OK\n")
+        default:
+            return (404, text, "unknown admin path \(path); see /help\n")
+        }
+    }
+
+    /// Envoy's /clusters text: `cluster::host::stat::value` lines.
+    private func clusters(json: Bool) -> String {
+        let store = server.store
+        var lines = ""
+        var jclusters: [JSON] = []
+        for name in server.snapshot.clusters.keys.sorted() {
+            let c = server.snapshot.clusters[name]!
+            let cb = c.config.maxConnections.map { String($0) } ?? "unlimited"
+            lines += "\(name)::default_priority::max_connections::\(cb)\n"
+            lines += "\(name)::lb_policy::\(c.config.lbPolicy.rawValue)\n"
+            var jhosts: [JSON] = []
+            for h in c.hosts {
+                let p = "_host.\(name).\(h.address)."
+                let total = store.value(p + "cx_total") ?? 0
+                let active = store.value(p + "cx_active") ?? 0
+                let fail = store.value(p + "cx_connect_fail") ?? 0
+                let a = h.address.description
+                lines += "\(name)::\(a)::cx_active::\(active)\n"
+                lines += "\(name)::\(a)::cx_connect_fail::\(fail)\n"
+                lines += "\(name)::\(a)::cx_total::\(total)\n"
+                lines += "\(name)::\(a)::health_flags::\(h.healthy ? "healthy" : "/failed_active_hc")\n"
+                lines += "\(name)::\(a)::weight::\(h.weight)\n"
+                jhosts.append(.object([
+                    ("address", .string(a)), ("weight", .int(Int64(h.weight))),
+                    ("health_status", .string(h.healthy ? "HEALTHY" : "UNHEALTHY")),
+                    ("stats", .object([("cx_total", .int(total)), ("cx_active", .int(active)), ("cx_connect_fail", .int(fail))])),
+                ]))
+            }
+            jclusters.append(.object([("name", .string(name)), ("lb_policy", .string(c.config.lbPolicy.rawValue)),
+                                      ("host_statuses", .array(jhosts))]))
+        }
+        if json { return JSON.object([("cluster_statuses", .array(jclusters))]).serialized(pretty: true) + "\n" }
+        return lines
+    }
+}
+
+func percentDecode(_ s: String) -> String {
+    var out: [UInt8] = []
+    var it = Array(s.utf8)[...]
+    while let c = it.popFirst() {
+        if c == UInt8(ascii: "%"), it.count >= 2, let v = UInt8(String(decoding: it.prefix(2), as: UTF8.self), radix: 16) {
+            out.append(v); it = it.dropFirst(2)
+        } else if c == UInt8(ascii: "+") {
+            out.append(UInt8(ascii: " "))
+        } else { out.append(c) }
+    }
+    return String(decoding: out, as: UTF8.self)
+}

@@ -1,0 +1,111 @@
+/// The process configuration: one YAML schema for every binary (see docs/config.md). Built on the
+/// main thread, immutable, shared with workers as a snapshot.
+public struct ProxyConfig: Sendable {
+    /// `admin.address`; nil = no admin endpoint.
+    public var adminAddress: SocketAddress?
+    /// `workers`; nil = number of cores.
+    public var workers: Int?
+    /// `drain_timeout` (default 30s): how long SIGTERM waits for open connections.
+    public var drainTimeoutMs: UInt64 = 30_000
+    public var listeners: [ListenerConfig] = []
+    public var clusters: [ClusterConfig] = []
+
+    public func cluster(named name: String) -> ClusterConfig? { clusters.first { $0.name == name } }
+}
+
+/// `listeners[i].proxy_protocol`: whether a PROXY protocol header is expected from clients.
+public enum ProxyProtocolMode: String, Sendable {
+    /// No header expected (default).
+    case off
+    /// Every connection must start with a v1 or v2 header; otherwise it is closed.
+    case accept
+    /// A header is used when present; connections without one are served as they are.
+    case optional
+}
+
+/// `listeners[i].connection_balance`.
+public enum ConnectionBalance: String, Sendable {
+    /// One SO_REUSEPORT socket per worker; the kernel spreads connections (default).
+    case kernel
+    /// One socket; the main thread hands each connection to the least loaded worker.
+    case exact
+}
+
+/// One listener: an address and the filter config of the binary's block.
+public struct ListenerConfig: Sendable {
+    public var name: String
+    public var address: SocketAddress
+    public var proxyProtocol: ProxyProtocolMode = .off
+    /// `proxy_protocol_timeout` (default 5s): how long a client may take to send the header.
+    public var proxyProtocolTimeoutMs: UInt64 = 5000
+    /// `max_connections`; nil = unlimited.
+    public var maxConnections: Int?
+    public var connectionBalance: ConnectionBalance = .kernel
+    /// `per_connection_buffer_limit` (default 1MiB, as Envoy): bytes buffered per direction
+    /// before the proxy stops reading the other side.
+    public var bufferLimit: Int = 1 << 20
+    /// `backlog` (default 1024).
+    public var backlog: Int = 1024
+    public var accessLogs: [AccessLogConfig] = []
+    /// The binary's block (`tcp:` for tcp-proxy, ...).
+    public var filter: any ListenerFilterConfig
+}
+
+/// The per-binary listener block. Implemented by each binary's filter config.
+public protocol ListenerFilterConfig: Sendable {
+    /// Clusters referenced, with the key path of each reference (checked to exist).
+    var clusterReferences: [(path: String, name: String)] { get }
+    /// The effective block, for /config_dump.
+    var dump: JSON { get }
+    /// Checks that need the clusters (e.g. a hash policy needs a hashing balancer).
+    /// `path` is the block's key path.
+    func validate(clusters: [ClusterConfig], path: String) throws(ConfigError)
+}
+
+extension ListenerFilterConfig {
+    public func validate(clusters: [ClusterConfig], path: String) throws(ConfigError) {}
+}
+
+/// `clusters[i].lb_policy`.
+public enum LbPolicy: String, Sendable, CaseIterable {
+    case roundRobin = "round_robin"
+    case random
+    case leastRequest = "least_request"
+    case maglev
+}
+
+/// `clusters[i].send_proxy_protocol`.
+public enum ProxyProtocolVersion: String, Sendable { case v1, v2 }
+
+/// One upstream cluster.
+public struct ClusterConfig: Sendable {
+    public var name: String
+    /// `discovery` (default static). Only static is built so far; DNS and file discovery are next.
+    public var discovery: String = "static"
+    public var endpoints: [EndpointConfig] = []
+    public var lbPolicy: LbPolicy = .roundRobin
+    /// `connect_timeout` (default 5s, as Envoy).
+    public var connectTimeoutMs: UInt64 = 5000
+    /// `send_proxy_protocol`: a PROXY header sent on each new upstream connection.
+    public var sendProxyProtocol: ProxyProtocolVersion?
+    /// `circuit_breakers.max_connections` (default 1024 per Envoy? no: unlimited here until the
+    /// circuit breaker work lands).
+    public var maxConnections: Int?
+}
+
+/// One endpoint of a cluster.
+public struct EndpointConfig: Sendable, Hashable {
+    public var address: SocketAddress
+    /// `weight` (default 1, 1...128 as Envoy's load balancing weights).
+    public var weight: Int = 1
+}
+
+/// `listeners[i].access_log[j]`.
+public struct AccessLogConfig: Sendable {
+    /// A file path; "/dev/stdout" and "/dev/stderr" are fine.
+    public var path: String
+    /// Envoy-style format string; nil = the default format.
+    public var format: String?
+    /// JSON lines: field name to format string.
+    public var jsonFormat: [(String, String)]?
+}

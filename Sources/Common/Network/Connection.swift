@@ -1,0 +1,325 @@
+import CLibevent
+import CShim
+import Glibc
+
+/// A non-blocking TCP (or unix) socket driven by one edge-triggered libevent event registered
+/// once for reading and writing: no epoll_ctl while the connection lives.
+///
+/// I/O is speculative, as HAProxy does it: `write` goes straight to the socket when nothing is
+/// queued, and only what the kernel refused is buffered; readiness is remembered from edges and
+/// cleared on EAGAIN. Backpressure is by watermarks on the write buffer (`bufferLimit` high,
+/// half of it low); a consumer over its high watermark makes the producer `readDisable`.
+/// Half-close is honoured: `write(endStream: true)` shuts down the write side once flushed,
+/// and a peer FIN is delivered as `endStream` without closing.
+///
+/// Confined to one worker thread. Owned by its user (a session); `close` frees the socket, and
+/// the object may die only after the current callbacks (use `Dispatcher.deferredRelease`).
+public final class Connection {
+    public enum State { case connecting, open, closed }
+
+    /// The socket, -1 once closed.
+    public private(set) var fd: Int32
+    public private(set) var state: State
+    /// The worker this connection lives on.
+    public unowned(unsafe) let worker: Worker
+    /// Who hears about connects, data (when there are no read filters), watermarks and close.
+    public unowned(unsafe) var callbacks: ConnectionCallbacks?
+    /// Bytes read and not yet consumed by the filters.
+    public let readBuffer: Buffer
+    /// Bytes the kernel has not taken yet.
+    public let writeBuffer: Buffer
+    /// Read filters, FIFO. Empty for upstream connections (data goes to `callbacks.onData`).
+    public var readFilters: [ReadFilter] = []
+    /// Write filters, applied LIFO.
+    public var writeFilters: [WriteFilter] = []
+    /// Bytes read from / written to the socket.
+    public private(set) var bytesRead: UInt64 = 0
+    public private(set) var bytesWritten: UInt64 = 0
+    /// The peer's address and ours.
+    public let remoteAddress: SocketAddress?
+    public var localAddress: SocketAddress? { fd >= 0 ? SocketAddress.local(of: fd) : nil }
+
+    private var event: OpaquePointer?
+    private var readEnabled = true
+    private var readReady = false
+    private var writeReady = true
+    /// The peer sent FIN.
+    public private(set) var readEOF = false
+    /// We must shut down our write side once the write buffer is flushed.
+    private var shutdownPending = false
+    public private(set) var writeShut = false
+    private var aboveHighWatermark = false
+    /// Close once the write buffer is flushed (the other side of a relay went away).
+    private var closeWhenFlushed = false
+    private let highWatermark: Int
+    private let lowWatermark: Int
+    /// Re-entrancy guard: a read in progress.
+    private var dispatching = false
+
+    /// Wraps an accepted socket.
+    public init(worker: Worker, fd: Int32, remote: SocketAddress?, bufferLimit: Int) {
+        self.worker = worker
+        self.fd = fd
+        self.state = .open
+        self.remoteAddress = remote
+        self.readBuffer = Buffer(pool: worker.pool)
+        self.writeBuffer = Buffer(pool: worker.pool)
+        self.highWatermark = bufferLimit
+        self.lowWatermark = bufferLimit / 2
+        cshim_set_nodelay(fd)
+        register()
+    }
+
+    /// Starts connecting to `address`. Returns nil with the errno when it fails at once.
+    public static func connect(worker: Worker, to address: SocketAddress, bufferLimit: Int,
+                               callbacks: ConnectionCallbacks) -> (Connection?, Int32) {
+        let fd = address.withSockAddr { cshim_connect($0, $1) }
+        if fd < 0 { return (nil, -fd) }
+        let c = Connection(worker: worker, connectingFd: fd, remote: address, bufferLimit: bufferLimit)
+        c.callbacks = callbacks
+        return (c, 0)
+    }
+
+    private init(worker: Worker, connectingFd fd: Int32, remote: SocketAddress, bufferLimit: Int) {
+        self.worker = worker
+        self.fd = fd
+        self.state = .connecting
+        self.remoteAddress = remote
+        self.readBuffer = Buffer(pool: worker.pool)
+        self.writeBuffer = Buffer(pool: worker.pool)
+        self.highWatermark = bufferLimit
+        self.lowWatermark = bufferLimit / 2
+        register()
+    }
+
+    deinit {
+        if fd >= 0 { closeSocket() }
+    }
+
+    private func register() {
+        event = event_new(worker.dispatcher.base, fd, Int16(EV_READ | EV_WRITE | EV_ET | EV_PERSIST), { _, what, ctx in
+            Unmanaged<Connection>.fromOpaque(ctx!)._withUnsafeGuaranteedRef { $0.onEvent(what) }
+        }, Unmanaged.passUnretained(self).toOpaque())
+        event_add(event, nil)
+    }
+
+    private func onEvent(_ what: Int16) {
+        if state == .connecting {
+            let err = cshim_socket_error(fd)
+            if err != 0 {
+                state = .closed
+                closeSocket()
+                callbacks?.onConnectFailed(self, errno: err)
+                return
+            }
+            // A readable event before writable (data right away) also means connected.
+            state = .open
+            writeReady = true
+            callbacks?.onConnected(self)
+            if state != .open { return }
+            if !writeBuffer.isEmpty { flush() }
+        }
+        if what & Int16(EV_WRITE) != 0 && state == .open {
+            writeReady = true
+            if !writeBuffer.isEmpty || shutdownPending { flush() }
+        }
+        if what & Int16(EV_READ) != 0 && state == .open {
+            readReady = true
+            if readEnabled { readLoop() }
+        }
+    }
+
+    // MARK: - Read path
+
+    /// Reads while the socket has data and the consumer wants it, up to a fairness budget;
+    /// hands each chunk to the filters (or `callbacks.onData`).
+    private func readLoop() {
+        if dispatching { return }
+        var budget = 4
+        while readReady && readEnabled && state == .open && !readEOF {
+            if budget == 0 {
+                // More may be waiting; come back after other connections had their turn.
+                event_active(event, Int32(EV_READ), 0)
+                return
+            }
+            budget -= 1
+            // Bytes a filter left unconsumed are bounded too; `continueReading` resumes.
+            if readBuffer.count >= highWatermark { return }
+            let space = readBuffer.reserve(16 * 1024)
+            let n = read(fd, space.baseAddress, space.count)
+            if n > 0 {
+                readBuffer.commit(n)
+                bytesRead &+= UInt64(n)
+                // A short read drained the socket; new data brings a new edge.
+                if n < space.count { readReady = false }
+            } else if n == 0 {
+                readEOF = true
+                readReady = false
+            } else {
+                let e = errno
+                if e == EINTR { continue }
+                if e == EAGAIN { readReady = false; continue }
+                closeNow(remote: true)
+                return
+            }
+            deliver()
+            if readEOF && writeShut && state == .open { closeNow(remote: false); return }
+        }
+    }
+
+    private func deliver() {
+        dispatching = true
+        defer { dispatching = false }
+        if readFilters.isEmpty {
+            callbacks?.onData(self, readBuffer, endStream: readEOF)
+            return
+        }
+        for f in readFilters {
+            if f.onData(readBuffer, endStream: readEOF) == .stopIteration { break }
+            if state == .closed { break }
+        }
+    }
+
+    /// Stops reading (the consumer is over its high watermark). Bytes stay in the kernel,
+    /// whose window then pushes back on the peer.
+    public func readDisable() { readEnabled = false }
+
+    /// Resumes reading; picks up data that arrived while disabled.
+    public func readEnable() {
+        if readEnabled { return }
+        readEnabled = true
+        if readReady && state == .open { event_active(event, Int32(EV_READ), 0) }
+    }
+
+    public var isReadEnabled: Bool { readEnabled }
+
+    /// Hands bytes already read (and a FIN already seen) to the filters again, after they were
+    /// replaced (the PROXY protocol reader hands over to the listener's filters).
+    public func redeliver() {
+        guard state == .open else { return }
+        if !readBuffer.isEmpty || readEOF { deliver() }
+        if readReady && readEnabled { event_active(event, Int32(EV_READ), 0) }
+    }
+
+    /// Reads again after a filter consumed bytes it had left in `readBuffer`.
+    public func continueReading() {
+        if readEnabled && state == .open { event_active(event, Int32(EV_READ), 0) }
+    }
+
+    // MARK: - Write path
+
+    /// Sends `data` (drained from it) through the write filters, then to the socket at once;
+    /// what the kernel does not take is queued. `endStream` half-closes once flushed.
+    public func write(_ data: Buffer, endStream: Bool) {
+        guard state != .closed, !writeShut else { data.release(); return }
+        for f in writeFilters.reversed() {
+            if f.onWrite(data, endStream: endStream) == .stopIteration { break }
+        }
+        if endStream { shutdownPending = true }
+        if writeBuffer.isEmpty && writeReady && state == .open && !data.isEmpty {
+            writeDirect(data)
+            if state == .closed { return }
+        }
+        writeBuffer.moveAll(from: data)
+        if !writeBuffer.isEmpty && writeReady && state == .open { flush() }
+        if state == .open && writeBuffer.isEmpty && shutdownPending { shutdownWrite() }
+        checkHighWatermark()
+    }
+
+    /// Writes raw bytes (a PROXY header): same path as `write`.
+    public func write(bytes: [UInt8]) {
+        let b = Buffer(pool: worker.pool)
+        b.append(bytes)
+        write(b, endStream: false)
+    }
+
+    private func writeDirect(_ data: Buffer) {
+        let r = data.readable
+        let n = Glibc.write(fd, r.baseAddress, r.count)
+        if n > 0 {
+            bytesWritten &+= UInt64(n)
+            data.drain(n)
+            if n < r.count { writeReady = false }
+        } else if n < 0 {
+            let e = errno
+            if e == EAGAIN { writeReady = false } else if e != EINTR { closeNow(remote: true) }
+        }
+    }
+
+    private func flush() {
+        while !writeBuffer.isEmpty && writeReady && state == .open {
+            let r = writeBuffer.readable
+            let n = Glibc.write(fd, r.baseAddress, r.count)
+            if n > 0 {
+                bytesWritten &+= UInt64(n)
+                writeBuffer.drain(n)
+                if n < r.count { writeReady = false }
+            } else if n < 0 {
+                let e = errno
+                if e == EINTR { continue }
+                if e == EAGAIN { writeReady = false; break }
+                closeNow(remote: true)
+                return
+            }
+        }
+        if state != .open { return }
+        if writeBuffer.isEmpty && closeWhenFlushed { closeNow(remote: false); return }
+        if writeBuffer.isEmpty && shutdownPending && !writeShut { shutdownWrite() }
+        if aboveHighWatermark && writeBuffer.count <= lowWatermark {
+            aboveHighWatermark = false
+            callbacks?.onBelowWriteBufferLowWatermark(self)
+        }
+    }
+
+    private func checkHighWatermark() {
+        if !aboveHighWatermark && writeBuffer.count > highWatermark {
+            aboveHighWatermark = true
+            callbacks?.onAboveWriteBufferHighWatermark(self)
+        }
+    }
+
+    private func shutdownWrite() {
+        shutdownPending = false
+        writeShut = true
+        _ = Glibc.shutdown(fd, Int32(SHUT_WR))
+        // FIN both ways: nothing more can happen on this socket.
+        if readEOF { closeNow(remote: false) }
+    }
+
+    /// Bytes queued for the socket.
+    public var pendingWriteBytes: Int { writeBuffer.count }
+
+    // MARK: - Close
+
+    /// Closes once queued bytes are written (at once when nothing is queued). Stops reading.
+    public func closeAfterFlush() {
+        guard state != .closed else { return }
+        if writeBuffer.isEmpty || state == .connecting { closeNow(remote: false); return }
+        readEnabled = false
+        closeWhenFlushed = true
+    }
+
+    /// Both directions finished with FINs (a clean end), as opposed to a reset or local close.
+    public var finishedCleanly: Bool { readEOF && writeShut }
+
+    /// Closes at once: queued bytes are dropped. `abort` sends RST instead of FIN.
+    public func close(abort: Bool = false) {
+        guard state != .closed else { return }
+        if abort && fd >= 0 { cshim_set_linger_zero(fd) }
+        closeNow(remote: false)
+    }
+
+    private func closeNow(remote: Bool) {
+        guard state != .closed else { return }
+        state = .closed
+        closeSocket()
+        readBuffer.release()
+        writeBuffer.release()
+        callbacks?.onClose(self, remote: remote)
+    }
+
+    private func closeSocket() {
+        if let e = event { event_free(e); event = nil }
+        if fd >= 0 { Glibc.close(fd); fd = -1 }
+    }
+}

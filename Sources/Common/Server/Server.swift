@@ -1,0 +1,464 @@
+import CLibevent
+import CShim
+import Glibc
+import Logging
+
+/// What a binary plugs into the shared server.
+public struct ProxyBinary: Sendable {
+    /// Parses the binary's listener block.
+    public let blockParser: FilterBlockParser
+    /// The listener block that `--listen`/`--upstream` produce, given the cluster name.
+    public let flagBlock: @Sendable (_ cluster: String) -> [(String, JSON)]
+    /// Extra listener keys and cluster keys from the binary's own flags (with `--listen`).
+    public let listenerFlags: [(String, JSON)]
+    public let clusterFlags: [(String, JSON)]
+    /// Builds a listener's filter factory for one config generation (main thread).
+    public let makeFactory: @Sendable (ListenerConfig, _ clusters: [String: ClusterSnapshot], StatsStore) -> any FilterFactory
+
+    public init(blockParser: FilterBlockParser,
+                flagBlock: @escaping @Sendable (String) -> [(String, JSON)],
+                listenerFlags: [(String, JSON)] = [], clusterFlags: [(String, JSON)] = [],
+                makeFactory: @escaping @Sendable (ListenerConfig, [String: ClusterSnapshot], StatsStore) -> any FilterFactory) {
+        self.blockParser = blockParser; self.flagBlock = flagBlock; self.makeFactory = makeFactory
+        self.listenerFlags = listenerFlags; self.clusterFlags = clusterFlags
+    }
+}
+
+/// The process: the main thread's loop (config, reload, admin, signals, drain) and the workers.
+///
+/// ```
+/// main thread ── loads config → ServerSnapshot ──post──► worker 0..N-1 (apply, add/remove listeners)
+///     │  binds every listening socket (SO_REUSEPORT: one per worker), writes --ready-file
+///     └─ admin HTTP, SIGHUP reload, SIGTERM drain, SIGUSR1 reopen logs, stats merge on read
+/// ```
+public final class Server {
+    public let binary: ProxyBinary
+    let options: CommonOptions
+    public let store: StatsStore
+    public let serverStats: ServerStats
+    let dispatcher = Dispatcher(name: "main")
+    var logger: Logger
+    public private(set) var snapshot: ServerSnapshot
+    private var workers: [Worker] = []
+    private var workerHandles: [WorkerHandle] = []
+    private var threads: [OSThread] = []
+    /// Bound sockets per listener name (kept across reloads when the address is unchanged).
+    private var bound: [String: BoundListener] = [:]
+    private var listenerCounts: [String: SharedCount] = [:]
+    private var clusterCounts: [String: SharedCount] = [:]
+    private var signals: [SignalWatcher] = []
+    private var admin: AdminServer?
+    private var drainTimer: Timer?
+    private var tickTimer: Timer?
+    let startWallMs = wallMs()
+    let startMs = monotonicMs()
+    /// `server.state` for /ready and /server_info.
+    public private(set) var state = "LIVE"
+    /// POST /healthcheck/fail sets this; /ready then answers 503.
+    public var healthCheckFailed = false
+    private var drainDeadline: UInt64 = 0
+    private var exitCode: Int32 = 0
+
+    struct BoundListener {
+        let address: SocketAddress
+        let balance: ConnectionBalance
+        /// Actual address (port resolved when 0 was asked).
+        let actual: SocketAddress
+        /// For `exact`: the main thread's accepting socket.
+        var exact: ExactBalancer?
+    }
+
+    /// Parses options, loads the config and runs until drained. Never returns.
+    public static func main(options: CommonOptions, binary: ProxyBinary) -> Never {
+        var level = Logger.Level.parse(options.logLevel)
+        if level == nil {
+            FileHandleOut.stderr("--log-level: \"\(options.logLevel)\" is not one of trace, debug, info, notice, warning, error, critical\n")
+            exit(1)
+        }
+        guard options.logFormat == "text" || options.logFormat == "json" else {
+            FileHandleOut.stderr("--log-format: \"\(options.logFormat)\" is not one of text, json\n")
+            exit(1)
+        }
+        let json = options.logFormat == "json"
+        let lvl = level!
+        LoggingSystem.bootstrap { StderrLogHandler(label: $0, level: lvl, json: json) }
+        level = nil
+        let config: ProxyConfig
+        do {
+            config = try loadConfig(options: options, binary: binary)
+        } catch {
+            FileHandleOut.stderr("\(binary.blockParser.binary): invalid config: \(error)\n")
+            exit(1)
+        }
+        if options.validate {
+            FileHandleOut.stdout("config OK: \(config.listeners.count) listener(s), \(config.clusters.count) cluster(s)\n")
+            exit(0)
+        }
+        signal(SIGPIPE, SIG_IGN)
+        let server = Server(options: options, binary: binary, config: config)
+        exit(server.run())
+    }
+
+    /// Reads `--config`, or builds the config from `--listen`/`--upstream`, then applies the
+    /// flags that override the file (`--workers`, `--admin`, `--drain-timeout`).
+    public static func loadConfig(options: CommonOptions, binary: ProxyBinary) throws -> ProxyConfig {
+        var cfg: ProxyConfig
+        if let path = options.config {
+            if options.listen != nil || options.upstream != nil || options.lb != nil {
+                throw ConfigError("--config", "use either a config file or --listen/--upstream/--lb, not both")
+            }
+            guard let text = readFile(path) else { throw ConfigError("--config", "cannot read \"\(path)\"") }
+            cfg = try ConfigLoader.load(yaml: text, parser: binary.blockParser)
+        } else {
+            guard let listen = options.listen else { throw ConfigError("--listen", "give --config FILE, or --listen ADDR with --upstream LIST") }
+            guard let upstream = options.upstream else { throw ConfigError("--upstream", "--listen needs --upstream LIST") }
+            let eps: [JSON] = upstream.split(separator: ",").map { item in
+                let parts = item.split(separator: "=", maxSplits: 1)
+                if parts.count == 2 {
+                    return .object([("address", .string(String(parts[0]))), ("weight", .string(String(parts[1])))])
+                }
+                return .string(String(item))
+            }
+            var cluster: [(String, JSON)] = [("name", .string("upstream")), ("endpoints", .array(eps))]
+            if let lb = options.lb { cluster.append(("lb_policy", .string(lb))) }
+            cluster += binary.clusterFlags
+            let listener: [(String, JSON)] = [("name", .string("main")), ("address", .string(listen)),
+                                              (binary.blockParser.key, .object(binary.flagBlock("upstream")))] + binary.listenerFlags
+            let doc = JSON.object([
+                ("listeners", .array([.object(listener)])),
+                ("clusters", .array([.object(cluster)])),
+            ])
+            do {
+                cfg = try ConfigLoader.load(yaml: doc.serialized(), parser: binary.blockParser)
+            } catch {
+                throw ConfigError(error.path, error.message + " (from flags)")
+            }
+        }
+        if let w = options.workers {
+            guard (1...256).contains(w) else { throw ConfigError("--workers", "\(w) is out of range 1...256") }
+            cfg.workers = w
+        }
+        if let a = options.admin {
+            do { cfg.adminAddress = try SocketAddress.parse(a) } catch { throw ConfigError("--admin", error.description) }
+        }
+        if let d = options.drainTimeout {
+            guard let ms = parseDurationMs(d) else { throw ConfigError("--drain-timeout", "\"\(d)\" is not a duration") }
+            cfg.drainTimeoutMs = ms
+        }
+        return cfg
+    }
+
+    init(options: CommonOptions, binary: ProxyBinary, config: ProxyConfig) {
+        self.options = options
+        self.binary = binary
+        let n = config.workers ?? Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        self.store = StatsStore(threads: n + 1)
+        self.serverStats = ServerStats(store: store)
+        self.logger = Logger(label: binary.blockParser.binary)
+        self.snapshot = ServerSnapshot(generation: 0, config: config, listeners: [:], clusters: [:])
+        for i in 0..<n {
+            let w = Worker(index: i, stats: store.slabs[i + 1], serverStats: serverStats)
+            workers.append(w)
+            workerHandles.append(w.handle)
+        }
+        store.mainSlab.set(serverStats.concurrency, n)
+        store.mainSlab.set(serverStats.live, 1)
+    }
+
+    /// Builds a generation from a config (stats handles, cluster tables, filter factories).
+    func buildSnapshot(_ config: ProxyConfig, generation: Int) -> ServerSnapshot {
+        var clusters: [String: ClusterSnapshot] = [:]
+        for c in config.clusters {
+            let count = clusterCounts[c.name] ?? SharedCount()
+            clusterCounts[c.name] = count
+            clusters[c.name] = ClusterSnapshot(config: c, store: store, openConnections: count)
+        }
+        var listeners: [String: ListenerRuntime] = [:]
+        for l in config.listeners {
+            let count = listenerCounts[l.name] ?? SharedCount()
+            listenerCounts[l.name] = count
+            listeners[l.name] = ListenerRuntime(config: l, stats: ListenerStats(store: store, listener: l.name),
+                                                openConnections: count,
+                                                factory: binary.makeFactory(l, clusters, store))
+        }
+        return ServerSnapshot(generation: generation, config: config, listeners: listeners, clusters: clusters)
+    }
+
+    /// Binds what `config` needs and `bound` lacks. All or nothing: on failure the new sockets
+    /// are closed and the error names the listener.
+    func bindListeners(_ config: ProxyConfig) throws(ConfigError) -> [String: (BoundListener, [Int32])] {
+        var made: [String: (BoundListener, [Int32])] = [:]
+        func rollback() { for (_, (_, fds)) in made { for fd in fds { close(fd) } } }
+        for (i, l) in config.listeners.enumerated() {
+            if let b = bound[l.name], b.address == l.address, b.balance == l.connectionBalance { continue }
+            // A changed listener whose old socket holds the same concrete port must be released first.
+            var fds: [Int32] = []
+            var actual = l.address
+            let count = l.connectionBalance == .exact ? 1 : workers.count
+            for _ in 0..<count {
+                let fd = actual.withSockAddr { cshim_listen($0, $1, l.connectionBalance == .kernel ? 1 : 0, Int32(l.backlog)) }
+                if fd < 0 {
+                    for f in fds { close(f) }
+                    rollback()
+                    throw ConfigError("listeners[\(i)].address", "cannot listen on \(actual): \(String(cString: strerror(-fd)))")
+                }
+                if actual.port == 0 && actual.family != .unix, let real = SocketAddress.local(of: fd) { actual = real }
+                fds.append(fd)
+            }
+            made[l.name] = (BoundListener(address: l.address, balance: l.connectionBalance, actual: actual, exact: nil), fds)
+        }
+        return made
+    }
+
+    func run() -> Int32 {
+        let config = snapshot.config
+        let made: [String: (BoundListener, [Int32])]
+        do { made = try bindListeners(config) } catch {
+            logger.error("\(error)")
+            return 1
+        }
+        snapshot = buildSnapshot(config, generation: 1)
+        let snap = snapshot
+        for h in workerHandles { h.post { $0.apply(snap) } }
+        install(made)
+
+        if let a = config.adminAddress {
+            do { admin = try AdminServer(server: self, dispatcher: dispatcher, address: a) } catch {
+                logger.error("admin: \(error)")
+                return 1
+            }
+        }
+        for w in workers {
+            threads.append(OSThread(name: "worker_\(w.index)") { w.run() })
+        }
+        signals.append(SignalWatcher(dispatcher, signal: SIGTERM) { [unowned self] in beginDrain(reason: "SIGTERM") })
+        signals.append(SignalWatcher(dispatcher, signal: SIGINT) { [unowned self] in beginDrain(reason: "SIGINT") })
+        signals.append(SignalWatcher(dispatcher, signal: SIGHUP) { [unowned self] in reload() })
+        signals.append(SignalWatcher(dispatcher, signal: SIGUSR1) { [unowned self] in
+            for h in workerHandles { h.post { $0.reopenAccessLogs() } }
+        })
+        tickTimer = Timer(dispatcher) { [unowned self] in
+            store.mainSlab.set(serverStats.uptime, Int((monotonicMs() - startMs) / 1000))
+            tickTimer?.arm(ms: 1000)
+        }
+        tickTimer?.arm(ms: 1000)
+        writeReadyFile()
+        logger.info("started", metadata: ["workers": "\(workers.count)",
+                                          "listeners": "\(bound.map { "\($0.key)=\($0.value.actual)" }.sorted().joined(separator: ","))",
+                                          "admin": "\(admin?.address.description ?? "off")"])
+        dispatcher.run()
+        // Loop exited: stop workers and wait for them.
+        for h in workerHandles { h.post { w in w.closeAll(); w.flushAccessLogs(); w.dispatcher.exit() } }
+        for t in threads { t.join() }
+        logger.info("exited", metadata: ["code": "\(exitCode)"])
+        return exitCode
+    }
+
+    /// Hands freshly bound sockets to workers (or to the main thread's exact balancer).
+    private func install(_ made: [String: (BoundListener, [Int32])]) {
+        for (name, (b, fds)) in made {
+            var b = b
+            if b.balance == .exact {
+                b.exact = ExactBalancer(server: self, fd: fds[0], listener: name)
+            } else {
+                for (i, h) in workerHandles.enumerated() {
+                    let fd = fds[i]
+                    h.post { $0.addListener(name: name, fd: fd) }
+                }
+            }
+            bound[name] = b
+        }
+    }
+
+    /// Stops and forgets listeners no longer in `config` (or whose address changed).
+    private func unbindRemoved(_ config: ProxyConfig) {
+        for (name, b) in bound {
+            let keep = config.listeners.contains { $0.name == name && $0.address == b.address && $0.connectionBalance == b.balance }
+            if keep { continue }
+            b.exact?.stop()
+            for h in workerHandles { h.post { $0.removeListener(name: name) } }
+            bound.removeValue(forKey: name)
+        }
+    }
+
+    /// SIGHUP: load the config file again. A valid one takes effect for new connections; open
+    /// ones finish on the generation they started with. An invalid one changes nothing.
+    public func reload() {
+        guard options.config != nil else {
+            logger.notice("reload: running from flags, nothing to reload")
+            return
+        }
+        let newConfig: ProxyConfig
+        do {
+            newConfig = try Server.loadConfig(options: options, binary: binary)
+            if let w = newConfig.workers, w != workers.count {
+                throw ConfigError("workers", "changing the worker count needs a restart (running \(workers.count))")
+            }
+        } catch {
+            store.mainSlab.inc(serverStats.reloadRejected)
+            logger.error("reload rejected, keeping the running config: \(error)")
+            return
+        }
+        // Listeners whose address moved release their old sockets before binding anew.
+        unbindRemoved(newConfig)
+        let made: [String: (BoundListener, [Int32])]
+        do { made = try bindListeners(newConfig) } catch {
+            store.mainSlab.inc(serverStats.reloadRejected)
+            logger.error("reload rejected: \(error)")
+            return
+        }
+        snapshot = buildSnapshot(newConfig, generation: snapshot.generation + 1)
+        let snap = snapshot
+        for h in workerHandles { h.post { $0.apply(snap) } }
+        install(made)
+        store.mainSlab.inc(serverStats.reloadSuccess)
+        writeReadyFile()
+        logger.info("reloaded", metadata: ["generation": "\(snap.generation)"])
+    }
+
+    /// SIGTERM/SIGINT: stop accepting, wait for open connections up to drain_timeout, exit 0.
+    public func beginDrain(reason: String) {
+        if state == "DRAINING" { return }
+        state = "DRAINING"
+        logger.info("draining", metadata: ["reason": "\(reason)", "timeout": "\(formatDuration(snapshot.config.drainTimeoutMs))"])
+        stopListening()
+        drainDeadline = monotonicMs() + snapshot.config.drainTimeoutMs
+        drainTimer = Timer(dispatcher) { [unowned self] in checkDrain() }
+        checkDrain()
+    }
+
+    /// POST /drain_listeners: stop accepting; open connections continue.
+    public func stopListening() {
+        for (_, b) in bound { b.exact?.stop() }
+        bound.removeAll()
+        for h in workerHandles { h.post { $0.stopListening() } }
+    }
+
+    private func checkDrain() {
+        let open = store.value("server.total_connections") ?? 0
+        if open <= 0 {
+            logger.info("drained")
+            dispatcher.exit()
+        } else if monotonicMs() >= drainDeadline {
+            logger.warning("drain timeout, closing open connections", metadata: ["open": "\(open)"])
+            dispatcher.exit()
+        } else {
+            drainTimer?.arm(ms: 50)
+        }
+    }
+
+    /// POST /quitquitquit: close everything and exit 0 now.
+    public func quit() {
+        state = "DRAINING"
+        dispatcher.exit()
+    }
+
+    /// Addresses actually bound, by listener name.
+    public var boundAddresses: [(String, SocketAddress)] {
+        bound.map { ($0.key, $0.value.actual) }.sorted { $0.0 < $1.0 }
+    }
+
+    public var uptimeSeconds: UInt64 { (monotonicMs() - startMs) / 1000 }
+
+    /// The least loaded worker (by open connections), for the exact balancer.
+    func leastLoadedWorker() -> WorkerHandle {
+        var best = 0
+        var bestLoad = Int64.max
+        for (i, _) in workerHandles.enumerated() {
+            let load = Int64(bitPattern: store.slabs[i + 1].load(serverStats.totalConnections.slot))
+            if load < bestLoad { best = i; bestLoad = load }
+        }
+        return workerHandles[best]
+    }
+
+    private func writeReadyFile() {
+        guard let path = options.readyFile else { return }
+        var ls: [(String, JSON)] = []
+        for (name, a) in boundAddresses { ls.append((name, .string(a.description))) }
+        var fields: [(String, JSON)] = [("pid", .int(Int64(getpid()))), ("listeners", .object(ls))]
+        if let a = admin { fields.append(("admin", .string(a.address.description))) }
+        fields.append(("generation", .int(Int64(snapshot.generation))))
+        let text = JSON.object(fields).serialized(pretty: true) + "\n"
+        let tmp = path + ".tmp"
+        guard writeFile(tmp, text), rename(tmp, path) == 0 else {
+            logger.error("cannot write ready file \(path)")
+            return
+        }
+    }
+}
+
+/// `exact` connection balance: one accepting socket on the main thread; each connection goes
+/// to the worker with the fewest open connections.
+final class ExactBalancer {
+    unowned let server: Server
+    let fd: Int32
+    let listener: String
+    private var event: OpaquePointer?
+
+    init(server: Server, fd: Int32, listener: String) {
+        self.server = server; self.fd = fd; self.listener = listener
+        event = event_new(server.dispatcher.base, fd, Int16(EV_READ | EV_PERSIST), { _, _, ctx in
+            Unmanaged<ExactBalancer>.fromOpaque(ctx!).takeUnretainedValue().onAcceptable()
+        }, Unmanaged.passUnretained(self).toOpaque())
+        event_add(event, nil)
+    }
+
+    func stop() { if let e = event { event_free(e); event = nil; close(fd) } }
+
+    private func onAcceptable() {
+        for _ in 0..<64 {
+            var ss = sockaddr_storage()
+            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let c = withUnsafeMutablePointer(to: &ss) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { cshim_accept(fd, $0, &len) }
+            }
+            if c < 0 { return }
+            let remote = withUnsafeBytes(of: &ss) { SocketAddress(bytes: $0.baseAddress!, length: Int(len)) }
+            let name = listener
+            server.leastLoadedWorker().post { w in
+                guard let r = w.snapshot?.listeners[name] else { close(c); return }
+                w.accepted(fd: c, remote: remote, runtime: r)
+            }
+        }
+    }
+}
+
+/// Small file helpers (config, ready file), off the data path.
+public func readFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fd, &chunk, chunk.count)
+        if n < 0 { if errno == EINTR { continue }; return nil }
+        if n == 0 { break }
+        bytes += chunk[0..<n]
+        if bytes.count > 64 << 20 { return nil }
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+public func writeFile(_ path: String, _ text: String) -> Bool {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var ok = true
+    var t = text
+    t.withUTF8 { p in
+        var off = 0
+        while off < p.count {
+            let n = write(fd, p.baseAddress! + off, p.count - off)
+            if n <= 0 { if n < 0 && errno == EINTR { continue }; ok = false; return }
+            off += n
+        }
+    }
+    return ok
+}
+
+/// stdout/stderr writes without Foundation.
+public enum FileHandleOut {
+    public static func stdout(_ s: String) { var t = s; t.withUTF8 { _ = write(1, $0.baseAddress, $0.count) } }
+    public static func stderr(_ s: String) { var t = s; t.withUTF8 { _ = write(2, $0.baseAddress, $0.count) } }
+}

@@ -1,0 +1,93 @@
+/// Envoy's listener stats, `listener.<name>.*`.
+public struct ListenerStats: Sendable {
+    public let downstreamCxTotal: Counter
+    public let downstreamCxActive: Gauge
+    public let downstreamCxDestroy: Counter
+    public let downstreamCxOverflow: Counter
+    public let downstreamCxLengthMs: Histogram
+    public let downstreamPreCxTimeout: Counter
+    public let downstreamCxProxyProtoError: Counter
+    public let proxyProtoV1Found: Counter
+    public let proxyProtoV2Found: Counter
+    public let proxyProtoNotFound: Counter
+
+    public init(store: StatsStore, listener: String) {
+        let p = "listener.\(listener)."
+        downstreamCxTotal = store.counter(p + "downstream_cx_total")
+        downstreamCxActive = store.gauge(p + "downstream_cx_active")
+        downstreamCxDestroy = store.counter(p + "downstream_cx_destroy")
+        downstreamCxOverflow = store.counter(p + "downstream_cx_overflow")
+        downstreamCxLengthMs = store.histogram(p + "downstream_cx_length_ms")
+        downstreamPreCxTimeout = store.counter(p + "downstream_pre_cx_timeout")
+        downstreamCxProxyProtoError = store.counter(p + "downstream_cx_proxy_proto_error")
+        proxyProtoV1Found = store.counter(p + "proxy_proto.v1.found")
+        proxyProtoV2Found = store.counter(p + "proxy_proto.v2.found")
+        proxyProtoNotFound = store.counter(p + "proxy_proto.not_found")
+    }
+}
+
+/// Process-wide stats, `server.*`.
+public struct ServerStats: Sendable {
+    public let live: Gauge
+    public let uptime: Gauge
+    public let concurrency: Gauge
+    public let totalConnections: Gauge
+    public let reloadSuccess: Counter
+    public let reloadRejected: Counter
+
+    public init(store: StatsStore) {
+        live = store.gauge("server.live")
+        uptime = store.gauge("server.uptime")
+        concurrency = store.gauge("server.concurrency")
+        totalConnections = store.gauge("server.total_connections")
+        reloadSuccess = store.counter("server.reload_success")
+        reloadRejected = store.counter("server.reload_rejected")
+    }
+}
+
+/// Makes the per-connection filter state for one listener. Built once per config generation on
+/// the main thread (resolving stat handles, clusters), shared by workers.
+public protocol FilterFactory: Sendable {
+    /// Called on a worker for each new downstream connection once listener filters (PROXY
+    /// protocol) are done. The factory installs the connection's read filters; the terminal
+    /// filter owns the session and calls `worker.track`.
+    func createFilters(worker: Worker, connection: Connection, context: DownstreamContext)
+}
+
+/// Where a downstream connection came from, after listener filters.
+public struct DownstreamContext {
+    /// The client: the PROXY header's source when one was given, else the socket peer.
+    public var remote: SocketAddress?
+    /// The address the client connected to (the PROXY header's destination when given).
+    public var local: SocketAddress?
+    public var listener: ListenerRuntime
+    public var startMs: UInt64
+    public var startWallMs: UInt64
+    public var connectionId: UInt64
+}
+
+/// One listener in one config generation.
+public final class ListenerRuntime: Sendable {
+    public let config: ListenerConfig
+    public let stats: ListenerStats
+    /// Connections open on this listener across workers and generations (max_connections).
+    public let openConnections: SharedCount
+    public let factory: any FilterFactory
+
+    public init(config: ListenerConfig, stats: ListenerStats, openConnections: SharedCount, factory: any FilterFactory) {
+        self.config = config; self.stats = stats; self.openConnections = openConnections; self.factory = factory
+    }
+    public var name: String { config.name }
+}
+
+/// Everything workers need from one config generation. Immutable; posted to every worker.
+public final class ServerSnapshot: Sendable {
+    public let generation: Int
+    public let config: ProxyConfig
+    public let listeners: [String: ListenerRuntime]
+    public let clusters: [String: ClusterSnapshot]
+
+    public init(generation: Int, config: ProxyConfig, listeners: [String: ListenerRuntime], clusters: [String: ClusterSnapshot]) {
+        self.generation = generation; self.config = config; self.listeners = listeners; self.clusters = clusters
+    }
+}

@@ -1,0 +1,214 @@
+import CLibevent
+import CShim
+import Glibc
+
+/// A session a worker keeps alive and can force-close when draining ends.
+public protocol ActiveSession: AnyObject {
+    /// Close now (drain timeout reached or shutdown).
+    func forceClose()
+}
+
+/// A cluster as one worker uses it: the shared snapshot and this worker's balancer.
+public final class WorkerCluster {
+    public let snapshot: ClusterSnapshot
+    public let lb: LoadBalancer
+    init(_ s: ClusterSnapshot, seed: UInt64) { snapshot = s; lb = makeLoadBalancer(s, seed: seed) }
+}
+
+/// One worker thread's world: its loop, its listener sockets, its sessions, its stats slab,
+/// its buffer pool and its view of the clusters. Nothing here is touched by another thread;
+/// the main thread reaches a worker only through `WorkerHandle.post`.
+public final class Worker {
+    public let index: Int
+    public let dispatcher: Dispatcher
+    public let pool = BlockPool()
+    public let stats: StatsSlab
+    public let serverStats: ServerStats
+    /// The config generation new connections use.
+    public private(set) var snapshot: ServerSnapshot?
+    /// Clusters of the current generation, by name.
+    public private(set) var clusters: [String: WorkerCluster] = [:]
+    /// Access logs per listener name, current generation.
+    public private(set) var accessLogs: [String: [AccessLogWriter]] = [:]
+    private var listeners: [String: WorkerListener] = [:]
+    private var sessions: [ObjectIdentifier: ActiveSession] = [:]
+    private var flushTimer: Timer?
+    private var connectionIds: UInt64
+    /// Sessions open on this worker (read by the exact balancer, racy reads are fine).
+    public var activeSessions: Int { sessions.count }
+
+    public init(index: Int, stats: StatsSlab, serverStats: ServerStats) {
+        self.index = index
+        self.dispatcher = Dispatcher(name: "worker_\(index)")
+        self.stats = stats
+        self.serverStats = serverStats
+        self.connectionIds = UInt64(index) << 48
+        flushTimer = Timer(dispatcher) { [unowned self] in
+            for logs in accessLogs.values { for l in logs { l.flush() } }
+            flushTimer?.arm(ms: 1000)
+        }
+        flushTimer?.arm(ms: 1000)
+    }
+
+    /// Switches new connections to `s`; open sessions keep the generation they started with.
+    public func apply(_ s: ServerSnapshot) {
+        let old = clusters
+        var next: [String: WorkerCluster] = [:]
+        for (name, c) in s.clusters {
+            if let o = old[name], o.snapshot === c { next[name] = o } else {
+                next[name] = WorkerCluster(c, seed: UInt64(index + 1) &* 0x9e3779b97f4a7c15 ^ UInt64(s.generation))
+            }
+        }
+        clusters = next
+        for logs in accessLogs.values { for l in logs { l.flush() } }
+        var logs: [String: [AccessLogWriter]] = [:]
+        for (name, l) in s.listeners where !l.config.accessLogs.isEmpty {
+            logs[name] = l.config.accessLogs.map { AccessLogWriter(config: $0) }
+        }
+        accessLogs = logs
+        snapshot = s
+        for (name, wl) in listeners { if let r = s.listeners[name] { wl.runtime = r } }
+    }
+
+    /// Starts accepting on `fd` (a socket bound by the main thread) for listener `name`.
+    public func addListener(name: String, fd: Int32) {
+        guard let r = snapshot?.listeners[name] else { Glibc.close(fd); return }
+        listeners[name]?.stop()
+        listeners[name] = WorkerListener(worker: self, fd: fd, runtime: r)
+    }
+
+    /// Stops accepting on a listener (removed by reload, or draining). Open sessions stay.
+    public func removeListener(name: String) {
+        listeners.removeValue(forKey: name)?.stop()
+    }
+
+    public func stopListening() {
+        for l in listeners.values { l.stop() }
+        listeners.removeAll()
+    }
+
+    public func reopenAccessLogs() {
+        for logs in accessLogs.values { for l in logs { l.reopen() } }
+    }
+
+    public func flushAccessLogs() {
+        for logs in accessLogs.values { for l in logs { l.flush() } }
+    }
+
+    /// Keeps a session alive until `untrack`.
+    public func track(_ s: ActiveSession) { sessions[ObjectIdentifier(s)] = s }
+
+    /// Forgets a session; it is released after the current callbacks.
+    public func untrack(_ s: ActiveSession) {
+        if let s = sessions.removeValue(forKey: ObjectIdentifier(s)) { dispatcher.deferredRelease(s) }
+    }
+
+    /// Closes every session (drain timeout, shutdown).
+    public func closeAll() {
+        for s in Array(sessions.values) { s.forceClose() }
+    }
+
+    public func nextConnectionId() -> UInt64 { connectionIds += 1; return connectionIds }
+
+    /// A connection accepted by this worker's socket, or handed over by the exact balancer.
+    public func accepted(fd: Int32, remote: SocketAddress?, runtime: ListenerRuntime) {
+        let cfg = runtime.config
+        if let max = cfg.maxConnections, !runtime.openConnections.tryAcquire(limit: max) {
+            stats.inc(runtime.stats.downstreamCxOverflow)
+            Glibc.close(fd)
+            return
+        }
+        if cfg.maxConnections == nil { _ = runtime.openConnections.tryAcquire(limit: Int.max) }
+        stats.inc(runtime.stats.downstreamCxTotal)
+        stats.inc(runtime.stats.downstreamCxActive)
+        stats.inc(serverStats.totalConnections)
+        let conn = Connection(worker: self, fd: fd, remote: remote, bufferLimit: cfg.bufferLimit)
+        let ctx = DownstreamContext(remote: remote, local: SocketAddress.local(of: fd), listener: runtime,
+                                    startMs: monotonicMs(), startWallMs: wallMs(), connectionId: nextConnectionId())
+        if cfg.proxyProtocol != .off {
+            let reader = ProxyProtocolReader(worker: self, connection: conn, context: ctx)
+            track(reader)
+            reader.start()
+        } else {
+            runtime.factory.createFilters(worker: self, connection: conn, context: ctx)
+        }
+    }
+
+    /// Bookkeeping when a downstream connection ends (whatever filter owned it).
+    public func downstreamClosed(_ ctx: DownstreamContext) {
+        let r = ctx.listener
+        stats.dec(r.stats.downstreamCxActive)
+        stats.inc(r.stats.downstreamCxDestroy)
+        stats.dec(serverStats.totalConnections)
+        stats.record(r.stats.downstreamCxLengthMs, monotonicMs() &- ctx.startMs)
+        r.openConnections.release()
+    }
+
+    /// Runs the loop until told to exit.
+    public func run() { dispatcher.run() }
+}
+
+/// The main thread's way to reach a worker: posts run on the worker's thread with the worker.
+public struct WorkerHandle: Sendable {
+    public let index: Int
+    public let dispatcher: DispatcherHandle
+    private let ref: UnsafeWorkerRef
+
+    init(_ w: Worker) {
+        index = w.index; dispatcher = w.dispatcher.handle; ref = UnsafeWorkerRef(w)
+    }
+
+    /// Runs `body` on the worker's thread.
+    public func post(_ body: @escaping @Sendable (Worker) -> Void) {
+        let r = ref
+        dispatcher.post { body(r.worker) }
+    }
+}
+
+/// A pointer to a thread-confined Worker, dereferenced only on that worker's own thread (inside
+/// a closure it runs). The worker outlives every post: it is freed after its loop has exited.
+struct UnsafeWorkerRef: @unchecked Sendable {  // thread boundary: dereferenced only on the owning worker's thread
+    private let ptr: Unmanaged<Worker>
+    init(_ w: Worker) { ptr = .passUnretained(w) }
+    var worker: Worker { ptr.takeUnretainedValue() }
+}
+
+extension Worker {
+    public var handle: WorkerHandle { WorkerHandle(self) }
+}
+
+/// A worker's listening socket: accepts in batches while the kernel has connections queued.
+final class WorkerListener {
+    unowned let worker: Worker
+    let fd: Int32
+    var runtime: ListenerRuntime
+    private var event: OpaquePointer?
+
+    init(worker: Worker, fd: Int32, runtime: ListenerRuntime) {
+        self.worker = worker; self.fd = fd; self.runtime = runtime
+        event = event_new(worker.dispatcher.base, fd, Int16(EV_READ | EV_PERSIST), { _, _, ctx in
+            Unmanaged<WorkerListener>.fromOpaque(ctx!).takeUnretainedValue().onAcceptable()
+        }, Unmanaged.passUnretained(self).toOpaque())
+        event_add(event, nil)
+    }
+
+    deinit { stop() }
+
+    func stop() {
+        if let e = event { event_free(e); event = nil; Glibc.close(fd) }
+    }
+
+    private func onAcceptable() {
+        for _ in 0..<64 {
+            var ss = sockaddr_storage()
+            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let c = withUnsafeMutablePointer(to: &ss) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { cshim_accept(fd, $0, &len) }
+            }
+            if c < 0 { return }  // EAGAIN, or EMFILE & co: the next readiness retries.
+            let remote = withUnsafeBytes(of: &ss) { SocketAddress(bytes: $0.baseAddress!, length: Int(len)) }
+            worker.accepted(fd: c, remote: remote, runtime: runtime)
+            if event == nil { return }
+        }
+    }
+}

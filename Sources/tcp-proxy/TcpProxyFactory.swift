@@ -1,0 +1,38 @@
+import Common
+
+/// Builds tcp_proxy sessions for one listener in one config generation: the parsed block, its
+/// stat handles and the clusters it may pick, resolved once on the main thread.
+final class TcpProxyFactory: FilterFactory {
+    let config: TcpProxyConfig
+    let stats: TcpProxyStats
+    /// Cluster names with cumulative weights for `weighted_clusters`.
+    let clusterNames: [String]
+    let cumulativeWeights: [Int]
+
+    init(listener: ListenerConfig, clusters: [String: ClusterSnapshot], store: StatsStore) {
+        guard let c = listener.filter as? TcpProxyConfig else {
+            preconditionFailure("tcp-proxy listener without a tcp block")
+        }
+        config = c
+        stats = TcpProxyStats(store: store, prefix: c.statPrefix)
+        clusterNames = c.clusters.map(\.name)
+        var acc = 0
+        cumulativeWeights = c.clusters.map { acc += $0.weight; return acc }
+    }
+
+    func createFilters(worker: Worker, connection: Connection, context: DownstreamContext) {
+        let session = TcpProxySession(factory: self, worker: worker, downstream: connection, context: context)
+        connection.readFilters = [session]
+        connection.callbacks = session
+        worker.track(session)
+        worker.stats.inc(stats.downstreamCxTotal)
+        _ = session.onNewConnection()
+    }
+
+    /// Picks a cluster name by weight (one cluster: no random draw).
+    func pickCluster(_ rng: inout FastRandom) -> String {
+        if clusterNames.count == 1 { return clusterNames[0] }
+        let r = rng.below(cumulativeWeights.last!)
+        return clusterNames[cumulativeWeights.firstIndex { $0 > r }!]
+    }
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs every system package the project needs to build, test, fuzz and demo.
+# Idempotent; run as root on Debian 12. The project owns this list: nothing may
+# depend on a package installed by hand.
+set -euo pipefail
+
+PKGS=(
+  # build: the four C libraries of the design card
+  libevent-dev libssl-dev libnghttp2-dev libhiredis-dev pkg-config
+  # tests: real peers and tools
+  haproxy curl openssl python3 procps iproute2
+  # fuzzing / sanitizers need clang's runtime for LeakSanitizer reports
+  make
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing packages ${missing[*]}; run as root" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts daemons on install; the tests start their own instances.
+  for svc in haproxy; do
+    if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
+    service "$svc" stop >/dev/null 2>&1 || true
+  done
+fi
+echo "install-deps: ok"
