@@ -9,7 +9,6 @@ PKGS=(
   libevent-dev libssl-dev libnghttp2-dev libhiredis-dev pkg-config
   # tests: real peers and tools
   haproxy curl openssl python3 procps iproute2
-  # fuzzing / sanitizers need clang's runtime for LeakSanitizer reports
   make
 )
 
@@ -31,5 +30,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
     service "$svc" stop >/dev/null 2>&1 || true
   done
+fi
+# pytest runs the integration tests (PyPI; present on most images already).
+if ! python3 -c "import pytest" >/dev/null 2>&1; then
+  python3 -m pip install -q "pytest>=7" >/dev/null
 fi
 echo "install-deps: ok"

@@ -8,6 +8,8 @@ final class AdminServer {
     unowned let server: Server
     private let http: OpaquePointer
     let address: SocketAddress
+    /// POST /quitquitquit was answered: quit once the reply is sent.
+    private var quitAfterReply = false
 
     struct AdminError: Error, CustomStringConvertible { let description: String }
 
@@ -44,6 +46,12 @@ final class AdminServer {
             }
         }
         let (code, type, body) = route(path: path, query: query, post: isPost)
+        if quitAfterReply {
+            // Exit only once the reply is on the wire.
+            evhttp_request_set_on_complete_cb(req, { _, ctx in
+                Unmanaged<AdminServer>.fromOpaque(ctx!).takeUnretainedValue().server.quit()
+            }, Unmanaged.passUnretained(self).toOpaque())
+        }
         let out = evbuffer_new()
         var b = body
         b.withUTF8 { _ = evbuffer_add(out, $0.baseAddress, $0.count) }
@@ -115,7 +123,7 @@ final class AdminServer {
             server.stopListening()
             return (200, text, "OK\n")
         case "/quitquitquit":
-            server.quit()
+            quitAfterReply = true
             return (200, text, "OK\n")
         default:
             return (404, text, "unknown admin path \(path); see /help\n")

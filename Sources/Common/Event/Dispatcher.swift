@@ -70,7 +70,7 @@ public final class Dispatcher {
 /// The thread-safe face of a dispatcher: post work, stop the loop.
 public final class DispatcherHandle: @unchecked Sendable {  // C boundary: event_active/loopbreak are thread-safe after evthread_use_pthreads; the queue is under a Mutex
     private let base: OpaquePointer
-    private let inbox = Mutex<[@Sendable () -> Void]>([])
+    private let inbox = Locked<[@Sendable () -> Void]>([])
     private var inboxEvent: OpaquePointer?
 
     init(base: OpaquePointer) {

@@ -42,6 +42,9 @@ public final class Connection {
     private var event: OpaquePointer?
     private var readEnabled = true
     private var readReady = false
+    /// The kernel reported the peer's FIN (EPOLLRDHUP, libevent's EV_CLOSED): read until 0,
+    /// whatever a short read suggests, or the FIN queued behind the data would be missed.
+    private var peerFinPending = false
     private var writeReady = true
     /// The peer sent FIN.
     public private(set) var readEOF = false
@@ -97,7 +100,7 @@ public final class Connection {
     }
 
     private func register() {
-        event = event_new(worker.dispatcher.base, fd, Int16(EV_READ | EV_WRITE | EV_ET | EV_PERSIST), { _, what, ctx in
+        event = event_new(worker.dispatcher.base, fd, Int16(EV_READ | EV_WRITE | EV_CLOSED | EV_ET | EV_PERSIST), { _, what, ctx in
             Unmanaged<Connection>.fromOpaque(ctx!)._withUnsafeGuaranteedRef { $0.onEvent(what) }
         }, Unmanaged.passUnretained(self).toOpaque())
         event_add(event, nil)
@@ -123,7 +126,8 @@ public final class Connection {
             writeReady = true
             if !writeBuffer.isEmpty || shutdownPending { flush() }
         }
-        if what & Int16(EV_READ) != 0 && state == .open {
+        if what & Int16(EV_CLOSED) != 0 { peerFinPending = true }
+        if what & Int16(EV_READ | EV_CLOSED) != 0 && state == .open {
             readReady = true
             if readEnabled { readLoop() }
         }
@@ -150,8 +154,9 @@ public final class Connection {
             if n > 0 {
                 readBuffer.commit(n)
                 bytesRead &+= UInt64(n)
-                // A short read drained the socket; new data brings a new edge.
-                if n < space.count { readReady = false }
+                // A short read drained the socket; new data brings a new edge. (A FIN already
+                // queued brings none: EV_CLOSED told us about it, so keep reading then.)
+                if n < space.count && !peerFinPending { readReady = false }
             } else if n == 0 {
                 readEOF = true
                 readReady = false

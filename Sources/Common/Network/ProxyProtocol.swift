@@ -53,8 +53,12 @@ public enum ProxyProtocol {
         var end = -1
         let limit = min(b.count, v1MaxLength)
         var i = 0
-        while i + 1 < limit {
-            if b[i] == 0x0D && b[i + 1] == 0x0A { end = i; break }
+        while i < limit {
+            if b[i] == 0x0D {
+                if i + 1 == limit { break }
+                if b[i + 1] == 0x0A { end = i; break }
+                return .invalid("v1: CR without LF")
+            }
             if b[i] == 0x0A || b[i] == 0 { return .invalid("v1: bad byte in header line") }
             i += 1
         }

@@ -59,7 +59,7 @@ public final class StatsStore: Sendable {
         var byName: [String: Entry] = [:]
         var nextSlot = 0
     }
-    private let registry = Mutex(Registry())
+    private let registry = Locked(Registry())
     /// One slab per thread.
     public let slabs: [StatsSlab]
     /// Slots per slab: the most stats (histograms count 21) the process can register.

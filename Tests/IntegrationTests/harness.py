@@ -1,0 +1,378 @@
+"""Integration-test harness: runs the real binaries on 127.0.0.1 with port 0 and --ready-file,
+and scripted fake peers built on plain sockets (not on the project's code, so a bug there
+cannot hide itself). Every wait polls with a deadline; nothing sleeps for a fixed time."""
+
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+
+BIN_DIR = os.environ.get("PROXY_BIN_DIR", ".build/release")
+TSAN = os.environ.get("PROXY_TSAN") == "1"
+
+
+def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
+    """Polls `pred` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Proxy:
+    """A running proxy binary. Use as a context manager; stops it by PID."""
+
+    def __init__(self, binary, args=None, config=None, tmp=None, env=None):
+        self.tmp = tmp or tempfile.mkdtemp(prefix="proxy-test-")
+        self.ready_file = os.path.join(self.tmp, f"ready-{random.getrandbits(32)}.json")
+        self.config_path = None
+        argv = [os.path.join(BIN_DIR, binary)]
+        if config is not None:
+            self.config_path = os.path.join(self.tmp, f"config-{random.getrandbits(32)}.yaml")
+            with open(self.config_path, "w") as f:
+                f.write(config)
+            argv += ["--config", self.config_path]
+        argv += list(args or [])
+        argv += ["--ready-file", self.ready_file]
+        self.stderr_path = os.path.join(self.tmp, f"stderr-{random.getrandbits(32)}.log")
+        self.stdout_path = self.stderr_path + ".out"
+        self._stderr = open(self.stderr_path, "wb")
+        self._stdout = open(self.stdout_path, "wb")
+        e = dict(os.environ)
+        if TSAN:
+            e["TSAN_OPTIONS"] = "halt_on_error=1 exitcode=66 second_deadlock_stack=1"
+        e.update(env or {})
+        self.proc = subprocess.Popen(argv, stdout=self._stdout, stderr=self._stderr, env=e)
+        self.ready = None
+        try:
+            self.ready = wait_for(self._read_ready, timeout=60 if TSAN else 20, what=f"{binary} ready file")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"{binary} did not become ready; stderr:\n{self.stderr()}")
+
+    def _read_ready(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"process exited with {self.proc.returncode}; stderr:\n{self.stderr()}")
+        try:
+            with open(self.ready_file) as f:
+                return json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def reread_ready(self):
+        self.ready = self._read_ready()
+        return self.ready
+
+    def stderr(self):
+        if not self._stderr.closed:
+            self._stderr.flush()
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def stdout(self):
+        if not self._stdout.closed:
+            self._stdout.flush()
+        with open(self.stdout_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def addr(self, listener="main"):
+        host, port = self.ready["listeners"][listener].rsplit(":", 1)
+        return host.strip("[]"), int(port)
+
+    @property
+    def admin(self):
+        return "http://" + self.ready["admin"]
+
+    def get(self, path):
+        with urllib.request.urlopen(self.admin + path, timeout=10) as r:
+            return r.status, r.read().decode()
+
+    def post(self, path):
+        req = urllib.request.Request(self.admin + path, method="POST", data=b"")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+
+    def stats(self):
+        _, body = self.get("/stats?format=json")
+        out = {}
+        for s in json.loads(body)["stats"]:
+            if "name" in s:
+                out[s["name"]] = s["value"]
+        return out
+
+    def stat(self, name):
+        return self.stats().get(name, 0)
+
+    def wait_stat(self, name, pred, timeout=10.0):
+        return wait_for(lambda: pred(self.stat(name)), timeout=timeout, what=f"stat {name}")
+
+    def rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout=30):
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
+        self._stdout.close()
+        if TSAN and "ThreadSanitizer" in self.stderr():
+            raise AssertionError("ThreadSanitizer report:\n" + self.stderr()[-6000:])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def connect(addr, timeout=10):
+    s = socket.create_connection(addr, timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def recv_all(sock, timeout=30):
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        d = sock.recv(1 << 20)
+        if not d:
+            return b"".join(chunks)
+        chunks.append(d)
+
+
+def recv_exact(sock, n, timeout=30):
+    sock.settimeout(timeout)
+    buf = bytearray()
+    while len(buf) < n:
+        d = sock.recv(n - len(buf))
+        if not d:
+            raise AssertionError(f"EOF after {len(buf)} of {n} bytes")
+        buf += d
+    return bytes(buf)
+
+
+class Server:
+    """A threaded TCP server on 127.0.0.1:0 running `handler(conn, server)` per connection."""
+
+    def __init__(self, handler, backlog=1024):
+        self.handler = handler
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.addr = self.sock.getsockname()
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.closed = False
+        self.results = {}
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self):
+        return f"127.0.0.1:{self.addr[1]}"
+
+    def _loop(self):
+        while not self.closed:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self._run, args=(c,), daemon=True).start()
+
+    def _run(self, c):
+        try:
+            self.handler(c, self)
+        except OSError:
+            pass
+        finally:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def echo_handler(c, server):
+    while True:
+        d = c.recv(1 << 16)
+        if not d:
+            break
+        c.sendall(d)
+
+
+def name_handler(name):
+    """Answers every connection with its name, then echoes."""
+    def h(c, server):
+        c.sendall(name.encode() + b"\n")
+        echo_handler(c, server)
+    return h
+
+
+def stream_bytes(seed, total, chunk=1 << 20):
+    """A deterministic pseudo-random byte stream, chunk by chunk."""
+    r = random.Random(seed)
+    left = total
+    while left > 0:
+        n = min(chunk, left)
+        yield r.randbytes(n)
+        left -= n
+
+
+def stream_digest(seed, total):
+    h = hashlib.sha256()
+    for b in stream_bytes(seed, total):
+        h.update(b)
+    return h.hexdigest()
+
+
+def duplex_handler(c, server):
+    """Protocol of the byte-exactness tests: the client sends 16 bytes (seed, size to send back),
+    then its own stream until EOF; the server sends `size` bytes of stream(seed) at the same
+    time and records the sha256 and length of what it received under the seed."""
+    hdr = recv_exact(c, 16)
+    seed = int.from_bytes(hdr[:8], "big")
+    size = int.from_bytes(hdr[8:], "big")
+
+    def send():
+        for b in stream_bytes(seed, size):
+            c.sendall(b)
+        c.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        d = c.recv(1 << 20)
+        if not d:
+            break
+        h.update(d)
+        n += len(d)
+    t.join()
+    with server.lock:
+        server.results[seed] = (h.hexdigest(), n)
+
+
+def duplex_client(addr, seed, up_size, down_size, up_seed):
+    """Runs one duplex exchange; returns (digest received, bytes received)."""
+    s = connect(addr, timeout=120)
+    s.sendall(seed.to_bytes(8, "big") + down_size.to_bytes(8, "big"))
+
+    def send():
+        for b in stream_bytes(up_seed, up_size):
+            s.sendall(b)
+        s.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    h = hashlib.sha256()
+    n = 0
+    s.settimeout(120)
+    while True:
+        d = s.recv(1 << 20)
+        if not d:
+            break
+        h.update(d)
+        n += len(d)
+    t.join()
+    s.close()
+    return h.hexdigest(), n
+
+
+def refused_endpoint():
+    """A loopback port with nothing listening (bound then closed)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"127.0.0.1:{port}"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Blackhole:
+    """A listening socket whose accept queue is full, so new SYNs are dropped and connects
+    hang: a non-answering address on loopback, for connect timeouts."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.addr = self.sock.getsockname()
+        self.fillers = []
+        # Fill the queue; later connects get no SYN-ACK.
+        for _ in range(3):
+            f = socket.socket()
+            f.setblocking(False)
+            try:
+                f.connect(self.addr)
+            except BlockingIOError:
+                pass
+            self.fillers.append(f)
+        # Make sure the queue is really full: a probe must not connect within 300 ms.
+        probe = socket.socket()
+        probe.settimeout(0.3)
+        try:
+            probe.connect(self.addr)
+            connected = True
+        except (socket.timeout, OSError):
+            connected = False
+        probe.close()
+        assert not connected, "blackhole accepted a connection"
+
+    @property
+    def endpoint(self):
+        return f"127.0.0.1:{self.addr[1]}"
+
+    def close(self):
+        for f in self.fillers:
+            f.close()
+        self.sock.close()

@@ -1,0 +1,211 @@
+"""Drain on SIGTERM, reload on SIGHUP (good and broken), admin endpoints (Must show 6, 8)."""
+
+import json
+import signal
+import socket
+import threading
+import time
+
+from harness import Proxy, Server, connect, echo_handler, name_handler, recv_all, recv_exact, wait_for
+
+MiB = 1 << 20
+
+
+def cfg_for(endpoint, drain="30s"):
+    return f"""
+admin: {{ address: 127.0.0.1:0 }}
+workers: 2
+drain_timeout: {drain}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    tcp: {{ cluster: backend }}
+clusters:
+  - name: backend
+    endpoints: [ "{endpoint}" ]
+"""
+
+
+def test_sigterm_drains_in_flight_transfers_then_exits_0():
+    total = 16 * MiB
+    gate = threading.Event()
+
+    def slow_sender(c, server):
+        c.recv(1)
+        chunk = b"z" * (256 * 1024)
+        for i in range(total // len(chunk)):
+            if i == 4:
+                gate.set()  # the transfer is under way
+            c.sendall(chunk)
+            time.sleep(0.01)
+        c.shutdown(socket.SHUT_WR)
+        recv_all(c)
+
+    with Server(slow_sender) as up:
+        p = Proxy("tcp-proxy", config=cfg_for(up.endpoint))
+        try:
+            clients = [connect(p.addr()) for _ in range(3)]
+            for s in clients:
+                s.sendall(b"g")
+            assert gate.wait(10)
+            results = [None] * 3
+
+            def drain(i, s):
+                results[i] = len(recv_all(s, timeout=60))
+                s.close()
+
+            threads = [threading.Thread(target=drain, args=(i, s)) for i, s in enumerate(clients)]
+            for t in threads:
+                t.start()
+            p.signal(signal.SIGTERM)
+            # New connections are refused once draining started.
+            def refused():
+                try:
+                    socket.create_connection(p.addr(), timeout=1).close()
+                    return False
+                except OSError:
+                    return True
+            wait_for(refused, timeout=10, what="listener closed")
+            for t in threads:
+                t.join(60)
+            assert results == [total] * 3
+            assert p.wait(30) == 0
+            assert "drained" in p.stderr()
+        finally:
+            p.stop()
+
+
+def test_drain_timeout_closes_stragglers_and_exits_0():
+    with Server(echo_handler) as up:
+        p = Proxy("tcp-proxy", config=cfg_for(up.endpoint, drain="300ms"))
+        try:
+            s = connect(p.addr())
+            s.sendall(b"x")
+            assert recv_exact(s, 1) == b"x"
+            t0 = time.monotonic()
+            p.signal(signal.SIGTERM)
+            assert p.wait(10) == 0
+            assert time.monotonic() - t0 < 5
+            assert recv_all(s, timeout=5) == b""
+        finally:
+            p.stop()
+
+
+def test_sighup_switches_new_connections_and_keeps_open_ones():
+    with Server(name_handler("old")) as old, Server(name_handler("new")) as new:
+        with Proxy("tcp-proxy", config=cfg_for(old.endpoint)) as p:
+            first = connect(p.addr())
+            assert recv_exact(first, 4) == b"old\n"
+            with open(p.config_path, "w") as f:
+                f.write(cfg_for(new.endpoint))
+            p.signal(signal.SIGHUP)
+            p.wait_stat("server.reload_success", lambda v: v == 1)
+            for _ in range(4):
+                s = connect(p.addr())
+                assert recv_exact(s, 4) == b"new\n"
+                s.close()
+            # The connection opened before the reload still talks to the old host.
+            first.sendall(b"still here")
+            assert recv_exact(first, 10) == b"still here"
+            first.close()
+
+            # A broken config is refused: logged, counted, the running one keeps serving.
+            with open(p.config_path, "w") as f:
+                f.write(cfg_for(new.endpoint).replace("endpoints:", "endpoinds:"))
+            p.signal(signal.SIGHUP)
+            p.wait_stat("server.reload_rejected", lambda v: v == 1)
+            assert "reload rejected" in p.stderr()
+            assert "clusters[0].endpoints: missing required key" in p.stderr()
+            s = connect(p.addr())
+            assert recv_exact(s, 4) == b"new\n"
+            s.close()
+            assert p.proc.poll() is None
+
+
+def test_sighup_can_add_a_listener():
+    with Server(name_handler("x")) as up:
+        with Proxy("tcp-proxy", config=cfg_for(up.endpoint)) as p:
+            two = cfg_for(up.endpoint).replace("clusters:", """  - name: second
+    address: 127.0.0.1:0
+    tcp: { cluster: backend }
+clusters:""")
+            with open(p.config_path, "w") as f:
+                f.write(two)
+            p.signal(signal.SIGHUP)
+            p.wait_stat("server.reload_success", lambda v: v == 1)
+            wait_for(lambda: "second" in (p.reread_ready() or {}).get("listeners", {}), what="ready file update")
+            s = connect(p.addr("second"))
+            assert recv_exact(s, 2) == b"x\n"
+            s.close()
+            s = connect(p.addr("main"))
+            assert recv_exact(s, 2) == b"x\n"
+            s.close()
+
+
+def test_admin_endpoints():
+    with Server(echo_handler) as up:
+        with Proxy("tcp-proxy", config=cfg_for(up.endpoint)) as p:
+            s = connect(p.addr())
+            s.sendall(b"12345")
+            assert recv_exact(s, 5) == b"12345"
+            p.wait_stat("listener.main.downstream_cx_active", lambda v: v == 1)
+            st = p.stats()
+            assert st["cluster.backend.upstream_cx_active"] == 1
+            assert st["server.total_connections"] == 1
+            assert st["server.concurrency"] == 2
+            s.close()
+            p.wait_stat("listener.main.downstream_cx_active", lambda v: v == 0)
+            st = p.stats()
+            assert st["listener.main.downstream_cx_total"] == 1
+            assert st["listener.main.downstream_cx_destroy"] == 1
+            assert st["tcp.main.downstream_cx_rx_bytes_total"] == 5
+            assert st["tcp.main.downstream_cx_tx_bytes_total"] == 5
+            assert st["cluster.backend.upstream_cx_active"] == 0
+
+            code, text = p.get("/stats?filter=^tcp\\.main\\.downstream_cx_rx")
+            assert code == 200 and text.strip() == "tcp.main.downstream_cx_rx_bytes_total: 5"
+            _, prom = p.get("/stats/prometheus")
+            assert 'envoy_cluster_upstream_cx_total{envoy_cluster_name="backend"} 1' in prom
+            assert "# TYPE envoy_listener_downstream_cx_length_ms histogram" in prom
+            _, listeners = p.get("/listeners")
+            host, port = p.addr()
+            assert f"main::{host}:{port}" in listeners
+            _, info = p.get("/server_info")
+            assert json.loads(info)["state"] == "LIVE"
+            _, dump = p.get("/config_dump")
+            assert json.loads(dump)["clusters"][0]["endpoints"][0]["address"] == up.endpoint
+            _, cl = p.get("/clusters?format=json")
+            assert json.loads(cl)["cluster_statuses"][0]["host_statuses"][0]["stats"]["cx_total"] == 1
+            assert p.get("/ready") == (200, "LIVE\n")
+            assert p.post("/healthcheck/fail")[0] == 200
+            try:
+                p.get("/ready")
+                assert False, "expected 503"
+            except Exception as e:
+                assert "503" in str(e)
+            assert p.post("/healthcheck/ok")[0] == 200
+            assert p.get("/ready")[0] == 200
+            assert p.post("/drain_listeners")[0] == 200
+            def refused():
+                try:
+                    socket.create_connection(p.addr(), timeout=1).close()
+                    return False
+                except OSError:
+                    return True
+            wait_for(refused, what="listeners drained")
+            assert p.post("/quitquitquit")[0] == 200
+            assert p.wait(10) == 0
+
+
+def test_access_log_lines():
+    with Server(echo_handler) as up:
+        cfg = cfg_for(up.endpoint).replace("    tcp:", """    access_log:
+      - path: /dev/stdout
+        format: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %UPSTREAM_HOST% %BYTES_RECEIVED% %BYTES_SENT% %RESPONSE_FLAGS%\\n"
+    tcp:""")
+        with Proxy("tcp-proxy", config=cfg) as p:
+            s = connect(p.addr())
+            s.sendall(b"abc")
+            assert recv_exact(s, 3) == b"abc"
+            s.close()
+            wait_for(lambda: f"127.0.0.1 {up.endpoint} 3 3 -" in p.stdout(), timeout=10, what="access log line")

@@ -1,0 +1,210 @@
+"""Connect failures, retries, timeouts, circuit breakers, balancing (Must show 3)."""
+
+import socket
+import time
+
+from harness import Blackhole, Proxy, Server, connect, echo_handler, name_handler, recv_all, recv_exact, refused_endpoint, wait_for
+
+
+def config(endpoints, attempts=1, connect_timeout="5s", extra_cluster="", extra_tcp="", lb="round_robin"):
+    eps = ", ".join(f'"{e}"' for e in endpoints)
+    return f"""
+admin: {{ address: 127.0.0.1:0 }}
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    tcp: {{ cluster: backend, max_connect_attempts: {attempts} {extra_tcp} }}
+clusters:
+  - name: backend
+    lb_policy: {lb}
+    connect_timeout: {connect_timeout}
+    endpoints: [ {eps} ]
+{extra_cluster}
+"""
+
+
+def test_first_host_refuses_next_host_serves():
+    with Server(name_handler("good")) as good:
+        bad = refused_endpoint()
+        with Proxy("tcp-proxy", config=config([bad, good.endpoint], attempts=2)) as p:
+            for _ in range(6):  # every connection succeeds, whichever host round robin tries first
+                s = connect(p.addr())
+                assert recv_exact(s, 5) == b"good\n"
+                s.sendall(b"ping")
+                assert recv_exact(s, 4) == b"ping"
+                s.close()
+            s = p.stats()
+            fails = s["cluster.backend.upstream_cx_connect_fail"]
+            assert 1 <= fails <= 6
+            assert s["cluster.backend.upstream_cx_connect_attempts_exceeded"] == 0
+            assert s["cluster.backend.upstream_cx_total"] == 6 + fails
+            _, clusters = p.get("/clusters")
+            assert f"backend::{bad}::cx_connect_fail::{fails}" in clusters
+            assert f"backend::{good.endpoint}::cx_total::6" in clusters
+
+
+def test_all_hosts_down_closes_downstream_promptly():
+    bad1, bad2 = refused_endpoint(), refused_endpoint()
+    with Proxy("tcp-proxy", config=config([bad1, bad2], attempts=2)) as p:
+        t0 = time.monotonic()
+        s = connect(p.addr())
+        s.sendall(b"hello?")
+        assert recv_all(s, timeout=5) == b""
+        assert time.monotonic() - t0 < 2.0
+        s.close()
+        p.wait_stat("listener.main.downstream_cx_active", lambda v: v == 0)
+        st = p.stats()
+        assert st["cluster.backend.upstream_cx_connect_fail"] == 2
+        assert st["cluster.backend.upstream_cx_connect_attempts_exceeded"] == 1
+        assert st["cluster.backend.upstream_cx_active"] == 0
+
+
+def test_connect_timeout_is_honoured():
+    hole = Blackhole()
+    try:
+        with Proxy("tcp-proxy", config=config([hole.endpoint], connect_timeout="300ms")) as p:
+            t0 = time.monotonic()
+            s = connect(p.addr())
+            assert recv_all(s, timeout=10) == b""
+            took = time.monotonic() - t0
+            assert 0.25 <= took < 3.0, f"closed after {took:.2f}s"
+            p.wait_stat("cluster.backend.upstream_cx_connect_timeout", lambda v: v == 1)
+            assert p.stat("cluster.backend.upstream_cx_connect_fail") == 1
+    finally:
+        hole.close()
+
+
+def test_connect_timeout_then_retry_on_next_host():
+    hole = Blackhole()
+    try:
+        with Server(name_handler("alive")) as good:
+            with Proxy("tcp-proxy", config=config([hole.endpoint, good.endpoint], attempts=2, connect_timeout="200ms")) as p:
+                for _ in range(2):
+                    s = connect(p.addr())
+                    assert recv_exact(s, 6, timeout=10) == b"alive\n"
+                    s.close()
+                assert 1 <= p.stat("cluster.backend.upstream_cx_connect_timeout") <= 2
+    finally:
+        hole.close()
+
+
+def test_circuit_breaker_overflow():
+    with Server(echo_handler) as up:
+        cfg = config([up.endpoint], extra_cluster="    circuit_breakers: { max_connections: 2 }")
+        with Proxy("tcp-proxy", config=cfg) as p:
+            a, b = connect(p.addr()), connect(p.addr())
+            for s in (a, b):
+                s.sendall(b"x")
+                assert recv_exact(s, 1) == b"x"
+            c = connect(p.addr())
+            assert recv_all(c, timeout=5) == b""
+            assert p.stat("cluster.backend.upstream_cx_overflow") == 1
+            a.close(); b.close(); c.close()
+
+
+def test_max_connections_per_listener():
+    with Server(echo_handler) as up:
+        cfg = config([up.endpoint]).replace("    address: 127.0.0.1:0\n", "    address: 127.0.0.1:0\n    max_connections: 1\n", 1)
+        with Proxy("tcp-proxy", config=cfg) as p:
+            a = connect(p.addr())
+            a.sendall(b"x")
+            assert recv_exact(a, 1) == b"x"
+            b = connect(p.addr())
+            assert recv_all(b, timeout=5) == b""
+            assert p.stat("listener.main.downstream_cx_overflow") == 1
+            a.close()
+            p.wait_stat("listener.main.downstream_cx_active", lambda v: v == 0)
+            c = connect(p.addr())
+            c.sendall(b"y")
+            assert recv_exact(c, 1) == b"y"
+            c.close()
+
+
+def test_idle_timeout_closes_quiet_connections():
+    with Server(echo_handler) as up:
+        with Proxy("tcp-proxy", config=config([up.endpoint], extra_tcp=", idle_timeout: 300ms")) as p:
+            s = connect(p.addr())
+            s.sendall(b"a")
+            assert recv_exact(s, 1) == b"a"
+            t0 = time.monotonic()
+            assert recv_all(s, timeout=10) == b""
+            assert time.monotonic() - t0 >= 0.25
+            assert p.stat("tcp.main.idle_timeout") == 1
+
+
+def test_max_downstream_connection_duration():
+    with Server(echo_handler) as up:
+        with Proxy("tcp-proxy", config=config([up.endpoint], extra_tcp=", max_downstream_connection_duration: 400ms")) as p:
+            s = connect(p.addr())
+            t0 = time.monotonic()
+            # Busy all along: the duration cap still applies.
+            s.settimeout(0.05)
+            closed = False
+            while time.monotonic() - t0 < 10:
+                try:
+                    s.sendall(b"b")
+                    d = s.recv(10)
+                    if d == b"":
+                        closed = True
+                        break
+                except socket.timeout:
+                    pass
+                except OSError:
+                    closed = True
+                    break
+            assert closed and time.monotonic() - t0 >= 0.35
+            assert p.stat("tcp.main.max_downstream_connection_duration") == 1
+
+
+def test_weighted_round_robin_spreads_by_weight():
+    with Server(name_handler("a")) as a, Server(name_handler("b")) as b:
+        cfg = f"""
+admin: {{ address: 127.0.0.1:0 }}
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    tcp: {{ cluster: backend }}
+clusters:
+  - name: backend
+    endpoints: [ {{ address: "{a.endpoint}", weight: 3 }}, {{ address: "{b.endpoint}", weight: 1 }} ]
+"""
+        with Proxy("tcp-proxy", config=cfg) as p:
+            seen = {"a": 0, "b": 0}
+            for _ in range(40):
+                s = connect(p.addr())
+                seen[recv_exact(s, 2).decode().strip()] += 1
+                s.close()
+            assert seen == {"a": 30, "b": 10}
+
+
+def test_weighted_clusters_and_source_ip_hash():
+    with Server(name_handler("a")) as a, Server(name_handler("b")) as b, Server(name_handler("c")) as c:
+        cfg = f"""
+admin: {{ address: 127.0.0.1:0 }}
+workers: 2
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    tcp:
+      hash_policy: source_ip
+      weighted_clusters: [ {{ name: one, weight: 1 }}, {{ name: two, weight: 1 }} ]
+clusters:
+  - name: one
+    lb_policy: maglev
+    endpoints: [ "{a.endpoint}" ]
+  - name: two
+    lb_policy: maglev
+    endpoints: [ "{b.endpoint}", "{c.endpoint}" ]
+"""
+        with Proxy("tcp-proxy", config=cfg) as p:
+            seen = {}
+            for _ in range(60):
+                s = connect(p.addr())
+                n = recv_exact(s, 2).decode().strip()
+                seen[n] = seen.get(n, 0) + 1
+                s.close()
+            # Both clusters get traffic; within cluster two, one source IP always maps to one host.
+            assert seen.get("a", 0) > 5
+            assert (seen.get("b", 0) > 0) != (seen.get("c", 0) > 0)
