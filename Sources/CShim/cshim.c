@@ -18,6 +18,8 @@ int cshim_listen(const struct sockaddr *addr, socklen_t len, int reuseport, int 
             int e = errno; close(fd); return -e;
         }
         if (addr->sa_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        // Accepted sockets inherit TCP_NODELAY from the listener: one setsockopt, not one per accept.
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     if (bind(fd, addr, len) < 0 || listen(fd, backlog) < 0) { int e = errno; close(fd); return -e; }
     return fd;

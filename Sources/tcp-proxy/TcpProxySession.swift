@@ -147,6 +147,11 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
         }
         lastActivityMs = monotonicMs()
         armIdle()
+        // No filter but us sees the bytes: bulk transfers may skip user space.
+        if factory.config.splice && downstream.readFilters.count == 1 && downstream.writeFilters.isEmpty {
+            downstream.spliceTarget = connection
+            connection.spliceTarget = downstream
+        }
         // Bytes (and a FIN) the client sent while we were connecting.
         if !downstream.readBuffer.isEmpty || downstream.readEOF {
             _ = onData(downstream.readBuffer, endStream: downstream.readEOF)
@@ -166,6 +171,18 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
         worker.stats.add(cluster!.snapshot.stats.upstreamCxRxBytesTotal, n)
         worker.stats.add(stats.downstreamCxTxBytesTotal, n)
         downstream.write(buffer, endStream: endStream)
+    }
+
+    func onSpliced(_ connection: Connection, bytes n: Int) {
+        lastActivityMs = monotonicMs()
+        guard let cs = cluster?.snapshot else { return }
+        if connection === downstream {
+            worker.stats.add(stats.downstreamCxRxBytesTotal, n)
+            worker.stats.add(cs.stats.upstreamCxTxBytesTotal, n)
+        } else {
+            worker.stats.add(cs.stats.upstreamCxRxBytesTotal, n)
+            worker.stats.add(stats.downstreamCxTxBytesTotal, n)
+        }
     }
 
     // MARK: - Flow control
@@ -253,7 +270,12 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
         if finished { return }
         finished = true
         timer?.cancel()
+        // The local address is looked up lazily: do it while the socket is still open.
+        let logs = worker.accessLogs[context.listener.name]
+        let localAddress = logs != nil ? context.local : nil
         let cs = cluster?.snapshot
+        downstream.spliceTarget = nil
+        upstream?.spliceTarget = nil
         if let up = upstream {
             up.callbacks = nil
             if up.state != .closed { up.close() }
@@ -265,12 +287,12 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
         releaseHost()
         downstream.callbacks = nil
         if downstream.state != .closed { downstream.close() }
-        if let logs = worker.accessLogs[context.listener.name] {
+        if let logs {
             var e = AccessLogEntry()
             e.startWallMs = context.startWallMs
             e.durationMs = monotonicMs() &- context.startMs
             e.downstreamRemote = context.remote
-            e.downstreamLocal = context.local
+            e.downstreamLocal = localAddress
             e.upstreamHost = attempted.last.flatMap { cs?.hosts[$0].address }
             e.cluster = cs?.name ?? ""
             e.bytesReceived = downstream.bytesRead

@@ -39,4 +39,10 @@ public protocol ConnectionCallbacks: AnyObject {
     func onAboveWriteBufferHighWatermark(_ connection: Connection)
     /// ... and back under its low watermark: feed it again.
     func onBelowWriteBufferLowWatermark(_ connection: Connection)
+    /// `bytes` went from this connection straight to its splice target (no filter saw them).
+    func onSpliced(_ connection: Connection, bytes: Int)
+}
+
+extension ConnectionCallbacks {
+    public func onSpliced(_ connection: Connection, bytes: Int) {}
 }

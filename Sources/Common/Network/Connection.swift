@@ -59,7 +59,20 @@ public final class Connection {
     /// Re-entrancy guard: a read in progress.
     private var dispatching = false
 
-    /// Wraps an accepted socket.
+    // MARK: splice(2) state
+    /// Where bytes read from this socket may be spliced (the other side of a relay), set by a
+    /// terminal filter when no filter needs to see the bytes. Cleared before either closes.
+    public unowned(unsafe) var spliceTarget: Connection?
+    /// A read filled a whole block: the transfer is bulk, so splice from now on (HAProxy's
+    /// splice-auto heuristic). Small request/response traffic stays on read/write.
+    private var bulk = false
+    /// The pipe carrying bytes to this connection's socket (filled by `spliceTarget`'s peer).
+    private var pipeR: Int32 = -1
+    private var pipeW: Int32 = -1
+    /// Bytes sitting in that pipe: part of what this connection still has to write.
+    private var pipeBytes = 0
+
+    /// Wraps an accepted socket (TCP_NODELAY comes from the listening socket).
     public init(worker: Worker, fd: Int32, remote: SocketAddress?, bufferLimit: Int) {
         self.worker = worker
         self.fd = fd
@@ -69,7 +82,6 @@ public final class Connection {
         self.writeBuffer = Buffer(pool: worker.pool)
         self.highWatermark = bufferLimit
         self.lowWatermark = bufferLimit / 2
-        cshim_set_nodelay(fd)
         register()
     }
 
@@ -124,7 +136,7 @@ public final class Connection {
         }
         if what & Int16(EV_WRITE) != 0 && state == .open {
             writeReady = true
-            if !writeBuffer.isEmpty || shutdownPending { flush() }
+            if !writeBuffer.isEmpty || pipeBytes > 0 || shutdownPending { flush() }
         }
         if what & Int16(EV_CLOSED) != 0 { peerFinPending = true }
         if what & Int16(EV_READ | EV_CLOSED) != 0 && state == .open {
@@ -149,11 +161,16 @@ public final class Connection {
             budget -= 1
             // Bytes a filter left unconsumed are bounded too; `continueReading` resumes.
             if readBuffer.count >= highWatermark { return }
+            if bulk, let target = spliceTarget, readBuffer.isEmpty, target.canTakeSplice {
+                if !spliceOnce(into: target) { return }
+                continue
+            }
             let space = readBuffer.reserve(16 * 1024)
             let n = read(fd, space.baseAddress, space.count)
             if n > 0 {
                 readBuffer.commit(n)
                 bytesRead &+= UInt64(n)
+                if n == worker.pool.blockSize && spliceTarget != nil { bulk = true }
                 // A short read drained the socket; new data brings a new edge. (A FIN already
                 // queued brings none: EV_CLOSED told us about it, so keep reading then.)
                 if n < space.count && !peerFinPending { readReady = false }
@@ -211,6 +228,68 @@ public final class Connection {
         if readEnabled && state == .open { event_active(event, Int32(EV_READ), 0) }
     }
 
+    // MARK: - Splice path
+
+    /// Whether bytes may be spliced into this connection now: open, nothing queued in user
+    /// space ahead of them (ordering), and a pipe to be had.
+    fileprivate var canTakeSplice: Bool {
+        state == .open && !writeShut && !shutdownPending && writeBuffer.isEmpty && ensurePipe()
+    }
+
+    private func ensurePipe() -> Bool {
+        if pipeW >= 0 { return true }
+        guard let p = worker.pipes.take() else { return false }
+        pipeR = p.0; pipeW = p.1
+        return true
+    }
+
+    /// One splice from this socket into `target`'s pipe, then on to its socket. Returns false
+    /// when reading must stop (EAGAIN, EOF delivered, closed, or the target is full).
+    private func spliceOnce(into target: Connection) -> Bool {
+        let room = worker.pipes.capacity - target.pipeBytes
+        if room <= 0 { target.checkHighWatermark(); return false }
+        let n = cshim_splice(fd, target.pipeW, room)
+        if n > 0 {
+            bytesRead &+= UInt64(n)
+            target.pipeBytes += n
+            callbacks?.onSpliced(self, bytes: n)
+            target.flushPipe()
+            target.checkHighWatermark()
+            if n < room && !peerFinPending { readReady = false }
+            return state == .open
+        }
+        if n == 0 {
+            readEOF = true
+            readReady = false
+            deliver()
+            if readEOF && writeShut && state == .open { closeNow(remote: false) }
+            return false
+        }
+        if n == -Int(EAGAIN) { readReady = false; return false }
+        if n == -Int(EINTR) { return true }
+        closeNow(remote: true)
+        return false
+    }
+
+    /// Moves what the pipe holds to the socket.
+    fileprivate func flushPipe() {
+        while pipeBytes > 0 && writeReady && state == .open {
+            let n = cshim_splice(pipeR, fd, pipeBytes)
+            if n > 0 {
+                pipeBytes -= n
+                bytesWritten &+= UInt64(n)
+            } else if n == -Int(EAGAIN) {
+                writeReady = false
+            } else if n != -Int(EINTR) {
+                closeNow(remote: true)
+                return
+            }
+        }
+    }
+
+    /// Bytes queued for the socket: in the pipe and in the write buffer.
+    public var pendingWriteBytes: Int { writeBuffer.count + pipeBytes }
+
     // MARK: - Write path
 
     /// Sends `data` (drained from it) through the write filters, then to the socket at once;
@@ -221,13 +300,13 @@ public final class Connection {
             if f.onWrite(data, endStream: endStream) == .stopIteration { break }
         }
         if endStream { shutdownPending = true }
-        if writeBuffer.isEmpty && writeReady && state == .open && !data.isEmpty {
+        if writeBuffer.isEmpty && pipeBytes == 0 && writeReady && state == .open && !data.isEmpty {
             writeDirect(data)
             if state == .closed { return }
         }
         writeBuffer.moveAll(from: data)
-        if !writeBuffer.isEmpty && writeReady && state == .open { flush() }
-        if state == .open && writeBuffer.isEmpty && shutdownPending { shutdownWrite() }
+        if (!writeBuffer.isEmpty || pipeBytes > 0) && writeReady && state == .open { flush() }
+        if state == .open && writeBuffer.isEmpty && pipeBytes == 0 && shutdownPending { shutdownWrite() }
         checkHighWatermark()
     }
 
@@ -252,6 +331,10 @@ public final class Connection {
     }
 
     private func flush() {
+        if pipeBytes > 0 {
+            flushPipe()
+            if pipeBytes > 0 || state != .open { checkLowWatermark(); return }
+        }
         while !writeBuffer.isEmpty && writeReady && state == .open {
             let r = writeBuffer.readable
             let n = Glibc.write(fd, r.baseAddress, r.count)
@@ -268,16 +351,21 @@ public final class Connection {
             }
         }
         if state != .open { return }
-        if writeBuffer.isEmpty && closeWhenFlushed { closeNow(remote: false); return }
+        if writeBuffer.isEmpty && pipeBytes == 0 && closeWhenFlushed { closeNow(remote: false); return }
         if writeBuffer.isEmpty && shutdownPending && !writeShut { shutdownWrite() }
-        if aboveHighWatermark && writeBuffer.count <= lowWatermark {
+        checkLowWatermark()
+    }
+
+    private func checkLowWatermark() {
+        if aboveHighWatermark && writeBuffer.count + pipeBytes <= lowWatermark
+            && pipeBytes <= worker.pipes.capacity / 2 && state == .open {
             aboveHighWatermark = false
             callbacks?.onBelowWriteBufferLowWatermark(self)
         }
     }
 
-    private func checkHighWatermark() {
-        if !aboveHighWatermark && writeBuffer.count > highWatermark {
+    fileprivate func checkHighWatermark() {
+        if !aboveHighWatermark && (writeBuffer.count + pipeBytes > highWatermark || pipeBytes >= worker.pipes.capacity) {
             aboveHighWatermark = true
             callbacks?.onAboveWriteBufferHighWatermark(self)
         }
@@ -291,15 +379,13 @@ public final class Connection {
         if readEOF { closeNow(remote: false) }
     }
 
-    /// Bytes queued for the socket.
-    public var pendingWriteBytes: Int { writeBuffer.count }
 
     // MARK: - Close
 
     /// Closes once queued bytes are written (at once when nothing is queued). Stops reading.
     public func closeAfterFlush() {
         guard state != .closed else { return }
-        if writeBuffer.isEmpty || state == .connecting { closeNow(remote: false); return }
+        if (writeBuffer.isEmpty && pipeBytes == 0) || state == .connecting { closeNow(remote: false); return }
         readEnabled = false
         closeWhenFlushed = true
     }
@@ -326,5 +412,11 @@ public final class Connection {
     private func closeSocket() {
         if let e = event { event_free(e); event = nil }
         if fd >= 0 { Glibc.close(fd); fd = -1 }
+        spliceTarget = nil
+        if pipeW >= 0 {
+            // An empty pipe is reused; one with bytes stuck in it is not.
+            if pipeBytes == 0 { worker.pipes.give((pipeR, pipeW)) } else { Glibc.close(pipeR); Glibc.close(pipeW) }
+            pipeR = -1; pipeW = -1; pipeBytes = 0
+        }
     }
 }

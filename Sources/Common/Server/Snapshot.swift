@@ -58,12 +58,28 @@ public protocol FilterFactory: Sendable {
 public struct DownstreamContext {
     /// The client: the PROXY header's source when one was given, else the socket peer.
     public var remote: SocketAddress?
-    /// The address the client connected to (the PROXY header's destination when given).
-    public var local: SocketAddress?
+    /// The address the client connected to: the PROXY header's destination when given, else
+    /// the socket's own address, looked up only when asked (a getsockname per use, not per accept).
+    public var local: SocketAddress? {
+        mutating get {
+            if !localKnown { localValue = SocketAddress.local(of: fd); localKnown = true }
+            return localValue
+        }
+        set { localValue = newValue; localKnown = true }
+    }
+    private var localValue: SocketAddress?
+    private var localKnown = false
+    /// The downstream socket (for the lazy local address).
+    let fd: Int32
     public var listener: ListenerRuntime
     public var startMs: UInt64
     public var startWallMs: UInt64
     public var connectionId: UInt64
+
+    init(remote: SocketAddress?, fd: Int32, listener: ListenerRuntime, startMs: UInt64, startWallMs: UInt64, connectionId: UInt64) {
+        self.remote = remote; self.fd = fd; self.listener = listener
+        self.startMs = startMs; self.startWallMs = startWallMs; self.connectionId = connectionId
+    }
 }
 
 /// One listener in one config generation.

@@ -22,6 +22,7 @@ public final class Worker {
     public let index: Int
     public let dispatcher: Dispatcher
     public let pool = BlockPool()
+    public let pipes = PipePool()
     public let stats: StatsSlab
     public let serverStats: ServerStats
     /// The config generation new connections use.
@@ -123,7 +124,7 @@ public final class Worker {
         stats.inc(runtime.stats.downstreamCxActive)
         stats.inc(serverStats.totalConnections)
         let conn = Connection(worker: self, fd: fd, remote: remote, bufferLimit: cfg.bufferLimit)
-        let ctx = DownstreamContext(remote: remote, local: SocketAddress.local(of: fd), listener: runtime,
+        let ctx = DownstreamContext(remote: remote, fd: fd, listener: runtime,
                                     startMs: monotonicMs(), startWallMs: wallMs(), connectionId: nextConnectionId())
         if cfg.proxyProtocol != .off {
             let reader = ProxyProtocolReader(worker: self, connection: conn, context: ctx)
