@@ -24,6 +24,11 @@ final class AdminServer {
         }
         let fd = evhttp_bound_socket_get_fd(handle)
         self.address = SocketAddress.local(of: fd) ?? address
+        // Admin requests are small; anything larger is refused by evhttp (413/400) and a slow
+        // client is cut off.
+        evhttp_set_max_headers_size(h, 16 * 1024)
+        evhttp_set_max_body_size(h, 64 * 1024)
+        evhttp_set_timeout(h, 10)
         evhttp_set_allowed_methods(h, UInt16(EVHTTP_REQ_GET.rawValue | EVHTTP_REQ_POST.rawValue | EVHTTP_REQ_HEAD.rawValue))
         evhttp_set_gencb(h, { req, ctx in
             Unmanaged<AdminServer>.fromOpaque(ctx!).takeUnretainedValue().handle(req!)

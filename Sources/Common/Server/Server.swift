@@ -95,6 +95,8 @@ public final class Server {
             exit(0)
         }
         signal(SIGPIPE, SIG_IGN)
+        // Each proxied connection needs two descriptors: use the hard limit, as HAProxy does.
+        _ = cshim_raise_nofile()
         let server = Server(options: options, binary: binary, config: config)
         exit(server.run())
     }
@@ -284,6 +286,10 @@ public final class Server {
     /// SIGHUP: load the config file again. A valid one takes effect for new connections; open
     /// ones finish on the generation they started with. An invalid one changes nothing.
     public func reload() {
+        guard state == "LIVE" else {
+            logger.notice("reload: ignored while \(state)")
+            return
+        }
         guard options.config != nil else {
             logger.notice("reload: running from flags, nothing to reload")
             return
@@ -299,14 +305,15 @@ public final class Server {
             logger.error("reload rejected, keeping the running config: \(error)")
             return
         }
-        // Listeners whose address moved release their old sockets before binding anew.
-        unbindRemoved(newConfig)
+        // Bind what is new first (SO_REUSEPORT lets a moved listener overlap its old port), so
+        // a failed bind leaves the running listeners untouched; then retire the old ones.
         let made: [String: (BoundListener, [Int32])]
         do { made = try bindListeners(newConfig) } catch {
             store.mainSlab.inc(serverStats.reloadRejected)
-            logger.error("reload rejected: \(error)")
+            logger.error("reload rejected, keeping the running config: \(error)")
             return
         }
+        unbindRemoved(newConfig)
         snapshot = buildSnapshot(newConfig, generation: snapshot.generation + 1)
         let snap = snapshot
         for h in workerHandles { h.post { $0.apply(snap) } }

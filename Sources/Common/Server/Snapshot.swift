@@ -4,6 +4,7 @@ public struct ListenerStats: Sendable {
     public let downstreamCxActive: Gauge
     public let downstreamCxDestroy: Counter
     public let downstreamCxOverflow: Counter
+    public let downstreamCxAcceptError: Counter
     public let downstreamCxLengthMs: Histogram
     public let downstreamPreCxTimeout: Counter
     public let downstreamCxProxyProtoError: Counter
@@ -17,6 +18,7 @@ public struct ListenerStats: Sendable {
         downstreamCxActive = store.gauge(p + "downstream_cx_active")
         downstreamCxDestroy = store.counter(p + "downstream_cx_destroy")
         downstreamCxOverflow = store.counter(p + "downstream_cx_overflow")
+        downstreamCxAcceptError = store.counter(p + "downstream_cx_accept_error")
         downstreamCxLengthMs = store.histogram(p + "downstream_cx_length_ms")
         downstreamPreCxTimeout = store.counter(p + "downstream_pre_cx_timeout")
         downstreamCxProxyProtoError = store.counter(p + "downstream_cx_proxy_proto_error")

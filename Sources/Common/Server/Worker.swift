@@ -199,6 +199,9 @@ final class WorkerListener {
         if let e = event { event_free(e); event = nil; Glibc.close(fd) }
     }
 
+    /// Re-enables accepting after a resource error (EMFILE, ENFILE, ENOBUFS, ENOMEM).
+    private var pauseTimer: Timer?
+
     private func onAcceptable() {
         for _ in 0..<64 {
             var ss = sockaddr_storage()
@@ -206,10 +209,29 @@ final class WorkerListener {
             let c = withUnsafeMutablePointer(to: &ss) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { cshim_accept(fd, $0, &len) }
             }
-            if c < 0 { return }  // EAGAIN, or EMFILE & co: the next readiness retries.
+            if c < 0 {
+                let e = -c
+                if e == EAGAIN || e == EINTR || e == ECONNABORTED || e == EPROTO { return }
+                // Out of descriptors or memory: the listener stays readable, so polling it now
+                // would spin. Pause accepting for 100 ms (HAProxy and nginx do the same).
+                worker.stats.inc(runtime.stats.downstreamCxAcceptError)
+                pause()
+                return
+            }
             let remote = withUnsafeBytes(of: &ss) { SocketAddress(bytes: $0.baseAddress!, length: Int(len)) }
             worker.accepted(fd: c, remote: remote, runtime: runtime)
             if event == nil { return }
         }
+    }
+
+    private func pause() {
+        guard let e = event else { return }
+        event_del(e)
+        if pauseTimer == nil {
+            pauseTimer = Timer(worker.dispatcher) { [unowned self] in
+                if let e = event { event_add(e, nil) }
+            }
+        }
+        pauseTimer?.arm(ms: 100)
     }
 }
