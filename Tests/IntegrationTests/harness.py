@@ -321,6 +321,48 @@ def duplex_client(addr, seed, up_size, down_size, up_seed):
     return h.hexdigest(), n
 
 
+def port_refuses(addr):
+    """True when nothing accepts on `addr` any more."""
+    try:
+        socket.create_connection(addr, timeout=1).close()
+        return False
+    except OSError:
+        return True
+
+
+def read_line(sock, timeout=30):
+    """Reads up to and including the next newline."""
+    sock.settimeout(timeout)
+    line = b""
+    while not line.endswith(b"\n"):
+        d = sock.recv(1)
+        if not d:
+            raise AssertionError(f"EOF after {line!r}")
+        line += d
+    return line
+
+
+def tcp_config(endpoints, workers=1, listener="", tcp="", cluster="", top=""):
+    """The usual test config: admin on port 0, listener `main` on 127.0.0.1:0 relaying to
+    cluster `backend`. Extra YAML lines go into each block (already indented by the caller
+    for `listener`/`cluster`; `tcp` is appended inside the flow mapping)."""
+    eps = ", ".join(f'"{e}"' for e in endpoints)
+    return f"""
+admin: {{ address: 127.0.0.1:0 }}
+workers: {workers}
+{top}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+{listener}
+    tcp: {{ cluster: backend {tcp} }}
+clusters:
+  - name: backend
+    endpoints: [ {eps} ]
+{cluster}
+"""
+
+
 def refused_endpoint():
     """A loopback port with nothing listening (bound then closed)."""
     s = socket.socket()

@@ -6,24 +6,13 @@ import socket
 import threading
 import time
 
-from harness import Proxy, Server, connect, echo_handler, name_handler, recv_all, recv_exact, wait_for
+from harness import Proxy, Server, connect, echo_handler, name_handler, port_refuses, recv_all, recv_exact, tcp_config, wait_for
 
 MiB = 1 << 20
 
 
 def cfg_for(endpoint, drain="30s"):
-    return f"""
-admin: {{ address: 127.0.0.1:0 }}
-workers: 2
-drain_timeout: {drain}
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    tcp: {{ cluster: backend }}
-clusters:
-  - name: backend
-    endpoints: [ "{endpoint}" ]
-"""
+    return tcp_config([endpoint], workers=2, top=f"drain_timeout: {drain}")
 
 
 def test_sigterm_drains_in_flight_transfers_then_exits_0():
@@ -59,13 +48,7 @@ def test_sigterm_drains_in_flight_transfers_then_exits_0():
                 t.start()
             p.signal(signal.SIGTERM)
             # New connections are refused once draining started.
-            def refused():
-                try:
-                    socket.create_connection(p.addr(), timeout=1).close()
-                    return False
-                except OSError:
-                    return True
-            wait_for(refused, timeout=10, what="listener closed")
+            wait_for(lambda: port_refuses(p.addr()), timeout=10, what="listener closed")
             for t in threads:
                 t.join(60)
             assert results == [total] * 3
@@ -128,7 +111,7 @@ def test_sighup_can_add_a_listener():
             two = cfg_for(up.endpoint).replace("clusters:", """  - name: second
     address: 127.0.0.1:0
     tcp: { cluster: backend }
-clusters:""")
+clusters:""", 1)
             with open(p.config_path, "w") as f:
                 f.write(two)
             p.signal(signal.SIGHUP)
@@ -186,13 +169,7 @@ def test_admin_endpoints():
             assert p.post("/healthcheck/ok")[0] == 200
             assert p.get("/ready")[0] == 200
             assert p.post("/drain_listeners")[0] == 200
-            def refused():
-                try:
-                    socket.create_connection(p.addr(), timeout=1).close()
-                    return False
-                except OSError:
-                    return True
-            wait_for(refused, what="listeners drained")
+            wait_for(lambda: port_refuses(p.addr()), what="listeners drained")
             assert p.post("/quitquitquit")[0] == 200
             assert p.wait(10) == 0
 
@@ -209,3 +186,35 @@ def test_access_log_lines():
             assert recv_exact(s, 3) == b"abc"
             s.close()
             wait_for(lambda: f"127.0.0.1 {up.endpoint} 3 3 -" in p.stdout(), timeout=10, what="access log line")
+
+
+def test_sighup_changes_the_listener_block_of_a_kept_listener():
+    """The listener keeps its socket; its new tcp block (another cluster) takes effect."""
+    with Server(name_handler("one")) as one, Server(name_handler("two")) as two:
+        def conf(target):
+            return f"""
+admin: {{ address: 127.0.0.1:0 }}
+workers: 2
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    tcp: {{ cluster: {target} }}
+clusters:
+  - {{ name: c1, endpoints: [ "{one.endpoint}" ] }}
+  - {{ name: c2, endpoints: [ "{two.endpoint}" ] }}
+"""
+        with Proxy("tcp-proxy", config=conf("c1")) as p:
+            addr = p.addr()
+            s = connect(addr)
+            assert recv_exact(s, 4) == b"one\n"
+            s.close()
+            with open(p.config_path, "w") as f:
+                f.write(conf("c2"))
+            p.signal(signal.SIGHUP)
+            p.wait_stat("server.reload_success", lambda v: v == 1)
+            p.reread_ready()
+            assert p.addr() == addr  # same socket kept
+            for _ in range(4):
+                s = connect(addr)
+                assert recv_exact(s, 4) == b"two\n"
+                s.close()

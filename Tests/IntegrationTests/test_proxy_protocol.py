@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from harness import Proxy, Server, connect, free_port, recv_all, recv_exact, wait_for
+from harness import Proxy, Server, connect, free_port, port_refuses, read_line, recv_all, recv_exact, wait_for
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
@@ -67,13 +67,7 @@ defaults
 
 
 def wait_port(port):
-    def up():
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return True
-        except OSError:
-            return False
-    wait_for(up, timeout=10, what=f"port {port}")
+    wait_for(lambda: not port_refuses(("127.0.0.1", port)), timeout=10, what=f"port {port}")
 
 
 @pytest.mark.parametrize("haproxy_sends,we_send", [("send-proxy", "v1"), ("send-proxy-v2", "v2"), ("send-proxy-v2", "v1")])
@@ -107,9 +101,7 @@ listen front
                 wait_port(front)
                 s = connect(("127.0.0.1", front))
                 me = s.getsockname()
-                line = b""
-                while not line.endswith(b"\n"):
-                    line += recv_exact(s, 1)
+                line = read_line(s)
                 assert line.decode().strip() == f"{we_send} {me[0]}:{me[1]}"
                 s.sendall(b"payload after the header")
                 assert recv_exact(s, 24) == b"payload after the header"
@@ -139,9 +131,7 @@ listen back
                                      "--send-proxy-protocol", version, "--admin", "127.0.0.1:0", "--workers", "1"]) as p:
                 s = connect(p.addr())
                 me = s.getsockname()
-                line = b""
-                while not line.endswith(b"\n"):
-                    line += recv_exact(s, 1)
+                line = read_line(s)
                 assert line.decode().strip() == f"v1 {me[0]}:{me[1]}"
                 s.sendall(b"ok?")
                 assert recv_exact(s, 3) == b"ok?"
@@ -193,9 +183,7 @@ clusters:
             s = connect(p.addr())
             me = s.getsockname()
             s.sendall(b"plain client data")
-            line = b""
-            while not line.endswith(b"\n"):
-                line += recv_exact(s, 1)
+            line = read_line(s)
             assert line.decode().strip() == f"v1 {me[0]}:{me[1]}"
             assert recv_exact(s, 17) == b"plain client data"
             s.close()

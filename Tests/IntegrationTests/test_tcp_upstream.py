@@ -3,25 +3,12 @@
 import socket
 import time
 
-from harness import Blackhole, Proxy, Server, connect, echo_handler, name_handler, recv_all, recv_exact, refused_endpoint, wait_for
+from harness import Blackhole, Proxy, Server, connect, echo_handler, name_handler, recv_all, recv_exact, refused_endpoint, tcp_config, wait_for
 
 
 def config(endpoints, attempts=1, connect_timeout="5s", extra_cluster="", extra_tcp="", lb="round_robin"):
-    eps = ", ".join(f'"{e}"' for e in endpoints)
-    return f"""
-admin: {{ address: 127.0.0.1:0 }}
-workers: 1
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    tcp: {{ cluster: backend, max_connect_attempts: {attempts} {extra_tcp} }}
-clusters:
-  - name: backend
-    lb_policy: {lb}
-    connect_timeout: {connect_timeout}
-    endpoints: [ {eps} ]
-{extra_cluster}
-"""
+    return tcp_config(endpoints, tcp=f", max_connect_attempts: {attempts} {extra_tcp}",
+                      cluster=f"    lb_policy: {lb}\n    connect_timeout: {connect_timeout}\n{extra_cluster}")
 
 
 def test_first_host_refuses_next_host_serves():

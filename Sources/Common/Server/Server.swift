@@ -397,37 +397,20 @@ public final class Server {
 /// `exact` connection balance: one accepting socket on the main thread; each connection goes
 /// to the worker with the fewest open connections.
 final class ExactBalancer {
-    unowned let server: Server
-    let fd: Int32
-    let listener: String
-    private var event: OpaquePointer?
+    private var acceptor: Acceptor?
 
     init(server: Server, fd: Int32, listener: String) {
-        self.server = server; self.fd = fd; self.listener = listener
-        event = event_new(server.dispatcher.base, fd, Int16(EV_READ | EV_PERSIST), { _, _, ctx in
-            Unmanaged<ExactBalancer>.fromOpaque(ctx!).takeUnretainedValue().onAcceptable()
-        }, Unmanaged.passUnretained(self).toOpaque())
-        event_add(event, nil)
-    }
-
-    func stop() { if let e = event { event_free(e); event = nil; close(fd) } }
-
-    private func onAcceptable() {
-        for _ in 0..<64 {
-            var ss = sockaddr_storage()
-            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            let c = withUnsafeMutablePointer(to: &ss) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { cshim_accept(fd, $0, &len) }
-            }
-            if c < 0 { return }
-            let remote = withUnsafeBytes(of: &ss) { SocketAddress(bytes: $0.baseAddress!, length: Int(len)) }
-            let name = listener
+        acceptor = Acceptor(dispatcher: server.dispatcher, fd: fd, onAccept: { [unowned server] c, remote in
             server.leastLoadedWorker().post { w in
-                guard let r = w.snapshot?.listeners[name] else { close(c); return }
+                guard let r = w.snapshot?.listeners[listener] else { close(c); return }
                 w.accepted(fd: c, remote: remote, runtime: r)
             }
-        }
+        }, onResourceError: { [unowned server] in
+            if let r = server.snapshot.listeners[listener] { server.store.mainSlab.inc(r.stats.downstreamCxAcceptError) }
+        })
     }
+
+    func stop() { acceptor?.stop() }
 }
 
 /// Small file helpers (config, ready file), off the data path.

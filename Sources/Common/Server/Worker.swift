@@ -178,60 +178,22 @@ extension Worker {
     public var handle: WorkerHandle { WorkerHandle(self) }
 }
 
-/// A worker's listening socket: accepts in batches while the kernel has connections queued.
+/// A worker's listening socket for one listener.
 final class WorkerListener {
     unowned let worker: Worker
-    let fd: Int32
     var runtime: ListenerRuntime
-    private var event: OpaquePointer?
+    private var acceptor: Acceptor?
 
     init(worker: Worker, fd: Int32, runtime: ListenerRuntime) {
-        self.worker = worker; self.fd = fd; self.runtime = runtime
-        event = event_new(worker.dispatcher.base, fd, Int16(EV_READ | EV_PERSIST), { _, _, ctx in
-            Unmanaged<WorkerListener>.fromOpaque(ctx!).takeUnretainedValue().onAcceptable()
-        }, Unmanaged.passUnretained(self).toOpaque())
-        event_add(event, nil)
+        self.worker = worker
+        self.runtime = runtime
+        // `self.runtime`, not the parameter: a reload replaces it.
+        acceptor = Acceptor(dispatcher: worker.dispatcher, fd: fd, onAccept: { [unowned self] fd, remote in
+            self.worker.accepted(fd: fd, remote: remote, runtime: self.runtime)
+        }, onResourceError: { [unowned self] in
+            self.worker.stats.inc(self.runtime.stats.downstreamCxAcceptError)
+        })
     }
 
-    deinit { stop() }
-
-    func stop() {
-        if let e = event { event_free(e); event = nil; Glibc.close(fd) }
-    }
-
-    /// Re-enables accepting after a resource error (EMFILE, ENFILE, ENOBUFS, ENOMEM).
-    private var pauseTimer: Timer?
-
-    private func onAcceptable() {
-        for _ in 0..<64 {
-            var ss = sockaddr_storage()
-            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            let c = withUnsafeMutablePointer(to: &ss) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { cshim_accept(fd, $0, &len) }
-            }
-            if c < 0 {
-                let e = -c
-                if e == EAGAIN || e == EINTR || e == ECONNABORTED || e == EPROTO { return }
-                // Out of descriptors or memory: the listener stays readable, so polling it now
-                // would spin. Pause accepting for 100 ms (HAProxy and nginx do the same).
-                worker.stats.inc(runtime.stats.downstreamCxAcceptError)
-                pause()
-                return
-            }
-            let remote = withUnsafeBytes(of: &ss) { SocketAddress(bytes: $0.baseAddress!, length: Int(len)) }
-            worker.accepted(fd: c, remote: remote, runtime: runtime)
-            if event == nil { return }
-        }
-    }
-
-    private func pause() {
-        guard let e = event else { return }
-        event_del(e)
-        if pauseTimer == nil {
-            pauseTimer = Timer(worker.dispatcher) { [unowned self] in
-                if let e = event { event_add(e, nil) }
-            }
-        }
-        pauseTimer?.arm(ms: 100)
-    }
+    func stop() { acceptor?.stop() }
 }
