@@ -16,8 +16,14 @@ trap cleanup EXIT INT TERM
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 A=$(port); B=$(port)
-python3 scripts/demo_upstream.py alpha "$A" & pids+=($!)
-python3 scripts/demo_upstream.py beta "$B" & pids+=($!)
+python3 scripts/demo_upstream.py alpha "$A" & pids+=($!); PID_A=$!
+python3 scripts/demo_upstream.py beta "$B" & pids+=($!); PID_B=$!
+
+# The health checker watches both upstreams and writes the endpoints file the proxy follows.
+"$BIN/health-checker" --upstream "127.0.0.1:$A,127.0.0.1:$B" --check tcp --interval 500ms --timeout 200ms \
+  --rise 2 --fall 2 --cluster echo --endpoints-out "$work/echo-endpoints.json" --admin 127.0.0.1:0 \
+  --ready-file "$work/hc-ready.json" 2> "$work/health-events.log" & pids+=($!)
+for _ in $(seq 100); do [ -s "$work/echo-endpoints.json" ] && break; sleep 0.1; done
 
 cat > "$work/tcp-proxy.yaml" <<YAML
 admin: { address: 127.0.0.1:0 }
@@ -31,7 +37,8 @@ clusters:
   - name: echo
     lb_policy: round_robin
     connect_timeout: 1s
-    endpoints: [ "127.0.0.1:$A", "127.0.0.1:$B" ]
+    discovery: file
+    path: $work/echo-endpoints.json
 YAML
 "$BIN/tcp-proxy" --config "$work/tcp-proxy.yaml" --ready-file "$work/ready.json" 2> "$work/tcp-proxy.log" & pids+=($!)
 for _ in $(seq 100); do [ -s "$work/ready.json" ] && break; sleep 0.1; done
@@ -39,7 +46,9 @@ LISTEN=$(python3 -c "import json;print(json.load(open('$work/ready.json'))['list
 ADMIN=$(python3 -c "import json;print(json.load(open('$work/ready.json'))['admin'])")
 LPORT=${LISTEN##*:}
 
+HC_ADMIN=$(python3 -c "import json;print(json.load(open('$work/hc-ready.json'))['admin'])")
 echo "== tcp-proxy on $LISTEN, balancing over alpha (127.0.0.1:$A) and beta (127.0.0.1:$B)"
+echo "== health-checker (admin http://$HC_ADMIN) feeds it through $work/echo-endpoints.json"
 echo "== sending 6 connections through it:"
 for i in 1 2 3 4 5 6; do
   python3 - "$LPORT" "$i" <<'PY'
@@ -63,10 +72,14 @@ cat <<MSG
 
 Try it yourself while this runs (Ctrl-C to stop):
    nc 127.0.0.1 $LPORT                      # talk to alpha or beta through the proxy
+   kill $PID_A                              # stop alpha: within a second the checker marks it down,
+   cat $work/echo-endpoints.json            #   rewrites this file, and every connection goes to beta
+   tail -f $work/health-events.log          # health flips as JSON lines
+   curl http://$HC_ADMIN/clusters     # the checker's view: health and last check per host
    curl http://$ADMIN/                 # the admin page: /stats /clusters /listeners /ready /config_dump
    curl http://$ADMIN/stats/prometheus
    curl http://$ADMIN/clusters
    kill -HUP $(python3 -c "import json;print(json.load(open('$work/ready.json'))['pid'])")   # reload $work/tcp-proxy.yaml
-   Docs: README.md, docs/tcp-proxy.md, docs/config.md
+   Docs: README.md, docs/tcp-proxy.md, docs/health-checker.md, docs/config.md
 MSG
 if [ -n "${DEMO_SECONDS:-}" ]; then sleep "$DEMO_SECONDS"; else wait; fi

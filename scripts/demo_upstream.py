@@ -13,12 +13,15 @@ srv.listen(128)
 
 def serve(c):
     with c:
-        c.sendall(f"hello from {name}\n".encode())
-        while True:
-            d = c.recv(65536)
-            if not d:
-                return
-            c.sendall(d)
+        try:
+            c.sendall(f"hello from {name}\n".encode())
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    return
+                c.sendall(d)
+        except OSError:  # health checks connect and reset
+            return
 
 
 while True:

@@ -101,3 +101,27 @@ uint64_t cshim_wall_ms(void) {
 
 #include <sys/prctl.h>
 void cshim_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }
+
+#include <sys/inotify.h>
+#include <string.h>
+int cshim_inotify_watch_dir(const char *dir) {
+    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd < 0) return -errno;
+    if (inotify_add_watch(fd, dir, IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE) < 0) { int e = errno; close(fd); return -e; }
+    return fd;
+}
+
+int cshim_inotify_drain(int fd, const char *name) {
+    char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+    int hit = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n <= 0) break;
+        for (char *p = buf; p < buf + n; ) {
+            struct inotify_event *ev = (struct inotify_event *)p;
+            if (ev->len > 0 && strcmp(ev->name, name) == 0) hit = 1;
+            p += sizeof(struct inotify_event) + ev->len;
+        }
+    }
+    return hit;
+}

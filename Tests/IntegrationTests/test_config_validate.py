@@ -49,6 +49,8 @@ BROKEN = [
     ("http_block_in_tcp_proxy", GOOD.replace("tcp: { cluster: db, idle_timeout: 10m, max_connect_attempts: 3 }", "http: { routes: [] }"), "listeners[0].http: tcp-proxy does not serve `http` listeners"),
     ("hash_needs_maglev", GOOD.replace("max_connect_attempts: 3 }", "max_connect_attempts: 3, hash_policy: source_ip }"), "listeners[0].tcp.hash_policy: source_ip hashing needs"),
     ("yaml_syntax", "listeners: [ { name: a\n", "YAML syntax error"),
+    ("file_discovery_missing_file", GOOD.replace('    endpoints: [ "10.0.0.1:5432", { address: "[::1]:5432", weight: 3 } ]', "    discovery: file\n    path: /nonexistent/eps.json"), 'clusters[0].path: cannot read endpoints file "/nonexistent/eps.json"'),
+    ("health_check_two_kinds", GOOD.replace("    send_proxy_protocol: v2", "    send_proxy_protocol: v2\n    health_check: { tcp: {}, http: {} }"), "clusters[0].health_check: give one check kind, not tcp and http"),
     ("attempts_range", GOOD.replace("max_connect_attempts: 3", "max_connect_attempts: 0"), "listeners[0].tcp.max_connect_attempts: 0 is out of range"),
 ]
 

@@ -76,4 +76,9 @@ uint64_t cshim_wall_ms(void);
 /// Names the calling thread (15 bytes shown by top/ps).
 void cshim_set_thread_name(const char *name);
 
+/// An inotify descriptor watching `dir` for files created, written or renamed into it; -errno.
+int cshim_inotify_watch_dir(const char *dir);
+/// Reads all pending events; 1 when one of them names `name`.
+int cshim_inotify_drain(int fd, const char *name);
+
 #endif

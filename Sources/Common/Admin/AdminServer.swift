@@ -156,10 +156,13 @@ final class AdminServer {
                 lines += "\(name)::\(a)::cx_connect_fail::\(fail)\n"
                 lines += "\(name)::\(a)::cx_total::\(total)\n"
                 lines += "\(name)::\(a)::health_flags::\(h.healthy ? "healthy" : "/failed_active_hc")\n"
+                let last = server.lastCheck(cluster: name, address: h.address)
+                if let last { lines += "\(name)::\(a)::last_check::\(last.code) \(last.detail)\n" }
                 lines += "\(name)::\(a)::weight::\(h.weight)\n"
                 jhosts.append(.object([
                     ("address", .string(a)), ("weight", .int(Int64(h.weight))),
                     ("health_status", .string(h.healthy ? "HEALTHY" : "UNHEALTHY")),
+                    ("last_check", .string(last.map { "\($0.code) \($0.detail)" } ?? "")),
                     ("stats", .object([("cx_total", .int(total)), ("cx_active", .int(active)), ("cx_connect_fail", .int(fail))])),
                 ]))
             }

@@ -6,10 +6,12 @@ public struct FilterBlockParser: Sendable {
     public let key: String
     /// Parses the block. `listenerName` is the default stat prefix.
     public let parse: @Sendable (ConfigMap, _ listenerName: String) throws(ConfigError) -> any ListenerFilterConfig
+    /// False for binaries without listeners (health-checker): `listeners` is then refused.
+    public let hasListeners: Bool
 
-    public init(binary: String, key: String,
+    public init(binary: String, key: String, hasListeners: Bool = true,
                 parse: @escaping @Sendable (ConfigMap, String) throws(ConfigError) -> any ListenerFilterConfig) {
-        self.binary = binary; self.key = key; self.parse = parse
+        self.binary = binary; self.key = key; self.parse = parse; self.hasListeners = hasListeners
     }
 }
 
@@ -29,6 +31,7 @@ public enum ConfigLoader {
         }
         if let w = root.optional("workers") { cfg.workers = try w.int(min: 1, max: 256) }
         if let d = root.optional("drain_timeout") { cfg.drainTimeoutMs = try d.durationMs() }
+        if let h = root.optional("health_event_log") { cfg.healthEventLog = try h.string() }
 
         let clusterList = try root.optional("clusters")?.list() ?? []
         var names = Set<String>()
@@ -40,6 +43,12 @@ public enum ConfigLoader {
             cfg.clusters.append(cluster)
         }
 
+        if !parser.hasListeners {
+            if let l = root.optional("listeners") { throw l.fail("\(parser.binary) has no listeners") }
+            if cfg.clusters.isEmpty { throw ConfigError("clusters", "at least one cluster is needed") }
+            try root.finish()
+            return cfg
+        }
         let listenerList = try root.required("listeners").list()
         if listenerList.isEmpty { throw ConfigError("listeners", "at least one listener is needed") }
         var lnames = Set<String>()
@@ -71,11 +80,23 @@ public enum ConfigLoader {
         }
         var c = ClusterConfig(name: name)
         if let d = m.optional("discovery") {
-            c.discovery = try d.oneOf(["static"])
+            c.discovery = try d.oneOf(["static", "file"])
         }
-        let eps = try m.required("endpoints").list()
-        if eps.isEmpty { throw ConfigError("\(v.path).endpoints", "at least one endpoint is needed") }
-        for e in eps { c.endpoints.append(try parseEndpoint(e)) }
+        if c.discovery == "file" {
+            let p = try m.required("path")
+            c.path = try p.string()
+            if m.optional("endpoints") != nil {
+                throw ConfigError("\(v.path).endpoints", "file discovery takes its endpoints from `path`")
+            }
+            // A missing or broken file at start is an error too: nothing half-valid starts.
+            c.endpoints = try EndpointsFile.load(path: c.path!, keyPath: p.path)
+        } else {
+            let eps = try m.required("endpoints").list()
+            if eps.isEmpty { throw ConfigError("\(v.path).endpoints", "at least one endpoint is needed") }
+            for e in eps { c.endpoints.append(try parseEndpoint(e)) }
+        }
+        if let h = m.optional("health_check") { c.healthCheck = try parseHealthCheck(h) }
+        if let o = m.optional("endpoints_out") { c.endpointsOut = try o.string() }
         if let p = m.optional("lb_policy") {
             let s = try p.oneOf(LbPolicy.allCases.map(\.rawValue))
             c.lbPolicy = LbPolicy(rawValue: s)!
@@ -94,6 +115,121 @@ public enum ConfigLoader {
         }
         try m.finish()
         return c
+    }
+
+    /// `clusters[i].health_check` (docs/config.md).
+    public static func parseHealthCheck(_ v: ConfigValue) throws(ConfigError) -> HealthCheckConfig {
+        let m = try v.mapping()
+        let kinds = HealthCheckConfig.Kind.allCases.map(\.rawValue)
+        let given = kinds.filter { m.keys.contains($0) }
+        guard given.count == 1, let kindName = given.first, let kind = HealthCheckConfig.Kind(rawValue: kindName) else {
+            throw v.fail(given.isEmpty ? "give one check kind: \(kinds.joined(separator: ", "))" : "give one check kind, not \(given.joined(separator: " and "))")
+        }
+        var h = HealthCheckConfig(kind: kind)
+        if let x = m.optional("interval") { h.intervalMs = try positive(x) }
+        if let x = m.optional("timeout") { h.timeoutMs = try positive(x) }
+        if let x = m.optional("unhealthy_interval") { h.unhealthyIntervalMs = try positive(x) }
+        if let x = m.optional("edge_interval") { h.edgeIntervalMs = try positive(x) }
+        if let x = m.optional("interval_jitter") { h.intervalJitterMs = try x.durationMs() }
+        if let x = m.optional("initial_jitter") { h.initialJitterMs = try x.durationMs() }
+        if let x = m.optional("rise") { h.rise = try x.int(min: 1, max: 100) }
+        if let x = m.optional("fall") { h.fall = try x.int(min: 1, max: 100) }
+        let block = try m.required(kindName)
+        let b: ConfigMap = block.isNull ? ConfigMap(path: block.path, pairs: []) : try block.mapping()
+        switch kind {
+        case .tcp, .udp:
+            var steps: [CheckStep] = []
+            let send = try bytesOption(b, "send")
+            if let send { steps.append(.send(send)) }
+            if let expect = try bytesOption(b, "expect") {
+                steps.append(.expect(kind == .udp ? .contains(expect) : .prefix(expect)))
+            } else if kind == .udp {
+                steps.append(.expect(.any))
+            }
+            if kind == .udp && send == nil { throw ConfigError("\(block.path).send", "a UDP check needs something to send") }
+            h.steps = steps
+            h.summary = kind == .udp ? "udp send/expect" : (steps.isEmpty ? "tcp connect" : "tcp send/expect")
+        case .http:
+            let path = try b.optional("path")?.string() ?? "/"
+            guard path.hasPrefix("/"), !path.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7F }) else {
+                throw ConfigError("\(b.path).path", "\"\(path)\": must start with / and have no spaces or control characters")
+            }
+            let method = try b.optional("method")?.oneOf(["GET", "HEAD", "POST", "OPTIONS"]) ?? "GET"
+            let host = try b.optional("host")?.string()
+            if let host, host.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7F }) {
+                throw ConfigError("\(b.path).host", "no spaces or control characters")
+            }
+            var ranges: [ClosedRange<Int>] = []
+            if let st = b.optional("expected_statuses") {
+                for item in try st.list() { ranges.append(try statusRange(item)) }
+                if ranges.isEmpty { throw st.fail("at least one status") }
+            } else {
+                ranges = [200...299]
+            }
+            h.steps = HealthCheckConfig.http(method: method, path: path, host: host, statuses: ranges)
+            h.summary = "http \(method) \(path)"
+        case .redis:
+            let key = try b.optional("key")?.string()
+            h.steps = HealthCheckConfig.redis(key: key)
+            h.summary = key.map { "redis PING, EXISTS \($0)" } ?? "redis PING"
+        }
+        try b.finish()
+        try m.finish()
+        if h.timeoutMs > h.intervalMs { throw ConfigError(v.child("timeout"), "must not exceed interval") }
+        return h
+    }
+
+    private static func positive(_ v: ConfigValue) throws(ConfigError) -> UInt64 {
+        let ms = try v.durationMs()
+        if ms == 0 { throw v.fail("must be greater than 0") }
+        return ms
+    }
+
+    /// `KEY` as text (C escapes \r \n \t \\) or `KEY_hex` as hex digits.
+    static func bytesOption(_ m: ConfigMap, _ key: String) throws(ConfigError) -> [UInt8]? {
+        let text = m.optional(key), hex = m.optional(key + "_hex")
+        if text != nil && hex != nil { throw ConfigError("\(m.path).\(key)", "give \(key) or \(key)_hex, not both") }
+        if let text {
+            let s = try text.string()
+            var out: [UInt8] = []
+            var esc = false
+            for c in s.utf8 {
+                if esc {
+                    switch c {
+                    case UInt8(ascii: "r"): out.append(0x0D)
+                    case UInt8(ascii: "n"): out.append(0x0A)
+                    case UInt8(ascii: "t"): out.append(0x09)
+                    case UInt8(ascii: "0"): out.append(0)
+                    case UInt8(ascii: "\\"): out.append(c)
+                    default: throw text.fail("unknown escape \\\(Character(UnicodeScalar(c)))")
+                    }
+                    esc = false
+                } else if c == UInt8(ascii: "\\") { esc = true } else { out.append(c) }
+            }
+            if esc { throw text.fail("trailing backslash") }
+            return out
+        }
+        if let hex {
+            let s = Array(try hex.string().utf8.filter { $0 != UInt8(ascii: " ") })
+            guard s.count % 2 == 0 else { throw hex.fail("odd number of hex digits") }
+            var out: [UInt8] = []
+            var i = 0
+            while i < s.count {
+                guard let v = UInt8(String(decoding: s[i..<i + 2], as: UTF8.self), radix: 16) else { throw hex.fail("not hex") }
+                out.append(v); i += 2
+            }
+            return out
+        }
+        return nil
+    }
+
+    static func statusRange(_ v: ConfigValue) throws(ConfigError) -> ClosedRange<Int> {
+        let s = try v.string()
+        let parts = s.split(separator: "-", maxSplits: 1)
+        guard let lo = Int(parts[0]), (100...599).contains(lo) else { throw v.fail("\"\(s)\" is not a status or range like 200-299") }
+        let hi = parts.count == 2 ? Int(parts[1]) : lo
+        guard let hi, (lo...599).contains(hi) else { throw v.fail("\"\(s)\" is not a status or range like 200-299") }
+        return lo...hi
     }
 
     static func parseEndpoint(_ v: ConfigValue) throws(ConfigError) -> EndpointConfig {

@@ -57,7 +57,7 @@ public struct ConfigValue {
         }
     }
 
-    var isNull: Bool {
+    public var isNull: Bool {
         if case .scalar(let s) = node, s.style == .plain, ["", "~", "null", "Null", "NULL"].contains(s.string) { return true }
         return false
     }
@@ -144,7 +144,7 @@ public final class ConfigMap {
     private var pairs: [(String, Node, Int?)]
     private var used = Set<String>()
 
-    init(path: String, pairs: [(String, Node, Int?)]) { self.path = path; self.pairs = pairs }
+    public init(path: String, pairs: [(String, Node, Int?)]) { self.path = path; self.pairs = pairs }
 
     public var keys: [String] { pairs.map { $0.0 } }
 

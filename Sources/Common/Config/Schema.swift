@@ -9,6 +9,8 @@ public struct ProxyConfig: Sendable {
     public var drainTimeoutMs: UInt64 = 30_000
     public var listeners: [ListenerConfig] = []
     public var clusters: [ClusterConfig] = []
+    /// `health_event_log` (default /dev/stderr): health flips as JSON lines.
+    public var healthEventLog = "/dev/stderr"
 
     public func cluster(named name: String) -> ClusterConfig? { clusters.first { $0.name == name } }
 }
@@ -80,8 +82,16 @@ public enum ProxyProtocolVersion: String, Sendable { case v1, v2 }
 /// One upstream cluster.
 public struct ClusterConfig: Sendable {
     public var name: String
-    /// `discovery` (default static). Only static is built so far; DNS and file discovery are next.
+    /// `discovery` (default static): `static` (the `endpoints` list) or `file` (an endpoints
+    /// file at `path`, re-read when replaced; the health checker writes these).
     public var discovery: String = "static"
+    /// `path`: the endpoints file for `file` discovery.
+    public var path: String?
+    /// `health_check`: active checks run by the main thread; hosts that fail are skipped.
+    public var healthCheck: HealthCheckConfig?
+    /// `endpoints_out`: write this cluster's hosts with their health to this file (atomically)
+    /// whenever it changes, for other proxies' `file` discovery.
+    public var endpointsOut: String?
     public var endpoints: [EndpointConfig] = []
     public var lbPolicy: LbPolicy = .roundRobin
     /// `connect_timeout` (default 5s, as Envoy).
@@ -98,6 +108,11 @@ public struct EndpointConfig: Sendable, Hashable {
     public var address: SocketAddress
     /// `weight` (default 1, 1...128 as Envoy's load balancing weights).
     public var weight: Int = 1
+    /// `health_status` from an endpoints file (default healthy); static endpoints are healthy.
+    public var healthy: Bool = true
+    public init(address: SocketAddress, weight: Int = 1, healthy: Bool = true) {
+        self.address = address; self.weight = weight; self.healthy = healthy
+    }
 }
 
 /// `listeners[i].access_log[j]`.

@@ -14,6 +14,10 @@ public struct ProxyBinary: Sendable {
     public let clusterFlags: [(String, JSON)]
     /// Builds a listener's filter factory for one config generation (main thread).
     public let makeFactory: @Sendable (ListenerConfig, _ clusters: [String: ClusterSnapshot], StatsStore) -> any FilterFactory
+    /// The whole config from the binary's own flags (health-checker), when `--config` is absent.
+    public var configFromFlags: (@Sendable () throws -> String)?
+    /// Worker threads regardless of config (health-checker: 0, all work is on the main thread).
+    public var fixedWorkers: Int?
 
     public init(blockParser: FilterBlockParser,
                 flagBlock: @escaping @Sendable (String) -> [(String, JSON)],
@@ -46,6 +50,10 @@ public final class Server {
     private var bound: [String: BoundListener] = [:]
     private var listenerCounts: [String: SharedCount] = [:]
     private var clusterCounts: [String: SharedCount] = [:]
+    /// Live cluster state on the main thread: endpoints (config or file), checks, watchers.
+    private var clusterRuntimes: [String: ClusterRuntime] = [:]
+    /// Health flips as JSON lines (`health_event_log`).
+    private var healthLogFd: Int32 = 2
     private var signals: [SignalWatcher] = []
     private var admin: AdminServer?
     private var drainTimer: Timer?
@@ -111,6 +119,13 @@ public final class Server {
             }
             guard let text = readFile(path) else { throw ConfigError("--config", "cannot read \"\(path)\"") }
             cfg = try ConfigLoader.load(yaml: text, parser: binary.blockParser)
+        } else if let fromFlags = binary.configFromFlags {
+            let doc = try fromFlags()
+            do {
+                cfg = try ConfigLoader.load(yaml: doc, parser: binary.blockParser)
+            } catch {
+                throw ConfigError(error.path, error.message + " (from flags)")
+            }
         } else {
             guard let listen = options.listen else { throw ConfigError("--listen", "give --config FILE, or --listen ADDR with --upstream LIST") }
             guard let upstream = options.upstream else { throw ConfigError("--upstream", "--listen needs --upstream LIST") }
@@ -153,7 +168,7 @@ public final class Server {
     init(options: CommonOptions, binary: ProxyBinary, config: ProxyConfig) {
         self.options = options
         self.binary = binary
-        let n = config.workers ?? Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        let n = binary.fixedWorkers ?? config.workers ?? Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         self.store = StatsStore(threads: n + 1)
         self.serverStats = ServerStats(store: store)
         self.logger = Logger(label: binary.blockParser.binary)
@@ -169,12 +184,8 @@ public final class Server {
 
     /// Builds a generation from a config (stats handles, cluster tables, filter factories).
     func buildSnapshot(_ config: ProxyConfig, generation: Int) -> ServerSnapshot {
-        var clusters: [String: ClusterSnapshot] = [:]
-        for c in config.clusters {
-            let count = clusterCounts[c.name] ?? SharedCount()
-            clusterCounts[c.name] = count
-            clusters[c.name] = ClusterSnapshot(config: c, store: store, openConnections: count)
-        }
+        syncClusters(config)
+        let clusters = clusterSnapshots()
         var listeners: [String: ListenerRuntime] = [:]
         for l in config.listeners {
             let count = listenerCounts[l.name] ?? SharedCount()
@@ -184,6 +195,102 @@ public final class Server {
                                                 factory: binary.makeFactory(l, clusters, store))
         }
         return ServerSnapshot(generation: generation, config: config, listeners: listeners, clusters: clusters)
+    }
+
+    /// Makes `clusterRuntimes` match `config`: endpoints, health monitors (keeping each known
+    /// host's rise/fall state), file watchers.
+    private func syncClusters(_ config: ProxyConfig) {
+        var next: [String: ClusterRuntime] = [:]
+        for c in config.clusters {
+            let old = clusterRuntimes[c.name]
+            let rt = ClusterRuntime(config: c, endpoints: c.endpoints, stats: ClusterDiscoveryStats(store: store, cluster: c.name))
+            if let hc = c.healthCheck {
+                let name = c.name
+                let m = ClusterHealthMonitor(cluster: name, config: hc, dispatcher: dispatcher, store: store) { [unowned self] a, up, r in
+                    healthChanged(cluster: name, address: a, healthy: up, result: r)
+                }
+                m.setHosts(c.endpoints.map(\.address), previous: old?.monitor)
+                rt.monitor = m
+            }
+            if c.discovery == "file", let path = c.path {
+                let name = c.name
+                rt.watcher = FileWatcher(path: path, dispatcher: dispatcher) { [unowned self] in endpointsFileChanged(cluster: name) }
+                if rt.watcher == nil { logger.warning("cannot watch \(path); cluster \(name) will not see changes") }
+            }
+            next[c.name] = rt
+        }
+        clusterRuntimes = next
+        for rt in next.values { writeEndpointsOut(rt) }
+    }
+
+    /// Snapshots of every cluster; with `only`, the others are reused as they are (a health
+    /// flip rebuilds one cluster's tables, not all of them).
+    private func clusterSnapshots(only: String? = nil) -> [String: ClusterSnapshot] {
+        var out: [String: ClusterSnapshot] = [:]
+        for (name, rt) in clusterRuntimes {
+            if let only, only != name, let keep = snapshot.clusters[name] { out[name] = keep; continue }
+            let count = clusterCounts[name] ?? SharedCount()
+            clusterCounts[name] = count
+            let monitor = rt.monitor
+            out[name] = ClusterSnapshot(config: rt.config, endpoints: rt.endpoints,
+                                        healthy: { monitor?.isHealthy($0) ?? true }, store: store, openConnections: count)
+        }
+        return out
+    }
+
+    /// Sends workers the current cluster snapshots (same config generation).
+    private func publishClusters(_ changed: String) {
+        let s = snapshot
+        snapshot = ServerSnapshot(generation: s.generation, config: s.config, listeners: s.listeners, clusters: clusterSnapshots(only: changed))
+        let snap = snapshot
+        for h in workerHandles { h.post { $0.apply(snap) } }
+    }
+
+    private func healthChanged(cluster: String, address: SocketAddress, healthy: Bool, result: CheckResult) {
+        let line = JSON.object([
+            ("time", .string(iso8601(wallMs()))), ("cluster", .string(cluster)), ("host", .string(address.description)),
+            ("from", .string(healthy ? "unhealthy" : "healthy")), ("to", .string(healthy ? "healthy" : "unhealthy")),
+            ("cause", .string("\(result.code) \(result.detail)")),
+        ]).serialized() + "\n"
+        var l = line
+        l.withUTF8 { _ = Glibc.write(healthLogFd, $0.baseAddress, $0.count) }
+        publishClusters(cluster)
+        if let rt = clusterRuntimes[cluster] { writeEndpointsOut(rt) }
+    }
+
+    private func endpointsFileChanged(cluster: String) {
+        guard let rt = clusterRuntimes[cluster], let path = rt.config.path else { return }
+        do {
+            let eps = try EndpointsFile.load(path: path, keyPath: "clusters.\(cluster).path")
+            if eps == rt.endpoints { return }
+            rt.endpoints = eps
+            rt.monitor?.setHosts(eps.map(\.address))
+            store.mainSlab.inc(rt.stats.updateSuccess)
+            logger.info("endpoints updated", metadata: ["cluster": "\(cluster)", "hosts": "\(eps.count)"])
+            publishClusters(cluster)
+            writeEndpointsOut(rt)
+        } catch {
+            // Keep the last good set: a half-written or broken file never empties a cluster.
+            store.mainSlab.inc(rt.stats.updateFailure)
+            logger.error("endpoints file rejected, keeping the last good set: \(error)")
+        }
+    }
+
+    private func writeEndpointsOut(_ rt: ClusterRuntime) {
+        guard let path = rt.config.endpointsOut else { return }
+        let eps = rt.endpoints.map { e -> (SocketAddress, Int, Bool, String) in
+            let r = rt.monitor?.lastResult(e.address)
+            let up = e.healthy && (rt.monitor?.isHealthy(e.address) ?? true)
+            return (e.address, e.weight, up, r.map { "\($0.code) \($0.detail)" } ?? "not checked yet")
+        }
+        let text = EndpointsFile.render(cluster: rt.config.name, endpoints: eps)
+        let tmp = path + ".tmp"
+        if !writeFile(tmp, text) || rename(tmp, path) != 0 { logger.error("cannot write endpoints file \(path)") }
+    }
+
+    /// The last active check of a host (admin /clusters).
+    func lastCheck(cluster: String, address: SocketAddress) -> CheckResult? {
+        clusterRuntimes[cluster]?.monitor?.lastResult(address)
     }
 
     /// Binds what `config` needs and `bound` lacks. All or nothing: on failure the new sockets
@@ -214,6 +321,10 @@ public final class Server {
 
     func run() -> Int32 {
         let config = snapshot.config
+        if config.healthEventLog != "/dev/stderr" {
+            healthLogFd = config.healthEventLog == "/dev/stdout" ? 1 : open(config.healthEventLog, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+            if healthLogFd < 0 { logger.error("cannot open health_event_log \(config.healthEventLog)"); return 1 }
+        }
         let made: [String: (BoundListener, [Int32])]
         do { made = try bindListeners(config) } catch {
             logger.error("\(error)")
@@ -391,6 +502,29 @@ public final class Server {
             logger.error("cannot write ready file \(path)")
             return
         }
+    }
+}
+
+/// Envoy's discovery stats, `cluster.<name>.update_*`.
+struct ClusterDiscoveryStats: Sendable {
+    let updateSuccess: Counter
+    let updateFailure: Counter
+    init(store: StatsStore, cluster: String) {
+        updateSuccess = store.counter("cluster.\(cluster).update_success")
+        updateFailure = store.counter("cluster.\(cluster).update_failure")
+    }
+}
+
+/// A cluster's live state on the main thread.
+final class ClusterRuntime {
+    let config: ClusterConfig
+    /// The current endpoints: the config's, or the endpoints file's last good read.
+    var endpoints: [EndpointConfig]
+    var monitor: ClusterHealthMonitor?
+    var watcher: FileWatcher?
+    let stats: ClusterDiscoveryStats
+    init(config: ClusterConfig, endpoints: [EndpointConfig], stats: ClusterDiscoveryStats) {
+        self.config = config; self.endpoints = endpoints; self.stats = stats
     }
 }
 

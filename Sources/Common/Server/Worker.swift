@@ -61,12 +61,15 @@ public final class Worker {
             }
         }
         clusters = next
-        for logs in accessLogs.values { for l in logs { l.flush() } }
-        var logs: [String: [AccessLogWriter]] = [:]
-        for (name, l) in s.listeners where !l.config.accessLogs.isEmpty {
-            logs[name] = l.config.accessLogs.map { AccessLogWriter(config: $0) }
+        // Access logs follow config generations, not cluster updates (health, discovery).
+        if snapshot?.generation != s.generation {
+            for logs in accessLogs.values { for l in logs { l.flush() } }
+            var logs: [String: [AccessLogWriter]] = [:]
+            for (name, l) in s.listeners where !l.config.accessLogs.isEmpty {
+                logs[name] = l.config.accessLogs.map { AccessLogWriter(config: $0) }
+            }
+            accessLogs = logs
         }
-        accessLogs = logs
         snapshot = s
         for (name, wl) in listeners { if let r = s.listeners[name] { wl.runtime = r } }
     }

@@ -92,10 +92,12 @@ public final class ClusterSnapshot: Sendable {
 
     public var name: String { config.name }
 
-    public init(config: ClusterConfig, store: StatsStore, openConnections: SharedCount) {
+    /// `endpoints`: the live set (config or endpoints file); `healthy`: what active checks say.
+    public init(config: ClusterConfig, endpoints: [EndpointConfig], healthy: (SocketAddress) -> Bool,
+                store: StatsStore, openConnections: SharedCount) {
         self.config = config
-        self.hosts = config.endpoints.map {
-            Host(address: $0.address, weight: $0.weight, healthy: true,
+        self.hosts = endpoints.map {
+            Host(address: $0.address, weight: $0.weight, healthy: $0.healthy && healthy($0.address),
                  stats: HostStats(store: store, cluster: config.name, address: $0.address))
         }
         self.stats = ClusterStats(store: store, cluster: config.name)

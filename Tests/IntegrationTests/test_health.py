@@ -1,0 +1,242 @@
+"""Active health checks, the health-checker binary and file discovery (issue 3, Must show 3, 4)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+from harness import BIN_DIR, Proxy, Server, connect, free_port, name_handler, recv_exact, refused_endpoint, wait_for
+
+HC = os.path.join(BIN_DIR, "health-checker")
+
+
+def once(*args):
+    r = subprocess.run([HC, "--once", *args], capture_output=True, text=True, timeout=30)
+    return r.returncode, r.stdout, r.stderr
+
+
+def http_server(status=200):
+    def h(c, server):
+        c.recv(65536)
+        code = server.results.get("status", status)
+        c.sendall(f"HTTP/1.1 {code} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode())
+    return Server(h)
+
+
+class UdpResponder:
+    def __init__(self, reply=b"pong"):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.endpoint = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.reply = reply
+        threading.Thread(target=self.loop, daemon=True).start()
+
+    def loop(self):
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(2048)
+            except OSError:
+                return
+            if data == b"ping":
+                self.sock.sendto(self.reply, peer)
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def redis():
+    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(exe):
+        pytest.skip("redis-server not installed")
+    port = free_port()
+    d = tempfile.mkdtemp(prefix="redis-")
+    p = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up():
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=0.5)
+            s.sendall(b"PING\r\n")
+            ok = s.recv(10).startswith(b"+PONG")
+            s.close()
+            return ok
+        except OSError:
+            return False
+    wait_for(up, timeout=20, what="redis-server")
+    yield f"127.0.0.1:{port}"
+    p.terminate()
+    p.wait(10)
+
+
+def redis_cmd(endpoint, *args):
+    host, port = endpoint.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=5)
+    s.sendall(("*%d\r\n" % len(args) + "".join("$%d\r\n%s\r\n" % (len(a), a) for a in args)).encode())
+    r = s.recv(100)
+    s.close()
+    return r
+
+
+def test_once_exit_codes_for_all_four_cases():
+    with Server(name_handler("a")) as a, Server(name_handler("b")) as b:
+        bad = refused_endpoint()
+        assert once("--upstream", f"{a.endpoint},{b.endpoint}")[0] == 0
+        code, out, _ = once("--upstream", f"{a.endpoint},{bad}")
+        assert code == 1 and out.startswith("WARNING - 1/2 hosts up") and "L4CON connection refused" in out
+        code, out, _ = once("--upstream", f"{bad},{refused_endpoint()}")
+        assert code == 2 and out.startswith("CRITICAL - 0/2")
+        code, _, err = once("--upstream", a.endpoint, "--check", "smtp")
+        assert code == 3 and err.startswith("UNKNOWN")
+        assert once("--nonsense")[0] == 3
+        code, _, err = once("--upstream", "127.0.0.1:99999")
+        assert code == 3 and "port out of range" in err
+
+
+def test_http_check_statuses_and_output_formats():
+    with http_server() as ok, http_server(status=503) as failing:
+        code, out, _ = once("--upstream", f"{ok.endpoint},{failing.endpoint}", "--check", "http", "--path", "/healthz", "--output", "json")
+        doc = json.loads(out)
+        assert code == 1 and doc["status"] == "WARNING" and doc["up"] == 1
+        bad = [h for h in doc["hosts"] if not h["healthy"]][0]
+        assert bad["host"] == failing.endpoint and bad["code"] == "L7STS" and bad["detail"] == "HTTP status 503"
+        code, out, _ = once("--upstream", failing.endpoint, "--check", "http", "--expect-status", "200,500-503", "--output", "table")
+        assert code == 0 and "UP" in out and "HTTP status" not in out
+
+
+def test_tcp_send_expect_and_udp_checks():
+    def banner(c, server):
+        if c.recv(100) == b"HELLO\r\n":
+            c.sendall(b"+OK ready\r\n")
+    with Server(banner) as srv:
+        assert once("--upstream", srv.endpoint, "--send", "HELLO\\r\\n", "--expect", "+OK")[0] == 0
+        code, out, _ = once("--upstream", srv.endpoint, "--send", "HELLO\\r\\n", "--expect=-ERR")
+        assert code == 2 and "L7RSP" in out
+    udp = UdpResponder()
+    try:
+        assert once("--upstream", udp.endpoint, "--check", "udp", "--send", "ping", "--expect", "pong")[0] == 0
+        code, out, _ = once("--upstream", udp.endpoint, "--check", "udp", "--send", "ping", "--expect", "other", "--timeout", "300ms")
+        assert code == 2
+        closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        code, out, _ = once("--upstream", f"127.0.0.1:{port}", "--check", "udp", "--send", "ping", "--timeout", "500ms")
+        assert code == 2 and ("L4CON" in out or "L7TOUT" in out)
+    finally:
+        udp.close()
+
+
+def test_redis_check_ping_and_maintenance_key(redis):
+    assert once("--upstream", redis, "--check", "redis")[0] == 0
+    assert once("--upstream", redis, "--check", "redis", "--key", "maint")[0] == 0
+    assert redis_cmd(redis, "SET", "maint", "1").startswith(b"+OK")
+    code, out, _ = once("--upstream", redis, "--check", "redis", "--key", "maint")
+    assert code == 2 and "Redis replied :1" in out
+    redis_cmd(redis, "DEL", "maint")
+
+
+def proxy_with_checks(endpoints, interval="100ms", rise=2, fall=3, kind="tcp: {}"):
+    eps = ", ".join(f'"{e}"' for e in endpoints)
+    return Proxy("tcp-proxy", config=f"""
+admin: {{ address: 127.0.0.1:0 }}
+workers: 2
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    tcp: {{ cluster: backend }}
+clusters:
+  - name: backend
+    endpoints: [ {eps} ]
+    health_check: {{ interval: {interval}, timeout: 80ms, rise: {rise}, fall: {fall}, {kind} }}
+""")
+
+
+def names_seen(p, n=12):
+    seen = {}
+    for _ in range(n):
+        s = connect(p.addr())
+        name = recv_exact(s, 2, timeout=5).decode().strip()
+        seen[name] = seen.get(name, 0) + 1
+        s.close()
+    return seen
+
+
+def test_tcp_proxy_ejects_a_failing_host_and_takes_it_back():
+    a = Server(name_handler("a"))
+    with Server(name_handler("b")) as b:
+        port_a = a.addr[1]
+        with proxy_with_checks([a.endpoint, b.endpoint], rise=2, fall=3) as p:
+            assert set(names_seen(p)) == {"a", "b"}
+            t0 = time.monotonic()
+            a.close()  # a goes down
+            p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 1, timeout=10)
+            took = time.monotonic() - t0
+            # interval x fall = 300 ms, plus one interval of phase and the timeouts.
+            assert took < 3.0, f"ejected after {took:.2f}s"
+            assert p.stat("cluster.backend.membership_healthy") == 1
+            assert names_seen(p) == {"b": 12}
+            assert p.stat("cluster.backend.health_check.failure") >= 3
+            _, clusters = p.get("/clusters")
+            assert f"backend::{a.endpoint}::health_flags::/failed_active_hc" in clusters
+            assert f"backend::{a.endpoint}::last_check::L4CON connection refused" in clusters
+            events = [json.loads(l) for l in p.stderr().splitlines() if l.startswith("{")]
+            assert {"cluster": "backend", "host": a.endpoint, "from": "healthy", "to": "unhealthy"}.items() <= events[-1].items()
+            # a comes back on the same port: after `rise` passes it gets traffic again.
+            with Server(name_handler("a"), port=port_a):
+                p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 2, timeout=10)
+                wait_for(lambda: "a" in names_seen(p, 6), timeout=10, what="traffic back on a")
+
+
+def test_health_checker_daemon_feeds_tcp_proxy_file_discovery():
+    tmp = tempfile.mkdtemp(prefix="hc-")
+    eps_path = os.path.join(tmp, "endpoints.json")
+    with Server(name_handler("a")) as a, Server(name_handler("b")) as b:
+        port_a = a.addr[1]
+        hc = Proxy("health-checker", ["--upstream", f"{a.endpoint},{b.endpoint}", "--interval", "100ms", "--timeout", "80ms",
+                                      "--rise", "1", "--fall", "2", "--endpoints-out", eps_path, "--admin", "127.0.0.1:0"])
+        try:
+            wait_for(lambda: os.path.exists(eps_path), what="endpoints file")
+            with Proxy("tcp-proxy", config=f"""
+admin: {{ address: 127.0.0.1:0 }}
+workers: 2
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    tcp: {{ cluster: backend }}
+clusters:
+  - name: backend
+    discovery: file
+    path: {eps_path}
+""") as p:
+                assert set(names_seen(p)) == {"a", "b"}
+                a.close()
+                # The checker marks a down and rewrites the file; the proxy follows, no restart.
+                def a_down():
+                    with open(eps_path) as f:
+                        doc = json.load(f)
+                    return any(e["address"] == a.endpoint and e["health_status"] == "UNHEALTHY" for e in doc["endpoints"])
+                wait_for(a_down, timeout=10, what="endpoints file marks a down")
+                p.wait_stat("cluster.backend.membership_healthy", lambda v: v == 1, timeout=10)
+                assert names_seen(p) == {"b": 12}
+                _, clusters = hc.get("/clusters")
+                assert f"upstream::{a.endpoint}::health_flags::/failed_active_hc" in clusters
+                # a is back: the file says so and traffic returns.
+                with Server(name_handler("a"), port=port_a):
+                    p.wait_stat("cluster.backend.membership_healthy", lambda v: v == 2, timeout=10)
+                    wait_for(lambda: "a" in names_seen(p, 6), timeout=10, what="traffic back on a")
+                    assert p.stat("cluster.backend.update_success") >= 2
+                # A broken file is refused; the last good set stays.
+                with open(eps_path + ".tmp", "w") as f:
+                    f.write("{ not json")
+                os.rename(eps_path + ".tmp", eps_path)
+                p.wait_stat("cluster.backend.update_failure", lambda v: v >= 1, timeout=10)
+                assert p.stat("cluster.backend.membership_total") == 2
+        finally:
+            hc.stop()
