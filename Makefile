@@ -44,6 +44,7 @@ fuzz: deps
 tsan: deps
 	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan --product tcp-proxy
 	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan --product health-checker
+	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan --product lbtool
 	PROXY_BIN_DIR=.build-tsan/debug PROXY_TSAN=1 $(PYTEST) -q -m "not heavy" Tests/IntegrationTests
 
 bench: release

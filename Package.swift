@@ -49,6 +49,8 @@ let package = Package(
         .executableTarget(name: "HttpProxy", dependencies: ["Common"], path: "Sources/http-proxy", swiftSettings: swiftSettings),
         .executableTarget(name: "RedisProxy", dependencies: ["Common"], path: "Sources/redis-proxy", swiftSettings: swiftSettings),
         .executableTarget(name: "HealthChecker", dependencies: ["Common"], path: "Sources/health-checker", swiftSettings: swiftSettings),
+        // Load-balancer placement and microbenchmarks (benchmarks/RESULTS.md; not a test).
+        .executableTarget(name: "lbtool", dependencies: ["Common"], path: "benchmarks/lbtool", swiftSettings: swiftSettings),
         // libFuzzer harnesses: built only by scripts/fuzz.sh (-sanitize=fuzzer -parse-as-library).
         .executableTarget(name: "FuzzProxyProtocol", dependencies: ["Common"], path: "Fuzz/FuzzProxyProtocol", swiftSettings: swiftSettings),
         .executableTarget(name: "FuzzConfig", dependencies: ["Common"], path: "Fuzz/FuzzConfig", swiftSettings: swiftSettings),

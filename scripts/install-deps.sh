@@ -8,7 +8,7 @@ PKGS=(
   # build: the four C libraries of the design card
   libevent-dev libssl-dev libnghttp2-dev libhiredis-dev pkg-config
   # tests: real peers and tools
-  haproxy curl openssl python3 procps iproute2 redis-server
+  haproxy curl openssl python3 procps iproute2 redis-server nutcracker
   make
 )
 
@@ -26,7 +26,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts daemons on install; the tests start their own instances.
-  for svc in haproxy redis-server; do
+  for svc in haproxy redis-server nutcracker; do
     if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
     service "$svc" stop >/dev/null 2>&1 || true
   done

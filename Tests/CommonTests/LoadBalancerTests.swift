@@ -5,18 +5,53 @@ private func hosts(_ weights: [Int]) -> [Host] {
     let store = StatsStore(threads: 1)
     return weights.enumerated().map { i, w in
         let a = try! SocketAddress.parse("10.0.\(i / 250).\(i % 250 + 1):80")  // test fixture, not input
-        return Host(address: a, weight: w, healthy: true, stats: HostStats(store: store, cluster: "t", address: a))
+        return Host(address: a, weight: w, hashKey: a.description, healthy: true, stats: HostStats(store: store, cluster: "t", address: a))
     }
 }
 
-@Test func smoothWeightedRoundRobinIsExact() {
+@Test func weightedRoundRobinIsExactAndSmooth() {
     let lb = RoundRobinLoadBalancer(hosts: hosts([5, 1, 1]), seed: 0)
     var counts = [0, 0, 0]
     var seq: [Int] = []
-    for _ in 0..<7000 { let h = lb.pick(hashKey: nil, attempted: [])!; counts[h] += 1; if seq.count < 7 { seq.append(h) } }
+    for _ in 0..<7000 { let h = lb.pick(hashKey: nil, attempted: [])!; counts[h] += 1; seq.append(h) }
     #expect(counts == [5000, 1000, 1000])
-    // Smooth: the heavy host is never picked more than 3 times in a row in nginx's sequence.
-    #expect(seq == [0, 0, 1, 0, 2, 0, 0])
+    // nginx's smooth sequence, also across cycles: the heavy host never runs more than twice.
+    #expect(Array(seq.prefix(14)) == [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0])
+    var run = 0, longest = 0
+    for h in seq { run = h == 0 ? run + 1 : 0; longest = max(longest, run) }
+    #expect(longest <= 4)
+}
+
+@Test func weightedRoundRobinSpreadOver100kPicksWithinTolerance() {
+    let weights = (0..<50).map { $0 % 7 + 1 }
+    let lb = RoundRobinLoadBalancer(hosts: hosts(weights), seed: 3)
+    var counts = Array(repeating: 0, count: weights.count)
+    for _ in 0..<100_000 { counts[lb.pick(hashKey: nil, attempted: [])!] += 1 }
+    let total = weights.reduce(0, +)
+    for (i, w) in weights.enumerated() {
+        let expected = 100_000.0 * Double(w) / Double(total)
+        #expect(abs(Double(counts[i]) - expected) <= 1.0 + expected * 0.001, "host \(i): \(counts[i]) vs \(expected)")
+    }
+}
+
+@Test func leastRequestSpreadOver100kPicksWithinTolerance() {
+    // With every request still open, P2C keeps the active counts per weight level.
+    let weights = [1, 1, 2, 4]
+    let lb = LeastRequestLoadBalancer(hosts: hosts(weights), seed: 5)
+    var counts = [0, 0, 0, 0]
+    for _ in 0..<100_000 { let h = lb.pick(hashKey: nil, attempted: [])!; counts[h] += 1; lb.onStart(h) }
+    for (i, w) in weights.enumerated() {
+        let expected = 100_000.0 * Double(w) / 8
+        #expect(abs(Double(counts[i]) - expected) / expected < 0.05, "host \(i): \(counts[i]) vs \(expected)")
+    }
+}
+
+@Test func edfFallbackKeepsWeights() {
+    // Beyond the schedule's size limit, EDF keeps the shares exact.
+    let lb = RoundRobinLoadBalancer(hosts: hosts([3, 1]), schedule: [], seed: 0)
+    var counts = [0, 0]
+    for _ in 0..<4000 { counts[lb.pick(hashKey: nil, attempted: [])!] += 1 }
+    #expect(counts == [3000, 1000])
 }
 
 @Test func roundRobinSkipsAttempted() {

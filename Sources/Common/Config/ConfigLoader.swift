@@ -237,6 +237,7 @@ public enum ConfigLoader {
         let m = try v.mapping()
         var e = EndpointConfig(address: try m.required("address").address())
         if let w = m.optional("weight") { e.weight = try w.int(min: 1, max: 128) }
+        if let k = m.optional("hash_key") { e.hashKey = try k.string() }
         try m.finish()
         if e.address.port == 0 { throw ConfigError("\(v.path).address", "an endpoint needs a port") }
         return e

@@ -74,6 +74,7 @@ public enum LbPolicy: String, Sendable, CaseIterable {
     case random
     case leastRequest = "least_request"
     case maglev
+    case ringHash = "ring_hash"
 }
 
 /// `clusters[i].send_proxy_protocol`.
@@ -110,8 +111,10 @@ public struct EndpointConfig: Sendable, Hashable {
     public var weight: Int = 1
     /// `health_status` from an endpoints file (default healthy); static endpoints are healthy.
     public var healthy: Bool = true
-    public init(address: SocketAddress, weight: Int = 1, healthy: Bool = true) {
-        self.address = address; self.weight = weight; self.healthy = healthy
+    /// `hash_key`: the name hashing balancers use for this host (default "ip:port").
+    public var hashKey: String?
+    public init(address: SocketAddress, weight: Int = 1, healthy: Bool = true, hashKey: String? = nil) {
+        self.address = address; self.weight = weight; self.healthy = healthy; self.hashKey = hashKey
     }
 }
 

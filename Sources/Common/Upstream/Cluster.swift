@@ -4,10 +4,17 @@ import Synchronization
 public struct Host: Sendable {
     public let address: SocketAddress
     public let weight: Int
+    /// The name a hashing balancer places on its ring (`hash_key`, default "ip:port"); give
+    /// twemproxy's server names here to keep its key placement.
+    public let hashKey: String
     /// Health as discovery and checks report it (static hosts start healthy).
     public let healthy: Bool
     /// Per-host counters shown by /clusters.
     public let stats: HostStats
+
+    public init(address: SocketAddress, weight: Int, hashKey: String, healthy: Bool, stats: HostStats) {
+        self.address = address; self.weight = weight; self.hashKey = hashKey; self.healthy = healthy; self.stats = stats
+    }
 }
 
 /// Per-host counters (registered under a hidden `_host.` prefix, shown by /clusters).
@@ -16,7 +23,7 @@ public struct HostStats: Sendable {
     public let cxActive: Gauge
     public let cxConnectFail: Counter
 
-    init(store: StatsStore, cluster: String, address: SocketAddress) {
+    public init(store: StatsStore, cluster: String, address: SocketAddress) {
         let p = "_host.\(cluster).\(address)."
         cxTotal = store.counter(p + "cx_total")
         cxActive = store.gauge(p + "cx_active")
@@ -89,6 +96,10 @@ public final class ClusterSnapshot: Sendable {
     public let openConnections: SharedCount
     /// The Maglev lookup table (host indices), built once when the policy needs it.
     public let maglevTable: [Int32]
+    /// The ketama ring, built once when the policy is ring_hash.
+    public let ring: KetamaRing?
+    /// One cycle of smooth weighted round robin, built once when weights differ.
+    public let wrrSchedule: [Int32]
 
     public var name: String { config.name }
 
@@ -97,12 +108,15 @@ public final class ClusterSnapshot: Sendable {
                 store: StatsStore, openConnections: SharedCount) {
         self.config = config
         self.hosts = endpoints.map {
-            Host(address: $0.address, weight: $0.weight, healthy: $0.healthy && healthy($0.address),
+            Host(address: $0.address, weight: $0.weight, hashKey: $0.hashKey ?? $0.address.description,
+                 healthy: $0.healthy && healthy($0.address),
                  stats: HostStats(store: store, cluster: config.name, address: $0.address))
         }
         self.stats = ClusterStats(store: store, cluster: config.name)
         self.openConnections = openConnections
         self.maglevTable = config.lbPolicy == .maglev ? MaglevTable.build(hosts: hosts) : []
+        self.ring = config.lbPolicy == .ringHash ? KetamaRing(hosts: hosts) : nil
+        self.wrrSchedule = config.lbPolicy == .roundRobin ? WrrSchedule.build(hosts: hosts) : []
         store.mainSlab.set(stats.membershipTotal, hosts.count)
         store.mainSlab.set(stats.membershipHealthy, hosts.filter(\.healthy).count)
     }

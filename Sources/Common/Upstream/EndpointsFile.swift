@@ -28,6 +28,7 @@ public enum EndpointsFile {
             var ep = EndpointConfig(address: try m.required("address").address())
             if ep.address.port == 0 { throw ConfigError("\(e.path).address", "an endpoint needs a port") }
             if let w = m.optional("weight") { ep.weight = try w.int(min: 1, max: 128) }
+            if let k = m.optional("hash_key") { ep.hashKey = try k.string() }
             if let h = m.optional("health_status") {
                 ep.healthy = ["HEALTHY", "UNKNOWN"].contains(try h.oneOf(["HEALTHY", "UNHEALTHY", "DRAINING", "UNKNOWN"]))
             }

@@ -17,34 +17,46 @@ extension LoadBalancer {
 /// Builds a worker's balancer for a cluster snapshot.
 public func makeLoadBalancer(_ cluster: ClusterSnapshot, seed: UInt64) -> LoadBalancer {
     switch cluster.config.lbPolicy {
-    case .roundRobin: return RoundRobinLoadBalancer(hosts: cluster.hosts, seed: seed)
+    case .roundRobin: return RoundRobinLoadBalancer(hosts: cluster.hosts, schedule: cluster.wrrSchedule, seed: seed)
     case .random: return RandomLoadBalancer(hosts: cluster.hosts, seed: seed)
     case .leastRequest: return LeastRequestLoadBalancer(hosts: cluster.hosts, seed: seed)
     case .maglev: return MaglevLoadBalancer(table: cluster.maglevTable, hosts: cluster.hosts, seed: seed)
+    case .ringHash: return RingHashLoadBalancer(ring: cluster.ring ?? KetamaRing(hosts: []), seed: seed)
     }
 }
 
 /// Indices of healthy hosts (all hosts when the flag is absent).
 func healthyIndices(_ hosts: [Host]) -> [Int] { hosts.indices.filter { hosts[$0].healthy } }
 
-/// Smooth weighted round robin (nginx's): each pick adds every host's weight to its credit and
-/// takes the host with the most credit, which pays the total back. Equal weights reduce to a
-/// plain rotating index. Workers start at different offsets so they do not move in lockstep.
+/// Weighted round robin. Equal weights rotate an index. Unequal weights follow nginx's smooth
+/// weighted round robin (weights 5,1,1 give 0 0 1 0 2 0 0): its whole cycle is computed once
+/// per cluster snapshot (`WrrSchedule`), so a pick is an array step, O(1), whatever the host
+/// count. When a cycle would be too large to build (sum of weights × hosts over 16M), picks
+/// fall back to earliest-deadline-first on a heap (Envoy's EDF), O(log n).
+/// Workers start at their own offsets so they do not move in lockstep.
 public final class RoundRobinLoadBalancer: LoadBalancer {
     private let healthy: [Int]
-    private let weights: [Int]
-    private var credit: [Int]
-    private let total: Int
     private let uniform: Bool
     private var next: Int
+    /// The precomputed smooth cycle (host indices), shared by workers.
+    private let schedule: [Int32]
+    /// EDF fallback: heap of (deadline, position in `healthy`), and each position's step.
+    private var heap: [(UInt64, Int)] = []
+    private var steps: [UInt64] = []
+    private static let scale: UInt64 = 1 << 32
 
-    public init(hosts: [Host], seed: UInt64) {
+    public init(hosts: [Host], schedule: [Int32]? = nil, seed: UInt64) {
         healthy = healthyIndices(hosts)
-        weights = healthy.map { hosts[$0].weight }
-        credit = Array(repeating: 0, count: healthy.count)
-        total = weights.reduce(0, +)
+        let weights = healthy.map { hosts[$0].weight }
         uniform = Set(weights).count <= 1
-        next = healthy.isEmpty ? 0 : Int(seed % UInt64(healthy.count))
+        self.schedule = uniform ? [] : (schedule ?? WrrSchedule.build(hosts: hosts))
+        let cycle = uniform ? healthy.count : max(self.schedule.count, 1)
+        next = cycle == 0 ? 0 : Int(seed % UInt64(cycle))
+        if !uniform && self.schedule.isEmpty {
+            steps = weights.map { RoundRobinLoadBalancer.scale / UInt64($0) }
+            heap = steps.enumerated().map { ($0.element / 2, $0.offset) }
+            heap.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
+        }
     }
 
     public func pick(hashKey: UInt64?, attempted: [Int]) -> Int? {
@@ -56,20 +68,77 @@ public final class RoundRobinLoadBalancer: LoadBalancer {
         return pickOnce()
     }
 
-    private func pickOnce() -> Int {
+    @inline(__always) private func pickOnce() -> Int {
         if uniform {
             let h = healthy[next]
             next += 1
             if next == healthy.count { next = 0 }
             return h
         }
-        var best = 0
-        for i in 0..<credit.count {
-            credit[i] += weights[i]
-            if credit[i] > credit[best] { best = i }
+        if !schedule.isEmpty {
+            let h = Int(schedule[next])
+            next += 1
+            if next == schedule.count { next = 0 }
+            return h
         }
-        credit[best] -= total
-        return healthy[best]
+        return healthy[pickWeighted()]
+    }
+
+    private func pickWeighted() -> Int {
+        let (deadline, i) = heap[0]
+        var d = deadline &+ steps[i]
+        if d >= 1 << 62 {  // rebase long before overflow
+            let base = heap.map(\.0).min() ?? 0
+            for k in heap.indices { heap[k].0 -= base }
+            d -= base
+        }
+        heap[0] = (d, i)
+        siftDown(0)
+        return i
+    }
+
+    private func less(_ a: (UInt64, Int), _ b: (UInt64, Int)) -> Bool { a.0 < b.0 || (a.0 == b.0 && a.1 < b.1) }
+
+    private func siftDown(_ start: Int) {
+        var i = start
+        let n = heap.count
+        while true {
+            let l = 2 * i + 1, r = l + 1
+            var m = i
+            if l < n && less(heap[l], heap[m]) { m = l }
+            if r < n && less(heap[r], heap[m]) { m = r }
+            if m == i { return }
+            heap.swapAt(i, m)
+            i = m
+        }
+    }
+}
+
+/// nginx's smooth weighted round robin, one whole cycle (sum of weights picks) at a time.
+public enum WrrSchedule {
+    /// The most work (sum of weights × hosts) spent building a cycle; beyond, EDF is used.
+    public static let maxWork = 16 << 20
+
+    /// Host indices in pick order for one cycle, or [] when weights are equal (a plain
+    /// rotation serves) or the cycle is too large to build.
+    public static func build(hosts: [Host]) -> [Int32] {
+        let live = healthyIndices(hosts)
+        let weights = live.map { hosts[$0].weight }
+        let total = weights.reduce(0, +)
+        guard Set(weights).count > 1, total * live.count <= maxWork else { return [] }
+        var credit = Array(repeating: 0, count: live.count)
+        var out: [Int32] = []
+        out.reserveCapacity(total)
+        for _ in 0..<total {
+            var best = 0
+            for i in 0..<credit.count {
+                credit[i] += weights[i]
+                if credit[i] > credit[best] { best = i }
+            }
+            credit[best] -= total
+            out.append(Int32(live[best]))
+        }
+        return out
     }
 }
 
