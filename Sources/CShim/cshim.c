@@ -36,10 +36,10 @@ int cshim_udp_bind(const struct sockaddr *addr, socklen_t len, int reuseport) {
     return fd;
 }
 
-int cshim_connect(const struct sockaddr *addr, socklen_t len) {
+int cshim_connect(const struct sockaddr *addr, socklen_t len, int nodelay) {
     int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
-    if (addr->sa_family != AF_UNIX) {
+    if (nodelay && addr->sa_family != AF_UNIX) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }

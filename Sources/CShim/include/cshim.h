@@ -37,8 +37,8 @@ static inline int64_t cshim_atomic_add(int64_t *slot, int64_t v) {
 int cshim_listen(const struct sockaddr *addr, socklen_t len, int reuseport, int backlog);
 /// A bound UDP socket (SO_REUSEPORT when asked). Returns the fd, or -errno.
 int cshim_udp_bind(const struct sockaddr *addr, socklen_t len, int reuseport);
-/// Starts a non-blocking connect. Returns the fd (connect in progress or done) or -errno.
-int cshim_connect(const struct sockaddr *addr, socklen_t len);
+/// Starts a non-blocking connect (TCP_NODELAY when asked). Returns the fd (in progress or done) or -errno.
+int cshim_connect(const struct sockaddr *addr, socklen_t len, int nodelay);
 /// accept4(SOCK_NONBLOCK|SOCK_CLOEXEC). Returns the fd or -errno.
 int cshim_accept(int fd, struct sockaddr *addr, socklen_t *len);
 /// The pending socket error (SO_ERROR), or errno of getsockopt.

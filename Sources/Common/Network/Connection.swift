@@ -88,7 +88,7 @@ public final class Connection {
     /// Starts connecting to `address`. Returns nil with the errno when it fails at once.
     public static func connect(worker: Worker, to address: SocketAddress, bufferLimit: Int,
                                callbacks: ConnectionCallbacks) -> (Connection?, Int32) {
-        let fd = address.withSockAddr { cshim_connect($0, $1) }
+        let fd = address.withSockAddr { cshim_connect($0, $1, 1) }
         if fd < 0 { return (nil, -fd) }
         let c = Connection(worker: worker, connectingFd: fd, remote: address, bufferLimit: bufferLimit)
         c.callbacks = callbacks
