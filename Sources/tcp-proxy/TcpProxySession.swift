@@ -126,7 +126,10 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
         let cs = c.snapshot
         if timeout { worker.stats.inc(cs.stats.upstreamCxConnectTimeout) }
         worker.stats.inc(cs.stats.upstreamCxConnectFail)
-        if hostIndex >= 0 { worker.stats.inc(cs.hosts[hostIndex].stats.cxConnectFail) }
+        if hostIndex >= 0 {
+            worker.stats.inc(cs.hosts[hostIndex].stats.cxConnectFail)
+            cs.hosts[hostIndex].outlier?.failure()
+        }
         if let up = upstream { up.callbacks = nil; up.close(); upstream = nil }
         releaseHost()
         if attempted.count < factory.config.maxConnectAttempts && downstream.state == .open {
@@ -142,6 +145,7 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
         guard let c = cluster else { return }
         upstreamConnected = true
         worker.stats.record(c.snapshot.stats.upstreamCxConnectMs, monotonicMs() &- connectStartMs)
+        if hostIndex >= 0 { c.snapshot.hosts[hostIndex].outlier?.success() }
         if let v = c.snapshot.config.sendProxyProtocol {
             connection.write(bytes: ProxyProtocol.encode(version: v, source: context.remote, destination: context.local))
         }

@@ -1,5 +1,6 @@
 """Connect failures, retries, timeouts, circuit breakers, balancing (Must show 3)."""
 
+import json
 import socket
 import time
 
@@ -87,6 +88,9 @@ def test_circuit_breaker_overflow():
             c = connect(p.addr())
             assert recv_all(c, timeout=5) == b""
             assert p.stat("cluster.backend.upstream_cx_overflow") == 1
+            _, clusters = p.get("/clusters")
+            assert "backend::default_priority::max_connections::2" in clusters
+            assert "backend::default_priority::cx_open::2" in clusters
             a.close(); b.close(); c.close()
 
 
@@ -195,3 +199,51 @@ clusters:
             # Both clusters get traffic; within cluster two, one source IP always maps to one host.
             assert seen.get("a", 0) > 5
             assert (seen.get("b", 0) > 0) != (seen.get("c", 0) > 0)
+
+
+def test_outlier_detection_ejects_and_returns_a_failing_host():
+    with Server(name_handler("good")) as good:
+        bad = refused_endpoint()
+        cfg = config([bad, good.endpoint], attempts=2, extra_cluster="""    outlier_detection: { consecutive_failures: 3, base_ejection_time: 1s, max_ejection_percent: 50 }""")
+        with Proxy("tcp-proxy", config=cfg.replace("workers: 1", "workers: 2")) as p:
+            for _ in range(8):
+                s = connect(p.addr())
+                assert recv_exact(s, 5) == b"good\n"
+                s.close()
+            p.wait_stat("cluster.backend.outlier_detection.ejections_active", lambda v: v == 1)
+            assert p.stat("cluster.backend.outlier_detection.ejections_total") == 1
+            _, clusters = p.get("/clusters")
+            assert f"backend::{bad}::health_flags::/failed_outlier_check" in clusters
+            assert "backend::outlier::ejected::1" in clusters
+            fails = p.stat("cluster.backend.upstream_cx_connect_fail")
+            for _ in range(10):  # ejected: no more attempts on it
+                s = connect(p.addr())
+                assert recv_exact(s, 5) == b"good\n"
+                s.close()
+            assert p.stat("cluster.backend.upstream_cx_connect_fail") == fails
+            events = [json.loads(l) for l in p.stderr().splitlines() if l.startswith("{")]
+            assert any(e["to"] == "ejected" and e["host"] == bad for e in events)
+            # After base_ejection_time it is tried again, fails again, and is ejected for longer.
+            p.wait_stat("cluster.backend.outlier_detection.ejections_active", lambda v: v == 0, timeout=10)
+            def reejected():
+                s = connect(p.addr())
+                recv_exact(s, 5)
+                s.close()
+                return p.stat("cluster.backend.outlier_detection.ejections_total") == 2
+            wait_for(reejected, timeout=10, what="second ejection")
+            assert "ejected for 2s" in p.stderr()
+
+
+def test_outlier_ejection_cap_counts_overflow():
+    with Server(name_handler("good")) as good:
+        bad1, bad2 = refused_endpoint(), refused_endpoint()
+        cfg = config([bad1, bad2, good.endpoint], attempts=3, lb="round_robin",
+                     extra_cluster="""    outlier_detection: { consecutive_failures: 2, base_ejection_time: 30s, max_ejection_percent: 10 }""")
+        with Proxy("tcp-proxy", config=cfg) as p:
+            for _ in range(12):
+                s = connect(p.addr())
+                assert recv_exact(s, 5) == b"good\n"
+                s.close()
+            # 10% of 3 hosts rounds to 0: one host may still go; the second is refused.
+            assert p.stat("cluster.backend.outlier_detection.ejections_active") == 1
+            p.wait_stat("cluster.backend.outlier_detection.ejections_overflow", lambda v: v >= 1)

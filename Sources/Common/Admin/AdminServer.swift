@@ -144,6 +144,8 @@ final class AdminServer {
             let c = server.snapshot.clusters[name]!
             let cb = c.config.maxConnections.map { String($0) } ?? "unlimited"
             lines += "\(name)::default_priority::max_connections::\(cb)\n"
+            lines += "\(name)::default_priority::cx_open::\(c.openConnections.current)\n"
+            lines += "\(name)::outlier::ejected::\(c.hosts.filter(\.ejected).count)\n"
             lines += "\(name)::lb_policy::\(c.config.lbPolicy.rawValue)\n"
             var jhosts: [JSON] = []
             for h in c.hosts {
@@ -155,7 +157,8 @@ final class AdminServer {
                 lines += "\(name)::\(a)::cx_active::\(active)\n"
                 lines += "\(name)::\(a)::cx_connect_fail::\(fail)\n"
                 lines += "\(name)::\(a)::cx_total::\(total)\n"
-                lines += "\(name)::\(a)::health_flags::\(h.healthy ? "healthy" : "/failed_active_hc")\n"
+                let flags = h.healthy ? "healthy" : h.ejected ? "/failed_outlier_check" : "/failed_active_hc"
+                lines += "\(name)::\(a)::health_flags::\(flags)\n"
                 let last = server.lastCheck(cluster: name, address: h.address)
                 if let last { lines += "\(name)::\(a)::last_check::\(last.code) \(last.detail)\n" }
                 lines += "\(name)::\(a)::weight::\(h.weight)\n"

@@ -97,6 +97,17 @@ public enum ConfigLoader {
         }
         if let h = m.optional("health_check") { c.healthCheck = try parseHealthCheck(h) }
         if let o = m.optional("endpoints_out") { c.endpointsOut = try o.string() }
+        if let od = m.optional("outlier_detection") {
+            let om = try od.mapping()
+            var o = OutlierDetectionConfig()
+            if let x = om.optional("consecutive_failures") { o.consecutiveFailures = try x.int(min: 1, max: 1000) }
+            if let x = om.optional("base_ejection_time") { o.baseEjectionMs = try positive(x) }
+            if let x = om.optional("max_ejection_time") { o.maxEjectionMs = try positive(x) }
+            if let x = om.optional("max_ejection_percent") { o.maxEjectionPercent = try x.int(min: 0, max: 100) }
+            try om.finish()
+            if o.maxEjectionMs < o.baseEjectionMs { throw ConfigError(od.child("max_ejection_time"), "must not be below base_ejection_time") }
+            c.outlierDetection = o
+        }
         if let p = m.optional("lb_policy") {
             let s = try p.oneOf(LbPolicy.allCases.map(\.rawValue))
             c.lbPolicy = LbPolicy(rawValue: s)!

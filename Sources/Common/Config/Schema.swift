@@ -90,6 +90,8 @@ public struct ClusterConfig: Sendable {
     public var path: String?
     /// `health_check`: active checks run by the main thread; hosts that fail are skipped.
     public var healthCheck: HealthCheckConfig?
+    /// `outlier_detection`: passive ejection of failing hosts.
+    public var outlierDetection: OutlierDetectionConfig?
     /// `endpoints_out`: write this cluster's hosts with their health to this file (atomically)
     /// whenever it changes, for other proxies' `file` discovery.
     public var endpointsOut: String?

@@ -41,6 +41,8 @@ public final class ClusterHealthMonitor {
     private var rng = FastRandom(seed: wallMs())
     /// Called on every flip: host, now healthy, the result that decided it.
     private let onChange: (SocketAddress, Bool, CheckResult) -> Void
+    /// Called on every passing check (outlier detection un-ejects on it).
+    public var onPass: ((SocketAddress) -> Void)?
 
     public init(cluster: String, config: HealthCheckConfig, dispatcher: Dispatcher, store: StatsStore,
                 onChange: @escaping (SocketAddress, Bool, CheckResult) -> Void) {
@@ -85,7 +87,7 @@ public final class ClusterHealthMonitor {
     }
 
     private func record(_ h: HostChecker, _ r: CheckResult) {
-        if r.passed { slab.inc(stats.success) } else {
+        if r.passed { slab.inc(stats.success); onPass?(h.address) } else {
             slab.inc(stats.failure)
             if case .l4Connect = r { slab.inc(stats.networkFailure) }
             if case .l4Timeout = r { slab.inc(stats.networkFailure) }

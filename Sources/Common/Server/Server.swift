@@ -209,6 +209,7 @@ public final class Server {
                 let m = ClusterHealthMonitor(cluster: name, config: hc, dispatcher: dispatcher, store: store) { [unowned self] a, up, r in
                     healthChanged(cluster: name, address: a, healthy: up, result: r)
                 }
+                m.onPass = { [unowned self] a in activeCheckPassed(cluster: name, address: a) }
                 m.setHosts(c.endpoints.map(\.address), previous: old?.monitor)
                 rt.monitor = m
             }
@@ -217,7 +218,25 @@ public final class Server {
                 rt.watcher = FileWatcher(path: path, dispatcher: dispatcher) { [unowned self] in endpointsFileChanged(cluster: name) }
                 if rt.watcher == nil { logger.warning("cannot watch \(path); cluster \(name) will not see changes") }
             }
+            if c.outlierDetection != nil {
+                rt.outlierStats = OutlierStats(store: store, cluster: c.name)
+                if let old, old.config.outlierDetection != nil {
+                    // Keep streaks and running ejections across a reload.
+                    rt.outlierCounters = old.outlierCounters
+                    rt.ejected = old.ejected
+                    rt.ejectionCounts = old.ejectionCounts
+                }
+                syncOutlierCounters(rt)
+            }
             next[c.name] = rt
+        }
+        // Ejections of clusters that lost outlier detection (or went away) end here.
+        for (name, old) in clusterRuntimes where next[name]?.config.outlierDetection == nil {
+            for t in old.ejected.values {
+                t.cancel()
+                if let st = old.outlierStats { store.mainSlab.dec(st.ejectionsActive) }
+            }
+            old.ejected.removeAll()
         }
         clusterRuntimes = next
         for rt in next.values { writeEndpointsOut(rt) }
@@ -233,9 +252,81 @@ public final class Server {
             clusterCounts[name] = count
             let monitor = rt.monitor
             out[name] = ClusterSnapshot(config: rt.config, endpoints: rt.endpoints,
-                                        healthy: { monitor?.isHealthy($0) ?? true }, store: store, openConnections: count)
+                                        healthy: { monitor?.isHealthy($0) ?? true },
+                                        outlier: { (rt.outlierCounters[$0], rt.ejected[$0] != nil) },
+                                        store: store, openConnections: count)
         }
         return out
+    }
+
+    // MARK: - Outlier detection (main thread)
+
+    /// Gives every current endpoint a streak counter; forgets hosts that left (and their ejections).
+    private func syncOutlierCounters(_ rt: ClusterRuntime) {
+        guard let od = rt.config.outlierDetection else { return }
+        let name = rt.config.name
+        let me = MainThreadRef(self)
+        let main = dispatcher.handle
+        let live = Set(rt.endpoints.map(\.address))
+        for a in rt.outlierCounters.keys where !live.contains(a) { rt.outlierCounters.removeValue(forKey: a) }
+        for a in rt.ejected.keys where !live.contains(a) {
+            rt.ejected.removeValue(forKey: a)?.cancel()
+            if let st = rt.outlierStats { store.mainSlab.dec(st.ejectionsActive) }
+        }
+        for e in rt.endpoints where rt.outlierCounters[e.address] == nil {
+            let address = e.address
+            rt.outlierCounters[address] = OutlierCounter(threshold: od.consecutiveFailures) {
+                main.post { me.object.eject(cluster: name, address: address) }
+            }
+        }
+    }
+
+    /// A host reached its failure streak: eject it, unless too many hosts are out already.
+    func eject(cluster: String, address: SocketAddress) {
+        guard let rt = clusterRuntimes[cluster], let od = rt.config.outlierDetection, let st = rt.outlierStats,
+              rt.ejected[address] == nil, let counter = rt.outlierCounters[address] else { return }
+        let cap = max(1, rt.endpoints.count * od.maxEjectionPercent / 100)
+        if rt.ejected.count >= cap {
+            store.mainSlab.inc(st.ejectionsOverflow)
+            counter.reset()
+            return
+        }
+        let times = (rt.ejectionCounts[address] ?? 0) + 1
+        rt.ejectionCounts[address] = times
+        let duration = min(od.baseEjectionMs * UInt64(times), od.maxEjectionMs)
+        let timer = Timer(dispatcher) { [unowned self] in uneject(cluster: cluster, address: address, cause: "ejection time over") }
+        timer.arm(ms: duration)
+        rt.ejected[address] = timer
+        store.mainSlab.inc(st.ejectionsTotal)
+        store.mainSlab.inc(st.ejectionsEnforcedConsecutiveFailure)
+        store.mainSlab.inc(st.ejectionsActive)
+        logHealthEvent(cluster: cluster, address: address, from: "healthy", to: "ejected",
+                       cause: "outlier: \(od.consecutiveFailures) consecutive failures, ejected for \(formatDuration(duration))")
+        publishClusters(cluster)
+    }
+
+    private func uneject(cluster: String, address: SocketAddress, cause: String) {
+        guard let rt = clusterRuntimes[cluster], let timer = rt.ejected.removeValue(forKey: address) else { return }
+        timer.cancel()
+        rt.outlierCounters[address]?.reset()
+        if let st = rt.outlierStats { store.mainSlab.dec(st.ejectionsActive) }
+        logHealthEvent(cluster: cluster, address: address, from: "ejected", to: "healthy", cause: cause)
+        publishClusters(cluster)
+    }
+
+    /// An active check passed: an ejected host comes back at once (Envoy's default).
+    private func activeCheckPassed(cluster: String, address: SocketAddress) {
+        if clusterRuntimes[cluster]?.ejected[address] != nil {
+            uneject(cluster: cluster, address: address, cause: "active health check passed")
+        }
+    }
+
+    private func logHealthEvent(cluster: String, address: SocketAddress, from: String, to: String, cause: String) {
+        var line = JSON.object([
+            ("time", .string(iso8601(wallMs()))), ("cluster", .string(cluster)), ("host", .string(address.description)),
+            ("from", .string(from)), ("to", .string(to)), ("cause", .string(cause)),
+        ]).serialized() + "\n"
+        line.withUTF8 { _ = Glibc.write(healthLogFd, $0.baseAddress, $0.count) }
     }
 
     /// Sends workers the current cluster snapshots (same config generation).
@@ -247,13 +338,8 @@ public final class Server {
     }
 
     private func healthChanged(cluster: String, address: SocketAddress, healthy: Bool, result: CheckResult) {
-        let line = JSON.object([
-            ("time", .string(iso8601(wallMs()))), ("cluster", .string(cluster)), ("host", .string(address.description)),
-            ("from", .string(healthy ? "unhealthy" : "healthy")), ("to", .string(healthy ? "healthy" : "unhealthy")),
-            ("cause", .string("\(result.code) \(result.detail)")),
-        ]).serialized() + "\n"
-        var l = line
-        l.withUTF8 { _ = Glibc.write(healthLogFd, $0.baseAddress, $0.count) }
+        logHealthEvent(cluster: cluster, address: address, from: healthy ? "unhealthy" : "healthy",
+                       to: healthy ? "healthy" : "unhealthy", cause: "\(result.code) \(result.detail)")
         publishClusters(cluster)
         if let rt = clusterRuntimes[cluster] { writeEndpointsOut(rt) }
     }
@@ -265,6 +351,7 @@ public final class Server {
             if eps == rt.endpoints { return }
             rt.endpoints = eps
             rt.monitor?.setHosts(eps.map(\.address))
+            syncOutlierCounters(rt)
             store.mainSlab.inc(rt.stats.updateSuccess)
             logger.info("endpoints updated", metadata: ["cluster": "\(cluster)", "hosts": "\(eps.count)"])
             publishClusters(cluster)
@@ -523,6 +610,12 @@ final class ClusterRuntime {
     var monitor: ClusterHealthMonitor?
     var watcher: FileWatcher?
     let stats: ClusterDiscoveryStats
+    /// Outlier detection: each host's streak, the hosts ejected now (with their un-eject
+    /// timers), and how many times each host was ejected (the time multiplier).
+    var outlierCounters: [SocketAddress: OutlierCounter] = [:]
+    var ejected: [SocketAddress: Timer] = [:]
+    var ejectionCounts: [SocketAddress: Int] = [:]
+    var outlierStats: OutlierStats?
     init(config: ClusterConfig, endpoints: [EndpointConfig], stats: ClusterDiscoveryStats) {
         self.config = config; self.endpoints = endpoints; self.stats = stats
     }

@@ -11,9 +11,15 @@ public struct Host: Sendable {
     public let healthy: Bool
     /// Per-host counters shown by /clusters.
     public let stats: HostStats
+    /// The host's failure streak for outlier detection (nil when the cluster has none).
+    public let outlier: OutlierCounter?
+    /// Ejected by outlier detection (then `healthy` is false too).
+    public let ejected: Bool
 
-    public init(address: SocketAddress, weight: Int, hashKey: String, healthy: Bool, stats: HostStats) {
+    public init(address: SocketAddress, weight: Int, hashKey: String, healthy: Bool, stats: HostStats,
+                outlier: OutlierCounter? = nil, ejected: Bool = false) {
         self.address = address; self.weight = weight; self.hashKey = hashKey; self.healthy = healthy; self.stats = stats
+        self.outlier = outlier; self.ejected = ejected
     }
 }
 
@@ -103,14 +109,18 @@ public final class ClusterSnapshot: Sendable {
 
     public var name: String { config.name }
 
-    /// `endpoints`: the live set (config or endpoints file); `healthy`: what active checks say.
+    /// `endpoints`: the live set (config or endpoints file); `healthy`: what active checks say;
+    /// `outlier`: each host's streak counter and whether it is ejected now.
     public init(config: ClusterConfig, endpoints: [EndpointConfig], healthy: (SocketAddress) -> Bool,
+                outlier: (SocketAddress) -> (OutlierCounter?, Bool) = { _ in (nil, false) },
                 store: StatsStore, openConnections: SharedCount) {
         self.config = config
         self.hosts = endpoints.map {
-            Host(address: $0.address, weight: $0.weight, hashKey: $0.hashKey ?? $0.address.description,
-                 healthy: $0.healthy && healthy($0.address),
-                 stats: HostStats(store: store, cluster: config.name, address: $0.address))
+            let (counter, ejected) = outlier($0.address)
+            return Host(address: $0.address, weight: $0.weight, hashKey: $0.hashKey ?? $0.address.description,
+                        healthy: $0.healthy && healthy($0.address) && !ejected,
+                        stats: HostStats(store: store, cluster: config.name, address: $0.address),
+                        outlier: counter, ejected: ejected)
         }
         self.stats = ClusterStats(store: store, cluster: config.name)
         self.openConnections = openConnections
