@@ -8,7 +8,7 @@ PKGS=(
   # build: the four C libraries of the design card
   libevent-dev libssl-dev libnghttp2-dev libhiredis-dev pkg-config
   # tests: real peers and tools
-  haproxy curl openssl python3 procps iproute2 redis-server nutcracker
+  haproxy curl openssl python3 procps iproute2 redis-server nutcracker dnsmasq-base
   make
 )
 

@@ -180,11 +180,11 @@ def recv_exact(sock, n, timeout=30):
 class Server:
     """A threaded TCP server on 127.0.0.1:0 running `handler(conn, server)` per connection."""
 
-    def __init__(self, handler, backlog=1024, port=0):
+    def __init__(self, handler, backlog=1024, port=0, host="127.0.0.1"):
         self.handler = handler
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))  # a given port: a host restarting where it was
+        self.sock.bind((host, port))  # a given port: a host restarting where it was
         self.sock.listen(backlog)
         self.addr = self.sock.getsockname()
         self.connections = 0
@@ -196,7 +196,7 @@ class Server:
 
     @property
     def endpoint(self):
-        return f"127.0.0.1:{self.addr[1]}"
+        return f"{self.addr[0]}:{self.addr[1]}"
 
     def _loop(self):
         while not self.closed:

@@ -80,9 +80,35 @@ public enum ConfigLoader {
         }
         var c = ClusterConfig(name: name)
         if let d = m.optional("discovery") {
-            c.discovery = try d.oneOf(["static", "file"])
+            c.discovery = try d.oneOf(["static", "file", "strict_dns"])
         }
-        if c.discovery == "file" {
+        if c.discovery == "strict_dns" {
+            let eps = try m.required("endpoints").list()
+            if eps.isEmpty { throw ConfigError("\(v.path).endpoints", "at least one endpoint is needed") }
+            for e in eps {
+                let text: ConfigValue
+                var weight = 1
+                var hashKey: String?
+                if case .scalar = e.node { text = e } else {
+                    let em = try e.mapping()
+                    text = try em.required("address")
+                    if let w = em.optional("weight") { weight = try w.int(min: 1, max: 128) }
+                    if let k = em.optional("hash_key") { hashKey = try k.string() }
+                    try em.finish()
+                }
+                guard var t = DnsTarget.parse(try text.string()) else {
+                    throw text.fail("\"\(try text.string())\": expected name:port with a port of 1...65535")
+                }
+                t.weight = weight; t.hashKey = hashKey
+                c.dnsTargets.append(t)
+            }
+            if let r = m.optional("dns_refresh_rate") { c.dnsRefreshMs = try positive(r) }
+            if let r = m.optional("respect_dns_ttl") { c.respectDnsTtl = try r.bool() }
+            if let f = m.optional("dns_lookup_family") {
+                c.dnsLookupFamily = DnsLookupFamily(rawValue: try f.oneOf(["v4_only", "v6_only", "all"]))!
+            }
+            if let rs = m.optional("dns_resolvers") { for r in try rs.list() { c.dnsResolvers.append(try r.address()) } }
+        } else if c.discovery == "file" {
             let p = try m.required("path")
             c.path = try p.string()
             if m.optional("endpoints") != nil {

@@ -88,6 +88,16 @@ public struct ClusterConfig: Sendable {
     public var discovery: String = "static"
     /// `path`: the endpoints file for `file` discovery.
     public var path: String?
+    /// strict_dns: the names to resolve, how often, through which servers.
+    public var dnsTargets: [DnsTarget] = []
+    /// `dns_refresh_rate` (default 5s, as Envoy).
+    public var dnsRefreshMs: UInt64 = 5000
+    /// `respect_dns_ttl` (default false): re-resolve at the records' TTL (at least 1s) instead.
+    public var respectDnsTtl = false
+    /// `dns_lookup_family` (default all: A and AAAA).
+    public var dnsLookupFamily: DnsLookupFamily = .all
+    /// `dns_resolvers` (default: /etc/resolv.conf).
+    public var dnsResolvers: [SocketAddress] = []
     /// `health_check`: active checks run by the main thread; hosts that fail are skipped.
     public var healthCheck: HealthCheckConfig?
     /// `outlier_detection`: passive ejection of failing hosts.

@@ -203,7 +203,10 @@ public final class Server {
         var next: [String: ClusterRuntime] = [:]
         for c in config.clusters {
             let old = clusterRuntimes[c.name]
-            let rt = ClusterRuntime(config: c, endpoints: c.endpoints, stats: ClusterDiscoveryStats(store: store, cluster: c.name))
+            var initial = c.endpoints
+            // A reload keeps the addresses DNS gave so far until the next answer.
+            if c.discovery == "strict_dns", let old, old.config.discovery == "strict_dns" { initial = old.endpoints }
+            let rt = ClusterRuntime(config: c, endpoints: initial, stats: ClusterDiscoveryStats(store: store, cluster: c.name))
             if let hc = c.healthCheck {
                 let name = c.name
                 let m = ClusterHealthMonitor(cluster: name, config: hc, dispatcher: dispatcher, store: store) { [unowned self] a, up, r in
@@ -212,6 +215,18 @@ public final class Server {
                 m.onPass = { [unowned self] a in activeCheckPassed(cluster: name, address: a) }
                 m.setHosts(c.endpoints.map(\.address), previous: old?.monitor)
                 rt.monitor = m
+            }
+            if c.discovery == "strict_dns" {
+                let name = c.name
+                rt.dns = StrictDnsDiscovery(
+                    dispatcher: dispatcher, targets: c.dnsTargets, resolvers: c.dnsResolvers, family: c.dnsLookupFamily,
+                    refreshMs: c.dnsRefreshMs, respectTtl: c.respectDnsTtl, initial: initial,
+                    onUpdate: { [unowned self] eps in endpointsChanged(cluster: name, eps) },
+                    onFailure: { [unowned self] why in
+                        if let rt = clusterRuntimes[name] { store.mainSlab.inc(rt.stats.updateFailure) }
+                        logger.warning("DNS lookup failed, keeping the last good addresses", metadata: ["cluster": "\(name)", "error": "\(why)"])
+                    })
+                if rt.dns == nil { logger.error("cluster \(name): cannot start DNS resolution") }
             }
             if c.discovery == "file", let path = c.path {
                 let name = c.name
@@ -344,18 +359,22 @@ public final class Server {
         if let rt = clusterRuntimes[cluster] { writeEndpointsOut(rt) }
     }
 
+    /// New endpoints from discovery (file or DNS): checks, streaks and workers follow.
+    private func endpointsChanged(cluster: String, _ eps: [EndpointConfig]) {
+        guard let rt = clusterRuntimes[cluster], eps != rt.endpoints else { return }
+        rt.endpoints = eps
+        rt.monitor?.setHosts(eps.map(\.address))
+        syncOutlierCounters(rt)
+        store.mainSlab.inc(rt.stats.updateSuccess)
+        logger.info("endpoints updated", metadata: ["cluster": "\(cluster)", "hosts": "\(eps.map(\.address.description).joined(separator: ","))"])
+        publishClusters(cluster)
+        writeEndpointsOut(rt)
+    }
+
     private func endpointsFileChanged(cluster: String) {
         guard let rt = clusterRuntimes[cluster], let path = rt.config.path else { return }
         do {
-            let eps = try EndpointsFile.load(path: path, keyPath: "clusters.\(cluster).path")
-            if eps == rt.endpoints { return }
-            rt.endpoints = eps
-            rt.monitor?.setHosts(eps.map(\.address))
-            syncOutlierCounters(rt)
-            store.mainSlab.inc(rt.stats.updateSuccess)
-            logger.info("endpoints updated", metadata: ["cluster": "\(cluster)", "hosts": "\(eps.count)"])
-            publishClusters(cluster)
-            writeEndpointsOut(rt)
+            endpointsChanged(cluster: cluster, try EndpointsFile.load(path: path, keyPath: "clusters.\(cluster).path"))
         } catch {
             // Keep the last good set: a half-written or broken file never empties a cluster.
             store.mainSlab.inc(rt.stats.updateFailure)
@@ -609,6 +628,7 @@ final class ClusterRuntime {
     var endpoints: [EndpointConfig]
     var monitor: ClusterHealthMonitor?
     var watcher: FileWatcher?
+    var dns: StrictDnsDiscovery?
     let stats: ClusterDiscoveryStats
     /// Outlier detection: each host's streak, the hosts ejected now (with their un-eject
     /// timers), and how many times each host was ejected (the time multiplier).
