@@ -31,8 +31,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     service "$svc" stop >/dev/null 2>&1 || true
   done
 fi
-# pytest runs the integration tests (PyPI; present on most images already).
+# From PyPI: pytest runs the integration tests; grpcio and its health service are the real
+# gRPC peer the gRPC health check is tested against.
 if ! python3 -c "import pytest" >/dev/null 2>&1; then
   python3 -m pip install -q "pytest>=7" >/dev/null
+fi
+if ! python3 -c "import grpc, grpc_health.v1.health" >/dev/null 2>&1; then
+  python3 -m pip install -q grpcio grpcio-health-checking >/dev/null 2>&1
 fi
 echo "install-deps: ok"

@@ -12,7 +12,7 @@ struct HealthCheckerCommand: ParsableCommand {
 
     @OptionGroup var common: CommonOptions
 
-    @Option(help: "Check kind: tcp, http, redis, udp.")
+    @Option(help: "Check kind: tcp, http, redis, udp, grpc.")
     var check: String = "tcp"
     @Option(help: "http: request path.") var path: String?
     @Option(help: "http: Host header.") var host: String?
@@ -23,6 +23,7 @@ struct HealthCheckerCommand: ParsableCommand {
     @Option(help: "tcp: the reply must start with this; udp: contain it.") var expect: String?
     @Option(help: "tcp/udp: expected bytes, as hex.") var expectHex: String?
     @Option(help: "redis: EXISTS this key must answer 0 (set it to drain the host).") var key: String?
+    @Option(help: "grpc: the service to ask about (default: the whole server).") var service: String?
     @Option(help: "Between checks (default 5s).") var interval: String?
     @Option(help: "Per check (default 1s).") var timeout: String?
     @Option(help: "Passes in a row to mark a host up (default 2).") var rise: Int?
@@ -49,8 +50,10 @@ struct HealthCheckerCommand: ParsableCommand {
             add("send", send); add("send_hex", sendHex); add("expect", expect); add("expect_hex", expectHex)
         case "redis":
             add("key", key)
+        case "grpc":
+            add("service", service); add("authority", host)
         default:
-            throw ConfigError("--check", "\"\(check)\" is not one of tcp, http, redis, udp")
+            throw ConfigError("--check", "\"\(check)\" is not one of tcp, http, redis, udp, grpc")
         }
         var hc: [(String, JSON)] = [(check, .object(block))]
         if let interval { hc.append(("interval", .string(interval))) }
@@ -68,7 +71,7 @@ struct HealthCheckerCommand: ParsableCommand {
 
     func run() throws {
         let usesCheckFlags = path != nil || host != nil || method != nil || expectStatus != nil || send != nil || sendHex != nil
-            || expect != nil || expectHex != nil || key != nil || interval != nil || timeout != nil || rise != nil
+            || expect != nil || expectHex != nil || key != nil || service != nil || interval != nil || timeout != nil || rise != nil
             || fall != nil || endpointsOut != nil
         if common.config != nil && (common.upstream != nil || usesCheckFlags) {
             throw ValidationError("check flags go with --upstream; with --config set them in the file")

@@ -240,3 +240,41 @@ clusters:
                 assert p.stat("cluster.backend.membership_total") == 2
         finally:
             hc.stop()
+
+
+GRPC_SERVER = """
+import grpc
+from concurrent import futures
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+h = health.HealthServicer()
+h.set("", health_pb2.HealthCheckResponse.SERVING)
+h.set("db", health_pb2.HealthCheckResponse.NOT_SERVING)
+health_pb2_grpc.add_HealthServicer_to_server(h, server)
+print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+server.start()
+server.wait_for_termination()
+"""
+
+
+def test_grpc_health_check_against_grpcio():
+    try:
+        import grpc  # noqa: F401
+        import grpc_health.v1.health  # noqa: F401
+    except ImportError:
+        pytest.skip("grpcio / grpcio-health-checking not installed")
+    srv = subprocess.Popen(["python3", "-c", GRPC_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(srv.stdout.readline())
+        ep = f"127.0.0.1:{port}"
+        assert once("--upstream", ep, "--check", "grpc")[0] == 0
+        code, out, _ = once("--upstream", ep, "--check", "grpc", "--service", "db")
+        assert code == 2 and "gRPC health NOT_SERVING" in out
+        code, out, _ = once("--upstream", ep, "--check", "grpc", "--service", "unknown")
+        assert code == 2 and "grpc-status 5" in out  # NOT_FOUND
+        with http_server() as h1:  # an HTTP/1 server is not a gRPC server
+            code, out, _ = once("--upstream", h1.endpoint, "--check", "grpc")
+            assert code == 2 and "L7RSP" in out
+    finally:
+        srv.terminate()
+        srv.wait(10)

@@ -205,6 +205,10 @@ public enum ConfigLoader {
             }
             h.steps = HealthCheckConfig.http(method: method, path: path, host: host, statuses: ranges)
             h.summary = "http \(method) \(path)"
+        case .grpc:
+            h.grpcService = try b.optional("service")?.string() ?? ""
+            h.grpcAuthority = try b.optional("authority")?.string()
+            h.summary = h.grpcService.isEmpty ? "grpc health" : "grpc health \(h.grpcService)"
         case .redis:
             let key = try b.optional("key")?.string()
             h.steps = HealthCheckConfig.redis(key: key)

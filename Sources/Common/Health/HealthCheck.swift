@@ -1,7 +1,7 @@
 /// An active health check as data (HAProxy's tcp-check idea): connect, then a list of send /
 /// expect steps. The protocol kinds are preset step lists. Built at config time, immutable.
 public struct HealthCheckConfig: Sendable {
-    public enum Kind: String, Sendable, CaseIterable { case tcp, http, redis, udp }
+    public enum Kind: String, Sendable, CaseIterable { case tcp, http, redis, udp, grpc }
     public var kind: Kind
     /// What to do after connecting (TCP kinds) or instead of connecting (UDP: send, expect).
     public var steps: [CheckStep] = []
@@ -25,6 +25,10 @@ public struct HealthCheckConfig: Sendable {
     public var initialJitterMs: UInt64 = 0
     /// A short text for logs and tables ("http GET /healthz", "tcp connect").
     public var summary: String = ""
+    /// gRPC: the service asked about ("" = the server as a whole) and the :authority
+    /// (default: the host's address).
+    public var grpcService = ""
+    public var grpcAuthority: String?
 
     public init(kind: Kind) { self.kind = kind }
 

@@ -17,6 +17,8 @@ public final class HealthProbe {
     private var step = 0
     private var received: [UInt8] = []
     private var pendingSend: [UInt8] = []
+    /// The HTTP/2 exchange of a gRPC check.
+    private var grpc: GrpcHealthExchange?
     private let startMs = monotonicMs()
 
     public init(dispatcher: Dispatcher, address: SocketAddress, config: HealthCheckConfig,
@@ -68,11 +70,42 @@ public final class HealthProbe {
             let err = cshim_socket_error(fd)
             if err != 0 { finish(.l4Connect(errnoText(err))); return }
             connected = true
-            advance()
+            if config.kind == .grpc { startGrpc() } else { advance() }
             return
         }
         if what & Int16(EV_WRITE) != 0 && !pendingSend.isEmpty { sendPending() }
-        if what & Int16(EV_READ) != 0 { receive() }
+        if what & Int16(EV_READ) != 0 { if grpc != nil { receiveGrpc() } else { receive() } }
+    }
+
+    private func startGrpc() {
+        guard let g = GrpcHealthExchange(service: config.grpcService, authority: config.grpcAuthority ?? address.description) else {
+            finish(.l7Response("cannot start an HTTP/2 session"))
+            return
+        }
+        grpc = g
+        pendingSend = g.output()
+        sendPending()
+    }
+
+    private func receiveGrpc() {
+        var buf = [UInt8](repeating: 0, count: 16384)
+        while completion != nil, let g = grpc {
+            let n = Glibc.recv(fd, &buf, buf.count, 0)
+            if n > 0 {
+                _ = g.input(Array(buf[0..<n]))
+                if let r = g.result {
+                    finish(r.passed ? .passed(latencyMs: monotonicMs() &- startMs) : r)
+                    return
+                }
+                pendingSend += g.output()
+                sendPending()
+                continue
+            }
+            if n == 0 { finish(.l7Response("connection closed before a gRPC answer")); return }
+            if errno == EAGAIN || errno == EINTR { return }
+            finish(.l4Connect(errnoText(errno)))
+            return
+        }
     }
 
     /// Runs steps until one has to wait for the network.
