@@ -30,6 +30,7 @@ struct HealthCheckerCommand: ParsableCommand {
     @Option(help: "Failures in a row to mark a host down (default 3).") var fall: Int?
     @Flag(help: "Check every host once, print, exit 0 OK / 1 WARNING / 2 CRITICAL / 3 UNKNOWN.") var once = false
     @Option(help: "--once output: line, table or json.") var output: String = "line"
+    @Flag(help: "Daemon: redraw a table of hosts and states every second (when stdout is a terminal).") var watch = false
     @Option(help: "Daemon: write the hosts and their health here (atomically) on every change.") var endpointsOut: String?
     @Option(help: "Name of the cluster built from --upstream.") var cluster: String = "upstream"
 
@@ -87,6 +88,8 @@ struct HealthCheckerCommand: ParsableCommand {
             binary.configFromFlags = { try doc.get() }
         }
         binary.fixedWorkers = 0
+        binary.watch = watch
+        if once && watch { throw ValidationError("--watch is for the daemon; --once prints once") }
         if once {
             let config: ProxyConfig
             do { config = try Server.loadConfig(options: common, binary: binary) } catch {

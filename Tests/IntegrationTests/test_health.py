@@ -278,3 +278,29 @@ def test_grpc_health_check_against_grpcio():
     finally:
         srv.terminate()
         srv.wait(10)
+
+
+def test_watch_redraws_a_table_on_a_terminal():
+    import pty
+    import select
+    with Server(name_handler("a")) as a:
+        bad = refused_endpoint()
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([HC, "--upstream", f"{a.endpoint},{bad}", "--interval", "200ms", "--timeout", "100ms",
+                                 "--fall", "1", "--watch"], stdout=slave, stderr=subprocess.DEVNULL)
+        os.close(slave)
+        screen = b""
+        try:
+            def drawn():
+                nonlocal screen
+                r, _, _ = select.select([master], [], [], 0.2)
+                if r:
+                    screen += os.read(master, 65536)
+                last = screen.rsplit(b"\x1b[2J", 1)[-1].decode(errors="replace")
+                return "1/2 hosts up" in last and f"{bad}" in last and "DOWN" in last and "L4CON" in last and "UP" in last
+            wait_for(drawn, timeout=10, what="the watch table")
+            assert screen.count(b"\x1b[H\x1b[2J") >= 1
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            os.close(master)

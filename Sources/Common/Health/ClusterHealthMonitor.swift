@@ -76,6 +76,9 @@ public final class ClusterHealthMonitor {
     /// The last result for a host, for /clusters and tables.
     public func lastResult(_ address: SocketAddress) -> CheckResult? { hosts[address]?.state.last }
 
+    /// When the host last flipped (or started being checked), wall-clock ms.
+    public func lastChange(_ address: SocketAddress) -> UInt64? { hosts[address]?.lastChangeWallMs }
+
     private func runCheck(_ h: HostChecker) {
         slab.inc(stats.attempt)
         let probe = HealthProbe(dispatcher: dispatcher, address: h.address, config: config) { [unowned self, unowned h] r in

@@ -18,6 +18,8 @@ public struct ProxyBinary: Sendable {
     public var configFromFlags: (@Sendable () throws -> String)?
     /// Worker threads regardless of config (health-checker: 0, all work is on the main thread).
     public var fixedWorkers: Int?
+    /// Redraw a table of hosts and their health every second when stdout is a terminal.
+    public var watch = false
 
     public init(blockParser: FilterBlockParser,
                 flagBlock: @escaping @Sendable (String) -> [(String, JSON)],
@@ -58,6 +60,7 @@ public final class Server {
     private var admin: AdminServer?
     private var drainTimer: Timer?
     private var tickTimer: Timer?
+    private var watchTimer: Timer?
     let startWallMs = wallMs()
     let startMs = monotonicMs()
     /// `server.state` for /ready and /server_info.
@@ -394,6 +397,33 @@ public final class Server {
         if !writeFile(tmp, text) || rename(tmp, path) != 0 { logger.error("cannot write endpoints file \(path)") }
     }
 
+    /// The --watch screen: every host of every cluster with its state and last check.
+    func watchTable() -> String {
+        let now = wallMs()
+        var rows = [["CLUSTER", "HOST", "STATE", "SINCE", "LAST CHECK"]]
+        var up = 0, total = 0
+        for name in clusterRuntimes.keys.sorted() {
+            let rt = clusterRuntimes[name]!
+            for e in rt.endpoints {
+                let ejected = rt.ejected[e.address] != nil
+                let healthy = e.healthy && (rt.monitor?.isHealthy(e.address) ?? true) && !ejected
+                total += 1
+                if healthy { up += 1 }
+                let since = rt.monitor?.lastChange(e.address).map { formatDuration(((now &- $0) / 1000) * 1000) } ?? "-"
+                let last = rt.monitor?.lastResult(e.address).map { "\($0.code) \($0.detail)" } ?? "not checked yet"
+                rows.append([name, e.address.description, ejected ? "EJECTED" : healthy ? "UP" : "DOWN", since, last])
+            }
+        }
+        var widths = Array(repeating: 0, count: rows[0].count)
+        for r in rows { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }
+        var out = "\(binary.blockParser.binary) \(toolkitVersion)   \(iso8601(now))   \(up)/\(total) hosts up\n\n"
+        for r in rows {
+            out += r.enumerated().map { i, c in i == r.count - 1 ? c : c + String(repeating: " ", count: widths[i] - c.count) }
+                .joined(separator: "  ") + "\n"
+        }
+        return out
+    }
+
     /// The last active check of a host (admin /clusters).
     func lastCheck(cluster: String, address: SocketAddress) -> CheckResult? {
         clusterRuntimes[cluster]?.monitor?.lastResult(address)
@@ -462,6 +492,17 @@ public final class Server {
         }
         tickTimer?.arm(ms: 1000)
         writeReadyFile()
+        if binary.watch {
+            if isatty(1) != 0 {
+                watchTimer = Timer(dispatcher) { [unowned self] in
+                    FileHandleOut.stdout("\u{1B}[H\u{1B}[2J" + watchTable())
+                    watchTimer?.arm(ms: 1000)
+                }
+                watchTimer?.arm(ms: 0)
+            } else {
+                logger.notice("--watch: stdout is not a terminal; health changes are logged instead")
+            }
+        }
         logger.info("started", metadata: ["workers": "\(workers.count)",
                                           "listeners": "\(bound.map { "\($0.key)=\($0.value.actual)" }.sorted().joined(separator: ","))",
                                           "admin": "\(admin?.address.description ?? "off")"])
