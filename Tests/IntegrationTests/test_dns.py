@@ -116,3 +116,31 @@ clusters:
         f.write(bad)
     r = sp.run([os.path.join(BIN_DIR, "tcp-proxy"), "--config", f.name, "--validate"], capture_output=True, text=True)
     assert r.returncode == 1 and 'clusters[0].endpoints[0]: "svc.test": expected name:port' in r.stderr
+
+
+def test_logical_dns_uses_one_address_that_follows_the_name(dns):
+    port = free_port()
+    with Server(name_handler("2"), port=port, host="127.0.0.2"), Server(name_handler("3"), port=port, host="127.0.0.3"):
+        cfg = f"""
+admin: {{ address: 127.0.0.1:0 }}
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    tcp: {{ cluster: svc }}
+clusters:
+  - name: svc
+    discovery: logical_dns
+    dns_resolvers: [ "127.0.0.1:{dns.port}" ]
+    dns_lookup_family: v4_only
+    dns_refresh_rate: 200ms
+    endpoints: [ "svc.test:{port}" ]
+"""
+        with Proxy("tcp-proxy", config=cfg) as p:
+            p.wait_stat("cluster.svc.membership_total", lambda v: v == 1, timeout=10)
+            assert names(p) == {"2"}
+            dns.change([("svc.test", "127.0.0.3"), ("svc.test", "127.0.0.2")])
+            wait_for(lambda: names(p, 2) == {"3"} or names(p, 2) == {"2"}, timeout=5, what="one address")
+            dns.change([("svc.test", "127.0.0.3")])
+            wait_for(lambda: names(p, 3) == {"3"}, timeout=10, what="the new address")
+            assert p.stat("cluster.svc.membership_total") == 1

@@ -80,11 +80,14 @@ public enum ConfigLoader {
         }
         var c = ClusterConfig(name: name)
         if let d = m.optional("discovery") {
-            c.discovery = try d.oneOf(["static", "file", "strict_dns"])
+            c.discovery = try d.oneOf(["static", "file", "strict_dns", "logical_dns"])
         }
-        if c.discovery == "strict_dns" {
+        if c.discovery == "strict_dns" || c.discovery == "logical_dns" {
             let eps = try m.required("endpoints").list()
             if eps.isEmpty { throw ConfigError("\(v.path).endpoints", "at least one endpoint is needed") }
+            if c.discovery == "logical_dns" && eps.count != 1 {
+                throw ConfigError("\(v.path).endpoints", "logical_dns takes exactly one name:port")
+            }
             for e in eps {
                 let text: ConfigValue
                 var weight = 1

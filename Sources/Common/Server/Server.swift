@@ -208,7 +208,8 @@ public final class Server {
             let old = clusterRuntimes[c.name]
             var initial = c.endpoints
             // A reload keeps the addresses DNS gave so far until the next answer.
-            if c.discovery == "strict_dns", let old, old.config.discovery == "strict_dns" { initial = old.endpoints }
+            let dnsKind = c.discovery == "strict_dns" || c.discovery == "logical_dns"
+            if dnsKind, let old, old.config.discovery == c.discovery { initial = old.endpoints }
             let rt = ClusterRuntime(config: c, endpoints: initial, stats: ClusterDiscoveryStats(store: store, cluster: c.name))
             if let hc = c.healthCheck {
                 let name = c.name
@@ -219,11 +220,12 @@ public final class Server {
                 m.setHosts(c.endpoints.map(\.address), previous: old?.monitor)
                 rt.monitor = m
             }
-            if c.discovery == "strict_dns" {
+            if dnsKind {
                 let name = c.name
                 rt.dns = StrictDnsDiscovery(
                     dispatcher: dispatcher, targets: c.dnsTargets, resolvers: c.dnsResolvers, family: c.dnsLookupFamily,
                     refreshMs: c.dnsRefreshMs, respectTtl: c.respectDnsTtl, initial: initial,
+                    logical: c.discovery == "logical_dns",
                     onUpdate: { [unowned self] eps in endpointsChanged(cluster: name, eps) },
                     onFailure: { [unowned self] why in
                         if let rt = clusterRuntimes[name] { store.mainSlab.inc(rt.stats.updateFailure) }

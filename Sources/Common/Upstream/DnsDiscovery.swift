@@ -22,7 +22,7 @@ public struct DnsTarget: Sendable, Equatable {
 /// `clusters[i].dns_lookup_family`.
 public enum DnsLookupFamily: String, Sendable { case v4Only = "v4_only", v6Only = "v6_only", all }
 
-/// strict_dns discovery (Envoy's): every A/AAAA record of every target is a host; names are
+/// strict_dns discovery (Envoy's), and logical_dns (one host at the first address): every A/AAAA record of every target is a host; names are
 /// re-resolved every `dns_refresh_rate` (or at the records' TTL with `respect_dns_ttl`).
 /// A name whose lookup fails or comes back empty keeps its last good addresses, so a DNS
 /// outage never empties a cluster. Uses libevent's evdns on the main thread, never blocking it.
@@ -42,6 +42,8 @@ public final class StrictDnsDiscovery {
     private let onUpdate: ([EndpointConfig]) -> Void
     private let onFailure: (String) -> Void
     private var last: [EndpointConfig]?
+    /// logical_dns: one host, the first address of the answer (Envoy's logical DNS cluster).
+    private let logical: Bool
 
     /// One query in flight; holds its owner weakly (freeing the evdns base fails pending queries).
     final class Query {
@@ -52,7 +54,7 @@ public final class StrictDnsDiscovery {
     }
 
     public init?(dispatcher: Dispatcher, targets: [DnsTarget], resolvers: [SocketAddress], family: DnsLookupFamily,
-                 refreshMs: UInt64, respectTtl: Bool, initial: [EndpointConfig],
+                 refreshMs: UInt64, respectTtl: Bool, initial: [EndpointConfig], logical: Bool = false,
                  onUpdate: @escaping ([EndpointConfig]) -> Void, onFailure: @escaping (String) -> Void) {
         guard let d = evdns_base_new(dispatcher.base, resolvers.isEmpty ? Int32(EVDNS_BASE_INITIALIZE_NAMESERVERS) : 0) else { return nil }
         dns = d
@@ -65,6 +67,7 @@ public final class StrictDnsDiscovery {
         self.respectTtl = respectTtl
         self.onUpdate = onUpdate
         self.onFailure = onFailure
+        self.logical = logical
         // Start from what the cluster had (a reload), per target.
         v4 = targets.map { t in initial.filter { $0.address.port == t.port && $0.address.family == .inet }.map(\.address) }
         v6 = targets.map { t in initial.filter { $0.address.port == t.port && $0.address.family == .inet6 }.map(\.address) }
@@ -141,6 +144,7 @@ public final class StrictDnsDiscovery {
                 eps.append(EndpointConfig(address: a, weight: t.weight, healthy: true, hashKey: t.hashKey))
             }
         }
+        if logical { eps = Array(eps.prefix(1)) }
         if !roundFailures.isEmpty { onFailure(roundFailures.joined(separator: "; ")) }
         if eps != last {
             last = eps
