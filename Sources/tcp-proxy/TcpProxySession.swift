@@ -75,7 +75,7 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
         guard let c = cluster else { return }
         let cs = c.snapshot
         let key: UInt64? = factory.config.hashSourceIp ? context.remote.map { fnv1a64($0.ipBytes) } : nil
-        guard let h = c.lb.pick(hashKey: key, attempted: attempted) else {
+        guard let h = c.pick(hashKey: key, attempted: attempted) else {
             worker.stats.inc(cs.stats.upstreamCxNoneHealthy)
             flags = "UH"
             finish()
@@ -93,7 +93,7 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
         hostIndex = h
         attempted.append(h)
         let host = cs.hosts[h]
-        c.lb.onStart(h)
+        c.onStart(h)
         worker.stats.inc(cs.stats.upstreamCxTotal)
         worker.stats.inc(cs.stats.upstreamCxActive)
         worker.stats.inc(host.stats.cxTotal)
@@ -113,7 +113,7 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
     private func releaseHost() {
         guard let c = cluster, hostIndex >= 0 else { return }
         let cs = c.snapshot
-        c.lb.onEnd(hostIndex)
+        c.onEnd(hostIndex)
         worker.stats.dec(cs.stats.upstreamCxActive)
         worker.stats.dec(cs.hosts[hostIndex].stats.cxActive)
         worker.stats.inc(cs.stats.upstreamCxDestroy)

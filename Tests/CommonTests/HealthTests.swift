@@ -63,8 +63,9 @@ import Testing
 
 @Test func endpointsFileRoundTrip() throws {
     let a = try SocketAddress.parse("10.0.0.1:80"), b = try SocketAddress.parse("[::1]:81")
-    let text = EndpointsFile.render(cluster: "c", endpoints: [(a, 2, true, "ok"), (b, 1, false, "L4CON")])
+    let text = EndpointsFile.render(cluster: "c", endpoints: [(EndpointConfig(address: a, weight: 2), true, "ok"),
+                                                              (EndpointConfig(address: b, priority: 1), false, "L4CON")])
     let eps = try EndpointsFile.parse(text)
-    #expect(eps == [EndpointConfig(address: a, weight: 2, healthy: true), EndpointConfig(address: b, weight: 1, healthy: false)])
+    #expect(eps == [EndpointConfig(address: a, weight: 2, healthy: true), EndpointConfig(address: b, weight: 1, healthy: false, priority: 1)])
     #expect(throws: ConfigError.self) { try EndpointsFile.parse("{\"endpoints\": [{\"address\": \"1.2.3.4:1\", \"health_status\": \"MEH\"}]}") }
 }

@@ -93,3 +93,24 @@ private func hosts(_ weights: [Int]) -> [Host] {
     let heavy = t.filter { $0 == 1 }.count
     #expect(abs(Double(heavy) / Double(t.count) - 0.75) < 0.02)
 }
+
+private func prioritized(_ spec: [(priority: Int, healthy: Bool)]) -> [Host] {
+    let store = StatsStore(threads: 1)
+    return spec.enumerated().map { i, s in
+        let a = try! SocketAddress.parse("10.1.0.\(i + 1):80")  // test fixture, not input
+        return Host(address: a, weight: 1, hashKey: a.description, healthy: s.healthy,
+                    stats: HostStats(store: store, cluster: "t", address: a), priority: s.priority)
+    }
+}
+
+@Test func priorityLoadsFollowEnvoysOverprovisioning() {
+    func loads(_ spec: [(Int, Bool)]) -> [Int] {
+        let hs = prioritized(spec.map { (priority: $0.0, healthy: $0.1) })
+        return ClusterSnapshot.priorityLoads(hosts: hs, priorities: Set(hs.map(\.priority)).sorted(), overprovisioning: 140)
+    }
+    #expect(loads([(0, true), (0, true), (1, true)]) == [100, 0])
+    #expect(loads([(0, true), (0, false), (1, true)]) == [70, 30])     // 50% x 1.4
+    #expect(loads([(0, false), (0, false), (1, true)]) == [0, 100])
+    #expect(loads([(0, true), (0, false), (0, false), (1, false)]) == [100, 0])  // 46% alone: scaled up
+    #expect(loads([(0, false), (1, false)]) == [0, 0])
+}

@@ -304,3 +304,51 @@ def test_watch_redraws_a_table_on_a_terminal():
             proc.terminate()
             proc.wait(10)
             os.close(master)
+
+
+def write_endpoints(path, entries):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"endpoints": [dict(address=a, priority=p, health_status="HEALTHY" if up else "UNHEALTHY")
+                                 for a, p, up in entries]}, f)
+    os.rename(tmp, path)
+
+
+def test_priority_failover_by_health_and_explicit_panic_threshold():
+    tmp = tempfile.mkdtemp(prefix="prio-")
+    path = os.path.join(tmp, "eps.json")
+    with Server(name_handler("a")) as a, Server(name_handler("b")) as b, Server(name_handler("c")) as c:
+        write_endpoints(path, [(a.endpoint, 0, True), (b.endpoint, 0, True), (c.endpoint, 1, True)])
+        cfg = f"""
+admin: {{ address: 127.0.0.1:0 }}
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    tcp: {{ cluster: backend }}
+clusters:
+  - name: backend
+    discovery: file
+    path: {path}
+"""
+        with Proxy("tcp-proxy", config=cfg) as p:
+            assert set(names_seen(p, 20)) == {"a", "b"}  # priority 0 healthy: 1 gets nothing
+            write_endpoints(path, [(a.endpoint, 0, True), (b.endpoint, 0, False), (c.endpoint, 1, True)])
+            p.wait_stat("cluster.backend.membership_healthy", lambda v: v == 2)
+            seen = names_seen(p, 200)  # 50% x 1.4 = 70% stays on priority 0
+            assert set(seen) == {"a", "c"} and 100 < seen["a"] < 180, seen
+            write_endpoints(path, [(a.endpoint, 0, False), (b.endpoint, 0, False), (c.endpoint, 1, True)])
+            p.wait_stat("cluster.backend.membership_healthy", lambda v: v == 1)
+            assert names_seen(p, 12) == {"c": 12}
+            # Nothing healthy and no panic threshold: connections are refused, never sent to
+            # unhealthy hosts.
+            write_endpoints(path, [(a.endpoint, 0, False), (b.endpoint, 0, False), (c.endpoint, 1, False)])
+            p.wait_stat("cluster.backend.membership_healthy", lambda v: v == 0)
+            s = connect(p.addr())
+            assert s.recv(10) == b""
+            s.close()
+            assert p.stat("cluster.backend.upstream_cx_none_healthy") >= 1
+        # With an explicit panic threshold, the same state balances over every host.
+        with Proxy("tcp-proxy", config=cfg + "    panic_threshold: 50\n") as p:
+            assert set(names_seen(p, 30)) == {"a", "b", "c"}
+            assert p.stat("cluster.backend.lb_healthy_panic") >= 30

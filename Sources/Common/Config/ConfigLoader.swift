@@ -148,6 +148,8 @@ public enum ConfigLoader {
         if let p = m.optional("send_proxy_protocol") {
             c.sendProxyProtocol = ProxyProtocolVersion(rawValue: try p.oneOf(["v1", "v2"]))
         }
+        if let o = m.optional("overprovisioning_factor") { c.overprovisioningFactor = try o.int(min: 100, max: 1000) }
+        if let p = m.optional("panic_threshold") { c.panicThreshold = try p.int(min: 0, max: 100) }
         if let cb = m.optional("circuit_breakers") {
             let cm = try cb.mapping()
             if let mc = cm.optional("max_connections") { c.maxConnections = try mc.int(min: 1) }
@@ -282,6 +284,7 @@ public enum ConfigLoader {
         var e = EndpointConfig(address: try m.required("address").address())
         if let w = m.optional("weight") { e.weight = try w.int(min: 1, max: 128) }
         if let k = m.optional("hash_key") { e.hashKey = try k.string() }
+        if let p = m.optional("priority") { e.priority = try p.int(min: 0, max: 127) }
         try m.finish()
         if e.address.port == 0 { throw ConfigError("\(v.path).address", "an endpoint needs a port") }
         return e

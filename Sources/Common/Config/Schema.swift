@@ -111,9 +111,14 @@ public struct ClusterConfig: Sendable {
     public var connectTimeoutMs: UInt64 = 5000
     /// `send_proxy_protocol`: a PROXY header sent on each new upstream connection.
     public var sendProxyProtocol: ProxyProtocolVersion?
-    /// `circuit_breakers.max_connections` (default 1024 per Envoy? no: unlimited here until the
-    /// circuit breaker work lands).
+    /// `circuit_breakers.max_connections` (default unlimited).
     public var maxConnections: Int?
+    /// `overprovisioning_factor` (default 140, Envoy's): a priority level at 72% health or more
+    /// (72 × 1.4 ≥ 100) keeps all its traffic; below, the rest spills to the next level.
+    public var overprovisioningFactor = 140
+    /// `panic_threshold` (percent, default 0 = off): when fewer hosts than this are healthy,
+    /// balance over all hosts, healthy or not. Off by default, unlike Envoy's silent 50%.
+    public var panicThreshold = 0
 }
 
 /// One endpoint of a cluster.
@@ -125,8 +130,10 @@ public struct EndpointConfig: Sendable, Hashable {
     public var healthy: Bool = true
     /// `hash_key`: the name hashing balancers use for this host (default "ip:port").
     public var hashKey: String?
-    public init(address: SocketAddress, weight: Int = 1, healthy: Bool = true, hashKey: String? = nil) {
-        self.address = address; self.weight = weight; self.healthy = healthy; self.hashKey = hashKey
+    /// `priority` (default 0, the first to use): higher levels take traffic as lower ones lose health.
+    public var priority: Int = 0
+    public init(address: SocketAddress, weight: Int = 1, healthy: Bool = true, hashKey: String? = nil, priority: Int = 0) {
+        self.address = address; self.weight = weight; self.healthy = healthy; self.hashKey = hashKey; self.priority = priority
     }
 }
 

@@ -389,10 +389,10 @@ public final class Server {
 
     private func writeEndpointsOut(_ rt: ClusterRuntime) {
         guard let path = rt.config.endpointsOut else { return }
-        let eps = rt.endpoints.map { e -> (SocketAddress, Int, Bool, String) in
+        let eps = rt.endpoints.map { e -> (EndpointConfig, Bool, String) in
             let r = rt.monitor?.lastResult(e.address)
             let up = e.healthy && (rt.monitor?.isHealthy(e.address) ?? true)
-            return (e.address, e.weight, up, r.map { "\($0.code) \($0.detail)" } ?? "not checked yet")
+            return (e, up, r.map { "\($0.code) \($0.detail)" } ?? "not checked yet")
         }
         let text = EndpointsFile.render(cluster: rt.config.name, endpoints: eps)
         let tmp = path + ".tmp"

@@ -8,11 +8,52 @@ public protocol ActiveSession: AnyObject {
     func forceClose()
 }
 
-/// A cluster as one worker uses it: the shared snapshot and this worker's balancer.
+/// A cluster as one worker uses it: the shared snapshot and this worker's balancers, one
+/// per priority level. A pick first chooses a level by the levels' loads (by the hash key
+/// when there is one, so a key keeps its level), then a host within it.
 public final class WorkerCluster {
     public let snapshot: ClusterSnapshot
-    public let lb: LoadBalancer
-    init(_ s: ClusterSnapshot, seed: UInt64) { snapshot = s; lb = makeLoadBalancer(s, seed: seed) }
+    private let lbs: [LoadBalancer]
+    /// Level index of each host.
+    private let levelOf: [Int]
+    private var rng: FastRandom
+    private let slab: StatsSlab
+
+    init(_ s: ClusterSnapshot, seed: UInt64, slab: StatsSlab) {
+        snapshot = s
+        lbs = s.levels.map { makeLoadBalancer($0, policy: s.config.lbPolicy, seed: seed) }
+        let index = Dictionary(uniqueKeysWithValues: s.levels.enumerated().map { ($0.element.priority, $0.offset) })
+        levelOf = s.hosts.map { s.panic ? 0 : index[$0.priority] ?? 0 }
+        rng = FastRandom(seed: seed ^ 0x5bd1e995)
+        self.slab = slab
+    }
+
+    /// A host index, or nil when no level has a healthy host.
+    public func pick(hashKey: UInt64?, attempted: [Int]) -> Int? {
+        let loads = snapshot.loads
+        if lbs.count == 1 {
+            if loads[0] == 0 { return nil }
+            if snapshot.panic { slab.inc(snapshot.stats.lbHealthyPanic) }
+            return lbs[0].pick(hashKey: hashKey, attempted: attempted)
+        }
+        var r = hashKey.map { Int(mix64($0) % 100) } ?? rng.below(100)
+        var chosen = -1
+        for (i, l) in loads.enumerated() {
+            if r < l { chosen = i; break }
+            r -= l
+        }
+        if chosen < 0 { chosen = loads.firstIndex { $0 > 0 } ?? -1 }
+        if chosen < 0 { return nil }
+        if let h = lbs[chosen].pick(hashKey: hashKey, attempted: attempted), !attempted.contains(h) { return h }
+        // Every host of that level was tried: the other levels with traffic, in order.
+        for (i, l) in loads.enumerated() where l > 0 && i != chosen {
+            if let h = lbs[i].pick(hashKey: hashKey, attempted: attempted), !attempted.contains(h) { return h }
+        }
+        return lbs[chosen].pick(hashKey: hashKey, attempted: attempted)
+    }
+
+    public func onStart(_ host: Int) { lbs[levelOf[host]].onStart(host) }
+    public func onEnd(_ host: Int) { lbs[levelOf[host]].onEnd(host) }
 }
 
 /// One worker thread's world: its loop, its listener sockets, its sessions, its stats slab,
@@ -57,7 +98,7 @@ public final class Worker {
         var next: [String: WorkerCluster] = [:]
         for (name, c) in s.clusters {
             if let o = old[name], o.snapshot === c { next[name] = o } else {
-                next[name] = WorkerCluster(c, seed: UInt64(index + 1) &* 0x9e3779b97f4a7c15 ^ UInt64(s.generation))
+                next[name] = WorkerCluster(c, seed: UInt64(index + 1) &* 0x9e3779b97f4a7c15 ^ UInt64(s.generation), slab: stats)
             }
         }
         clusters = next

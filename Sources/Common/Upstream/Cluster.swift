@@ -15,11 +15,19 @@ public struct Host: Sendable {
     public let outlier: OutlierCounter?
     /// Ejected by outlier detection (then `healthy` is false too).
     public let ejected: Bool
+    /// Priority level (0 first).
+    public let priority: Int
 
     public init(address: SocketAddress, weight: Int, hashKey: String, healthy: Bool, stats: HostStats,
-                outlier: OutlierCounter? = nil, ejected: Bool = false) {
+                outlier: OutlierCounter? = nil, ejected: Bool = false, priority: Int = 0) {
         self.address = address; self.weight = weight; self.hashKey = hashKey; self.healthy = healthy; self.stats = stats
-        self.outlier = outlier; self.ejected = ejected
+        self.outlier = outlier; self.ejected = ejected; self.priority = priority
+    }
+
+    /// The same host, eligible or not for one balancer's view.
+    func with(healthy: Bool) -> Host {
+        Host(address: address, weight: weight, hashKey: hashKey, healthy: healthy, stats: stats,
+             outlier: outlier, ejected: ejected, priority: priority)
     }
 }
 
@@ -55,6 +63,7 @@ public struct ClusterStats: Sendable {
     public let upstreamCxLengthMs: Histogram
     public let membershipTotal: Gauge
     public let membershipHealthy: Gauge
+    public let lbHealthyPanic: Counter
 
     public init(store: StatsStore, cluster: String) {
         let p = "cluster.\(cluster)."
@@ -74,6 +83,48 @@ public struct ClusterStats: Sendable {
         upstreamCxLengthMs = store.histogram(p + "upstream_cx_length_ms")
         membershipTotal = store.gauge(p + "membership_total")
         membershipHealthy = store.gauge(p + "membership_healthy")
+        lbHealthyPanic = store.counter(p + "lb_healthy_panic")
+    }
+}
+
+/// One priority level's view of a cluster for a balancer, with the tables hashing and weighted
+/// policies need (built once, on the main thread).
+public struct PriorityLevel: Sendable {
+    public let priority: Int
+    /// All of the cluster's hosts; those not eligible at this level are marked unhealthy.
+    public let hosts: [Host]
+    public let maglevTable: [Int32]
+    public let ring: KetamaRing?
+    public let wrrSchedule: [Int32]
+
+    init(priority: Int, hosts: [Host], policy: LbPolicy) {
+        self.priority = priority
+        self.hosts = hosts
+        maglevTable = policy == .maglev ? MaglevTable.build(hosts: hosts) : []
+        ring = policy == .ringHash ? KetamaRing(hosts: hosts) : nil
+        wrrSchedule = policy == .roundRobin ? WrrSchedule.build(hosts: hosts) : []
+    }
+}
+
+extension ClusterSnapshot {
+    /// Envoy's priority load: each level, in order, takes min(what is left, its health × the
+    /// overprovisioning factor); when the levels together are under 100%, shares are scaled
+    /// up so traffic still goes where health is.
+    static func priorityLoads(hosts: [Host], priorities: [Int], overprovisioning: Int) -> [Int] {
+        let health = priorities.map { p -> Int in
+            let level = hosts.filter { $0.priority == p }
+            if level.isEmpty { return 0 }
+            return min(100, level.filter(\.healthy).count * overprovisioning / level.count)
+        }
+        let total = health.reduce(0, +)
+        if total == 0 { return Array(repeating: 0, count: priorities.count) }
+        if total < 100 {
+            var scaled = health.map { $0 * 100 / total }
+            scaled[scaled.firstIndex { $0 > 0 }!] += 100 - scaled.reduce(0, +)
+            return scaled
+        }
+        var left = 100
+        return health.map { h in let l = min(left, h); left -= l; return l }
     }
 }
 
@@ -100,12 +151,13 @@ public final class ClusterSnapshot: Sendable {
     public let stats: ClusterStats
     /// Open upstream connections, across workers (circuit breaker).
     public let openConnections: SharedCount
-    /// The Maglev lookup table (host indices), built once when the policy needs it.
-    public let maglevTable: [Int32]
-    /// The ketama ring, built once when the policy is ring_hash.
-    public let ring: KetamaRing?
-    /// One cycle of smooth weighted round robin, built once when weights differ.
-    public let wrrSchedule: [Int32]
+    /// One balancer view per priority level in use (hosts outside the level, or unhealthy,
+    /// are masked out; indices stay those of `hosts`), with its share of new traffic.
+    public let levels: [PriorityLevel]
+    /// Percent of new connections per level (sums to 100, or all 0 when nothing is healthy).
+    public let loads: [Int]
+    /// Fewer healthy hosts than `panic_threshold`: balancing ignores health.
+    public let panic: Bool
 
     public var name: String { config.name }
 
@@ -120,13 +172,24 @@ public final class ClusterSnapshot: Sendable {
             return Host(address: $0.address, weight: $0.weight, hashKey: $0.hashKey ?? $0.address.description,
                         healthy: $0.healthy && healthy($0.address) && !ejected,
                         stats: HostStats(store: store, cluster: config.name, address: $0.address),
-                        outlier: counter, ejected: ejected)
+                        outlier: counter, ejected: ejected, priority: $0.priority)
         }
         self.stats = ClusterStats(store: store, cluster: config.name)
         self.openConnections = openConnections
-        self.maglevTable = config.lbPolicy == .maglev ? MaglevTable.build(hosts: hosts) : []
-        self.ring = config.lbPolicy == .ringHash ? KetamaRing(hosts: hosts) : nil
-        self.wrrSchedule = config.lbPolicy == .roundRobin ? WrrSchedule.build(hosts: hosts) : []
+        let all = hosts, policy = config.lbPolicy
+        let healthyCount = all.filter(\.healthy).count
+        let inPanic = config.panicThreshold > 0 && !all.isEmpty && healthyCount * 100 < config.panicThreshold * all.count
+        panic = inPanic
+        if inPanic {
+            levels = [PriorityLevel(priority: 0, hosts: all.map { $0.with(healthy: true) }, policy: policy)]
+            loads = [100]
+        } else {
+            let priorities = Set(all.map(\.priority)).sorted()
+            levels = priorities.map { p in
+                PriorityLevel(priority: p, hosts: all.map { $0.with(healthy: $0.healthy && $0.priority == p) }, policy: policy)
+            }
+            loads = ClusterSnapshot.priorityLoads(hosts: all, priorities: priorities, overprovisioning: config.overprovisioningFactor)
+        }
         store.mainSlab.set(stats.membershipTotal, hosts.count)
         store.mainSlab.set(stats.membershipHealthy, hosts.filter(\.healthy).count)
     }

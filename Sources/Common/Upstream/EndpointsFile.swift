@@ -32,7 +32,7 @@ public enum EndpointsFile {
             if let h = m.optional("health_status") {
                 ep.healthy = ["HEALTHY", "UNKNOWN"].contains(try h.oneOf(["HEALTHY", "UNHEALTHY", "DRAINING", "UNKNOWN"]))
             }
-            _ = try m.optional("priority")?.int(min: 0, max: 127)
+            if let p = m.optional("priority") { ep.priority = try p.int(min: 0, max: 127) }
             _ = m.optional("detail")
             try m.finish()
             out.append(ep)
@@ -42,13 +42,16 @@ public enum EndpointsFile {
     }
 
     /// The file's text for a set of endpoints with their health.
-    public static func render(cluster: String, endpoints: [(SocketAddress, Int, Bool, String)]) -> String {
+    public static func render(cluster: String, endpoints: [(EndpointConfig, Bool, String)]) -> String {
         JSON.object([
             ("cluster", .string(cluster)),
             ("generated_at", .string(iso8601(wallMs()))),
-            ("endpoints", .array(endpoints.map { a, w, healthy, detail in
-                .object([("address", .string(a.description)), ("weight", .int(Int64(w))),
-                         ("health_status", .string(healthy ? "HEALTHY" : "UNHEALTHY")), ("detail", .string(detail))])
+            ("endpoints", .array(endpoints.map { e, healthy, detail in
+                var f: [(String, JSON)] = [("address", .string(e.address.description)), ("weight", .int(Int64(e.weight)))]
+                if e.priority != 0 { f.append(("priority", .int(Int64(e.priority)))) }
+                if let k = e.hashKey { f.append(("hash_key", .string(k))) }
+                f += [("health_status", .string(healthy ? "HEALTHY" : "UNHEALTHY")), ("detail", .string(detail))]
+                return .object(f)
             })),
         ]).serialized(pretty: true) + "\n"
     }

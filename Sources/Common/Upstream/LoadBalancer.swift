@@ -14,14 +14,14 @@ extension LoadBalancer {
     public func onEnd(_ index: Int) {}
 }
 
-/// Builds a worker's balancer for a cluster snapshot.
-public func makeLoadBalancer(_ cluster: ClusterSnapshot, seed: UInt64) -> LoadBalancer {
-    switch cluster.config.lbPolicy {
-    case .roundRobin: return RoundRobinLoadBalancer(hosts: cluster.hosts, schedule: cluster.wrrSchedule, seed: seed)
-    case .random: return RandomLoadBalancer(hosts: cluster.hosts, seed: seed)
-    case .leastRequest: return LeastRequestLoadBalancer(hosts: cluster.hosts, seed: seed)
-    case .maglev: return MaglevLoadBalancer(table: cluster.maglevTable, hosts: cluster.hosts, seed: seed)
-    case .ringHash: return RingHashLoadBalancer(ring: cluster.ring ?? KetamaRing(hosts: []), seed: seed)
+/// Builds a worker's balancer for one priority level of a cluster.
+public func makeLoadBalancer(_ level: PriorityLevel, policy: LbPolicy, seed: UInt64) -> LoadBalancer {
+    switch policy {
+    case .roundRobin: return RoundRobinLoadBalancer(hosts: level.hosts, schedule: level.wrrSchedule, seed: seed)
+    case .random: return RandomLoadBalancer(hosts: level.hosts, seed: seed)
+    case .leastRequest: return LeastRequestLoadBalancer(hosts: level.hosts, seed: seed)
+    case .maglev: return MaglevLoadBalancer(table: level.maglevTable, hosts: level.hosts, seed: seed)
+    case .ringHash: return RingHashLoadBalancer(ring: level.ring ?? KetamaRing(hosts: []), seed: seed)
     }
 }
 
