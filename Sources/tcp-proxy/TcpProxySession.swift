@@ -28,6 +28,9 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
     private var lastActivityMs: UInt64
     private var finished = false
     private var holdsCircuitBreaker = false
+    /// Holding a slot of the pending-connects / retries circuit breakers.
+    private var holdsPending = false
+    private var holdsRetry = false
     private var upstreamConnected = false
     /// Envoy response flags for the access log.
     private var flags = ""
@@ -74,6 +77,20 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
     private func connectNext() {
         guard let c = cluster else { return }
         let cs = c.snapshot
+        // A retry counts against max_retries while it is in flight; checked before the
+        // balancer moves on, so a refused retry takes no pick from anyone.
+        if !attempted.isEmpty {
+            worker.stats.inc(cs.stats.upstreamRqRetry)
+            if !holdsRetry {
+                guard cs.retries.tryAcquire(limit: cs.config.maxRetries ?? Int.max) else {
+                    worker.stats.inc(cs.stats.upstreamRqRetryOverflow)
+                    flags = "UF,UO"
+                    finish()
+                    return
+                }
+                holdsRetry = true
+            }
+        }
         let key: UInt64? = factory.config.hashSourceIp ? context.remote.map { fnv1a64($0.ipBytes) } : nil
         guard let h = c.pick(hashKey: key, attempted: attempted) else {
             worker.stats.inc(cs.stats.upstreamCxNoneHealthy)
@@ -89,6 +106,16 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
                 return
             }
             holdsCircuitBreaker = true
+        }
+        if !holdsPending {
+            guard cs.pending.tryAcquire(limit: cs.config.maxPending ?? Int.max) else {
+                worker.stats.inc(cs.stats.upstreamRqPendingOverflow)
+                if holdsCircuitBreaker { cs.openConnections.release(); holdsCircuitBreaker = false }
+                flags = "UO"
+                finish()
+                return
+            }
+            holdsPending = true
         }
         hostIndex = h
         attempted.append(h)
@@ -107,6 +134,13 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
         }
         upstream = conn
         timer?.arm(ms: cs.config.connectTimeoutMs)
+    }
+
+    /// Gives back the pending-connect and retry circuit breaker slots (connected, or done trying).
+    private func releaseConnectSlots() {
+        guard let cs = cluster?.snapshot else { return }
+        if holdsPending { cs.pending.release(); holdsPending = false }
+        if holdsRetry { cs.retries.release(); holdsRetry = false }
     }
 
     /// Undoes the accounting of the host being tried.
@@ -144,6 +178,7 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
     func onConnected(_ connection: Connection) {
         guard let c = cluster else { return }
         upstreamConnected = true
+        releaseConnectSlots()
         worker.stats.record(c.snapshot.stats.upstreamCxConnectMs, monotonicMs() &- connectStartMs)
         if hostIndex >= 0 { c.snapshot.hosts[hostIndex].outlier?.success() }
         if let v = c.snapshot.config.sendProxyProtocol {
@@ -289,6 +324,7 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
             }
         }
         releaseHost()
+        releaseConnectSlots()
         downstream.callbacks = nil
         if downstream.state != .closed { downstream.close() }
         if let logs {

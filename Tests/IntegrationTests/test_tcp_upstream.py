@@ -247,3 +247,43 @@ def test_outlier_ejection_cap_counts_overflow():
             # 10% of 3 hosts rounds to 0: one host may still go; the second is refused.
             assert p.stat("cluster.backend.outlier_detection.ejections_active") == 1
             p.wait_stat("cluster.backend.outlier_detection.ejections_overflow", lambda v: v >= 1)
+
+
+def test_pending_connect_and_retry_circuit_breakers():
+    hole = Blackhole()
+    try:
+        cfg = config([hole.endpoint], connect_timeout="3s",
+                     extra_cluster="    circuit_breakers: { max_pending_requests: 1 }")
+        with Proxy("tcp-proxy", config=cfg) as p:
+            first = connect(p.addr())  # its connect hangs: one pending
+            p.wait_stat("cluster.backend.upstream_cx_total", lambda v: v == 1)
+            second = connect(p.addr())
+            assert recv_all(second, timeout=5) == b""
+            assert p.stat("cluster.backend.upstream_rq_pending_overflow") == 1
+            _, clusters = p.get("/clusters")
+            assert "backend::default_priority::max_pending_requests::1" in clusters
+            assert "backend::default_priority::rq_pending_open::1" in clusters
+            first.close()
+            second.close()
+    finally:
+        hole.close()
+    with Server(name_handler("good")) as good:
+        cfg = config([refused_endpoint(), good.endpoint], attempts=2,
+                     extra_cluster="    circuit_breakers: { max_retries: 0 }")
+        with Proxy("tcp-proxy", config=cfg) as p:
+            served = refused = 0
+            for _ in range(6):
+                s = connect(p.addr())
+                s.settimeout(5)
+                if s.recv(5) == b"good\n":
+                    served += 1
+                else:
+                    refused += 1
+                s.close()
+            # Round robin alternates the first host: the connections that start on the bad
+            # host may not retry.
+            assert served >= 1 and refused >= 1
+            assert p.stat("cluster.backend.upstream_rq_retry_overflow") == refused
+            p.wait_stat("listener.main.downstream_cx_active", lambda v: v == 0)
+            _, clusters = p.get("/clusters")
+            assert "backend::default_priority::rq_retry_open::0" in clusters

@@ -145,6 +145,10 @@ final class AdminServer {
             let cb = c.config.maxConnections.map { String($0) } ?? "unlimited"
             lines += "\(name)::default_priority::max_connections::\(cb)\n"
             lines += "\(name)::default_priority::cx_open::\(c.openConnections.current)\n"
+            lines += "\(name)::default_priority::max_pending_requests::\(c.config.maxPending.map { String($0) } ?? "unlimited")\n"
+            lines += "\(name)::default_priority::rq_pending_open::\(c.pending.current)\n"
+            lines += "\(name)::default_priority::max_retries::\(c.config.maxRetries.map { String($0) } ?? "unlimited")\n"
+            lines += "\(name)::default_priority::rq_retry_open::\(c.retries.current)\n"
             lines += "\(name)::outlier::ejected::\(c.hosts.filter(\.ejected).count)\n"
             lines += "\(name)::lb_policy::\(c.config.lbPolicy.rawValue)\n"
             var jhosts: [JSON] = []

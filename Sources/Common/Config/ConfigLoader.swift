@@ -153,6 +153,8 @@ public enum ConfigLoader {
         if let cb = m.optional("circuit_breakers") {
             let cm = try cb.mapping()
             if let mc = cm.optional("max_connections") { c.maxConnections = try mc.int(min: 1) }
+            if let mp = cm.optional("max_pending_requests") { c.maxPending = try mp.int(min: 1) }
+            if let mr = cm.optional("max_retries") { c.maxRetries = try mr.int(min: 0) }
             try cm.finish()
         }
         try m.finish()

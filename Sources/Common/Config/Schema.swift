@@ -113,6 +113,11 @@ public struct ClusterConfig: Sendable {
     public var sendProxyProtocol: ProxyProtocolVersion?
     /// `circuit_breakers.max_connections` (default unlimited).
     public var maxConnections: Int?
+    /// `circuit_breakers.max_pending_requests` (default unlimited): upstream connects in
+    /// progress (tcp-proxy) or requests waiting for a connection (http, redis).
+    public var maxPending: Int?
+    /// `circuit_breakers.max_retries` (default unlimited): retries in flight at once.
+    public var maxRetries: Int?
     /// `overprovisioning_factor` (default 140, Envoy's): a priority level at 72% health or more
     /// (72 × 1.4 ≥ 100) keeps all its traffic; below, the rest spills to the next level.
     public var overprovisioningFactor = 140

@@ -52,6 +52,9 @@ public final class Server {
     private var bound: [String: BoundListener] = [:]
     private var listenerCounts: [String: SharedCount] = [:]
     private var clusterCounts: [String: SharedCount] = [:]
+    /// Circuit breaker counts that must outlive cluster snapshots: pending connects, retries.
+    private var pendingCounts: [String: SharedCount] = [:]
+    private var retryCounts: [String: SharedCount] = [:]
     /// Live cluster state on the main thread: endpoints (config or file), checks, watchers.
     private var clusterRuntimes: [String: ClusterRuntime] = [:]
     /// Health flips as JSON lines (`health_event_log`).
@@ -270,11 +273,14 @@ public final class Server {
             if let only, only != name, let keep = snapshot.clusters[name] { out[name] = keep; continue }
             let count = clusterCounts[name] ?? SharedCount()
             clusterCounts[name] = count
+            let pending = pendingCounts[name] ?? SharedCount(), retries = retryCounts[name] ?? SharedCount()
+            pendingCounts[name] = pending
+            retryCounts[name] = retries
             let monitor = rt.monitor
             out[name] = ClusterSnapshot(config: rt.config, endpoints: rt.endpoints,
                                         healthy: { monitor?.isHealthy($0) ?? true },
                                         outlier: { (rt.outlierCounters[$0], rt.ejected[$0] != nil) },
-                                        store: store, openConnections: count)
+                                        store: store, openConnections: count, pending: pending, retries: retries)
         }
         return out
     }

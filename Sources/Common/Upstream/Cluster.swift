@@ -64,6 +64,9 @@ public struct ClusterStats: Sendable {
     public let membershipTotal: Gauge
     public let membershipHealthy: Gauge
     public let lbHealthyPanic: Counter
+    public let upstreamRqPendingOverflow: Counter
+    public let upstreamRqRetryOverflow: Counter
+    public let upstreamRqRetry: Counter
 
     public init(store: StatsStore, cluster: String) {
         let p = "cluster.\(cluster)."
@@ -84,6 +87,9 @@ public struct ClusterStats: Sendable {
         membershipTotal = store.gauge(p + "membership_total")
         membershipHealthy = store.gauge(p + "membership_healthy")
         lbHealthyPanic = store.counter(p + "lb_healthy_panic")
+        upstreamRqPendingOverflow = store.counter(p + "upstream_rq_pending_overflow")
+        upstreamRqRetryOverflow = store.counter(p + "upstream_rq_retry_overflow")
+        upstreamRqRetry = store.counter(p + "upstream_rq_retry")
     }
 }
 
@@ -151,6 +157,9 @@ public final class ClusterSnapshot: Sendable {
     public let stats: ClusterStats
     /// Open upstream connections, across workers (circuit breaker).
     public let openConnections: SharedCount
+    /// Connects in progress and retries in flight, across workers (circuit breakers).
+    public let pending: SharedCount
+    public let retries: SharedCount
     /// One balancer view per priority level in use (hosts outside the level, or unhealthy,
     /// are masked out; indices stay those of `hosts`), with its share of new traffic.
     public let levels: [PriorityLevel]
@@ -165,8 +174,10 @@ public final class ClusterSnapshot: Sendable {
     /// `outlier`: each host's streak counter and whether it is ejected now.
     public init(config: ClusterConfig, endpoints: [EndpointConfig], healthy: (SocketAddress) -> Bool,
                 outlier: (SocketAddress) -> (OutlierCounter?, Bool) = { _ in (nil, false) },
-                store: StatsStore, openConnections: SharedCount) {
+                store: StatsStore, openConnections: SharedCount, pending: SharedCount = SharedCount(), retries: SharedCount = SharedCount()) {
         self.config = config
+        self.pending = pending
+        self.retries = retries
         self.hosts = endpoints.map {
             let (counter, ejected) = outlier($0.address)
             return Host(address: $0.address, weight: $0.weight, hashKey: $0.hashKey ?? $0.address.description,
