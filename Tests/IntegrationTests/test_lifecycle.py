@@ -218,3 +218,21 @@ clusters:
                 s = connect(addr)
                 assert recv_exact(s, 4) == b"two\n"
                 s.close()
+
+
+def test_json_access_log_lines():
+    with Server(echo_handler) as up:
+        cfg = cfg_for(up.endpoint).replace("    tcp:", """    access_log:
+      - path: /dev/stdout
+        json_format: { client: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", upstream: "%UPSTREAM_HOST%", rx: "%BYTES_RECEIVED%", tx: "%BYTES_SENT%", flags: "%RESPONSE_FLAGS%" }
+    tcp:""")
+        with Proxy("tcp-proxy", config=cfg) as p:
+            s = connect(p.addr())
+            s.sendall(b"hello")
+            assert recv_exact(s, 5) == b"hello"
+            s.close()
+            def logged():
+                lines = [l for l in p.stdout().splitlines() if l.startswith("{")]
+                return [json.loads(l) for l in lines]
+            entries = wait_for(logged, timeout=10, what="a JSON access log line")
+            assert entries[0] == {"client": "127.0.0.1", "upstream": up.endpoint, "rx": 5, "tx": 5, "flags": "-"}
