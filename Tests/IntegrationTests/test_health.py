@@ -274,7 +274,9 @@ def test_grpc_health_check_against_grpcio():
         assert code == 2 and "grpc-status 5" in out  # NOT_FOUND
         with http_server() as h1:  # an HTTP/1 server is not a gRPC server
             code, out, _ = once("--upstream", h1.endpoint, "--check", "grpc")
-            assert code == 2 and "L7RSP" in out
+            # It answers HTTP/1 (L7RSP), or closes with our preface unread, which the kernel
+            # turns into a reset before we read its answer (L4CON): racy, both are failures.
+            assert code == 2 and ("L7RSP" in out or "L4CON connection reset" in out), out
     finally:
         srv.terminate()
         srv.wait(10)
