@@ -26,7 +26,7 @@ def test_sigterm_drains_in_flight_transfers_then_exits_0():
             if i == 4:
                 gate.set()  # the transfer is under way
             c.sendall(chunk)
-            time.sleep(0.01)
+            time.sleep(0.01)  # the peer paces itself so the transfer is still running at SIGTERM
         c.shutdown(socket.SHUT_WR)
         recv_all(c)
 

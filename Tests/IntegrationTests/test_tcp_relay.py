@@ -151,11 +151,16 @@ clusters:
             base = p.rss_kib()
             s = connect(p.addr())
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-            # The upstream stalls once every buffer on the way is full: the flood stops growing.
+            # The upstream stalls once every buffer on the way is full: the flood stops growing
+            # (no progress seen for 300 ms across polls).
+            last = {"n": -1, "t": 0.0}
+
             def stalled():
-                a = sent["n"]
-                time.sleep(0.3)
-                return sent["n"] == a and a > 0
+                now = time.monotonic()
+                if sent["n"] != last["n"]:
+                    last["n"], last["t"] = sent["n"], now
+                    return False
+                return sent["n"] > 0 and now - last["t"] >= 0.3
             wait_for(stalled, timeout=30, what="flood to stall")
             assert sent["n"] < flood_total, "the proxy read everything: no backpressure"
             grown_kib = p.rss_kib() - base
