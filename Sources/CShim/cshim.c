@@ -8,7 +8,23 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sys/un.h>
+#include <sys/stat.h>
+
+/* A unix socket file left by a process that is gone: nothing answers a connect. Remove it so
+   a restart can bind; a live listener is left alone (its owner gets EADDRINUSE). */
+static void unlink_stale_unix(const struct sockaddr *addr, socklen_t len) {
+    const struct sockaddr_un *un = (const struct sockaddr_un *)addr;
+    struct stat st;
+    if (un->sun_path[0] == 0 || stat(un->sun_path, &st) != 0 || !S_ISSOCK(st.st_mode)) return;
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe < 0) return;
+    if (connect(probe, addr, len) < 0 && errno == ECONNREFUSED) unlink(un->sun_path);
+    close(probe);
+}
+
 int cshim_listen(const struct sockaddr *addr, socklen_t len, int reuseport, int backlog) {
+    if (addr->sa_family == AF_UNIX) unlink_stale_unix(addr, len);
     int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
     int one = 1;

@@ -8,7 +8,7 @@ import socket
 import time
 import urllib.request
 
-from harness import Proxy, Server, connect, echo_handler, name_handler, port_refuses, recv_all, recv_exact, tcp_config, wait_for
+from harness import BIN_DIR, Proxy, Server, connect, echo_handler, name_handler, port_refuses, recv_all, recv_exact, tcp_config, wait_for
 
 
 def cfg(endpoint, address="127.0.0.1:0", balance="kernel", workers=2):
@@ -137,3 +137,28 @@ def test_admin_refuses_oversized_requests_and_stays_up():
             except urllib.error.HTTPError as e:
                 assert e.code == 405
             assert p.get("/ready")[0] == 200
+
+
+def test_unix_listener_with_two_workers_and_a_stale_socket_file():
+    import tempfile as tf
+    path = os.path.join(tf.mkdtemp(prefix="uds-"), "proxy.sock")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)  # a file left behind by a process that is gone
+    stale.close()
+    with Server(echo_handler) as up:
+        cfg = tcp_config([up.endpoint], workers=2).replace("    address: 127.0.0.1:0", f"    address: unix:{path}", 1)
+        with Proxy("tcp-proxy", config=cfg) as p:
+            for i in range(8):
+                s = socket.socket(socket.AF_UNIX)
+                s.settimeout(10)
+                s.connect(path)
+                s.sendall(b"u%d" % i)
+                assert recv_exact(s, 2) == b"u%d" % i
+                s.close()
+            assert p.ready["listeners"]["main"] == f"unix:{path}"
+            # A second proxy may not steal a live socket.
+            import subprocess as sp
+            r = sp.run([os.path.join(BIN_DIR, "tcp-proxy"), "--listen", f"unix:{path}", "--upstream", up.endpoint,
+                        "--workers", "1"], capture_output=True, text=True, timeout=20)
+            assert r.returncode == 1 and "Address already in use" in r.stderr
+        assert not os.path.exists(path)  # removed at exit

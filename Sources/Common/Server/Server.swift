@@ -448,14 +448,18 @@ public final class Server {
             var fds: [Int32] = []
             var actual = l.address
             let count = l.connectionBalance == .exact ? 1 : workers.count
-            for _ in 0..<count {
-                let fd = actual.withSockAddr { cshim_listen($0, $1, l.connectionBalance == .kernel ? 1 : 0, Int32(l.backlog)) }
+            // Unix sockets have no SO_REUSEPORT: one socket, and each worker accepts on a dup.
+            let unix = l.address.family == .unix
+            for k in 0..<count {
+                let fd = unix && k > 0 ? dup(fds[0])
+                    : actual.withSockAddr { cshim_listen($0, $1, l.connectionBalance == .kernel && !unix ? 1 : 0, Int32(l.backlog)) }
                 if fd < 0 {
                     for f in fds { close(f) }
                     rollback()
                     throw ConfigError("listeners[\(i)].address", "cannot listen on \(actual): \(String(cString: strerror(-fd)))")
                 }
-                if actual.port == 0 && actual.family != .unix, let real = SocketAddress.local(of: fd) { actual = real }
+                if unix && k > 0 { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+                if actual.port == 0 && !unix, let real = SocketAddress.local(of: fd) { actual = real }
                 fds.append(fd)
             }
             made[l.name] = (BoundListener(address: l.address, balance: l.connectionBalance, actual: actual, exact: nil), fds)
@@ -518,6 +522,8 @@ public final class Server {
         // Loop exited: stop workers and wait for them.
         for h in workerHandles { h.post { w in w.closeAll(); w.flushAccessLogs(); w.dispatcher.exit() } }
         for t in threads { t.join() }
+        // Unix socket files we created go with us.
+        for l in snapshot.config.listeners where l.address.family == .unix { _ = unlink(l.address.host) }
         logger.info("exited", metadata: ["code": "\(exitCode)"])
         return exitCode
     }
