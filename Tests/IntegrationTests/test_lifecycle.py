@@ -236,3 +236,41 @@ def test_json_access_log_lines():
                 return [json.loads(l) for l in lines]
             entries = wait_for(logged, timeout=10, what="a JSON access log line")
             assert entries[0] == {"client": "127.0.0.1", "upstream": up.endpoint, "rx": 5, "tx": 5, "flags": "-"}
+
+
+def test_sigusr1_reopens_access_logs_after_rotation():
+    import os
+    import tempfile as tf
+    d = tf.mkdtemp(prefix="logs-")
+    log = os.path.join(d, "access.log")
+    with Server(echo_handler) as up:
+        cfg = cfg_for(up.endpoint).replace("    tcp:", f"""    access_log: [ {{ path: {log}, format: "%BYTES_RECEIVED%\\n" }} ]
+    tcp:""")
+        with Proxy("tcp-proxy", config=cfg) as p:
+            def one(msg):
+                s = connect(p.addr())
+                s.sendall(msg)
+                recv_exact(s, len(msg))
+                s.close()
+            one(b"abc")
+            wait_for(lambda: os.path.exists(log) and open(log).read() == "3\n", timeout=10, what="first line")
+            os.rename(log, log + ".1")  # logrotate
+            p.signal(signal.SIGUSR1)
+            wait_for(lambda: os.path.exists(log), timeout=10, what="log reopened")
+            one(b"abcdef")
+            wait_for(lambda: open(log).read() == "6\n", timeout=10, what="line in the new file")
+            assert open(log + ".1").read() == "3\n"
+
+
+def test_admin_logging_changes_the_level_at_run_time():
+    with Server(echo_handler) as up:
+        with Proxy("tcp-proxy", config=cfg_for(up.endpoint), args=["--log-level", "warning"]) as p:
+            code, body = p.post("/logging?level=info")
+            assert code == 200 and "tcp-proxy: info" in body
+            p.signal(signal.SIGHUP)  # logs "reloaded" at info: visible only after the change
+            wait_for(lambda: "reloaded" in p.stderr(), timeout=10, what="an info line")
+            try:
+                p.post("/logging?level=loud")
+                assert False, "expected 400"
+            except Exception as e:
+                assert "400" in str(e)

@@ -234,6 +234,28 @@ def test_outlier_detection_ejects_and_returns_a_failing_host():
             assert "ejected for 2s" in p.stderr()
 
 
+def test_outlier_multiplier_decays_while_a_host_stays_in():
+    with Server(name_handler("good")) as good:
+        bad = refused_endpoint()
+        cfg = config([bad, good.endpoint], attempts=2, extra_cluster="""    outlier_detection: { consecutive_failures: 2, base_ejection_time: 300ms, max_ejection_percent: 50, interval: 100ms }""")
+        with Proxy("tcp-proxy", config=cfg) as p:
+            def traffic_until(total):
+                def step():
+                    s = connect(p.addr())
+                    recv_exact(s, 5)
+                    s.close()
+                    return p.stat("cluster.backend.outlier_detection.ejections_total") >= total
+                wait_for(step, timeout=10, what=f"ejection {total}")
+            traffic_until(1)
+            p.wait_stat("cluster.backend.outlier_detection.ejections_active", lambda v: v == 0, timeout=10)
+            # Back in: the decay (every 100 ms) forgives it before the next streak, so the
+            # second ejection lasts the base time again, not twice it.
+            wait_for(lambda: f"backend::{bad}::ejection_multiplier::0" in p.get("/clusters")[1], timeout=10,
+                     what="the multiplier to decay")
+            traffic_until(2)
+            assert "ejected for 300ms" in p.stderr() and "ejected for 600ms" not in p.stderr()
+
+
 def test_outlier_ejection_cap_counts_overflow():
     with Server(name_handler("good")) as good:
         bad1, bad2 = refused_endpoint(), refused_endpoint()

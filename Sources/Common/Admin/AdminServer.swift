@@ -1,5 +1,6 @@
 import CLibevent
 import Glibc
+import Logging
 
 /// The admin HTTP endpoint, on the main thread's loop (libevent's evhttp): Envoy's paths, so
 /// existing scripts and dashboards carry over. Loopback by default; it is not hardened for
@@ -68,7 +69,7 @@ final class AdminServer {
 
     private func route(path: String, query: [String: String], post: Bool) -> (Int, String, String) {
         let text = "text/plain; charset=UTF-8", json = "application/json"
-        let postOnly: Set<String> = ["/healthcheck/fail", "/healthcheck/ok", "/drain_listeners", "/quitquitquit"]
+        let postOnly: Set<String> = ["/healthcheck/fail", "/healthcheck/ok", "/drain_listeners", "/quitquitquit", "/logging"]
         if postOnly.contains(path) && !post { return (405, text, "\(path) needs POST\n") }
         switch path {
         case "/", "/help":
@@ -82,6 +83,7 @@ final class AdminServer {
               /server_info         version, state, uptime (JSON)
               /config_dump         the running config (JSON)
               POST /healthcheck/fail, /healthcheck/ok, /drain_listeners, /quitquitquit
+              POST /logging?level=debug   change the log level (trace ... critical)
 
             """)
         case "/stats":
@@ -127,6 +129,14 @@ final class AdminServer {
         case "/drain_listeners":
             server.stopListening()
             return (200, text, "OK\n")
+        case "/logging":
+            if let l = query["level"] {
+                guard let level = Logger.Level(rawValue: l) else {
+                    return (400, text, "unknown level \"\(l)\"; use one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))\n")
+                }
+                LogLevelControl.shared.level = level
+            }
+            return (200, text, "active loggers:\n  \(server.binary.blockParser.binary): \(LogLevelControl.shared.level.rawValue)\n")
         case "/quitquitquit":
             quitAfterReply = true
             return (200, text, "OK\n")
@@ -165,6 +175,9 @@ final class AdminServer {
                 lines += "\(name)::\(a)::health_flags::\(flags)\n"
                 let last = server.lastCheck(cluster: name, address: h.address)
                 if let last { lines += "\(name)::\(a)::last_check::\(last.code) \(last.detail)\n" }
+                if let m = server.ejectionMultiplier(cluster: name, address: h.address) {
+                    lines += "\(name)::\(a)::ejection_multiplier::\(m)\n"
+                }
                 lines += "\(name)::\(a)::weight::\(h.weight)\n"
                 jhosts.append(.object([
                     ("address", .string(a)), ("weight", .int(Int64(h.weight))),

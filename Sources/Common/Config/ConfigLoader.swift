@@ -133,6 +133,7 @@ public enum ConfigLoader {
             if let x = om.optional("base_ejection_time") { o.baseEjectionMs = try positive(x) }
             if let x = om.optional("max_ejection_time") { o.maxEjectionMs = try positive(x) }
             if let x = om.optional("max_ejection_percent") { o.maxEjectionPercent = try x.int(min: 0, max: 100) }
+            if let x = om.optional("interval") { o.intervalMs = try positive(x) }
             try om.finish()
             if o.maxEjectionMs < o.baseEjectionMs { throw ConfigError(od.child("max_ejection_time"), "must not be below base_ejection_time") }
             c.outlierDetection = o

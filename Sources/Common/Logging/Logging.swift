@@ -1,15 +1,32 @@
 import Glibc
 import Logging
+import Synchronization
+
+/// The process's log level, shared by every logger: `--log-level` sets it at start, admin
+/// `POST /logging?level=` at run time (Envoy's admin path).
+public final class LogLevelControl: Sendable {
+    private let raw = Atomic<Int>(2)
+    public static let shared = LogLevelControl()
+    public var level: Logger.Level {
+        get { Logger.Level.allCases[raw.load(ordering: .relaxed)] }
+        set { raw.store(Logger.Level.allCases.firstIndex(of: newValue) ?? 2, ordering: .relaxed) }
+    }
+}
 
 /// Text or JSON log lines on stderr. One write per line; logging is off the data path.
 public struct StderrLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
-    public var logLevel: Logger.Level
+    /// Reads and sets the process-wide level, so a change reaches every logger at once.
+    public var logLevel: Logger.Level {
+        get { LogLevelControl.shared.level }
+        set { LogLevelControl.shared.level = newValue }
+    }
     let label: String
     let json: Bool
 
     public init(label: String, level: Logger.Level, json: Bool) {
-        self.label = label; self.logLevel = level; self.json = json
+        self.label = label; self.json = json
+        LogLevelControl.shared.level = level
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {

@@ -250,6 +250,14 @@ public final class Server {
                     rt.ejectionCounts = old.ejectionCounts
                 }
                 syncOutlierCounters(rt)
+                let od = c.outlierDetection!
+                rt.decayTimer = Timer(dispatcher) { [unowned rt] in
+                    for (a, n) in rt.ejectionCounts where rt.ejected[a] == nil {
+                        if n <= 1 { rt.ejectionCounts.removeValue(forKey: a) } else { rt.ejectionCounts[a] = n - 1 }
+                    }
+                    rt.decayTimer?.arm(ms: od.intervalMs)
+                }
+                rt.decayTimer?.arm(ms: od.intervalMs)
             }
             next[c.name] = rt
         }
@@ -430,6 +438,12 @@ public final class Server {
                 .joined(separator: "  ") + "\n"
         }
         return out
+    }
+
+    /// How many times in a row, less decay, a host was ejected (admin /clusters).
+    func ejectionMultiplier(cluster: String, address: SocketAddress) -> Int? {
+        guard let rt = clusterRuntimes[cluster], rt.config.outlierDetection != nil else { return nil }
+        return rt.ejectionCounts[address] ?? 0
     }
 
     /// The last active check of a host (admin /clusters).
@@ -691,6 +705,8 @@ final class ClusterRuntime {
     var ejected: [SocketAddress: Timer] = [:]
     var ejectionCounts: [SocketAddress: Int] = [:]
     var outlierStats: OutlierStats?
+    /// Lowers the ejection multipliers of hosts that stayed in, every outlier interval.
+    var decayTimer: Timer?
     init(config: ClusterConfig, endpoints: [EndpointConfig], stats: ClusterDiscoveryStats) {
         self.config = config; self.endpoints = endpoints; self.stats = stats
     }

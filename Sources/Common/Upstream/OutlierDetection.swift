@@ -12,6 +12,9 @@ public struct OutlierDetectionConfig: Sendable {
     /// `max_ejection_percent` (default 10): at most this share of hosts ejected at once
     /// (at least one host may always be ejected).
     public var maxEjectionPercent = 10
+    /// `interval` (default 10s, Envoy's): each interval, a host that is not ejected has its
+    /// ejection multiplier lowered by one, so a host that recovered is forgiven over time.
+    public var intervalMs: UInt64 = 10_000
     public init() {}
 }
 
