@@ -45,6 +45,7 @@ tsan: deps
 	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan --product tcp-proxy
 	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan --product health-checker
 	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan --product lbtool
+	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan --product udp-proxy
 	PROXY_BIN_DIR=.build-tsan/debug PROXY_TSAN=1 $(PYTEST) -q -m "not heavy" Tests/IntegrationTests
 
 bench: release

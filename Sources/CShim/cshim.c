@@ -141,3 +141,10 @@ int cshim_inotify_drain(int fd, const char *name) {
     }
     return hit;
 }
+
+int cshim_udp_connect(const struct sockaddr *addr, socklen_t len) {
+    int fd = socket(addr->sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    if (connect(fd, addr, len) < 0) { int e = errno; close(fd); return -e; }
+    return fd;
+}

@@ -1,6 +1,37 @@
+import ArgumentParser
 import Common
-import Glibc
 
-// udp-proxy is not built yet: it follows tcp-proxy and the cluster subsystem in the issue order.
-FileHandleOut.stderr("udp-proxy \(toolkitVersion): not implemented yet (see README.md, Status)\n")
-exit(2)
+/// udp-proxy: a datagram relay with per-client sessions (docs/udp-proxy.md).
+struct UdpProxyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "udp-proxy",
+        abstract: "UDP proxy: per-client sessions, load balancing, idle timeouts, responses-per-session (DNS).",
+        version: toolkitVersion)
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(help: "With --listen: end a session after this many replies (1 for DNS; default 0 = no limit).")
+    var responses: Int?
+    @Option(help: "With --listen: end sessions idle this long (default 60s).")
+    var idleTimeout: String?
+
+    func run() throws {
+        if common.config != nil && (responses != nil || idleTimeout != nil) {
+            throw ValidationError("--responses and --idle-timeout go with --listen; with --config set them in the file")
+        }
+        let responses = responses, idle = idleTimeout
+        let counts = SessionCounts()
+        let binary = ProxyBinary(
+            blockParser: UdpProxyConfig.blockParser,
+            flagBlock: { cluster in
+                var b: [(String, JSON)] = [("cluster", .string(cluster))]
+                if let responses { b.append(("responses", .int(Int64(responses)))) }
+                if let idle { b.append(("idle_timeout", .string(idle))) }
+                return b
+            },
+            makeFactory: { l, _, store in UdpProxyFactory(listener: l, store: store, sessions: counts.count(for: l.name)) })
+        Server.main(options: common, binary: binary)
+    }
+}
+
+UdpProxyCommand.main()

@@ -81,4 +81,7 @@ int cshim_inotify_watch_dir(const char *dir);
 /// Reads all pending events; 1 when one of them names `name`.
 int cshim_inotify_drain(int fd, const char *name);
 
+/// A non-blocking UDP socket connected to `addr` (replies come only from there). fd or -errno.
+int cshim_udp_connect(const struct sockaddr *addr, socklen_t len);
+
 #endif

@@ -8,10 +8,12 @@ public struct FilterBlockParser: Sendable {
     public let parse: @Sendable (ConfigMap, _ listenerName: String) throws(ConfigError) -> any ListenerFilterConfig
     /// False for binaries without listeners (health-checker): `listeners` is then refused.
     public let hasListeners: Bool
+    /// The binary's listeners are UDP sockets (udp-proxy), not TCP.
+    public let datagram: Bool
 
-    public init(binary: String, key: String, hasListeners: Bool = true,
+    public init(binary: String, key: String, hasListeners: Bool = true, datagram: Bool = false,
                 parse: @escaping @Sendable (ConfigMap, String) throws(ConfigError) -> any ListenerFilterConfig) {
-        self.binary = binary; self.key = key; self.parse = parse; self.hasListeners = hasListeners
+        self.binary = binary; self.key = key; self.parse = parse; self.hasListeners = hasListeners; self.datagram = datagram
     }
 }
 
@@ -310,6 +312,10 @@ public enum ConfigLoader {
             throw ConfigError("\(v.path).\(parser.key)", "missing required key")
         }
         var l = ListenerConfig(name: name, address: address, filter: try parser.parse(block, name))
+        l.datagram = parser.datagram
+        if parser.datagram && address.family == .unix {
+            throw ConfigError("\(v.path).address", "\(parser.binary) listens on UDP: give host:port")
+        }
         try block.finish()
         if let p = m.optional("proxy_protocol") {
             l.proxyProtocol = ProxyProtocolMode(rawValue: try p.oneOf(["off", "accept", "optional"]))!

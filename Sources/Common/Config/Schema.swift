@@ -49,6 +49,9 @@ public struct ListenerConfig: Sendable {
     /// `backlog` (default 1024).
     public var backlog: Int = 1024
     public var accessLogs: [AccessLogConfig] = []
+    /// A UDP listener (udp-proxy): one SO_REUSEPORT socket per worker, so the kernel's
+    /// 4-tuple hash keeps a client's datagrams on one worker.
+    public var datagram = false
     /// The binary's block (`tcp:` for tcp-proxy, ...).
     public var filter: any ListenerFilterConfig
 }

@@ -466,6 +466,7 @@ public final class Server {
             let unix = l.address.family == .unix
             for k in 0..<count {
                 let fd = unix && k > 0 ? dup(fds[0])
+                    : l.datagram ? actual.withSockAddr { cshim_udp_bind($0, $1, 1) }
                     : actual.withSockAddr { cshim_listen($0, $1, l.connectionBalance == .kernel && !unix ? 1 : 0, Int32(l.backlog)) }
                 if fd < 0 {
                     for f in fds { close(f) }

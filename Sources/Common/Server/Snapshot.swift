@@ -56,6 +56,27 @@ public protocol FilterFactory: Sendable {
     func createFilters(worker: Worker, connection: Connection, context: DownstreamContext)
 }
 
+/// A factory for datagram listeners (udp-proxy): takes over each worker's bound UDP socket.
+public protocol DatagramFilterFactory: FilterFactory {
+    /// Called on the worker for its socket of this listener. The returned object owns the
+    /// socket and is dropped (`stop`) when the listener goes away; sessions may outlive it.
+    func attach(worker: Worker, fd: Int32, listener: ListenerRuntime) -> DatagramListener
+}
+
+/// A worker's UDP listener, owned by the worker.
+public protocol DatagramListener: AnyObject {
+    /// A reload brought a new generation of this listener.
+    func update(_ listener: ListenerRuntime)
+    /// Stop receiving and close the socket.
+    func stop()
+}
+
+extension DatagramFilterFactory {
+    public func createFilters(worker: Worker, connection: Connection, context: DownstreamContext) {
+        preconditionFailure("datagram listeners have no connections")
+    }
+}
+
 /// Where a downstream connection came from, after listener filters.
 public struct DownstreamContext {
     /// The client: the PROXY header's source when one was given, else the socket peer.

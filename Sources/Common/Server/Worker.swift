@@ -73,6 +73,7 @@ public final class Worker {
     /// Access logs per listener name, current generation.
     public private(set) var accessLogs: [String: [AccessLogWriter]] = [:]
     private var listeners: [String: WorkerListener] = [:]
+    private var datagramListeners: [String: DatagramListener] = [:]
     private var sessions: [ObjectIdentifier: ActiveSession] = [:]
     private var flushTimer: Timer?
     private var connectionIds: UInt64
@@ -113,11 +114,17 @@ public final class Worker {
         }
         snapshot = s
         for (name, wl) in listeners { if let r = s.listeners[name] { wl.runtime = r } }
+        for (name, dl) in datagramListeners { if let r = s.listeners[name] { dl.update(r) } }
     }
 
     /// Starts accepting on `fd` (a socket bound by the main thread) for listener `name`.
     public func addListener(name: String, fd: Int32) {
         guard let r = snapshot?.listeners[name] else { Glibc.close(fd); return }
+        if let f = r.factory as? DatagramFilterFactory {
+            datagramListeners[name]?.stop()
+            datagramListeners[name] = f.attach(worker: self, fd: fd, listener: r)
+            return
+        }
         listeners[name]?.stop()
         listeners[name] = WorkerListener(worker: self, fd: fd, runtime: r)
     }
@@ -125,11 +132,14 @@ public final class Worker {
     /// Stops accepting on a listener (removed by reload, or draining). Open sessions stay.
     public func removeListener(name: String) {
         listeners.removeValue(forKey: name)?.stop()
+        datagramListeners.removeValue(forKey: name)?.stop()
     }
 
     public func stopListening() {
         for l in listeners.values { l.stop() }
         listeners.removeAll()
+        for l in datagramListeners.values { l.stop() }
+        datagramListeners.removeAll()
     }
 
     public func reopenAccessLogs() {

@@ -1,0 +1,251 @@
+import CLibevent
+import CShim
+import Common
+import Glibc
+
+/// Builds a listener's UDP relays for one config generation.
+final class UdpProxyFactory: DatagramFilterFactory {
+    let config: UdpProxyConfig
+    let stats: UdpProxyStats
+    /// Sessions of this listener across workers (max_sessions).
+    let sessions: SharedCount
+
+    init(listener: ListenerConfig, store: StatsStore, sessions: SharedCount) {
+        guard let c = listener.filter as? UdpProxyConfig else { preconditionFailure("udp-proxy listener without a udp block") }
+        config = c
+        stats = UdpProxyStats(store: store, prefix: c.statPrefix)
+        self.sessions = sessions
+    }
+
+    func attach(worker: Worker, fd: Int32, listener: ListenerRuntime) -> DatagramListener {
+        UdpRelay(worker: worker, fd: fd, listener: listener)
+    }
+}
+
+/// A client, as a hashable value with no allocation: family, port and up to 16 address bytes.
+struct ClientKey: Hashable {
+    let hi: UInt64
+    let lo: UInt64
+    let port: UInt16
+    let v6: Bool
+
+    init(_ ss: UnsafeRawPointer) {
+        if ss.load(as: sa_family_t.self) == sa_family_t(AF_INET6) {
+            let s = ss.load(as: sockaddr_in6.self)
+            var a = s.sin6_addr
+            let (h, l) = withUnsafeBytes(of: &a) { ($0.load(fromByteOffset: 0, as: UInt64.self), $0.load(fromByteOffset: 8, as: UInt64.self)) }
+            hi = h; lo = l; port = s.sin6_port; v6 = true
+        } else {
+            let s = ss.load(as: sockaddr_in.self)
+            hi = 0; lo = UInt64(s.sin_addr.s_addr); port = s.sin_port; v6 = false
+        }
+    }
+}
+
+/// One worker's UDP listener socket: datagrams from a client go to that client's session
+/// (created on its first datagram: a host picked by the cluster's balancer, a socket connected
+/// to it); replies come back through the listener socket to the client.
+///
+/// ```
+/// client ──dgram──► listener fd ──► sessions[client] ──send──► upstream fd (connected) ──► host
+/// client ◄─sendto── listener fd ◄────── recv ◄───────────────── upstream fd ◄────────────── host
+/// ```
+/// A datagram is never split or merged; buffers are the worker's, reused (no allocation per
+/// datagram once a session exists).
+final class UdpRelay: DatagramListener {
+    unowned let worker: Worker
+    let fd: Int32
+    var listener: ListenerRuntime
+    private var event: OpaquePointer?
+    var sessions: [ClientKey: UdpSession] = [:]
+    /// One datagram's worth of space (65,535 bytes), shared by every socket of this relay.
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: 65536, alignment: 16)
+
+    init(worker: Worker, fd: Int32, listener: ListenerRuntime) {
+        self.worker = worker; self.fd = fd; self.listener = listener
+        event = event_new(worker.dispatcher.base, fd, Int16(EV_READ | EV_PERSIST), { _, _, ctx in
+            Unmanaged<UdpRelay>.fromOpaque(ctx!)._withUnsafeGuaranteedRef { $0.onReadable() }
+        }, Unmanaged.passUnretained(self).toOpaque())
+        event_add(event, nil)
+    }
+
+    deinit {
+        stop()
+        for s in Array(sessions.values) { s.close(reason: nil) }
+        buffer.deallocate()
+    }
+
+    var factory: UdpProxyFactory { listener.factory as! UdpProxyFactory }  // this listener's own factory type
+
+    func update(_ l: ListenerRuntime) { listener = l }
+
+    func stop() {
+        if let e = event { event_free(e); event = nil; Glibc.close(fd) }
+    }
+
+    private func onReadable() {
+        let f = factory
+        for _ in 0..<64 {
+            var ss = sockaddr_storage()
+            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let n = withUnsafeMutablePointer(to: &ss) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fd, buffer, 65536, 0, $0, &len) }
+            }
+            if n < 0 {
+                if errno != EAGAIN && errno != EINTR { worker.stats.inc(f.stats.downstreamSessRxErrors) }
+                return
+            }
+            worker.stats.inc(f.stats.downstreamSessRxDatagrams)
+            worker.stats.add(f.stats.downstreamSessRxBytes, n)
+            let key = withUnsafeBytes(of: &ss) { ClientKey($0.baseAddress!) }
+            var session = sessions[key]
+            if session == nil {
+                let client = withUnsafeBytes(of: &ss) { SocketAddress(bytes: $0.baseAddress!, length: Int(len)) }
+                session = UdpSession.open(relay: self, key: key, client: client)
+                if session == nil { continue }
+            }
+            session!.forward(n)
+        }
+    }
+}
+
+/// One client's session: its upstream socket, host and timers.
+final class UdpSession {
+    unowned(unsafe) let relay: UdpRelay
+    let key: ClientKey
+    let client: SocketAddress
+    let cluster: WorkerCluster
+    let host: Int
+    let factory: UdpProxyFactory
+    private let upstream: Int32
+    private var event: OpaquePointer?
+    private var timer: Timer?
+    private var lastActivity = monotonicMs()
+    private var replies = 0
+    private var closed = false
+
+    static func open(relay: UdpRelay, key: ClientKey, client: SocketAddress) -> UdpSession? {
+        let f = relay.factory
+        let w = relay.worker
+        guard let c = w.clusters[f.config.cluster] else {
+            w.stats.inc(f.stats.downstreamSessNoRoute)
+            return nil
+        }
+        if let max = f.config.maxSessions, !f.sessions.tryAcquire(limit: max) {
+            w.stats.inc(f.stats.downstreamSessOverflow)
+            return nil
+        }
+        if f.config.maxSessions == nil { _ = f.sessions.tryAcquire(limit: Int.max) }
+        let hashKey: UInt64? = f.config.hashSourceIp ? fnv1a64(client.ipBytes) : nil
+        guard let h = c.pick(hashKey: hashKey, attempted: []) else {
+            w.stats.inc(c.snapshot.stats.upstreamCxNoneHealthy)
+            f.sessions.release()
+            return nil
+        }
+        let fd = c.snapshot.hosts[h].address.withSockAddr { cshim_udp_connect($0, $1) }
+        guard fd >= 0 else {
+            w.stats.inc(c.snapshot.stats.upstreamCxConnectFail)
+            f.sessions.release()
+            return nil
+        }
+        let s = UdpSession(relay: relay, key: key, client: client, cluster: c, host: h, factory: f, upstream: fd)
+        relay.sessions[key] = s
+        c.onStart(h)
+        w.stats.inc(f.stats.downstreamSessTotal)
+        w.stats.inc(f.stats.downstreamSessActive)
+        w.stats.inc(c.snapshot.stats.upstreamCxTotal)
+        w.stats.inc(c.snapshot.stats.upstreamCxActive)
+        w.stats.inc(c.snapshot.hosts[h].stats.cxTotal)
+        w.stats.inc(c.snapshot.hosts[h].stats.cxActive)
+        return s
+    }
+
+    private init(relay: UdpRelay, key: ClientKey, client: SocketAddress, cluster: WorkerCluster, host: Int,
+                 factory: UdpProxyFactory, upstream: Int32) {
+        self.relay = relay; self.key = key; self.client = client; self.cluster = cluster; self.host = host
+        self.factory = factory; self.upstream = upstream
+        event = event_new(relay.worker.dispatcher.base, upstream, Int16(EV_READ | EV_PERSIST), { _, _, ctx in
+            Unmanaged<UdpSession>.fromOpaque(ctx!)._withUnsafeGuaranteedRef { $0.onUpstreamReadable() }
+        }, Unmanaged.passUnretained(self).toOpaque())
+        event_add(event, nil)
+        timer = Timer(relay.worker.dispatcher) { [unowned self] in onTimer() }
+        timer?.arm(ms: factory.config.idleTimeoutMs)
+    }
+
+    deinit { if !closed { close(reason: nil) } }
+
+    /// Sends the datagram in the relay's buffer (`n` bytes) to the upstream.
+    func forward(_ n: Int) {
+        lastActivity = monotonicMs()
+        let sent = send(upstream, relay.buffer, n, 0)
+        let w = relay.worker
+        if sent == n {
+            w.stats.add(cluster.snapshot.stats.upstreamCxTxBytesTotal, n)
+        } else {
+            // ICMP unreachable from an earlier datagram, or a full socket buffer: this one is lost.
+            w.stats.inc(factory.stats.downstreamSessTxErrors)
+            if sent < 0 && errno == ECONNREFUSED { cluster.snapshot.hosts[host].outlier?.failure() }
+        }
+    }
+
+    private func onUpstreamReadable() {
+        let w = relay.worker
+        for _ in 0..<64 {
+            let n = recv(upstream, relay.buffer, 65536, 0)
+            if n < 0 {
+                if errno == EAGAIN || errno == EINTR { return }
+                w.stats.inc(factory.stats.upstreamRxErrors)  // ECONNREFUSED: the host's port is closed
+                if errno == ECONNREFUSED { cluster.snapshot.hosts[host].outlier?.failure() }
+                return
+            }
+            lastActivity = monotonicMs()
+            w.stats.add(cluster.snapshot.stats.upstreamCxRxBytesTotal, n)
+            let sent = client.withSockAddr { sendto(relay.fd, relay.buffer, n, 0, $0, $1) }
+            if sent == n {
+                w.stats.inc(factory.stats.downstreamSessTxDatagrams)
+                w.stats.add(factory.stats.downstreamSessTxBytes, n)
+            } else {
+                w.stats.inc(factory.stats.downstreamSessTxErrors)
+            }
+            replies += 1
+            if factory.config.responses > 0 && replies >= factory.config.responses {
+                w.stats.inc(factory.stats.responsesComplete)
+                close(reason: nil)
+                return
+            }
+        }
+    }
+
+    private func onTimer() {
+        let idle = factory.config.idleTimeoutMs
+        let quiet = monotonicMs() &- lastActivity
+        if quiet >= idle {
+            relay.worker.stats.inc(factory.stats.idleTimeout)
+            close(reason: nil)
+        } else {
+            timer?.arm(ms: idle - quiet)
+        }
+    }
+
+    /// Ends the session: frees its socket, settles stats, forgets it (released after the
+    /// current callbacks).
+    func close(reason: String?) {
+        if closed { return }
+        closed = true
+        timer?.cancel()
+        if let e = event { event_free(e); event = nil }
+        Glibc.close(upstream)
+        let w = relay.worker
+        let cs = cluster.snapshot
+        cluster.onEnd(host)
+        w.stats.dec(factory.stats.downstreamSessActive)
+        w.stats.dec(cs.stats.upstreamCxActive)
+        w.stats.dec(cs.hosts[host].stats.cxActive)
+        w.stats.inc(cs.stats.upstreamCxDestroy)
+        factory.sessions.release()
+        if relay.sessions[key] === self {
+            relay.sessions.removeValue(forKey: key)
+            w.dispatcher.deferredRelease(self)
+        }
+    }
+}

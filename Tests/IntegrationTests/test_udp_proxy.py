@@ -1,0 +1,195 @@
+"""udp-proxy (issue 4, Must show 1-5)."""
+
+import os
+import random
+import socket
+import struct
+import threading
+
+import pytest
+
+from harness import Proxy, free_port, wait_for
+from test_dns import DNSMASQ, Dnsmasq
+
+
+class UdpServer:
+    """Echoes datagrams, or answers with its name when `name` is set."""
+
+    def __init__(self, name=None, host="127.0.0.1", port=0):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, port))
+        self.endpoint = "%s:%d" % self.sock.getsockname()
+        self.name = name
+        self.peers = set()
+        threading.Thread(target=self.loop, daemon=True).start()
+
+    def loop(self):
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(65536)
+                self.peers.add(peer)
+                self.sock.sendto(self.name.encode() if self.name else data, peer)
+            except OSError:  # closed by the test
+                return
+
+    def close(self):
+        self.sock.close()
+
+
+def udp_proxy(endpoints, udp="", cluster="", workers=2):
+    eps = ", ".join(f'"{e}"' for e in endpoints)
+    return Proxy("udp-proxy", config=f"""
+admin: {{ address: 127.0.0.1:0 }}
+workers: {workers}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    udp: {{ cluster: backend {udp} }}
+clusters:
+  - name: backend
+    endpoints: [ {eps} ]
+{cluster}
+""")
+
+
+def client(timeout=2):
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.settimeout(timeout)
+    return c
+
+
+def dns_query(name, qid=0x1234):
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        q += bytes([len(label)]) + label.encode()
+    return q + b"\x00" + struct.pack(">HH", 1, 1)
+
+
+def dns_answers(reply):
+    qid, flags, qd, an, _, _ = struct.unpack(">HHHHHH", reply[:12])
+    i = 12
+    for _ in range(qd):
+        while reply[i] != 0:
+            i += reply[i] + 1
+        i += 5
+    ips = []
+    for _ in range(an):
+        if reply[i] & 0xC0 == 0xC0:
+            i += 2
+        else:
+            while reply[i] != 0:
+                i += reply[i] + 1
+            i += 1
+        rtype, _, _, rdlen = struct.unpack(">HHIH", reply[i:i + 10])
+        i += 10
+        if rtype == 1:
+            ips.append(socket.inet_ntoa(reply[i:i + 4]))
+        i += rdlen
+    return qid, flags & 0xF, ips
+
+
+@pytest.mark.skipif(not os.path.exists(DNSMASQ), reason="dnsmasq not installed")
+def test_dns_through_udp_proxy_with_responses_1():
+    d = Dnsmasq([("svc.test", "127.0.0.5"), ("svc.test", "127.0.0.6")])
+    try:
+        probe = client(timeout=0.2)
+
+        def answers():
+            try:
+                probe.sendto(dns_query("svc.test"), ("127.0.0.1", d.port))
+                return dns_answers(probe.recv(4096))[2]
+            except OSError:
+                return None
+        wait_for(answers, timeout=10, what="dnsmasq")
+        with udp_proxy([f"127.0.0.1:{d.port}"], udp=", responses: 1") as p:
+            c = client()
+            for i in range(5):
+                c.sendto(dns_query("svc.test", qid=100 + i), p.addr())
+                qid, rcode, ips = dns_answers(c.recv(4096))
+                assert qid == 100 + i and rcode == 0 and sorted(ips) == ["127.0.0.5", "127.0.0.6"]
+            # Each answer ended its session: nothing stays pinned for the idle timeout.
+            p.wait_stat("udp.main.responses_complete", lambda v: v == 5)
+            assert p.stat("udp.main.downstream_sess_active") == 0
+            assert p.stat("udp.main.downstream_sess_total") == 5
+    finally:
+        d.stop()
+
+
+def test_10000_datagrams_of_mixed_sizes_echo_intact_and_in_order():
+    up = UdpServer()
+    try:
+        with udp_proxy([up.endpoint]) as p:
+            rng = random.Random(7)
+            c = client(timeout=5)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sizes = [rng.choice([0, 1, 64, 512, 1400, 9000, 32768, 65507]) for _ in range(10000)]
+            for i, n in enumerate(sizes):
+                msg = (i.to_bytes(4, "big") + rng.randbytes(max(0, n - 4)))[:n] if n >= 4 else bytes(n)
+                c.sendto(msg, p.addr())
+                assert c.recv(65536) == msg, f"datagram {i} ({n} bytes)"
+            assert p.stat("udp.main.downstream_sess_total") == 1
+            assert p.stat("udp.main.downstream_sess_rx_datagrams") == 10000
+            assert p.stat("udp.main.downstream_sess_tx_datagrams") == 10000
+    finally:
+        up.close()
+
+
+def test_source_ip_affinity_and_idle_expiry():
+    servers = [UdpServer(name=str(i)) for i in range(4)]
+    try:
+        with udp_proxy([s.endpoint for s in servers], udp=", hash_policy: source_ip, idle_timeout: 300ms",
+                       cluster="    lb_policy: maglev") as p:
+            seen = set()
+            for _ in range(12):  # new client sockets (ports), same IP: always the same upstream
+                c = client()
+                c.sendto(b"?", p.addr())
+                seen.add(c.recv(100))
+                c.close()
+            assert len(seen) == 1
+            p.wait_stat("udp.main.downstream_sess_active", lambda v: v == 0, timeout=10)
+            assert p.stat("udp.main.idle_timeout") == 12
+    finally:
+        for s in servers:
+            s.close()
+
+
+def test_health_checks_steer_new_sessions_away_from_a_down_upstream():
+    a, b = UdpServer(name="a"), UdpServer(name="b")
+    try:
+        hc = "    health_check: { interval: 100ms, timeout: 80ms, rise: 1, fall: 2, udp: { send: ping } }"
+        with udp_proxy([a.endpoint, b.endpoint], cluster=hc, workers=1) as p:
+            got = set()
+            for _ in range(8):
+                c = client()
+                c.sendto(b"?", p.addr())
+                got.add(c.recv(100))
+                c.close()
+            assert got == {b"a", b"b"}
+            a.close()
+            p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 1, timeout=10)
+            for _ in range(8):
+                c = client()
+                c.sendto(b"?", p.addr())
+                assert c.recv(100) == b"b"
+                c.close()
+    finally:
+        b.close()
+
+
+def test_session_limit_drops_new_clients_and_keeps_existing_ones():
+    up = UdpServer()
+    try:
+        with udp_proxy([up.endpoint], udp=", max_sessions: 2", workers=1) as p:
+            one, two, three = client(), client(), client(timeout=0.5)
+            for c in (one, two):
+                c.sendto(b"hi", p.addr())
+                assert c.recv(100) == b"hi"
+            three.sendto(b"hi", p.addr())
+            with pytest.raises(socket.timeout):
+                three.recv(100)
+            assert p.stat("udp.main.downstream_sess_overflow") == 1
+            for c in (one, two):  # unaffected
+                c.sendto(b"again", p.addr())
+                assert c.recv(100) == b"again"
+    finally:
+        up.close()
