@@ -148,3 +148,68 @@ int cshim_udp_connect(const struct sockaddr *addr, socklen_t len) {
     if (connect(fd, addr, len) < 0) { int e = errno; close(fd); return -e; }
     return fd;
 }
+
+#include <stdlib.h>
+struct cshim_dgram_batch {
+    int n;
+    size_t bufsize;
+    struct mmsghdr *msgs;
+    struct iovec *iov;
+    struct sockaddr_storage *addrs;
+    unsigned char *data;
+};
+
+cshim_dgram_batch *cshim_batch_new(int n, size_t bufsize) {
+    cshim_dgram_batch *b = calloc(1, sizeof *b);
+    if (!b) return NULL;
+    b->n = n; b->bufsize = bufsize;
+    b->msgs = calloc((size_t)n, sizeof *b->msgs);
+    b->iov = calloc((size_t)n, sizeof *b->iov);
+    b->addrs = calloc((size_t)n, sizeof *b->addrs);
+    b->data = malloc((size_t)n * bufsize);
+    if (!b->msgs || !b->iov || !b->addrs || !b->data) { cshim_batch_free(b); return NULL; }
+    return b;
+}
+
+void cshim_batch_free(cshim_dgram_batch *b) {
+    if (!b) return;
+    free(b->msgs); free(b->iov); free(b->addrs); free(b->data); free(b);
+}
+
+int cshim_batch_recv(cshim_dgram_batch *b, int fd, int max) {
+    if (max > b->n) max = b->n;
+    for (int i = 0; i < max; i++) {
+        b->iov[i].iov_base = b->data + (size_t)i * b->bufsize;
+        b->iov[i].iov_len = b->bufsize;
+        memset(&b->msgs[i].msg_hdr, 0, sizeof b->msgs[i].msg_hdr);
+        b->msgs[i].msg_hdr.msg_iov = &b->iov[i];
+        b->msgs[i].msg_hdr.msg_iovlen = 1;
+        b->msgs[i].msg_hdr.msg_name = &b->addrs[i];
+        b->msgs[i].msg_hdr.msg_namelen = sizeof b->addrs[i];
+    }
+    int r = recvmmsg(fd, b->msgs, (unsigned)max, MSG_DONTWAIT, NULL);
+    return r < 0 ? -errno : r;
+}
+
+void *cshim_batch_data(cshim_dgram_batch *b, int i) { return b->data + (size_t)i * b->bufsize; }
+size_t cshim_batch_len(cshim_dgram_batch *b, int i) { return b->msgs[i].msg_len; }
+const struct sockaddr *cshim_batch_addr(cshim_dgram_batch *b, int i) { return (const struct sockaddr *)&b->addrs[i]; }
+socklen_t cshim_batch_addrlen(cshim_dgram_batch *b, int i) { return b->msgs[i].msg_hdr.msg_namelen; }
+
+int cshim_batch_send_to(cshim_dgram_batch *b, int fd, int count, const struct sockaddr *to, socklen_t tolen) {
+    for (int i = 0; i < count; i++) {
+        b->iov[i].iov_len = b->msgs[i].msg_len;
+        memset(&b->msgs[i].msg_hdr, 0, sizeof b->msgs[i].msg_hdr);
+        b->msgs[i].msg_hdr.msg_iov = &b->iov[i];
+        b->msgs[i].msg_hdr.msg_iovlen = 1;
+        b->msgs[i].msg_hdr.msg_name = (void *)to;
+        b->msgs[i].msg_hdr.msg_namelen = tolen;
+    }
+    int sent = 0;
+    while (sent < count) {
+        int r = sendmmsg(fd, b->msgs + sent, (unsigned)(count - sent), MSG_DONTWAIT);
+        if (r < 0) { if (errno == EINTR) continue; return sent > 0 ? sent : -errno; }
+        sent += r;
+    }
+    return sent;
+}

@@ -50,19 +50,27 @@ struct ClientKey: Hashable {
 /// client ──dgram──► listener fd ──► sessions[client] ──send──► upstream fd (connected) ──► host
 /// client ◄─sendto── listener fd ◄────── recv ◄───────────────── upstream fd ◄────────────── host
 /// ```
-/// A datagram is never split or merged; buffers are the worker's, reused (no allocation per
-/// datagram once a session exists).
+/// A datagram is never split or merged. I/O is batched: up to 16 datagrams per recvmmsg, and
+/// the replies a session finds waiting go to the client in one sendmmsg. The two batches
+/// (16 × 64 KiB each) are this relay's, reused: no allocation per datagram once a session exists.
 final class UdpRelay: DatagramListener {
     unowned let worker: Worker
     let fd: Int32
     var listener: ListenerRuntime
     private var event: OpaquePointer?
     var sessions: [ClientKey: UdpSession] = [:]
-    /// One datagram's worth of space (65,535 bytes), shared by every socket of this relay.
-    let buffer = UnsafeMutableRawPointer.allocate(byteCount: 65536, alignment: 16)
+    static let batchSize: Int32 = 16
+    /// Datagrams from clients.
+    let inbound: OpaquePointer
+    /// Replies from upstreams, shared by this relay's sessions (one runs at a time).
+    let replies: OpaquePointer
 
     init(worker: Worker, fd: Int32, listener: ListenerRuntime) {
         self.worker = worker; self.fd = fd; self.listener = listener
+        guard let a = cshim_batch_new(UdpRelay.batchSize, 65536), let b = cshim_batch_new(UdpRelay.batchSize, 65536) else {
+            preconditionFailure("out of memory")
+        }
+        inbound = a; replies = b
         event = event_new(worker.dispatcher.base, fd, Int16(EV_READ | EV_PERSIST), { _, _, ctx in
             Unmanaged<UdpRelay>.fromOpaque(ctx!)._withUnsafeGuaranteedRef { $0.onReadable() }
         }, Unmanaged.passUnretained(self).toOpaque())
@@ -72,7 +80,8 @@ final class UdpRelay: DatagramListener {
     deinit {
         stop()
         for s in Array(sessions.values) { s.close(reason: nil) }
-        buffer.deallocate()
+        cshim_batch_free(inbound)
+        cshim_batch_free(replies)
     }
 
     var factory: UdpProxyFactory { listener.factory as! UdpProxyFactory }  // this listener's own factory type
@@ -85,26 +94,27 @@ final class UdpRelay: DatagramListener {
 
     private func onReadable() {
         let f = factory
-        for _ in 0..<64 {
-            var ss = sockaddr_storage()
-            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            let n = withUnsafeMutablePointer(to: &ss) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fd, buffer, 65536, 0, $0, &len) }
-            }
+        for _ in 0..<4 {
+            let n = cshim_batch_recv(inbound, fd, UdpRelay.batchSize)
             if n < 0 {
-                if errno != EAGAIN && errno != EINTR { worker.stats.inc(f.stats.downstreamSessRxErrors) }
+                if n != -EAGAIN && n != -EINTR { worker.stats.inc(f.stats.downstreamSessRxErrors) }
                 return
             }
-            worker.stats.inc(f.stats.downstreamSessRxDatagrams)
-            worker.stats.add(f.stats.downstreamSessRxBytes, n)
-            let key = withUnsafeBytes(of: &ss) { ClientKey($0.baseAddress!) }
-            var session = sessions[key]
-            if session == nil {
-                let client = withUnsafeBytes(of: &ss) { SocketAddress(bytes: $0.baseAddress!, length: Int(len)) }
-                session = UdpSession.open(relay: self, key: key, client: client)
-                if session == nil { continue }
+            for i in 0..<n {
+                let len = cshim_batch_len(inbound, i)
+                let from = cshim_batch_addr(inbound, i)!
+                worker.stats.inc(f.stats.downstreamSessRxDatagrams)
+                worker.stats.add(f.stats.downstreamSessRxBytes, len)
+                let key = ClientKey(UnsafeRawPointer(from))
+                var session = sessions[key]
+                if session == nil {
+                    let client = SocketAddress(bytes: UnsafeRawPointer(from), length: Int(cshim_batch_addrlen(inbound, i)))
+                    session = UdpSession.open(relay: self, key: key, client: client)
+                    if session == nil { continue }
+                }
+                session!.forward(cshim_batch_data(inbound, i)!, len)
             }
-            session!.forward(n)
+            if n < UdpRelay.batchSize { return }  // drained
         }
     }
 }
@@ -174,10 +184,10 @@ final class UdpSession {
 
     deinit { if !closed { close(reason: nil) } }
 
-    /// Sends the datagram in the relay's buffer (`n` bytes) to the upstream.
-    func forward(_ n: Int) {
+    /// Sends one datagram to the upstream.
+    func forward(_ data: UnsafeMutableRawPointer, _ n: Int) {
         lastActivity = monotonicMs()
-        let sent = send(upstream, relay.buffer, n, 0)
+        let sent = send(upstream, data, n, 0)
         let w = relay.worker
         if sent == n {
             w.stats.add(cluster.snapshot.stats.upstreamCxTxBytesTotal, n)
@@ -190,29 +200,37 @@ final class UdpSession {
 
     private func onUpstreamReadable() {
         let w = relay.worker
-        for _ in 0..<64 {
-            let n = recv(upstream, relay.buffer, 65536, 0)
+        let batch = relay.replies
+        for _ in 0..<4 {
+            let n = cshim_batch_recv(batch, upstream, UdpRelay.batchSize)
             if n < 0 {
-                if errno == EAGAIN || errno == EINTR { return }
+                if n == -EAGAIN || n == -EINTR { return }
                 w.stats.inc(factory.stats.upstreamRxErrors)  // ECONNREFUSED: the host's port is closed
-                if errno == ECONNREFUSED { cluster.snapshot.hosts[host].outlier?.failure() }
+                if n == -ECONNREFUSED { cluster.snapshot.hosts[host].outlier?.failure() }
                 return
             }
             lastActivity = monotonicMs()
-            w.stats.add(cluster.snapshot.stats.upstreamCxRxBytesTotal, n)
-            let sent = client.withSockAddr { sendto(relay.fd, relay.buffer, n, 0, $0, $1) }
-            if sent == n {
-                w.stats.inc(factory.stats.downstreamSessTxDatagrams)
-                w.stats.add(factory.stats.downstreamSessTxBytes, n)
-            } else {
-                w.stats.inc(factory.stats.downstreamSessTxErrors)
+            // Never more replies than `responses` allows.
+            let limit = factory.config.responses
+            let count = limit > 0 ? min(Int(n), limit - replies) : Int(n)
+            var bytes = 0
+            for i in 0..<count { bytes += cshim_batch_len(batch, Int32(i)) }
+            w.stats.add(cluster.snapshot.stats.upstreamCxRxBytesTotal, bytes)
+            let sent = client.withSockAddr { cshim_batch_send_to(batch, relay.fd, Int32(count), $0, $1) }
+            if sent > 0 {
+                w.stats.add(factory.stats.downstreamSessTxDatagrams, Int(sent))
+                var sentBytes = 0
+                for i in 0..<Int(sent) { sentBytes += cshim_batch_len(batch, Int32(i)) }
+                w.stats.add(factory.stats.downstreamSessTxBytes, sentBytes)
             }
-            replies += 1
-            if factory.config.responses > 0 && replies >= factory.config.responses {
+            if Int(sent) < count { w.stats.add(factory.stats.downstreamSessTxErrors, count - max(Int(sent), 0)) }
+            replies += count
+            if limit > 0 && replies >= limit {
                 w.stats.inc(factory.stats.responsesComplete)
                 close(reason: nil)
                 return
             }
+            if n < UdpRelay.batchSize { return }
         }
     }
 
@@ -243,9 +261,10 @@ final class UdpSession {
         w.stats.dec(cs.hosts[host].stats.cxActive)
         w.stats.inc(cs.stats.upstreamCxDestroy)
         factory.sessions.release()
-        if relay.sessions[key] === self {
-            relay.sessions.removeValue(forKey: key)
-            w.dispatcher.deferredRelease(self)
+        // Keep the removed reference and hand it to the graveyard: dropping it here would free
+        // this session inside its own callback (callbacks hold no reference).
+        if relay.sessions[key] === self, let me = relay.sessions.removeValue(forKey: key) {
+            w.dispatcher.deferredRelease(me)
         }
     }
 }

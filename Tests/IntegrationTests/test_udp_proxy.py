@@ -193,3 +193,19 @@ def test_session_limit_drops_new_clients_and_keeps_existing_ones():
                 assert c.recv(100) == b"again"
     finally:
         up.close()
+
+
+def test_one_client_reopens_sessions_that_end_on_responses():
+    """Regression: a session that ends inside its own callback (responses: 1) must not be
+    freed before the callback returns; the same client opening session after session hit it."""
+    up = UdpServer()
+    try:
+        with udp_proxy([up.endpoint], udp=", responses: 1") as p:
+            c = client(timeout=2)
+            for i in range(500):
+                c.sendto(b"%d" % i, p.addr())
+                assert c.recv(100) == b"%d" % i
+            p.wait_stat("udp.main.responses_complete", lambda v: v == 500)
+            assert p.proc.poll() is None
+    finally:
+        up.close()

@@ -84,4 +84,19 @@ int cshim_inotify_drain(int fd, const char *name);
 /// A non-blocking UDP socket connected to `addr` (replies come only from there). fd or -errno.
 int cshim_udp_connect(const struct sockaddr *addr, socklen_t len);
 
+// MARK: batched datagrams (recvmmsg/sendmmsg need _GNU_SOURCE, kept in the .c file)
+
+/// Up to `n` datagrams of up to `bufsize` bytes each, with their source addresses.
+typedef struct cshim_dgram_batch cshim_dgram_batch;
+cshim_dgram_batch *cshim_batch_new(int n, size_t bufsize);
+void cshim_batch_free(cshim_dgram_batch *b);
+/// recvmmsg of up to `max` datagrams: the count, or -errno (-EAGAIN when none).
+int cshim_batch_recv(cshim_dgram_batch *b, int fd, int max);
+void *cshim_batch_data(cshim_dgram_batch *b, int i);
+size_t cshim_batch_len(cshim_dgram_batch *b, int i);
+const struct sockaddr *cshim_batch_addr(cshim_dgram_batch *b, int i);
+socklen_t cshim_batch_addrlen(cshim_dgram_batch *b, int i);
+/// sendmmsg of the first `count` received datagrams, all to `to`: how many went, or -errno.
+int cshim_batch_send_to(cshim_dgram_batch *b, int fd, int count, const struct sockaddr *to, socklen_t tolen);
+
 #endif
