@@ -133,6 +133,12 @@ final class UdpSession {
     private var lastActivity = monotonicMs()
     private var replies = 0
     private var closed = false
+    /// For the access log: when the session began, bytes each way, why it ended.
+    private let startMs = monotonicMs()
+    private let startWallMs = wallMs()
+    private var bytesIn: UInt64 = 0
+    private var bytesOut: UInt64 = 0
+    private var flags = ""
 
     static func open(relay: UdpRelay, key: ClientKey, client: SocketAddress) -> UdpSession? {
         let f = relay.factory
@@ -189,6 +195,7 @@ final class UdpSession {
         lastActivity = monotonicMs()
         let sent = send(upstream, data, n, 0)
         let w = relay.worker
+        bytesIn &+= UInt64(n)
         if sent == n {
             w.stats.add(cluster.snapshot.stats.upstreamCxTxBytesTotal, n)
         } else {
@@ -222,6 +229,7 @@ final class UdpSession {
                 var sentBytes = 0
                 for i in 0..<Int(sent) { sentBytes += cshim_batch_len(batch, Int32(i)) }
                 w.stats.add(factory.stats.downstreamSessTxBytes, sentBytes)
+                bytesOut &+= UInt64(sentBytes)
             }
             if Int(sent) < count { w.stats.add(factory.stats.downstreamSessTxErrors, count - max(Int(sent), 0)) }
             replies += count
@@ -239,6 +247,7 @@ final class UdpSession {
         let quiet = monotonicMs() &- lastActivity
         if quiet >= idle {
             relay.worker.stats.inc(factory.stats.idleTimeout)
+            flags = "SI"
             close(reason: nil)
         } else {
             timer?.arm(ms: idle - quiet)
@@ -261,6 +270,19 @@ final class UdpSession {
         w.stats.dec(cs.hosts[host].stats.cxActive)
         w.stats.inc(cs.stats.upstreamCxDestroy)
         factory.sessions.release()
+        if let logs = w.accessLogs[relay.listener.name] {
+            var e = AccessLogEntry()
+            e.startWallMs = startWallMs
+            e.durationMs = monotonicMs() &- startMs
+            e.downstreamRemote = client
+            e.downstreamLocal = SocketAddress.local(of: relay.fd)
+            e.upstreamHost = cs.hosts[host].address
+            e.cluster = cs.name
+            e.bytesReceived = bytesIn
+            e.bytesSent = bytesOut
+            e.responseFlags = flags
+            for l in logs { l.log(e) }
+        }
         // Keep the removed reference and hand it to the graveyard: dropping it here would free
         // this session inside its own callback (callbacks hold no reference).
         if relay.sessions[key] === self, let me = relay.sessions.removeValue(forKey: key) {

@@ -209,3 +209,28 @@ def test_one_client_reopens_sessions_that_end_on_responses():
             assert p.proc.poll() is None
     finally:
         up.close()
+
+
+def test_access_log_line_per_session():
+    up = UdpServer()
+    try:
+        cfg = f"""
+admin: {{ address: 127.0.0.1:0 }}
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    access_log: [ {{ path: /dev/stdout, format: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %UPSTREAM_HOST% %BYTES_RECEIVED% %BYTES_SENT% %RESPONSE_FLAGS%\\n" }} ]
+    udp: {{ cluster: backend, idle_timeout: 200ms }}
+clusters:
+  - name: backend
+    endpoints: [ "{up.endpoint}" ]
+"""
+        with Proxy("udp-proxy", config=cfg) as p:
+            c = client()
+            for m in (b"abc", b"defgh"):
+                c.sendto(m, p.addr())
+                assert c.recv(100) == m
+            wait_for(lambda: f"127.0.0.1 {up.endpoint} 8 8 SI" in p.stdout(), timeout=10, what="the session's log line")
+    finally:
+        up.close()
