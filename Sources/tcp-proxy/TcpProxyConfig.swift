@@ -70,7 +70,7 @@ struct TcpProxyConfig: ListenerFilterConfig {
     func validate(clusters all: [ClusterConfig], path: String) throws(ConfigError) {
         guard hashSourceIp else { return }
         for (p, wc) in zip(clusterPaths, clusters) {
-            if let cl = all.first(where: { $0.name == wc.name }), cl.lbPolicy != .maglev && cl.lbPolicy != .ringHash {
+            if let cl = all.first(where: { $0.name == wc.name }), !cl.lbPolicy.hashesKeys {
                 throw ConfigError(path + ".hash_policy",
                                   "source_ip hashing needs a hashing lb_policy (maglev or ring_hash) on cluster \"\(wc.name)\" (\(p)), which has \(cl.lbPolicy.rawValue)")
             }

@@ -32,7 +32,7 @@ struct UdpProxyConfig: ListenerFilterConfig {
     }
 
     func validate(clusters all: [ClusterConfig], path: String) throws(ConfigError) {
-        if hashSourceIp, let cl = all.first(where: { $0.name == cluster }), cl.lbPolicy != .maglev && cl.lbPolicy != .ringHash {
+        if hashSourceIp, let cl = all.first(where: { $0.name == cluster }), !cl.lbPolicy.hashesKeys {
             throw ConfigError(path + ".hash_policy", "source_ip hashing needs lb_policy maglev or ring_hash on cluster \"\(cluster)\"")
         }
     }

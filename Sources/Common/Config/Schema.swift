@@ -78,6 +78,9 @@ public enum LbPolicy: String, Sendable, CaseIterable {
     case leastRequest = "least_request"
     case maglev
     case ringHash = "ring_hash"
+
+    /// Places keys consistently (what a `hash_policy` needs).
+    public var hashesKeys: Bool { self == .maglev || self == .ringHash }
 }
 
 /// `clusters[i].send_proxy_protocol`.
