@@ -64,6 +64,9 @@ final class UdpRelay: DatagramListener {
     let inbound: OpaquePointer
     /// Replies from upstreams, shared by this relay's sessions (one runs at a time).
     let replies: OpaquePointer
+    /// The listener's cluster as this worker sees it now (refreshed by every update: reloads,
+    /// health and discovery changes); nil when no such cluster exists.
+    private(set) var cluster: WorkerCluster?
 
     init(worker: Worker, fd: Int32, listener: ListenerRuntime) {
         self.worker = worker; self.fd = fd; self.listener = listener
@@ -75,6 +78,7 @@ final class UdpRelay: DatagramListener {
             Unmanaged<UdpRelay>.fromOpaque(ctx!)._withUnsafeGuaranteedRef { $0.onReadable() }
         }, Unmanaged.passUnretained(self).toOpaque())
         event_add(event, nil)
+        cluster = worker.clusters[factory.config.cluster]
     }
 
     deinit {
@@ -86,7 +90,10 @@ final class UdpRelay: DatagramListener {
 
     var factory: UdpProxyFactory { listener.factory as! UdpProxyFactory }  // this listener's own factory type
 
-    func update(_ l: ListenerRuntime) { listener = l }
+    func update(_ l: ListenerRuntime) {
+        listener = l
+        cluster = worker.clusters[factory.config.cluster]
+    }
 
     func stop() {
         if let e = event { event_free(e); event = nil; Glibc.close(fd) }
@@ -119,16 +126,49 @@ final class UdpRelay: DatagramListener {
     }
 }
 
-/// One client's session: its upstream socket, host and timers.
+/// One upstream socket of a session: connected to one host, with its own read event. A
+/// session has one (the host picked when it began) or, with per-packet balancing, one per
+/// host its datagrams went to.
+final class UpstreamLeg {
+    unowned(unsafe) let session: UdpSession
+    /// The cluster generation the host was picked from (its stats and balancer state).
+    let cluster: WorkerCluster
+    let host: Int
+    let fd: Int32
+    private var event: OpaquePointer?
+
+    init(session: UdpSession, cluster: WorkerCluster, host: Int, fd: Int32, base: OpaquePointer) {
+        self.session = session; self.cluster = cluster; self.host = host; self.fd = fd
+        event = event_new(base, fd, Int16(EV_READ | EV_PERSIST), { _, _, ctx in
+            Unmanaged<UpstreamLeg>.fromOpaque(ctx!)._withUnsafeGuaranteedRef { $0.session.onUpstreamReadable($0) }
+        }, Unmanaged.passUnretained(self).toOpaque())
+        event_add(event, nil)
+    }
+
+    var address: SocketAddress { cluster.snapshot.hosts[host].address }
+
+    /// An ICMP port unreachable: the host's port is closed.
+    func refused() { cluster.snapshot.hosts[host].outlier?.failure() }
+
+    func close() {
+        if let e = event { event_free(e); event = nil; Glibc.close(fd) }
+    }
+}
+
+/// One client's session: its upstream legs and idle timer.
 final class UdpSession {
     unowned(unsafe) let relay: UdpRelay
     let key: ClientKey
     let client: SocketAddress
-    let cluster: WorkerCluster
-    let host: Int
     let factory: UdpProxyFactory
-    private let upstream: Int32
-    private var event: OpaquePointer?
+    private let perPacket: Bool
+    /// Sticky: exactly one. Per packet: one per host used so far.
+    private var legs: [UpstreamLeg] = []
+    /// Per packet: the index in `legs` of each host of `indexed` (-1: none yet).
+    private var legOfHost: [Int] = []
+    private var indexed: WorkerCluster?
+    /// The leg the last datagram went to (the access log's upstream host).
+    private var lastLeg = 0
     private var timer: Timer?
     private var lastActivity = monotonicMs()
     private var replies = 0
@@ -143,7 +183,7 @@ final class UdpSession {
     static func open(relay: UdpRelay, key: ClientKey, client: SocketAddress) -> UdpSession? {
         let f = relay.factory
         let w = relay.worker
-        guard let c = w.clusters[f.config.cluster] else {
+        guard let c = relay.cluster else {
             w.stats.inc(f.stats.downstreamSessNoRoute)
             return nil
         }
@@ -152,68 +192,124 @@ final class UdpSession {
             return nil
         }
         if f.config.maxSessions == nil { _ = f.sessions.tryAcquire(limit: Int.max) }
-        let hashKey: UInt64? = f.config.hashSourceIp ? fnv1a64(client.ipBytes) : nil
-        guard let h = c.pick(hashKey: hashKey, attempted: []) else {
-            w.stats.inc(c.snapshot.stats.upstreamCxNoneHealthy)
-            f.sessions.release()
-            return nil
+        let s = UdpSession(relay: relay, key: key, client: client, factory: f)
+        if !f.config.perPacket {
+            // Sticky: the host is chosen once, by the balancer (and the client's IP when hashing).
+            let hashKey: UInt64? = f.config.hashSourceIp ? fnv1a64(client.ipBytes) : nil
+            guard let h = c.pick(hashKey: hashKey, attempted: []) else {
+                w.stats.inc(c.snapshot.stats.upstreamCxNoneHealthy)
+                s.abandon()
+                return nil
+            }
+            guard s.addLeg(cluster: c, host: h) != nil else {
+                s.abandon()
+                return nil
+            }
         }
-        let fd = c.snapshot.hosts[h].address.withSockAddr { cshim_udp_connect($0, $1) }
-        guard fd >= 0 else {
-            w.stats.inc(c.snapshot.stats.upstreamCxConnectFail)
-            f.sessions.release()
-            return nil
-        }
-        let s = UdpSession(relay: relay, key: key, client: client, cluster: c, host: h, factory: f, upstream: fd)
         relay.sessions[key] = s
-        c.onStart(h)
         w.stats.inc(f.stats.downstreamSessTotal)
         w.stats.inc(f.stats.downstreamSessActive)
-        w.stats.inc(c.snapshot.stats.upstreamCxTotal)
-        w.stats.inc(c.snapshot.stats.upstreamCxActive)
-        w.stats.inc(c.snapshot.hosts[h].stats.cxTotal)
-        w.stats.inc(c.snapshot.hosts[h].stats.cxActive)
         return s
     }
 
-    private init(relay: UdpRelay, key: ClientKey, client: SocketAddress, cluster: WorkerCluster, host: Int,
-                 factory: UdpProxyFactory, upstream: Int32) {
-        self.relay = relay; self.key = key; self.client = client; self.cluster = cluster; self.host = host
-        self.factory = factory; self.upstream = upstream
-        event = event_new(relay.worker.dispatcher.base, upstream, Int16(EV_READ | EV_PERSIST), { _, _, ctx in
-            Unmanaged<UdpSession>.fromOpaque(ctx!)._withUnsafeGuaranteedRef { $0.onUpstreamReadable() }
-        }, Unmanaged.passUnretained(self).toOpaque())
-        event_add(event, nil)
+    private init(relay: UdpRelay, key: ClientKey, client: SocketAddress, factory: UdpProxyFactory) {
+        self.relay = relay; self.key = key; self.client = client; self.factory = factory
+        perPacket = factory.config.perPacket
         timer = Timer(relay.worker.dispatcher) { [unowned self] in onTimer() }
         timer?.arm(ms: factory.config.idleTimeoutMs)
     }
 
+    /// A session that never started (no host, no socket): undo `open`'s reservation.
+    private func abandon() {
+        closed = true
+        timer?.cancel()
+        factory.sessions.release()
+    }
+
     deinit { if !closed { close(reason: nil) } }
+
+    /// A socket connected to `host`, counted as an upstream connection of its cluster.
+    private func addLeg(cluster c: WorkerCluster, host h: Int) -> UpstreamLeg? {
+        let w = relay.worker
+        let fd = c.snapshot.hosts[h].address.withSockAddr { cshim_udp_connect($0, $1) }
+        guard fd >= 0 else {
+            w.stats.inc(c.snapshot.stats.upstreamCxConnectFail)
+            return nil
+        }
+        let leg = UpstreamLeg(session: self, cluster: c, host: h, fd: fd, base: w.dispatcher.base)
+        legs.append(leg)
+        c.onStart(h)
+        w.stats.inc(c.snapshot.stats.upstreamCxTotal)
+        w.stats.inc(c.snapshot.stats.upstreamCxActive)
+        w.stats.inc(c.snapshot.hosts[h].stats.cxTotal)
+        w.stats.inc(c.snapshot.hosts[h].stats.cxActive)
+        return leg
+    }
+
+    /// Per-packet balancing: the cluster's current generation picks a host for this datagram
+    /// (so it follows health changes mid-session); the session's socket to that host carries it.
+    private func legForPacket() -> Int? {
+        let w = relay.worker
+        guard let c = relay.cluster else {
+            w.stats.inc(factory.stats.downstreamSessNoRoute)
+            return nil
+        }
+        if c !== indexed { reindex(c) }
+        guard let h = c.pick(hashKey: nil, attempted: []) else {
+            w.stats.inc(c.snapshot.stats.upstreamCxNoneHealthy)
+            return nil
+        }
+        let i = legOfHost[h]
+        if i >= 0 { return i }
+        guard addLeg(cluster: c, host: h) != nil else { return nil }
+        legOfHost[h] = legs.count - 1
+        return legs.count - 1
+    }
+
+    /// Maps the hosts of a new cluster generation to the legs already open (by address).
+    private func reindex(_ c: WorkerCluster) {
+        indexed = c
+        legOfHost = Array(repeating: -1, count: c.snapshot.hosts.count)
+        if legs.isEmpty { return }
+        var byAddress: [SocketAddress: Int] = [:]
+        for (i, l) in legs.enumerated() { byAddress[l.address] = i }
+        for (h, host) in c.snapshot.hosts.enumerated() { legOfHost[h] = byAddress[host.address] ?? -1 }
+    }
 
     /// Sends one datagram to the upstream.
     func forward(_ data: UnsafeMutableRawPointer, _ n: Int) {
         lastActivity = monotonicMs()
-        let sent = send(upstream, data, n, 0)
-        let w = relay.worker
         bytesIn &+= UInt64(n)
+        var i = 0
+        if perPacket {
+            guard let l = legForPacket() else {
+                relay.worker.stats.inc(factory.stats.downstreamSessTxErrors)
+                return
+            }
+            i = l
+            lastLeg = l
+        }
+        let leg = legs[i]
+        let sent = send(leg.fd, data, n, 0)
         if sent == n {
-            w.stats.add(cluster.snapshot.stats.upstreamCxTxBytesTotal, n)
+            relay.worker.stats.add(leg.cluster.snapshot.stats.upstreamCxTxBytesTotal, n)
         } else {
             // ICMP unreachable from an earlier datagram, or a full socket buffer: this one is lost.
-            w.stats.inc(factory.stats.downstreamSessTxErrors)
-            if sent < 0 && errno == ECONNREFUSED { cluster.snapshot.hosts[host].outlier?.failure() }
+            relay.worker.stats.inc(factory.stats.downstreamSessTxErrors)
+            if sent < 0 && errno == ECONNREFUSED { leg.refused() }
         }
     }
 
-    private func onUpstreamReadable() {
+    /// Replies waiting on one leg go back to the client, in one sendmmsg per batch.
+    func onUpstreamReadable(_ leg: UpstreamLeg) {
         let w = relay.worker
         let batch = relay.replies
         for _ in 0..<4 {
-            let n = cshim_batch_recv(batch, upstream, UdpRelay.batchSize)
+            let n = cshim_batch_recv(batch, leg.fd, UdpRelay.batchSize)
             if n < 0 {
                 if n == -EAGAIN || n == -EINTR { return }
-                w.stats.inc(factory.stats.upstreamRxErrors)  // ECONNREFUSED: the host's port is closed
-                if n == -ECONNREFUSED { cluster.snapshot.hosts[host].outlier?.failure() }
+                w.stats.inc(factory.stats.upstreamRxErrors)
+                if n == -ECONNREFUSED { leg.refused() }
                 return
             }
             lastActivity = monotonicMs()
@@ -222,7 +318,7 @@ final class UdpSession {
             let count = limit > 0 ? min(Int(n), limit - replies) : Int(n)
             var bytes = 0
             for i in 0..<count { bytes += cshim_batch_len(batch, Int32(i)) }
-            w.stats.add(cluster.snapshot.stats.upstreamCxRxBytesTotal, bytes)
+            w.stats.add(leg.cluster.snapshot.stats.upstreamCxRxBytesTotal, bytes)
             let sent = client.withSockAddr { cshim_batch_send_to(batch, relay.fd, Int32(count), $0, $1) }
             if sent > 0 {
                 w.stats.add(factory.stats.downstreamSessTxDatagrams, Int(sent))
@@ -254,21 +350,22 @@ final class UdpSession {
         }
     }
 
-    /// Ends the session: frees its socket, settles stats, forgets it (released after the
+    /// Ends the session: frees its sockets, settles stats, forgets it (released after the
     /// current callbacks).
     func close(reason: String?) {
         if closed { return }
         closed = true
         timer?.cancel()
-        if let e = event { event_free(e); event = nil }
-        Glibc.close(upstream)
         let w = relay.worker
-        let cs = cluster.snapshot
-        cluster.onEnd(host)
+        for leg in legs {
+            leg.close()
+            let cs = leg.cluster.snapshot
+            leg.cluster.onEnd(leg.host)
+            w.stats.dec(cs.stats.upstreamCxActive)
+            w.stats.dec(cs.hosts[leg.host].stats.cxActive)
+            w.stats.inc(cs.stats.upstreamCxDestroy)
+        }
         w.stats.dec(factory.stats.downstreamSessActive)
-        w.stats.dec(cs.stats.upstreamCxActive)
-        w.stats.dec(cs.hosts[host].stats.cxActive)
-        w.stats.inc(cs.stats.upstreamCxDestroy)
         factory.sessions.release()
         if let logs = w.accessLogs[relay.listener.name] {
             var e = AccessLogEntry()
@@ -276,15 +373,17 @@ final class UdpSession {
             e.durationMs = monotonicMs() &- startMs
             e.downstreamRemote = client
             e.downstreamLocal = SocketAddress.local(of: relay.fd)
-            e.upstreamHost = cs.hosts[host].address
-            e.cluster = cs.name
+            if lastLeg < legs.count {
+                e.upstreamHost = legs[lastLeg].address
+                e.cluster = legs[lastLeg].cluster.snapshot.name
+            }
             e.bytesReceived = bytesIn
             e.bytesSent = bytesOut
             e.responseFlags = flags
             for l in logs { l.log(e) }
         }
         // Keep the removed reference and hand it to the graveyard: dropping it here would free
-        // this session inside its own callback (callbacks hold no reference).
+        // this session inside its own callback (callbacks hold no reference). Its legs go with it.
         if relay.sessions[key] === self, let me = relay.sessions.removeValue(forKey: key) {
             w.dispatcher.deferredRelease(me)
         }

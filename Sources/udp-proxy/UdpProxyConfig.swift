@@ -14,6 +14,9 @@ struct UdpProxyConfig: ListenerFilterConfig {
     var responses = 0
     /// `hash_policy: source_ip`: the client IP keys a hashing balancer.
     var hashSourceIp = false
+    /// `use_per_packet_load_balancing` (Envoy's name): every datagram is balanced on its own;
+    /// a session keeps one socket per host it has used, and replies from any of them reach the client.
+    var perPacket = false
 
     var clusterReferences: [(path: String, name: String)] { [(clusterPath, cluster)] }
 
@@ -28,6 +31,12 @@ struct UdpProxyConfig: ListenerFilterConfig {
         if let x = m.optional("max_sessions") { u.maxSessions = try x.int(min: 1) }
         if let x = m.optional("responses") { u.responses = try x.int(min: 0, max: 1_000_000) }
         if let h = m.optional("hash_policy") { u.hashSourceIp = try h.oneOf(["source_ip"]) == "source_ip" }
+        if let p = m.optional("use_per_packet_load_balancing") {
+            u.perPacket = try p.bool()
+            if u.perPacket && u.hashSourceIp {
+                throw p.fail("per-packet balancing spreads a client's datagrams; hash_policy source_ip pins them to one host: choose one")
+            }
+        }
         return u
     }
 
@@ -42,6 +51,7 @@ struct UdpProxyConfig: ListenerFilterConfig {
                                    ("idle_timeout", .string(formatDuration(idleTimeoutMs))), ("responses", .int(Int64(responses)))]
         if let m = maxSessions { f.append(("max_sessions", .int(Int64(m)))) }
         if hashSourceIp { f.append(("hash_policy", .string("source_ip"))) }
+        if perPacket { f.append(("use_per_packet_load_balancing", .bool(true))) }
         return .object(f)
     }
 }

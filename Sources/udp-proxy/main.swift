@@ -14,12 +14,14 @@ struct UdpProxyCommand: ParsableCommand {
     var responses: Int?
     @Option(help: "With --listen: end sessions idle this long (default 60s).")
     var idleTimeout: String?
+    @Flag(help: "With --listen: balance every datagram on its own (Envoy's use_per_packet_load_balancing).")
+    var perPacket = false
 
     func run() throws {
-        if common.config != nil && (responses != nil || idleTimeout != nil) {
-            throw ValidationError("--responses and --idle-timeout go with --listen; with --config set them in the file")
+        if common.config != nil && (responses != nil || idleTimeout != nil || perPacket) {
+            throw ValidationError("--responses, --idle-timeout and --per-packet go with --listen; with --config set them in the file")
         }
-        let responses = responses, idle = idleTimeout
+        let responses = responses, idle = idleTimeout, perPacket = perPacket
         let counts = SessionCounts()
         let binary = ProxyBinary(
             blockParser: UdpProxyConfig.blockParser,
@@ -27,6 +29,7 @@ struct UdpProxyCommand: ParsableCommand {
                 var b: [(String, JSON)] = [("cluster", .string(cluster))]
                 if let responses { b.append(("responses", .int(Int64(responses)))) }
                 if let idle { b.append(("idle_timeout", .string(idle))) }
+                if perPacket { b.append(("use_per_packet_load_balancing", .bool(true))) }
                 return b
             },
             makeFactory: { l, _, store in UdpProxyFactory(listener: l, store: store, sessions: counts.count(for: l.name)) })

@@ -4,11 +4,13 @@ import os
 import random
 import socket
 import struct
+import subprocess
+import tempfile
 import threading
 
 import pytest
 
-from harness import Proxy, free_port, wait_for
+from harness import BIN_DIR, Proxy, free_port, wait_for
 from test_dns import DNSMASQ, Dnsmasq
 
 
@@ -234,3 +236,83 @@ clusters:
             wait_for(lambda: f"127.0.0.1 {up.endpoint} 8 8 SI" in p.stdout(), timeout=10, what="the session's log line")
     finally:
         up.close()
+
+
+def exchange(c, addr, n):
+    """Sends n datagrams from one client socket and counts the replies by upstream name."""
+    got = {}
+    for i in range(n):
+        c.sendto(b"%d" % i, addr)
+        name = c.recv(100)
+        got[name] = got.get(name, 0) + 1
+    return got
+
+
+def test_per_packet_balancing_spreads_one_session_over_hosts():
+    servers = [UdpServer(name=n) for n in ("a", "b", "c")]
+    try:
+        with udp_proxy([s.endpoint for s in servers], udp=", use_per_packet_load_balancing: true") as p:
+            c = client()
+            # One client, one session: round robin sends each datagram to the next host, and
+            # every host's replies come back to the client.
+            assert exchange(c, p.addr(), 300) == {b"a": 100, b"b": 100, b"c": 100}
+            assert p.stat("udp.main.downstream_sess_total") == 1
+            assert p.stat("udp.main.downstream_sess_active") == 1
+            # One upstream socket per host, kept for the session's life.
+            assert p.stat("cluster.backend.upstream_cx_total") == 3
+            assert p.stat("cluster.backend.upstream_cx_active") == 3
+            assert all(len(s.peers) == 1 for s in servers)
+        # Without the option the same client sticks to the one host its session picked.
+        with udp_proxy([s.endpoint for s in servers]) as p:
+            got = exchange(client(), p.addr(), 30)
+            assert len(got) == 1 and sum(got.values()) == 30
+            assert p.stat("cluster.backend.upstream_cx_total") == 1
+    finally:
+        for s in servers:
+            s.close()
+
+
+def test_per_packet_balancing_follows_health_within_a_session():
+    a, b = UdpServer(name="a"), UdpServer(name="b")
+    try:
+        hc = "    health_check: { interval: 100ms, timeout: 80ms, rise: 1, fall: 2, udp: { send: ping } }"
+        with udp_proxy([a.endpoint, b.endpoint], udp=", use_per_packet_load_balancing: true",
+                       cluster=hc, workers=1) as p:
+            p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 2, timeout=10)
+            c = client()
+            assert exchange(c, p.addr(), 20) == {b"a": 10, b"b": 10}
+            a.close()
+            p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 1, timeout=10)
+            # The same session, the same client socket: every datagram now goes to b.
+            assert exchange(c, p.addr(), 20) == {b"b": 20}
+            assert p.stat("udp.main.downstream_sess_total") == 1
+    finally:
+        b.close()
+
+
+def test_per_packet_flag_and_its_conflict_with_source_ip_hashing():
+    servers = [UdpServer(name=n) for n in ("a", "b")]
+    try:
+        ups = ",".join(s.endpoint for s in servers)
+        with Proxy("udp-proxy", args=["--listen", "127.0.0.1:0", "--upstream", ups, "--per-packet", "--workers", "1"]) as p:
+            assert exchange(client(), p.addr(), 10) == {b"a": 5, b"b": 5}
+    finally:
+        for s in servers:
+            s.close()
+    cfg = """
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    udp: { cluster: backend, hash_policy: source_ip, use_per_packet_load_balancing: true }
+clusters:
+  - name: backend
+    lb_policy: maglev
+    endpoints: [ "127.0.0.1:1" ]
+"""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(cfg)
+        f.flush()
+        r = subprocess.run([os.path.join(BIN_DIR, "udp-proxy"), "--config", f.name, "--validate"],
+                           capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "listeners[0].udp.use_per_packet_load_balancing: per-packet balancing" in r.stderr, r.stderr
