@@ -52,7 +52,7 @@ let package = Package(
         // Load-balancer placement and microbenchmarks (benchmarks/RESULTS.md; not a test).
         .executableTarget(name: "lbtool", dependencies: ["Common"], path: "benchmarks/lbtool", swiftSettings: swiftSettings),
         // libFuzzer harnesses: built only by scripts/fuzz.sh (-sanitize=fuzzer -parse-as-library).
-        .executableTarget(name: "FuzzProxyProtocol", dependencies: ["Common"], path: "Fuzz/FuzzProxyProtocol", swiftSettings: swiftSettings),
+        .executableTarget(name: "FuzzListenerFilters", dependencies: ["Common"], path: "Fuzz/FuzzListenerFilters", swiftSettings: swiftSettings),
         .executableTarget(name: "FuzzConfig", dependencies: ["Common"], path: "Fuzz/FuzzConfig", swiftSettings: swiftSettings),
         .testTarget(name: "CommonTests", dependencies: ["Common", "TcpProxy"], swiftSettings: swiftSettings),
     ]

@@ -14,7 +14,7 @@ toolset=$(mktemp)
 trap 'rm -f "$toolset"' EXIT
 printf '{ "schemaVersion": "1.0", "linker": { "path": "%s" } }\n' "$lld" > "$toolset"
 
-targets=(FuzzProxyProtocol:proxy_protocol FuzzConfig:config)
+targets=(FuzzListenerFilters:listener_filters FuzzConfig:config)
 for t in "${targets[@]}"; do
   product=${t%%:*}
   swift build --scratch-path "$scratch" --toolset "$toolset" \

@@ -82,7 +82,7 @@ struct HealthCheckerCommand: ParsableCommand {
         var binary = ProxyBinary(
             blockParser: FilterBlockParser(binary: "health-checker", key: "health", hasListeners: false, parse: noListenerBlock),
             flagBlock: { _ in [] },
-            makeFactory: { _, _, _ in preconditionFailure("health-checker has no listeners") })
+            makeFactory: { _, _, _, _ in preconditionFailure("health-checker has no listeners") })
         if common.config == nil {
             let doc = Result { try flagConfig() }
             binary.configFromFlags = { try doc.get() }

@@ -9,8 +9,8 @@ final class TcpProxyFactory: FilterFactory {
     let clusterNames: [String]
     let cumulativeWeights: [Int]
 
-    init(listener: ListenerConfig, clusters: [String: ClusterSnapshot], store: StatsStore) {
-        guard let c = listener.filter as? TcpProxyConfig else {
+    init(block: any ListenerFilterConfig, clusters: [String: ClusterSnapshot], store: StatsStore) {
+        guard let c = block as? TcpProxyConfig else {
             preconditionFailure("tcp-proxy listener without a tcp block")
         }
         config = c

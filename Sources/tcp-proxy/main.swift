@@ -34,7 +34,7 @@ struct TcpProxyCommand: ParsableCommand {
             },
             listenerFlags: proxyProtocol.map { [("proxy_protocol", JSON.string($0))] } ?? [],
             clusterFlags: sendProxyProtocol.map { [("send_proxy_protocol", JSON.string($0))] } ?? [],
-            makeFactory: { TcpProxyFactory(listener: $0, clusters: $1, store: $2) })
+            makeFactory: { TcpProxyFactory(block: $1, clusters: $2, store: $3) })
         Server.main(options: common, binary: binary)
     }
 }

@@ -10,8 +10,8 @@ final class UdpProxyFactory: DatagramFilterFactory {
     /// Sessions of this listener across workers (max_sessions).
     let sessions: SharedCount
 
-    init(listener: ListenerConfig, store: StatsStore, sessions: SharedCount) {
-        guard let c = listener.filter as? UdpProxyConfig else { preconditionFailure("udp-proxy listener without a udp block") }
+    init(block: any ListenerFilterConfig, store: StatsStore, sessions: SharedCount) {
+        guard let c = block as? UdpProxyConfig else { preconditionFailure("udp-proxy listener without a udp block") }
         config = c
         stats = UdpProxyStats(store: store, prefix: c.statPrefix)
         self.sessions = sessions

@@ -32,7 +32,7 @@ struct UdpProxyCommand: ParsableCommand {
                 if perPacket { b.append(("use_per_packet_load_balancing", .bool(true))) }
                 return b
             },
-            makeFactory: { l, _, store in UdpProxyFactory(listener: l, store: store, sessions: counts.count(for: l.name)) })
+            makeFactory: { l, block, _, store in UdpProxyFactory(block: block, store: store, sessions: counts.count(for: l.name)) })
         Server.main(options: common, binary: binary)
     }
 }

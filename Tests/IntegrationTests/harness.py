@@ -372,6 +372,17 @@ def refused_endpoint():
     return f"127.0.0.1:{port}"
 
 
+def validate(text, binary="tcp-proxy"):
+    """Runs `binary --config FILE --validate` on `text`: the CompletedProcess (text mode)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(text)
+    try:
+        return subprocess.run([os.path.join(BIN_DIR, binary), "--config", f.name, "--validate"],
+                              capture_output=True, text=True, timeout=30)
+    finally:
+        os.unlink(f.name)
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

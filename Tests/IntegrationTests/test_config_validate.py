@@ -2,11 +2,10 @@
 
 import os
 import subprocess
-import tempfile
 
 import pytest
 
-from harness import BIN_DIR
+from harness import BIN_DIR, validate
 
 GOOD = """
 admin: { address: 127.0.0.1:9901 }
@@ -53,16 +52,6 @@ BROKEN = [
     ("health_check_two_kinds", GOOD.replace("    send_proxy_protocol: v2", "    send_proxy_protocol: v2\n    health_check: { tcp: {}, http: {} }"), "clusters[0].health_check: give one check kind, not tcp and http"),
     ("attempts_range", GOOD.replace("max_connect_attempts: 3", "max_connect_attempts: 0"), "listeners[0].tcp.max_connect_attempts: 0 is out of range"),
 ]
-
-
-def validate(text):
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(text)
-    try:
-        return subprocess.run([os.path.join(BIN_DIR, "tcp-proxy"), "--config", f.name, "--validate"],
-                              capture_output=True, text=True, timeout=30)
-    finally:
-        os.unlink(f.name)
 
 
 def test_good_config_validates():

@@ -4,13 +4,11 @@ import os
 import random
 import socket
 import struct
-import subprocess
-import tempfile
 import threading
 
 import pytest
 
-from harness import BIN_DIR, Proxy, free_port, wait_for
+from harness import Proxy, free_port, validate, wait_for
 from test_dns import DNSMASQ, Dnsmasq
 
 
@@ -309,10 +307,6 @@ clusters:
     lb_policy: maglev
     endpoints: [ "127.0.0.1:1" ]
 """
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-        f.write(cfg)
-        f.flush()
-        r = subprocess.run([os.path.join(BIN_DIR, "udp-proxy"), "--config", f.name, "--validate"],
-                           capture_output=True, text=True, timeout=30)
+    r = validate(cfg, binary="udp-proxy")
     assert r.returncode == 1
     assert "listeners[0].udp.use_per_packet_load_balancing: per-packet balancing" in r.stderr, r.stderr

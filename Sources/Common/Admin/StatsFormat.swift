@@ -127,7 +127,19 @@ enum ConfigDump {
                     return .object(o)
                 })))
             }
-            f.append(("filter", l.filter.dump))
+            if l.chains.count == 1 && l.chains[0].serverNames.isEmpty {
+                f.append(("filter", l.filter.dump))
+            } else {
+                f.append(("tls_inspector_timeout", .string(formatDuration(l.tlsInspectorTimeoutMs))))
+                f.append(("filter_chains", .array(l.chains.map { ch in
+                    var o: [(String, JSON)] = [("name", .string(ch.name))]
+                    if !ch.serverNames.isEmpty {
+                        o.append(("match", .object([("server_names", .array(ch.serverNames.map { .string($0) }))])))
+                    }
+                    o.append(("filter", ch.filter.dump))
+                    return .object(o)
+                })))
+            }
             return .object(f)
         })))
         root.append(("clusters", .array(c.clusters.map { cl in

@@ -63,11 +63,13 @@ public enum ConfigLoader {
             guard listener.address.port == 0 || addrs.insert(listener.address).inserted else {
                 throw ConfigError("\(l.path).address", "address \(listener.address) is used by another listener")
             }
-            for ref in listener.filter.clusterReferences where !names.contains(ref.name) {
-                let known = names.sorted().joined(separator: ", ")
-                throw ConfigError(ref.path, "unknown cluster \"\(ref.name)\" (clusters: \(known.isEmpty ? "none" : known))")
+            for chain in listener.chains {
+                for ref in chain.filter.clusterReferences where !names.contains(ref.name) {
+                    let known = names.sorted().joined(separator: ", ")
+                    throw ConfigError(ref.path, "unknown cluster \"\(ref.name)\" (clusters: \(known.isEmpty ? "none" : known))")
+                }
+                try chain.filter.validate(clusters: cfg.clusters, path: chain.path)
             }
-            try listener.filter.validate(clusters: cfg.clusters, path: "\(l.path).\(parser.key)")
             cfg.listeners.append(listener)
         }
         try root.finish()
@@ -302,21 +304,64 @@ public enum ConfigLoader {
             throw ConfigError("\(v.path).name", "\"\(name)\": use letters, digits, '_', '-' and '.' only")
         }
         let address = try m.required("address").address()
-        let block: ConfigMap
-        if let b = m.optional(parser.key) {
-            block = try b.mapping()
-        } else {
-            if let other = otherBlocks.first(where: { $0 != parser.key && m.keys.contains($0) }) {
-                throw ConfigError("\(v.path).\(other)", "\(parser.binary) does not serve `\(other)` listeners; it needs a `\(parser.key)` block")
+        var l: ListenerConfig
+        if let fc = m.optional("filter_chains") {
+            if m.keys.contains(parser.key) {
+                throw ConfigError("\(v.path).\(parser.key)", "give either filter_chains or a `\(parser.key)` block, not both")
             }
-            throw ConfigError("\(v.path).\(parser.key)", "missing required key")
+            if parser.datagram { throw fc.fail("\(parser.binary) listens on UDP: filter chains match TLS server names, which need TCP") }
+            let list = try fc.list()
+            if list.isEmpty { throw fc.fail("at least one filter chain is needed") }
+            var chains: [FilterChainConfig] = []
+            var table = ServerNameTable()
+            var chainNames = Set<String>()
+            for (i, c) in list.enumerated() {
+                let cm = try c.mapping()
+                let chainName = try cm.optional("name")?.string() ?? "chain_\(i)"
+                guard isIdentifier(chainName), chainNames.insert(chainName).inserted else {
+                    throw ConfigError("\(c.path).name", "\"\(chainName)\": give each chain its own name of letters, digits, '_', '-' and '.'")
+                }
+                var serverNames: [String] = []
+                if let mv = cm.optional("match") {
+                    let mm = try mv.mapping()
+                    if let sn = mm.optional("server_names") {
+                        for n in try sn.list() {
+                            let name = try serverName(n)
+                            guard table.add(name, chain: i) else { throw n.fail("\"\(name)\" is matched by an earlier chain") }
+                            serverNames.append(name)
+                        }
+                        if serverNames.isEmpty { throw sn.fail("give at least one name, or leave out match for the default chain") }
+                    }
+                    try mm.finish()
+                }
+                if serverNames.isEmpty {
+                    if let d = table.defaultChain {
+                        throw ConfigError("\(c.path).match", "chains \(d) and \(i) both lack match.server_names; only one chain can be the default")
+                    }
+                    table.setDefault(i)
+                }
+                let block = try listenerBlock(cm, path: c.path, parser: parser)
+                chains.append(FilterChainConfig(name: chainName, path: "\(c.path).\(parser.key)", serverNames: serverNames,
+                                                filter: try parser.parse(block, "\(name).\(chainName)")))
+                try block.finish()
+                try cm.finish()
+            }
+            l = ListenerConfig(name: name, address: address, filter: chains[0].filter)
+            l.chains = chains
+        } else {
+            let block = try listenerBlock(m, path: v.path, parser: parser)
+            l = ListenerConfig(name: name, address: address, filter: try parser.parse(block, name))
+            l.chains[0].path = "\(v.path).\(parser.key)"
+            try block.finish()
         }
-        var l = ListenerConfig(name: name, address: address, filter: try parser.parse(block, name))
         l.datagram = parser.datagram
         if parser.datagram && address.family == .unix {
             throw ConfigError("\(v.path).address", "\(parser.binary) listens on UDP: give host:port")
         }
-        try block.finish()
+        if let t = m.optional("tls_inspector_timeout") {
+            l.tlsInspectorTimeoutMs = try t.durationMs()
+            if l.tlsInspectorTimeoutMs == 0 { throw t.fail("must be greater than 0") }
+        }
         if let p = m.optional("proxy_protocol") {
             l.proxyProtocol = ProxyProtocolMode(rawValue: try p.oneOf(["off", "accept", "optional"]))!
         }
@@ -335,6 +380,27 @@ public enum ConfigLoader {
         }
         try m.finish()
         return l
+    }
+
+    /// The binary's block in a listener or filter chain mapping.
+    static func listenerBlock(_ m: ConfigMap, path: String, parser: FilterBlockParser) throws(ConfigError) -> ConfigMap {
+        if let b = m.optional(parser.key) { return try b.mapping() }
+        if let other = otherBlocks.first(where: { $0 != parser.key && m.keys.contains($0) }) {
+            throw ConfigError("\(path).\(other)", "\(parser.binary) does not serve `\(other)` listeners; it needs a `\(parser.key)` block")
+        }
+        throw ConfigError("\(path).\(parser.key)", "missing required key")
+    }
+
+    /// A server name to match: a host name or `*.` and a suffix, lowercased.
+    static func serverName(_ v: ConfigValue) throws(ConfigError) -> String {
+        let s = try v.string()
+        let wild = s.hasPrefix("*.")
+        let host = wild ? String(s.dropFirst(2)) : s
+        let ok: String? = Array(host.utf8).withUnsafeBytes { ClientHello.hostName($0) }
+        guard let h = ok, !host.hasSuffix(".") else {
+            throw v.fail("\"\(s)\": give a host name (api.example.com) or a wildcard (*.example.com)")
+        }
+        return wild ? "*." + h : h
     }
 
     static func parseAccessLog(_ v: ConfigValue) throws(ConfigError) -> AccessLogConfig {

@@ -52,8 +52,36 @@ public struct ListenerConfig: Sendable {
     /// A UDP listener (udp-proxy): one SO_REUSEPORT socket per worker, so the kernel's
     /// 4-tuple hash keeps a client's datagrams on one worker.
     public var datagram = false
-    /// The binary's block (`tcp:` for tcp-proxy, ...).
+    /// The filter chains: one (the binary's block under the listener) or several under
+    /// `filter_chains`, picked per connection by the client's TLS server name.
+    public var chains: [FilterChainConfig]
+    /// `tls_inspector_timeout` (default 5s): how long a client on a listener with server-name
+    /// chains may take to send its ClientHello before it gets the default chain.
+    public var tlsInspectorTimeoutMs: UInt64 = 5000
+
+    public init(name: String, address: SocketAddress, filter: any ListenerFilterConfig) {
+        self.name = name; self.address = address
+        chains = [FilterChainConfig(name: "default", path: "", serverNames: [], filter: filter)]
+    }
+
+    /// The first chain's block (the only one unless `filter_chains` is used).
+    public var filter: any ListenerFilterConfig { chains[0].filter }
+    /// True when a chain matches on server names: connections then pass the TLS inspector.
+    public var inspectsTls: Bool { chains.contains { !$0.serverNames.isEmpty } }
+}
+
+/// One filter chain of a listener (Envoy's filter_chains[i]).
+public struct FilterChainConfig: Sendable {
+    public var name: String
+    /// The block's key path, for messages.
+    public var path: String
+    /// `match.server_names`: lowercased host names or `*.suffix` wildcards; empty = the default chain.
+    public var serverNames: [String]
     public var filter: any ListenerFilterConfig
+
+    public init(name: String, path: String, serverNames: [String], filter: any ListenerFilterConfig) {
+        self.name = name; self.path = path; self.serverNames = serverNames; self.filter = filter
+    }
 }
 
 /// The per-binary listener block. Implemented by each binary's filter config.

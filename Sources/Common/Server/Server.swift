@@ -13,7 +13,8 @@ public struct ProxyBinary: Sendable {
     public let listenerFlags: [(String, JSON)]
     public let clusterFlags: [(String, JSON)]
     /// Builds a listener's filter factory for one config generation (main thread).
-    public let makeFactory: @Sendable (ListenerConfig, _ clusters: [String: ClusterSnapshot], StatsStore) -> any FilterFactory
+    /// Builds the factory of one filter chain (`chain`, one of `listener.chains`' blocks).
+    public let makeFactory: @Sendable (_ listener: ListenerConfig, _ chain: any ListenerFilterConfig, _ clusters: [String: ClusterSnapshot], StatsStore) -> any FilterFactory
     /// The whole config from the binary's own flags (health-checker), when `--config` is absent.
     public var configFromFlags: (@Sendable () throws -> String)?
     /// Worker threads regardless of config (health-checker: 0, all work is on the main thread).
@@ -24,7 +25,7 @@ public struct ProxyBinary: Sendable {
     public init(blockParser: FilterBlockParser,
                 flagBlock: @escaping @Sendable (String) -> [(String, JSON)],
                 listenerFlags: [(String, JSON)] = [], clusterFlags: [(String, JSON)] = [],
-                makeFactory: @escaping @Sendable (ListenerConfig, [String: ClusterSnapshot], StatsStore) -> any FilterFactory) {
+                makeFactory: @escaping @Sendable (ListenerConfig, any ListenerFilterConfig, [String: ClusterSnapshot], StatsStore) -> any FilterFactory) {
         self.blockParser = blockParser; self.flagBlock = flagBlock; self.makeFactory = makeFactory
         self.listenerFlags = listenerFlags; self.clusterFlags = clusterFlags
     }
@@ -198,7 +199,7 @@ public final class Server {
             listenerCounts[l.name] = count
             listeners[l.name] = ListenerRuntime(config: l, stats: ListenerStats(store: store, listener: l.name),
                                                 openConnections: count,
-                                                factory: binary.makeFactory(l, clusters, store))
+                                                factories: l.chains.map { binary.makeFactory(l, $0.filter, clusters, store) })
         }
         return ServerSnapshot(generation: generation, config: config, listeners: listeners, clusters: clusters)
     }

@@ -11,6 +11,16 @@ public struct ListenerStats: Sendable {
     public let proxyProtoV1Found: Counter
     public let proxyProtoV2Found: Counter
     public let proxyProtoNotFound: Counter
+    public let noFilterChainMatch: Counter
+    public let tlsInspectorTlsFound: Counter
+    public let tlsInspectorTlsNotFound: Counter
+    public let tlsInspectorSniFound: Counter
+    public let tlsInspectorSniNotFound: Counter
+    public let tlsInspectorAlpnFound: Counter
+    public let tlsInspectorAlpnNotFound: Counter
+    public let tlsInspectorClientHelloTooLarge: Counter
+    public let tlsInspectorClientHelloInvalid: Counter
+    public let tlsInspectorTimeout: Counter
 
     public init(store: StatsStore, listener: String) {
         let p = "listener.\(listener)."
@@ -25,6 +35,16 @@ public struct ListenerStats: Sendable {
         proxyProtoV1Found = store.counter(p + "proxy_proto.v1.found")
         proxyProtoV2Found = store.counter(p + "proxy_proto.v2.found")
         proxyProtoNotFound = store.counter(p + "proxy_proto.not_found")
+        noFilterChainMatch = store.counter(p + "no_filter_chain_match")
+        tlsInspectorTlsFound = store.counter(p + "tls_inspector.tls_found")
+        tlsInspectorTlsNotFound = store.counter(p + "tls_inspector.tls_not_found")
+        tlsInspectorSniFound = store.counter(p + "tls_inspector.sni_found")
+        tlsInspectorSniNotFound = store.counter(p + "tls_inspector.sni_not_found")
+        tlsInspectorAlpnFound = store.counter(p + "tls_inspector.alpn_found")
+        tlsInspectorAlpnNotFound = store.counter(p + "tls_inspector.alpn_not_found")
+        tlsInspectorClientHelloTooLarge = store.counter(p + "tls_inspector.client_hello_too_large")
+        tlsInspectorClientHelloInvalid = store.counter(p + "tls_inspector.client_hello_invalid")
+        tlsInspectorTimeout = store.counter(p + "tls_inspector.timeout")
     }
 }
 
@@ -111,11 +131,27 @@ public final class ListenerRuntime: Sendable {
     public let stats: ListenerStats
     /// Connections open on this listener across workers and generations (max_connections).
     public let openConnections: SharedCount
-    public let factory: any FilterFactory
+    /// One factory per filter chain (`config.chains`, same order).
+    public let factories: [any FilterFactory]
+    /// Chain by TLS server name; nil when no chain matches on names (no inspection).
+    public let serverNames: ServerNameTable?
 
-    public init(config: ListenerConfig, stats: ListenerStats, openConnections: SharedCount, factory: any FilterFactory) {
-        self.config = config; self.stats = stats; self.openConnections = openConnections; self.factory = factory
+    public init(config: ListenerConfig, stats: ListenerStats, openConnections: SharedCount, factories: [any FilterFactory]) {
+        self.config = config; self.stats = stats; self.openConnections = openConnections; self.factories = factories
+        if config.inspectsTls {
+            var t = ServerNameTable()
+            for (i, c) in config.chains.enumerated() {
+                if c.serverNames.isEmpty { t.setDefault(i) }
+                for n in c.serverNames { _ = t.add(n, chain: i) }
+            }
+            serverNames = t
+        } else {
+            serverNames = nil
+        }
     }
+
+    /// The first chain's factory (the only one without `filter_chains`).
+    public var factory: any FilterFactory { factories[0] }
     public var name: String { config.name }
 }
 

@@ -180,10 +180,10 @@ public final class Worker {
         let conn = Connection(worker: self, fd: fd, remote: remote, bufferLimit: cfg.bufferLimit)
         let ctx = DownstreamContext(remote: remote, fd: fd, listener: runtime,
                                     startMs: monotonicMs(), startWallMs: wallMs(), connectionId: nextConnectionId())
-        if cfg.proxyProtocol != .off {
-            let reader = ProxyProtocolReader(worker: self, connection: conn, context: ctx)
-            track(reader)
-            reader.start()
+        if cfg.proxyProtocol != .off || runtime.serverNames != nil {
+            let filters = ListenerFilters(worker: self, connection: conn, context: ctx)
+            track(filters)
+            filters.start()
         } else {
             runtime.factory.createFilters(worker: self, connection: conn, context: ctx)
         }
