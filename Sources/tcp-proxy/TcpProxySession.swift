@@ -184,6 +184,13 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
         if let v = c.snapshot.config.sendProxyProtocol {
             connection.write(bytes: ProxyProtocol.encode(version: v, source: context.remote, destination: context.local))
         }
+        // TLS to the host starts after the PROXY header, which the next tier reads in clear.
+        if let t = c.snapshot.config.tls, !connection.startTls(t.context, server: false, stats: c.snapshot.stats.tls) {
+            worker.stats.inc(c.snapshot.stats.tls.connectionError)
+            flags = "UF"
+            finish()
+            return
+        }
         lastActivityMs = monotonicMs()
         armIdle()
         // No filter but us sees the bytes: bulk transfers may skip user space.

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <event2/event.h>
 #include <openssl/ssl.h>
+#include "cshim_tls.h"
 
 // MARK: stats slots (single writer: the owning thread; any reader: relaxed loads)
 

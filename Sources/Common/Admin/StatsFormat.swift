@@ -128,6 +128,7 @@ enum ConfigDump {
                 })))
             }
             if l.chains.count == 1 && l.chains[0].serverNames.isEmpty {
+                if let t = l.chains[0].tls { f.append(("tls", t.dump)) }
                 f.append(("filter", l.filter.dump))
             } else {
                 f.append(("tls_inspector_timeout", .string(formatDuration(l.tlsInspectorTimeoutMs))))
@@ -136,6 +137,7 @@ enum ConfigDump {
                     if !ch.serverNames.isEmpty {
                         o.append(("match", .object([("server_names", .array(ch.serverNames.map { .string($0) }))])))
                     }
+                    if let t = ch.tls { o.append(("tls", t.dump)) }
                     o.append(("filter", ch.filter.dump))
                     return .object(o)
                 })))
@@ -150,6 +152,7 @@ enum ConfigDump {
                                            .object([("address", .string($0.address.description)), ("weight", .int(Int64($0.weight)))])
                                        }))]
             if let v = cl.sendProxyProtocol { f.append(("send_proxy_protocol", .string(v.rawValue))) }
+            if let t = cl.tls { f.append(("tls", t.dump)) }
             if let m = cl.maxConnections { f.append(("circuit_breakers", .object([("max_connections", .int(Int64(m)))]))) }
             return .object(f)
         })))

@@ -1,3 +1,5 @@
+import Glibc
+
 /// What a binary tells the loader about its listener block.
 public struct FilterBlockParser: Sendable {
     /// The binary's name, for messages ("tcp-proxy").
@@ -153,6 +155,7 @@ public enum ConfigLoader {
         if let p = m.optional("send_proxy_protocol") {
             c.sendProxyProtocol = ProxyProtocolVersion(rawValue: try p.oneOf(["v1", "v2"]))
         }
+        if let t = m.optional("tls") { c.tls = try parseClientTls(t) }
         if let o = m.optional("overprovisioning_factor") { c.overprovisioningFactor = try o.int(min: 100, max: 1000) }
         if let p = m.optional("panic_threshold") { c.panicThreshold = try p.int(min: 0, max: 100) }
         if let cb = m.optional("circuit_breakers") {
@@ -310,6 +313,7 @@ public enum ConfigLoader {
                 throw ConfigError("\(v.path).\(parser.key)", "give either filter_chains or a `\(parser.key)` block, not both")
             }
             if parser.datagram { throw fc.fail("\(parser.binary) listens on UDP: filter chains match TLS server names, which need TCP") }
+            if let t = m.optional("tls") { throw t.fail("with filter_chains, give tls in each chain that terminates TLS") }
             let list = try fc.list()
             if list.isEmpty { throw fc.fail("at least one filter chain is needed") }
             var chains: [FilterChainConfig] = []
@@ -341,9 +345,11 @@ public enum ConfigLoader {
                     table.setDefault(i)
                 }
                 let block = try listenerBlock(cm, path: c.path, parser: parser)
-                chains.append(FilterChainConfig(name: chainName, path: "\(c.path).\(parser.key)", serverNames: serverNames,
-                                                filter: try parser.parse(block, "\(name).\(chainName)")))
+                var chain = FilterChainConfig(name: chainName, path: "\(c.path).\(parser.key)", serverNames: serverNames,
+                                              filter: try parser.parse(block, "\(name).\(chainName)"))
                 try block.finish()
+                if let t = cm.optional("tls") { chain.tls = try parseTls(t) }
+                chains.append(chain)
                 try cm.finish()
             }
             l = ListenerConfig(name: name, address: address, filter: chains[0].filter)
@@ -353,6 +359,10 @@ public enum ConfigLoader {
             l = ListenerConfig(name: name, address: address, filter: try parser.parse(block, name))
             l.chains[0].path = "\(v.path).\(parser.key)"
             try block.finish()
+            if let t = m.optional("tls") {
+                if parser.datagram { throw t.fail("\(parser.binary) listens on UDP: no TLS (DTLS is not supported)") }
+                l.chains[0].tls = try parseTls(t)
+            }
         }
         l.datagram = parser.datagram
         if parser.datagram && address.family == .unix {
@@ -380,6 +390,66 @@ public enum ConfigLoader {
         }
         try m.finish()
         return l
+    }
+
+    /// `alpn` and `min_version`, common to both sides' `tls` blocks.
+    static func tlsCommon(_ m: ConfigMap) throws(ConfigError) -> ([String], TlsVersion) {
+        var alpn: [String] = []
+        if let a = m.optional("alpn") {
+            for p in try a.list() {
+                let s = try p.string()
+                guard !s.isEmpty, s.utf8.count <= 255 else { throw p.fail("an ALPN name is 1 to 255 bytes") }
+                alpn.append(s)
+            }
+        }
+        var minVersion = TlsVersion.tls12
+        if let mv = m.optional("min_version") {
+            minVersion = TlsVersion(rawValue: try mv.oneOf(["TLSv1.2", "TLSv1.3"]))!
+        }
+        return (alpn, minVersion)
+    }
+
+    static func readablePath(_ v: ConfigValue) throws(ConfigError) -> String {
+        let s = try v.string()
+        if access(s, R_OK) != 0 { throw v.fail("cannot read \"\(s)\"") }
+        return s
+    }
+
+    /// A cluster's `tls` block (client side).
+    static func parseClientTls(_ v: ConfigValue) throws(ConfigError) -> TlsClientConfig {
+        let m = try v.mapping()
+        var sni: String?
+        if let s = m.optional("sni") {
+            sni = try s.string()
+            guard Array(sni!.utf8).withUnsafeBytes({ ClientHello.hostName($0) }) != nil else {
+                throw s.fail("\"\(sni!)\": give a host name")
+            }
+        }
+        let verify = try m.optional("verify")?.bool() ?? true
+        let ca = try m.optional("ca").map { (c: ConfigValue) throws(ConfigError) in try readablePath(c) }
+        let (alpn, minVersion) = try tlsCommon(m)
+        try m.finish()
+        do {
+            let ctx = try TlsContext.client(caFile: ca, verify: verify, serverName: sni, alpn: alpn, minVersion: minVersion)
+            return TlsClientConfig(sni: sni, verify: verify, ca: ca, alpn: alpn, minVersion: minVersion, context: ctx)
+        } catch {
+            throw v.fail(error.description)
+        }
+    }
+
+    /// A listener's or chain's `tls` block; the files are loaded now, so a bad one is a config error.
+    static func parseTls(_ v: ConfigValue) throws(ConfigError) -> TlsServerConfig {
+        let m = try v.mapping()
+        let cert = try readablePath(try m.required("cert"))
+        let key = try readablePath(try m.required("key"))
+        let (alpn, minVersion) = try tlsCommon(m)
+        try m.finish()
+        do {
+            let ctx = try TlsContext.server(cert: cert, key: key, alpn: alpn, minVersion: minVersion)
+            return TlsServerConfig(cert: cert, key: key, alpn: alpn, minVersion: minVersion, context: ctx)
+        } catch {
+            throw v.fail(error.description)
+        }
     }
 
     /// The binary's block in a listener or filter chain mapping.

@@ -70,6 +70,42 @@ public struct ListenerConfig: Sendable {
     public var inspectsTls: Bool { chains.contains { !$0.serverNames.isEmpty } }
 }
 
+/// A `tls` block: TLS termination with a certificate (Envoy's DownstreamTlsContext).
+public struct TlsServerConfig: Sendable {
+    public var cert: String
+    public var key: String
+    public var alpn: [String]
+    public var minVersion: TlsVersion
+    /// Built when the config loads, so a bad file is a config error.
+    public var context: TlsContext
+
+    var dump: JSON {
+        .object([("cert", .string(cert)), ("key", .string(key)), ("alpn", .array(alpn.map { .string($0) })),
+                 ("min_version", .string(minVersion.rawValue))])
+    }
+}
+
+/// A cluster's `tls` block: TLS to the upstream hosts (Envoy's UpstreamTlsContext, HAProxy's
+/// `server ... ssl`).
+public struct TlsClientConfig: Sendable {
+    public var sni: String?
+    public var verify = true
+    public var ca: String?
+    public var alpn: [String] = []
+    public var minVersion = TlsVersion.tls12
+    public var context: TlsContext
+
+    var dump: JSON {
+        var f: [(String, JSON)] = []
+        if let sni { f.append(("sni", .string(sni))) }
+        f.append(("verify", .bool(verify)))
+        if let ca { f.append(("ca", .string(ca))) }
+        f.append(("alpn", .array(alpn.map { .string($0) })))
+        f.append(("min_version", .string(minVersion.rawValue)))
+        return .object(f)
+    }
+}
+
 /// One filter chain of a listener (Envoy's filter_chains[i]).
 public struct FilterChainConfig: Sendable {
     public var name: String
@@ -78,6 +114,8 @@ public struct FilterChainConfig: Sendable {
     /// `match.server_names`: lowercased host names or `*.suffix` wildcards; empty = the default chain.
     public var serverNames: [String]
     public var filter: any ListenerFilterConfig
+    /// `tls`: terminate TLS on this chain's connections (nil: bytes pass as they come).
+    public var tls: TlsServerConfig?
 
     public init(name: String, path: String, serverNames: [String], filter: any ListenerFilterConfig) {
         self.name = name; self.path = path; self.serverNames = serverNames; self.filter = filter
@@ -145,6 +183,8 @@ public struct ClusterConfig: Sendable {
     public var connectTimeoutMs: UInt64 = 5000
     /// `send_proxy_protocol`: a PROXY header sent on each new upstream connection.
     public var sendProxyProtocol: ProxyProtocolVersion?
+    /// `tls`: connect to the hosts with TLS (after the PROXY header, if any).
+    public var tls: TlsClientConfig?
     /// `circuit_breakers.max_connections` (default unlimited).
     public var maxConnections: Int?
     /// `circuit_breakers.max_pending_requests` (default unlimited): upstream connects in

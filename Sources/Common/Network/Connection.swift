@@ -59,6 +59,14 @@ public final class Connection {
     /// Re-entrancy guard: a read in progress.
     private var dispatching = false
 
+    // MARK: TLS state
+    /// TLS on this socket (`startTls`); nil for plain bytes. Never spliced.
+    private var tls: TlsTransport?
+    /// A TLS write needs the peer's handshake bytes first: retried on the next read event.
+    private var tlsWriteWantsRead = false
+    /// A TLS read needs to write first (socket buffer full): retried on the next write event.
+    private var tlsReadWantsWrite = false
+
     // MARK: splice(2) state
     /// Where bytes read from this socket may be spliced (the other side of a relay), set by a
     /// terminal filter when no filter needs to see the bytes. Cleared before either closes.
@@ -119,6 +127,18 @@ public final class Connection {
     }
 
     private func onEvent(_ what: Int16) {
+        if tls != nil {
+            // OpenSSL may need either direction for either operation: an event in one
+            // direction retries what waited for it in the other.
+            if what & Int16(EV_READ | EV_CLOSED) != 0 && tlsWriteWantsRead {
+                tlsWriteWantsRead = false
+                if state == .open && !writeBuffer.isEmpty { flush() }
+            }
+            if what & Int16(EV_WRITE) != 0 && tlsReadWantsWrite {
+                tlsReadWantsWrite = false
+                readReady = true
+            }
+        }
         if state == .connecting {
             let err = cshim_socket_error(fd)
             if err != 0 {
@@ -130,6 +150,7 @@ public final class Connection {
             // A readable event before writable (data right away) also means connected.
             state = .open
             writeReady = true
+            if tls != nil { readReady = true }  // a TLS client starts its handshake
             callbacks?.onConnected(self)
             if state != .open { return }
             if !writeBuffer.isEmpty { flush() }
@@ -142,6 +163,8 @@ public final class Connection {
         if what & Int16(EV_READ | EV_CLOSED) != 0 && state == .open {
             readReady = true
             if readEnabled { readLoop() }
+        } else if tls != nil && readReady && readEnabled && state == .open {
+            readLoop()  // a TLS read that waited for a write, or a client's first handshake step
         }
     }
 
@@ -161,11 +184,15 @@ public final class Connection {
             budget -= 1
             // Bytes a filter left unconsumed are bounded too; `continueReading` resumes.
             if readBuffer.count >= highWatermark { return }
-            if bulk, let target = spliceTarget, readBuffer.isEmpty, target.canTakeSplice {
+            if bulk, tls == nil, let target = spliceTarget, readBuffer.isEmpty, target.canTakeSplice {
                 if !spliceOnce(into: target) { return }
                 continue
             }
             let space = readBuffer.reserve(16 * 1024)
+            if let t = tls {
+                if !tlsRead(t, space) { return }
+                continue
+            }
             let n = read(fd, space.baseAddress, space.count)
             if n > 0 {
                 readBuffer.commit(n)
@@ -188,6 +215,56 @@ public final class Connection {
             if readEOF && writeShut && state == .open { closeNow(remote: false); return }
         }
     }
+
+    /// One TLS read into `space`: decrypted bytes are delivered. False when the connection closed.
+    private func tlsRead(_ t: TlsTransport, _ space: UnsafeMutableRawBufferPointer) -> Bool {
+        let n = cshim_tls_read(t.ssl, space.baseAddress, Int32(clamping: space.count))
+        t.noteProgress(worker.stats)
+        if n > 0 {
+            // OpenSSL may hold more decrypted bytes than one read takes: read until it says
+            // WANT_READ, whatever the size of this read.
+            readBuffer.commit(Int(n))
+            bytesRead &+= UInt64(n)
+        } else if n == 0 {
+            readEOF = true
+            readReady = false
+        } else if n == TlsResult.wantRead {
+            readReady = false
+            return true
+        } else if n == TlsResult.wantWrite {
+            readReady = false
+            tlsReadWantsWrite = true
+            return true
+        } else {
+            t.failed(worker.stats)
+            closeNow(remote: true)
+            return false
+        }
+        deliver()
+        if readEOF && writeShut && state == .open { closeNow(remote: false); return false }
+        return state == .open
+    }
+
+    /// Turns on TLS (`server`: we accept; else we connect) before any byte was written. Bytes
+    /// already read (a ClientHello a listener filter inspected) are handed to TLS first.
+    /// False when OpenSSL could not make the connection (out of memory).
+    public func startTls(_ context: TlsContext, server: Bool, stats: TlsStats) -> Bool {
+        // Bytes queued in clear (a PROXY header) would otherwise go out inside TLS.
+        guard fd >= 0, tls == nil, writeBuffer.isEmpty, pipeBytes == 0 else { return false }
+        let t = readBuffer.isEmpty
+            ? TlsTransport(context: context, fd: fd, server: server, prefix: UnsafeRawBufferPointer(start: nil, count: 0), stats: stats)
+            : TlsTransport(context: context, fd: fd, server: server, prefix: readBuffer.readable, stats: stats)
+        guard let t else { return false }
+        readBuffer.drain(readBuffer.count)
+        tls = t
+        bulk = false
+        readReady = true  // the prefix, or an edge that came before, is waiting
+        return true
+    }
+
+    /// The negotiated TLS version and ALPN protocol; nil without TLS.
+    public var tlsVersion: String? { tls?.version }
+    public var tlsAlpn: String? { tls?.alpn }
 
     private func deliver() {
         dispatching = true
@@ -233,7 +310,7 @@ public final class Connection {
     /// Whether bytes may be spliced into this connection now: open, nothing queued in user
     /// space ahead of them (ordering), and a pipe to be had.
     fileprivate var canTakeSplice: Bool {
-        state == .open && !writeShut && !shutdownPending && writeBuffer.isEmpty && ensurePipe()
+        tls == nil && state == .open && !writeShut && !shutdownPending && writeBuffer.isEmpty && ensurePipe()
     }
 
     private func ensurePipe() -> Bool {
@@ -300,12 +377,12 @@ public final class Connection {
             if f.onWrite(data, endStream: endStream) == .stopIteration { break }
         }
         if endStream { shutdownPending = true }
-        if writeBuffer.isEmpty && pipeBytes == 0 && writeReady && state == .open && !data.isEmpty {
+        if writeBuffer.isEmpty && pipeBytes == 0 && writeReady && !tlsWriteWantsRead && state == .open && !data.isEmpty {
             writeDirect(data)
             if state == .closed { return }
         }
         writeBuffer.moveAll(from: data)
-        if (!writeBuffer.isEmpty || pipeBytes > 0) && writeReady && state == .open { flush() }
+        if (!writeBuffer.isEmpty || pipeBytes > 0) && writeReady && !tlsWriteWantsRead && state == .open { flush() }
         if state == .open && writeBuffer.isEmpty && pipeBytes == 0 && shutdownPending { shutdownWrite() }
         checkHighWatermark()
     }
@@ -319,15 +396,36 @@ public final class Connection {
 
     private func writeDirect(_ data: Buffer) {
         let r = data.readable
-        let n = Glibc.write(fd, r.baseAddress, r.count)
+        let n = socketWrite(r.baseAddress, r.count)
         if n > 0 {
             bytesWritten &+= UInt64(n)
             data.drain(n)
-            if n < r.count { writeReady = false }
         } else if n < 0 {
-            let e = errno
-            if e == EAGAIN { writeReady = false } else if e != EINTR { closeNow(remote: true) }
+            closeNow(remote: true)
         }
+    }
+
+    /// Writes to the socket, through TLS when it is on. > 0: bytes taken; 0: not now (EAGAIN
+    /// clears `writeReady`; TLS waiting for the peer sets `tlsWriteWantsRead`; EINTR neither);
+    /// < 0: the connection failed.
+    @inline(__always) private func socketWrite(_ p: UnsafeRawPointer?, _ count: Int) -> Int {
+        if let t = tls {
+            let n = cshim_tls_write(t.ssl, p, Int32(clamping: count))
+            t.noteProgress(worker.stats)
+            if n > 0 { return Int(n) }
+            if n == TlsResult.wantWrite { writeReady = false; return 0 }
+            if n == TlsResult.wantRead { tlsWriteWantsRead = true; return 0 }
+            t.failed(worker.stats)
+            return -1
+        }
+        let n = Glibc.write(fd, p, count)
+        if n >= 0 {
+            if n < count { writeReady = false }  // the socket buffer is full
+            return n
+        }
+        let e = errno
+        if e == EAGAIN { writeReady = false; return 0 }
+        return e == EINTR ? 0 : -1
     }
 
     private func flush() {
@@ -335,17 +433,13 @@ public final class Connection {
             flushPipe()
             if pipeBytes > 0 || state != .open { checkLowWatermark(); return }
         }
-        while !writeBuffer.isEmpty && writeReady && state == .open {
+        while !writeBuffer.isEmpty && writeReady && !tlsWriteWantsRead && state == .open {
             let r = writeBuffer.readable
-            let n = Glibc.write(fd, r.baseAddress, r.count)
+            let n = socketWrite(r.baseAddress, r.count)
             if n > 0 {
                 bytesWritten &+= UInt64(n)
                 writeBuffer.drain(n)
-                if n < r.count { writeReady = false }
             } else if n < 0 {
-                let e = errno
-                if e == EINTR { continue }
-                if e == EAGAIN { writeReady = false; break }
                 closeNow(remote: true)
                 return
             }
@@ -374,6 +468,7 @@ public final class Connection {
     private func shutdownWrite() {
         shutdownPending = false
         writeShut = true
+        if let t = tls { cshim_tls_shutdown(t.ssl) }  // close_notify, then the FIN
         _ = Glibc.shutdown(fd, Int32(SHUT_WR))
         // FIN both ways: nothing more can happen on this socket.
         if readEOF { closeNow(remote: false) }
@@ -411,6 +506,7 @@ public final class Connection {
 
     private func closeSocket() {
         if let e = event { event_free(e); event = nil }
+        tls = nil  // SSL_free before the descriptor goes
         if fd >= 0 { Glibc.close(fd); fd = -1 }
         spliceTarget = nil
         if pipeW >= 0 {

@@ -147,8 +147,7 @@ final class ListenerFilters: ActiveSession, ConnectionCallbacks {
         timer?.cancel()
         connection.callbacks = nil
         worker.untrack(self)
-        context.listener.factories[chain].createFilters(worker: worker, connection: connection, context: context)
-        connection.redeliver()
+        if worker.startChain(chain, connection: connection, context: context) { connection.redeliver() }
     }
 
     func onClose(_ connection: Connection, remote: Bool) {

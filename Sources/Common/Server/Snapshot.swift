@@ -21,6 +21,8 @@ public struct ListenerStats: Sendable {
     public let tlsInspectorClientHelloTooLarge: Counter
     public let tlsInspectorClientHelloInvalid: Counter
     public let tlsInspectorTimeout: Counter
+    /// TLS termination: `ssl.handshake`, `ssl.connection_error`.
+    public let tls: TlsStats
 
     public init(store: StatsStore, listener: String) {
         let p = "listener.\(listener)."
@@ -45,6 +47,7 @@ public struct ListenerStats: Sendable {
         tlsInspectorClientHelloTooLarge = store.counter(p + "tls_inspector.client_hello_too_large")
         tlsInspectorClientHelloInvalid = store.counter(p + "tls_inspector.client_hello_invalid")
         tlsInspectorTimeout = store.counter(p + "tls_inspector.timeout")
+        tls = TlsStats(store: store, prefix: p)
     }
 }
 

@@ -67,6 +67,8 @@ public struct ClusterStats: Sendable {
     public let upstreamRqPendingOverflow: Counter
     public let upstreamRqRetryOverflow: Counter
     public let upstreamRqRetry: Counter
+    /// TLS to the hosts: `ssl.handshake`, `ssl.connection_error`.
+    public let tls: TlsStats
 
     public init(store: StatsStore, cluster: String) {
         let p = "cluster.\(cluster)."
@@ -90,6 +92,7 @@ public struct ClusterStats: Sendable {
         upstreamRqPendingOverflow = store.counter(p + "upstream_rq_pending_overflow")
         upstreamRqRetryOverflow = store.counter(p + "upstream_rq_retry_overflow")
         upstreamRqRetry = store.counter(p + "upstream_rq_retry")
+        tls = TlsStats(store: store, prefix: p)
     }
 }
 

@@ -1,0 +1,45 @@
+#pragma once
+#include <stddef.h>
+
+/* TLS on a non-blocking socket with OpenSSL 3, for Connection (Sources/Common/Network/Tls.swift).
+   OpenSSL's macros (modes, options, ALPN callback) live here; Swift sees plain functions. */
+
+struct ssl_st;
+struct ssl_ctx_st;
+
+enum {
+    CSHIM_TLS_WANT_READ = -1,
+    CSHIM_TLS_WANT_WRITE = -2,
+    CSHIM_TLS_ERROR = -3,
+};
+
+/* A server context: certificate chain and key files (PEM), ALPN preference in wire format
+   (length-prefixed names; NULL/0 = no ALPN), minimum version (0x0303 TLS 1.2, 0x0304 TLS 1.3).
+   NULL on failure with a message in err. `alpn` must outlive the context. */
+struct ssl_ctx_st *cshim_tls_server_ctx(const char *cert, const char *key, const unsigned char *alpn,
+                                        unsigned alpn_len, int min_version, char *err, size_t errlen);
+/* A client context: verify the peer against ca_file (NULL: the system store) unless verify is 0. */
+struct ssl_ctx_st *cshim_tls_client_ctx(const char *ca_file, int verify, const unsigned char *alpn,
+                                        unsigned alpn_len, int min_version, char *err, size_t errlen);
+void cshim_tls_ctx_free(struct ssl_ctx_st *ctx);
+
+/* A connection on fd. `prefix` holds bytes already read from the socket (a ClientHello a listener
+   filter inspected); they are fed to TLS before the socket. `sni`: client side server name (and
+   the name verified), or NULL. */
+struct ssl_st *cshim_tls_new(struct ssl_ctx_st *ctx, int fd, int server, const char *sni,
+                             const void *prefix, size_t prefix_len);
+void cshim_tls_free(struct ssl_st *ssl);
+
+/* > 0: bytes; 0: the peer closed (close_notify or EOF); or CSHIM_TLS_WANT_* / CSHIM_TLS_ERROR. */
+int cshim_tls_read(struct ssl_st *ssl, void *buf, int len);
+/* > 0: bytes taken; CSHIM_TLS_WANT_* / CSHIM_TLS_ERROR. Retry with the same bytes. */
+int cshim_tls_write(struct ssl_st *ssl, const void *buf, int len);
+/* Sends close_notify (once). */
+void cshim_tls_shutdown(struct ssl_st *ssl);
+int cshim_tls_handshake_done(struct ssl_st *ssl);
+/* The negotiated protocol and version ("TLSv1.3"); ALPN empty when none. */
+const char *cshim_tls_version(struct ssl_st *ssl);
+/* Copies the negotiated ALPN protocol into out (NUL-terminated), returns its length. */
+int cshim_tls_alpn(struct ssl_st *ssl, char *out, int outlen);
+/* The last error on this thread's OpenSSL queue, as text (and clears the queue). */
+void cshim_tls_last_error(char *out, size_t outlen);

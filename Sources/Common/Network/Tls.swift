@@ -1,0 +1,127 @@
+import CShim
+
+/// `cshim_tls_read`/`cshim_tls_write` results besides byte counts.
+enum TlsResult {
+    static let wantRead: Int32 = -1
+    static let wantWrite: Int32 = -2
+    static let error: Int32 = -3
+}
+
+/// TLS versions a context accepts at least.
+public enum TlsVersion: String, Sendable {
+    case tls12 = "TLSv1.2"
+    case tls13 = "TLSv1.3"
+    var wire: Int32 { self == .tls12 ? 0x0303 : 0x0304 }
+}
+
+public struct TlsError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// An OpenSSL context for one side of TLS: a server context per filter chain (certificate,
+/// key, ALPN preference), or a client context per cluster. Built on the main thread when a
+/// config loads (a reload re-reads the files), then shared by every worker's connections.
+public final class TlsContext: @unchecked Sendable {  // thread boundary: an SSL_CTX is read-only after setup; SSL_new from any thread is safe
+    let ctx: OpaquePointer
+    /// ALPN names in wire format, owned here (the server's select callback points into it).
+    private let alpnWire: UnsafeMutableRawBufferPointer?
+    public let alpn: [String]
+    public let minVersion: TlsVersion
+    /// Client side: the server name sent (SNI) and verified.
+    public let serverName: String?
+
+    private init(ctx: OpaquePointer, alpnWire: UnsafeMutableRawBufferPointer?, alpn: [String], minVersion: TlsVersion, serverName: String?) {
+        self.ctx = ctx; self.alpnWire = alpnWire; self.alpn = alpn; self.minVersion = minVersion; self.serverName = serverName
+    }
+
+    deinit {
+        cshim_tls_ctx_free(ctx)
+        alpnWire?.deallocate()
+    }
+
+    private static func wire(_ alpn: [String]) -> UnsafeMutableRawBufferPointer? {
+        if alpn.isEmpty { return nil }
+        let bytes = alpn.flatMap { [UInt8($0.utf8.count)] + Array($0.utf8) }
+        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 1)
+        b.copyBytes(from: bytes)
+        return b
+    }
+
+    /// A server context. Throws with OpenSSL's reason when a file does not load or the key
+    /// does not match the certificate.
+    public static func server(cert: String, key: String, alpn: [String], minVersion: TlsVersion) throws(TlsError) -> TlsContext {
+        let w = wire(alpn)
+        var err = [CChar](repeating: 0, count: 512)
+        let ctx = cshim_tls_server_ctx(cert, key, w.map { $0.baseAddress!.assumingMemoryBound(to: UInt8.self) }, UInt32(w?.count ?? 0),
+                                       minVersion.wire, &err, err.count)
+        guard let ctx else {
+            w?.deallocate()
+            throw TlsError(description: String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+        return TlsContext(ctx: ctx, alpnWire: w, alpn: alpn, minVersion: minVersion, serverName: nil)
+    }
+
+    /// A client context: verifies the server against `caFile` (nil: the system's CAs) and
+    /// `serverName` unless `verify` is false.
+    public static func client(caFile: String?, verify: Bool, serverName: String?, alpn: [String], minVersion: TlsVersion) throws(TlsError) -> TlsContext {
+        let w = wire(alpn)
+        defer { w?.deallocate() }  // the client context copies its ALPN list
+        var err = [CChar](repeating: 0, count: 512)
+        let ctx = cshim_tls_client_ctx(caFile, verify ? 1 : 0, w.map { $0.baseAddress!.assumingMemoryBound(to: UInt8.self) },
+                                       UInt32(w?.count ?? 0), minVersion.wire, &err, err.count)
+        guard let ctx else {
+            throw TlsError(description: String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+        return TlsContext(ctx: ctx, alpnWire: nil, alpn: alpn, minVersion: minVersion, serverName: serverName)
+    }
+}
+
+/// Listener stats for TLS termination (Envoy's `listener.<name>.ssl.*`).
+public struct TlsStats: Sendable {
+    public let handshake: Counter
+    public let connectionError: Counter
+    public init(store: StatsStore, prefix: String) {
+        handshake = store.counter(prefix + "ssl.handshake")
+        connectionError = store.counter(prefix + "ssl.connection_error")
+    }
+}
+
+/// One connection's TLS state (owned by its `Connection`).
+final class TlsTransport {
+    let context: TlsContext  // keeps the ALPN list alive for the handshake
+    let ssl: OpaquePointer
+    let stats: TlsStats
+    private var handshakeDone = false
+
+    init?(context: TlsContext, fd: Int32, server: Bool, prefix: UnsafeRawBufferPointer, stats: TlsStats) {
+        guard let s = cshim_tls_new(context.ctx, fd, server ? 1 : 0, context.serverName, prefix.baseAddress, prefix.count) else {
+            return nil
+        }
+        self.context = context; ssl = s; self.stats = stats
+    }
+
+    deinit { cshim_tls_free(ssl) }
+
+    /// Counts the handshake once it has finished.
+    @inline(__always) func noteProgress(_ slab: StatsSlab) {
+        if !handshakeDone && cshim_tls_handshake_done(ssl) != 0 {
+            handshakeDone = true
+            slab.inc(stats.handshake)
+        }
+    }
+
+    /// A fatal TLS error: counted; OpenSSL's error queue cleared for the next connection.
+    func failed(_ slab: StatsSlab) {
+        slab.inc(stats.connectionError)
+        var buf = [CChar](repeating: 0, count: 256)
+        cshim_tls_last_error(&buf, buf.count)
+    }
+
+    /// The negotiated version ("TLSv1.3") and ALPN protocol ("" when none).
+    var version: String { String(cString: cshim_tls_version(ssl)) }
+    var alpn: String {
+        var buf = [CChar](repeating: 0, count: 256)
+        let n = cshim_tls_alpn(ssl, &buf, Int32(buf.count))
+        return String(decoding: buf.prefix(Int(n)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

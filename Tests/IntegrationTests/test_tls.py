@@ -1,0 +1,245 @@
+"""tcp-proxy's TLS termination: a listener's (or filter chain's) `tls` block decrypts with
+OpenSSL and relays plain bytes to the cluster. Clients are `openssl s_client` and Python's ssl
+module verifying the proxy's certificate."""
+
+import hashlib
+import os
+import random
+import socket
+import ssl
+import subprocess
+
+from harness import Proxy, Server, echo_handler, read_line, tcp_config, validate
+from tls_peers import TlsServer, cert, s_client
+
+
+def tls_config(upstream, tls="", extra=""):
+    c, k = cert("api.example.com")
+    return tcp_config([upstream], workers=2, listener=f'    tls: {{ cert: "{c}", key: "{k}" {tls} }}\n{extra}')
+
+
+def client(addr, name="api.example.com", **kw):
+    ctx = ssl.create_default_context(cafile=cert(name)[0])
+    for k, v in kw.items():
+        setattr(ctx, k, v)
+    s = socket.create_connection(addr, timeout=20)
+    return ctx.wrap_socket(s, server_hostname=name, suppress_ragged_eofs=False)
+
+
+def echo_rounds(sock, rounds, seed):
+    """Sends `rounds` random 64 KiB chunks through an echo, each read back before the next;
+    asserts every byte came back in order."""
+    rng = random.Random(seed)
+    sent, got = hashlib.sha256(), hashlib.sha256()
+    for _ in range(rounds):
+        chunk = rng.randbytes(65536)
+        sent.update(chunk)
+        sock.sendall(chunk)
+        n = 0
+        while n < len(chunk):
+            d = sock.recv(65536)
+            assert d, "EOF in the middle of the echo"
+            got.update(d)
+            n += len(d)
+    assert sent.digest() == got.digest()
+
+
+def test_terminates_tls_and_relays_bytes_exactly_both_ways():
+    with Server(echo_handler) as up, Proxy("tcp-proxy", config=tls_config(up.endpoint)) as p:
+        t = client(p.addr())
+        assert t.version() in ("TLSv1.3", "TLSv1.2")
+        echo_rounds(t, 128, seed=5)  # 8 MiB
+        # close_notify from us ends the upstream's input; its close comes back as close_notify.
+        t.unwrap()
+        t.close()
+        p.wait_stat("listener.main.ssl.handshake", lambda v: v == 1)
+        assert p.stat("listener.main.ssl.connection_error") == 0
+        assert p.stat("tcp.main.downstream_cx_rx_bytes_total") == 8 << 20
+
+
+def test_s_client_verifies_and_negotiates_alpn():
+    with Server(echo_handler) as up, Proxy("tcp-proxy", config=tls_config(up.endpoint, tls=', alpn: [h2, "http/1.1"]')) as p:
+        c = cert("api.example.com")[0]
+        r = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % p.addr(), "-servername", "api.example.com",
+                            "-CAfile", c, "-verify_return_error", "-verify_hostname", "api.example.com",
+                            "-alpn", "spdy/3,http/1.1,h2"], input=b"ping\n", capture_output=True, timeout=20)
+        out = r.stdout.decode(errors="replace")
+        assert "Verify return code: 0 (ok)" in out, out + r.stderr.decode()
+        assert "ALPN protocol: h2" in out  # our preference order wins
+        # A client offering none of ours still connects, without ALPN.
+        t = client(p.addr())
+        assert t.selected_alpn_protocol() is None
+        t.close()
+
+
+def test_server_speaks_first_behind_tls():
+    """The upstream's banner reaches the proxy before the client finished its handshake: the
+    TLS write waits for the handshake, then goes out."""
+    def banner(c, server):
+        c.sendall(b"220 ready\r\n")
+        echo_handler(c, server)
+    with Server(banner) as up, Proxy("tcp-proxy", config=tls_config(up.endpoint)) as p:
+        for _ in range(5):
+            t = client(p.addr())
+            assert read_line(t) == b"220 ready\r\n"
+            t.sendall(b"EHLO x\r\n")
+            assert read_line(t) == b"EHLO x\r\n"
+            t.close()
+
+
+def test_upstream_close_is_a_clean_tls_close():
+    def bye(c, server):
+        c.sendall(b"bye\n")
+    with Server(bye) as up, Proxy("tcp-proxy", config=tls_config(up.endpoint)) as p:
+        t = client(p.addr())
+        assert read_line(t) == b"bye\n"
+        assert t.recv(10) == b""  # close_notify: a ragged EOF would raise SSLEOFError here
+        t.close()
+
+
+def test_handshake_failures_are_counted_and_other_clients_unaffected():
+    with Server(echo_handler) as up, Proxy("tcp-proxy", config=tls_config(up.endpoint, tls=", min_version: TLSv1.3")) as p:
+        s = socket.create_connection(p.addr(), timeout=10)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # plain text to a TLS listener
+        try:
+            assert s.recv(100)[:1] in (b"", b"\x15")  # closed, or a TLS alert first
+        except ConnectionResetError:
+            pass  # closed with our bytes unread: a reset
+        s.close()
+        r = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % p.addr(), "-tls1_2"],
+                           input=b"", capture_output=True, timeout=20)
+        assert r.returncode != 0  # TLS 1.2 refused by min_version
+        p.wait_stat("listener.main.ssl.connection_error", lambda v: v == 2)
+        t = client(p.addr())
+        t.sendall(b"still fine\n")
+        assert read_line(t) == b"still fine\n"
+        t.close()
+
+
+def test_each_chain_terminates_with_its_own_certificate():
+    api, web = cert("api.example.com"), cert("web.example.com")
+    with Server(echo_handler) as echo, TlsServer("other.example.org") as other:
+        cfg = f"""
+admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    filter_chains:
+      - name: api
+        match: {{ server_names: [api.example.com] }}
+        tls: {{ cert: "{api[0]}", key: "{api[1]}" }}
+        tcp: {{ cluster: echo }}
+      - name: web
+        match: {{ server_names: ["*.example.com"] }}
+        tls: {{ cert: "{web[0]}", key: "{web[1]}" }}
+        tcp: {{ cluster: echo }}
+      - name: passthrough
+        tcp: {{ cluster: other }}
+clusters:
+  - name: echo
+    endpoints: [ "{echo.endpoint}" ]
+  - name: other
+    endpoints: [ "{other.endpoint}" ]
+"""
+        with Proxy("tcp-proxy", config=cfg) as p:
+            for name, trust in (("api.example.com", "api.example.com"), ("web.example.com", "web.example.com")):
+                t = client(p.addr(), name=trust) if name == trust else None
+                t.sendall(name.encode() + b"\n")
+                assert read_line(t) == name.encode() + b"\n"
+                t.close()
+            # No chain terminates other names' TLS: the backend does, with its own certificate.
+            rc, out, err = s_client(p.addr(), "other.example.org", "other.example.org")
+            assert rc == 0 and out.startswith("other.example.org"), err
+            assert p.stat("listener.main.ssl.handshake") == 2
+
+
+def test_tls_config_errors_name_the_key(tmp_path):
+    c, k = cert("api.example.com")
+    _, wrong_key = cert("web.example.com")
+    base = tls_config("127.0.0.1:1")
+    cases = [
+        (base.replace(c, "/nonexistent.pem", 1), 'listeners[0].tls.cert: cannot read "/nonexistent.pem"'),
+        (base.replace(k, wrong_key), "listeners[0].tls: the private key does not match the certificate"),
+        (base.replace(f'key: "{k}"', f'key: "{k}", min_version: TLSv1.1'), 'listeners[0].tls.min_version: "TLSv1.1" is not one of'),
+    ]
+    bad_pem = tmp_path / "bad.pem"
+    bad_pem.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    cases.append((base.replace(c, str(bad_pem)), "listeners[0].tls: cannot load the certificate chain"))
+    for text, expected in cases:
+        r = validate(text)
+        assert r.returncode == 1 and expected in r.stderr, r.stderr
+    udp = f"""
+listeners:
+  - name: dns
+    address: 127.0.0.1:0
+    tls: {{ cert: "{c}", key: "{k}" }}
+    udp: {{ cluster: c }}
+clusters:
+  - name: c
+    endpoints: [ "127.0.0.1:53" ]
+"""
+    r = validate(udp, binary="udp-proxy")
+    assert r.returncode == 1 and "listeners[0].tls: udp-proxy listens on UDP" in r.stderr, r.stderr
+
+
+def test_flags_alone_terminate_tls():
+    c, k = cert("api.example.com")
+    with Server(echo_handler) as up, Proxy("tcp-proxy", args=["--listen", "127.0.0.1:0", "--upstream", up.endpoint,
+                                                              "--tls-cert", c, "--tls-key", k]) as p:
+        t = client(p.addr())
+        t.sendall(b"one line\n")
+        assert read_line(t) == b"one line\n"
+        t.close()
+
+
+def origin_config(upstream, tls):
+    return tcp_config([upstream], cluster=f"    tls: {tls}")
+
+
+def test_upstream_tls_verifies_the_host_and_sends_sni():
+    with TlsServer("api.example.com") as up:
+        ca = cert("api.example.com")[0]
+        with Proxy("tcp-proxy", config=origin_config(up.endpoint, f'{{ sni: api.example.com, ca: "{ca}" }}')) as p:
+            c = socket.create_connection(p.addr(), timeout=10)
+            assert read_line(c) == b"api.example.com sni=api.example.com\n"
+            c.close()
+            p.wait_stat("cluster.backend.ssl.handshake", lambda v: v == 1)
+        # The host's certificate does not chain to the configured CA: the handshake fails.
+        wrong = cert("web.example.com")[0]
+        with Proxy("tcp-proxy", config=origin_config(up.endpoint, f'{{ sni: api.example.com, ca: "{wrong}" }}')) as p:
+            c = socket.create_connection(p.addr(), timeout=10)
+            assert c.recv(100) == b""
+            c.close()
+            p.wait_stat("cluster.backend.ssl.connection_error", lambda v: v == 1)
+            assert p.stat("cluster.backend.ssl.handshake") == 0
+        # Or names another host.
+        with Proxy("tcp-proxy", config=origin_config(up.endpoint, f'{{ sni: other.example.com, ca: "{ca}" }}')) as p:
+            c = socket.create_connection(p.addr(), timeout=10)
+            assert c.recv(100) == b""
+            c.close()
+            p.wait_stat("cluster.backend.ssl.connection_error", lambda v: v == 1)
+        # verify: false trusts anything (for lab setups only).
+        with Proxy("tcp-proxy", config=origin_config(up.endpoint, "{ verify: false }")) as p:
+            c = socket.create_connection(p.addr(), timeout=10)
+            assert read_line(c) == b"api.example.com sni=None\n"
+            c.close()
+
+
+def test_two_tiers_tunnel_plain_clients_over_tls():
+    """client ─plain─► edge tcp-proxy ─TLS─► sidecar tcp-proxy (terminates) ─plain─► echo,
+    with the PROXY header in clear ahead of the TLS, and 16 MiB each way intact."""
+    c, k = cert("api.example.com")
+    with Server(echo_handler) as up:
+        sidecar_cfg = tls_config(up.endpoint, extra="    proxy_protocol: accept")
+        with Proxy("tcp-proxy", config=sidecar_cfg) as sidecar:
+            host, port = sidecar.addr()
+            edge_cfg = origin_config(f"{host}:{port}", f'{{ sni: api.example.com, ca: "{c}" }}') + "    send_proxy_protocol: v1\n"
+            with Proxy("tcp-proxy", config=edge_cfg) as edge:
+                s = socket.create_connection(edge.addr(), timeout=30)
+                echo_rounds(s, 256, seed=9)  # 16 MiB
+                s.shutdown(socket.SHUT_WR)
+                assert s.recv(10) == b""  # the FIN went through both tiers and came back
+                s.close()
+                assert sidecar.stat("listener.main.proxy_proto.v1.found") == 1
+                assert sidecar.stat("listener.main.ssl.handshake") == 1
+                assert edge.stat("cluster.backend.ssl.handshake") == 1
