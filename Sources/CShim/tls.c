@@ -2,8 +2,12 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct alpn_pref {
     const unsigned char *list;
@@ -41,6 +45,8 @@ static void common_setup(SSL_CTX *ctx, int min_version) {
     /* Partial writes and moving buffers match Connection's write buffer; idle connections
        give their 34 KiB of record buffers back. */
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    /* Read what the socket has in one read(2), not a record header and then its body. */
+    SSL_CTX_set_read_ahead(ctx, 1);
     /* A peer that closes without close_notify ends the stream like a FIN (as HAProxy and nginx). */
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
 }
@@ -120,26 +126,93 @@ struct ssl_ctx_st *cshim_tls_client_ctx(const char *ca_file, int verify, const u
 
 void cshim_tls_ctx_free(struct ssl_ctx_st *ctx) { SSL_CTX_free(ctx); }
 
+/* The socket BIO: read(2)/write(2) on the descriptor, bytes a listener filter already read
+   (the inspected ClientHello) first, and a note of whether the last read drained the socket
+   (it returned less than asked), so a reader can skip the read that would only say EAGAIN. */
+struct csock {
+    int fd;
+    unsigned char *prefix;
+    size_t plen, poff;
+    int drained;
+};
+
+static int csock_read(BIO *b, char *out, int len) {
+    struct csock *s = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (len <= 0) return 0;
+    if (s->poff < s->plen) {
+        size_t n = s->plen - s->poff;
+        if (n > (size_t)len) n = (size_t)len;
+        memcpy(out, s->prefix + s->poff, n);
+        s->poff += n;
+        if (s->poff == s->plen) { free(s->prefix); s->prefix = NULL; s->plen = s->poff = 0; }
+        s->drained = 0;
+        return (int)n;
+    }
+    ssize_t n = read(s->fd, out, (size_t)len);
+    if (n > 0) { s->drained = n < len; return (int)n; }
+    if (n == 0) { s->drained = 1; return 0; }
+    if (errno == EAGAIN || errno == EINTR) { s->drained = errno == EAGAIN; BIO_set_retry_read(b); }
+    return -1;
+}
+
+static int csock_write(BIO *b, const char *in, int len) {
+    struct csock *s = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    ssize_t n = write(s->fd, in, (size_t)len);
+    if (n >= 0) return (int)n;
+    if (errno == EAGAIN || errno == EINTR) BIO_set_retry_write(b);
+    return -1;
+}
+
+static long csock_ctrl(BIO *b, int cmd, long num, void *ptr) {
+    (void)b; (void)num; (void)ptr;
+    return cmd == BIO_CTRL_FLUSH || cmd == BIO_CTRL_DUP;
+}
+
+static int csock_create(BIO *b) { BIO_set_init(b, 1); return 1; }
+
+static int csock_destroy(BIO *b) {
+    struct csock *s = BIO_get_data(b);
+    if (s) { free(s->prefix); free(s); }
+    BIO_set_data(b, NULL);
+    return 1;
+}
+
+static BIO_METHOD *csock_method;
+static pthread_once_t csock_once = PTHREAD_ONCE_INIT;
+
+static void csock_init(void) {
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "cshim socket");
+    if (!m) return;
+    BIO_meth_set_read(m, csock_read);
+    BIO_meth_set_write(m, csock_write);
+    BIO_meth_set_ctrl(m, csock_ctrl);
+    BIO_meth_set_create(m, csock_create);
+    BIO_meth_set_destroy(m, csock_destroy);
+    csock_method = m;
+}
+
 struct ssl_st *cshim_tls_new(struct ssl_ctx_st *ctx, int fd, int server, const char *sni,
                              const void *prefix, size_t prefix_len) {
+    pthread_once(&csock_once, csock_init);
+    if (!csock_method) return NULL;
     ERR_clear_error();
-    SSL *ssl = SSL_new(ctx);
-    if (!ssl) return NULL;
-    BIO *wbio = BIO_new_socket(fd, BIO_NOCLOSE);
-    BIO *rbio;
+    struct csock *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->fd = fd;
     if (prefix_len) {
-        /* The inspected bytes first; cshim_tls_read swaps in the socket once they are used. */
-        rbio = BIO_new(BIO_s_mem());
-        if (rbio) {
-            BIO_write(rbio, prefix, (int)prefix_len);
-            BIO_set_mem_eof_return(rbio, -1);
-        }
-    } else {
-        rbio = BIO_new_socket(fd, BIO_NOCLOSE);
+        s->prefix = malloc(prefix_len);
+        if (!s->prefix) { free(s); return NULL; }
+        memcpy(s->prefix, prefix, prefix_len);
+        s->plen = prefix_len;
     }
-    if (!wbio || !rbio) { BIO_free(wbio); BIO_free(rbio); SSL_free(ssl); return NULL; }
-    SSL_set_bio(ssl, rbio, wbio);
-    SSL_set_app_data(ssl, (void *)(long)fd);
+    BIO *bio = BIO_new(csock_method);
+    if (!bio) { free(s->prefix); free(s); return NULL; }
+    BIO_set_data(bio, s);
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl) { BIO_free(bio); return NULL; }
+    SSL_set_bio(ssl, bio, bio);  /* one reference, for both directions */
     if (server) {
         SSL_set_accept_state(ssl);
     } else {
@@ -154,14 +227,9 @@ struct ssl_st *cshim_tls_new(struct ssl_ctx_st *ctx, int fd, int server, const c
 
 void cshim_tls_free(struct ssl_st *ssl) { SSL_free(ssl); }
 
-/* After the prefix is used up, read from the socket. True if it swapped. */
-static int swap_to_socket(SSL *ssl) {
-    BIO *r = SSL_get_rbio(ssl);
-    if (BIO_method_type(r) != BIO_TYPE_MEM || BIO_ctrl_pending(r) != 0) return 0;
-    BIO *s = BIO_new_socket((int)(long)SSL_get_app_data(ssl), BIO_NOCLOSE);
-    if (!s) return 0;
-    SSL_set0_rbio(ssl, s);  /* frees the spent memory BIO */
-    return 1;
+int cshim_tls_drained(struct ssl_st *ssl) {
+    struct csock *s = BIO_get_data(SSL_get_rbio(ssl));
+    return s && s->drained && s->poff == s->plen && !SSL_has_pending(ssl);
 }
 
 static int result(SSL *ssl, int ok, size_t n) {
@@ -175,23 +243,15 @@ static int result(SSL *ssl, int ok, size_t n) {
 }
 
 int cshim_tls_read(struct ssl_st *ssl, void *buf, int len) {
-    for (;;) {
-        ERR_clear_error();
-        size_t n = 0;
-        int r = result(ssl, SSL_read_ex(ssl, buf, (size_t)len, &n), n);
-        if (r == CSHIM_TLS_WANT_READ && swap_to_socket(ssl)) continue;
-        return r;
-    }
+    ERR_clear_error();
+    size_t n = 0;
+    return result(ssl, SSL_read_ex(ssl, buf, (size_t)len, &n), n);
 }
 
 int cshim_tls_write(struct ssl_st *ssl, const void *buf, int len) {
-    for (;;) {
-        ERR_clear_error();
-        size_t n = 0;
-        int r = result(ssl, SSL_write_ex(ssl, buf, (size_t)len, &n), n);
-        if (r == CSHIM_TLS_WANT_READ && swap_to_socket(ssl)) continue;
-        return r;
-    }
+    ERR_clear_error();
+    size_t n = 0;
+    return result(ssl, SSL_write_ex(ssl, buf, (size_t)len, &n), n);
 }
 
 void cshim_tls_shutdown(struct ssl_st *ssl) {

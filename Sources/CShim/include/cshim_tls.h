@@ -29,6 +29,9 @@ void cshim_tls_ctx_free(struct ssl_ctx_st *ctx);
 struct ssl_st *cshim_tls_new(struct ssl_ctx_st *ctx, int fd, int server, const char *sni,
                              const void *prefix, size_t prefix_len);
 void cshim_tls_free(struct ssl_st *ssl);
+/* The last read from the socket drained it and OpenSSL holds no bytes it has not decrypted:
+   more needs a new readiness edge (the TLS form of "a short read drained the socket"). */
+int cshim_tls_drained(struct ssl_st *ssl);
 
 /* > 0: bytes; 0: the peer closed (close_notify or EOF); or CSHIM_TLS_WANT_* / CSHIM_TLS_ERROR. */
 int cshim_tls_read(struct ssl_st *ssl, void *buf, int len);

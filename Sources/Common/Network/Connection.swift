@@ -221,10 +221,11 @@ public final class Connection {
         let n = cshim_tls_read(t.ssl, space.baseAddress, Int32(clamping: space.count))
         t.noteProgress(worker.stats)
         if n > 0 {
-            // OpenSSL may hold more decrypted bytes than one read takes: read until it says
-            // WANT_READ, whatever the size of this read.
             readBuffer.commit(Int(n))
             bytesRead &+= UInt64(n)
+            // As on the plain path: the socket's last read came up short and OpenSSL holds
+            // nothing more, so skip the read that would only say EAGAIN (unless a FIN waits).
+            if !peerFinPending && cshim_tls_drained(t.ssl) != 0 { readReady = false }
         } else if n == 0 {
             readEOF = true
             readReady = false
