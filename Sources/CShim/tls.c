@@ -264,6 +264,8 @@ void cshim_tls_shutdown(struct ssl_st *ssl) {
 
 int cshim_tls_handshake_done(struct ssl_st *ssl) { return SSL_is_init_finished(ssl); }
 
+const char *cshim_tls_servername(struct ssl_st *ssl) { return SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name); }
+
 const char *cshim_tls_version(struct ssl_st *ssl) { return SSL_get_version(ssl); }
 
 int cshim_tls_alpn(struct ssl_st *ssl, char *out, int outlen) {

@@ -346,6 +346,8 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
             e.bytesSent = downstream.bytesWritten
             e.responseFlags = flags
             e.connectionId = context.connectionId
+            e.requestedServerName = context.serverName ?? downstream.tlsServerName
+            e.downstreamTlsVersion = downstream.tlsVersion
             for l in logs { l.log(e) }
         }
         worker.downstreamClosed(context)

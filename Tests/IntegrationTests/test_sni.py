@@ -7,7 +7,7 @@ import ssl
 
 import pytest
 
-from harness import Proxy, Server, echo_handler, read_line, validate
+from harness import Proxy, Server, echo_handler, read_line, validate, wait_for
 from tls_peers import TlsServer, py_client, s_client
 
 CHAINS = """
@@ -199,3 +199,18 @@ clusters:
 """
     r = validate(text, binary="udp-proxy")
     assert r.returncode == 1 and "listeners[0].filter_chains: udp-proxy listens on UDP" in r.stderr, r.stderr
+
+
+def test_access_log_names_the_requested_server(backends):
+    api, web, plain = backends
+    log = '    access_log: [ { path: /dev/stdout, format: "sni=%REQUESTED_SERVER_NAME% tls=%DOWNSTREAM_TLS_VERSION% %UPSTREAM_CLUSTER%\\n" } ]'
+    with Proxy("tcp-proxy", config=chains(api, web, plain, extra=log)) as p:
+        rc, out, err = s_client(p.addr(), "web.example.com", "web.example.com")
+        assert rc == 0, err
+        c = socket.create_connection(p.addr(), timeout=10)
+        c.sendall(b"plain\n")
+        assert read_line(c) == b"plain\n"
+        c.close()
+        # Passed through: the name is known, the TLS version is not ours to know.
+        wait_for(lambda: "sni=web.example.com tls=- web" in p.stdout(), what="the passthrough log line")
+        wait_for(lambda: "sni=- tls=- plain" in p.stdout(), what="the plain log line")

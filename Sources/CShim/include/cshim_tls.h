@@ -40,6 +40,8 @@ int cshim_tls_write(struct ssl_st *ssl, const void *buf, int len);
 /* Sends close_notify (once). */
 void cshim_tls_shutdown(struct ssl_st *ssl);
 int cshim_tls_handshake_done(struct ssl_st *ssl);
+/* The SNI a client sent (server side), or NULL. */
+const char *cshim_tls_servername(struct ssl_st *ssl);
 /* The negotiated protocol and version ("TLSv1.3"); ALPN empty when none. */
 const char *cshim_tls_version(struct ssl_st *ssl);
 /* Copies the negotiated ALPN protocol into out (NUL-terminated), returns its length. */

@@ -16,6 +16,10 @@ public struct AccessLogEntry {
     /// Envoy's response flags ("UF", "UO", "UH", "URX", "NR", "DT", "SI", "DPE"), comma-free.
     public var responseFlags: String = ""
     public var connectionId: UInt64 = 0
+    /// The TLS server name the client asked for (SNI), from the inspector or the handshake.
+    public var requestedServerName: String?
+    /// The TLS version agreed with the client when the proxy terminated TLS ("TLSv1.3").
+    public var downstreamTlsVersion: String?
     public init() {}
 }
 
@@ -36,6 +40,8 @@ public struct AccessLogFormat: Sendable {
         case responseFlags
         case connectionId
         case hostname
+        case requestedServerName
+        case downstreamTlsVersion
     }
     let tokens: [Token]
 
@@ -82,6 +88,8 @@ public struct AccessLogFormat: Sendable {
         case "RESPONSE_FLAGS": return .responseFlags
         case "CONNECTION_ID": return .connectionId
         case "HOSTNAME": return .hostname
+        case "REQUESTED_SERVER_NAME": return .requestedServerName
+        case "DOWNSTREAM_TLS_VERSION": return .downstreamTlsVersion
         default: throw ParseError(description: "unknown format command %\(cmd)%")
         }
     }
@@ -104,6 +112,8 @@ public struct AccessLogFormat: Sendable {
             case .responseFlags: out += e.responseFlags.isEmpty ? "-" : e.responseFlags
             case .connectionId: out += String(e.connectionId)
             case .hostname: out += AccessLogFormat.hostname
+            case .requestedServerName: out += e.requestedServerName ?? "-"
+            case .downstreamTlsVersion: out += e.downstreamTlsVersion ?? "-"
             }
         }
     }

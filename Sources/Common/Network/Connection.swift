@@ -207,7 +207,11 @@ public final class Connection {
             } else {
                 let e = errno
                 if e == EINTR { continue }
-                if e == EAGAIN { readReady = false; continue }
+                if e == EAGAIN {
+                    readReady = false
+                    if readBuffer.isEmpty { readBuffer.release() }  // an idle connection holds no block
+                    continue
+                }
                 closeNow(remote: true)
                 return
             }
@@ -229,12 +233,12 @@ public final class Connection {
         } else if n == 0 {
             readEOF = true
             readReady = false
-        } else if n == TlsResult.wantRead {
+        } else if n == TlsResult.wantRead || n == TlsResult.wantWrite {
+            // Handshake steps and empty reads leave the reserved block unused: an idle
+            // connection holds none.
+            if readBuffer.isEmpty { readBuffer.release() }
             readReady = false
-            return true
-        } else if n == TlsResult.wantWrite {
-            readReady = false
-            tlsReadWantsWrite = true
+            if n == TlsResult.wantWrite { tlsReadWantsWrite = true }
             return true
         } else {
             t.failed(worker.stats)
@@ -264,8 +268,12 @@ public final class Connection {
     }
 
     /// The negotiated TLS version and ALPN protocol; nil without TLS.
-    public var tlsVersion: String? { tls?.version }
+    public var tlsVersion: String? { tls?.version ?? closedTls?.version }
     public var tlsAlpn: String? { tls?.alpn }
+    /// The server name the TLS client sent, when we terminate TLS.
+    public var tlsServerName: String? { tls?.serverName ?? closedTls?.serverName }
+    /// What the access log may still ask once the socket (and OpenSSL's state) is gone.
+    private var closedTls: (version: String, serverName: String?)?
 
     private func deliver() {
         dispatching = true
@@ -507,6 +515,7 @@ public final class Connection {
 
     private func closeSocket() {
         if let e = event { event_free(e); event = nil }
+        if let t = tls, t.isEstablished { closedTls = (t.version, t.serverName) }
         tls = nil  // SSL_free before the descriptor goes
         if fd >= 0 { Glibc.close(fd); fd = -1 }
         spliceTarget = nil

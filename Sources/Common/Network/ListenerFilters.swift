@@ -133,6 +133,7 @@ final class ListenerFilters: ActiveSession, ConnectionCallbacks {
             worker.stats.inc(stats.tlsInspectorTlsFound)
             worker.stats.inc(h.serverName == nil ? stats.tlsInspectorSniNotFound : stats.tlsInspectorSniFound)
             worker.stats.inc(h.alpn.isEmpty ? stats.tlsInspectorAlpnNotFound : stats.tlsInspectorAlpnFound)
+            context.serverName = h.serverName
             handOff(chain: table.match(h.serverName))
         }
     }

@@ -110,6 +110,8 @@ final class TlsTransport {
         }
     }
 
+    var isEstablished: Bool { handshakeDone }
+
     /// A fatal TLS error: counted; OpenSSL's error queue cleared for the next connection.
     func failed(_ slab: StatsSlab) {
         slab.inc(stats.connectionError)
@@ -119,6 +121,10 @@ final class TlsTransport {
 
     /// The negotiated version ("TLSv1.3") and ALPN protocol ("" when none).
     var version: String { String(cString: cshim_tls_version(ssl)) }
+    var serverName: String? {
+        guard let p = cshim_tls_servername(ssl) else { return nil }
+        return String(cString: p)
+    }
     var alpn: String {
         var buf = [CChar](repeating: 0, count: 256)
         let n = cshim_tls_alpn(ssl, &buf, Int32(buf.count))

@@ -121,6 +121,8 @@ public struct DownstreamContext {
     public var startMs: UInt64
     public var startWallMs: UInt64
     public var connectionId: UInt64
+    /// The TLS server name the inspector found in the ClientHello (nil: none, or not inspected).
+    public var serverName: String?
 
     init(remote: SocketAddress?, fd: Int32, listener: ListenerRuntime, startMs: UInt64, startWallMs: UInt64, connectionId: UInt64) {
         self.remote = remote; self.fd = fd; self.listener = listener
