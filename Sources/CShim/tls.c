@@ -28,6 +28,23 @@ void cshim_tls_last_error(char *out, size_t outlen) {
     ERR_clear_error();
 }
 
+void cshim_tls_failure(struct ssl_st *ssl, char *out, size_t outlen) {
+    long v = SSL_get_verify_result(ssl);
+    if (v != X509_V_OK) {
+        snprintf(out, outlen, "certificate: %s", X509_verify_cert_error_string(v));
+        ERR_clear_error();
+        return;
+    }
+    unsigned long e = ERR_get_error();
+    if (e) {
+        const char *r = ERR_reason_error_string(e);
+        snprintf(out, outlen, "%s", r ? r : "handshake failed");
+    } else {
+        snprintf(out, outlen, "connection closed during the handshake");
+    }
+    ERR_clear_error();
+}
+
 /* Server ALPN: our preference order over what the client offers; no overlap = no ALPN. */
 static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg) {
@@ -263,6 +280,12 @@ void cshim_tls_shutdown(struct ssl_st *ssl) {
 }
 
 int cshim_tls_handshake_done(struct ssl_st *ssl) { return SSL_is_init_finished(ssl); }
+
+int cshim_tls_handshake(struct ssl_st *ssl) {
+    ERR_clear_error();
+    int r = SSL_do_handshake(ssl);
+    return r == 1 ? 1 : result(ssl, r, 0);
+}
 
 const char *cshim_tls_servername(struct ssl_st *ssl) { return SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name); }
 

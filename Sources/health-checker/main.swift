@@ -33,6 +33,10 @@ struct HealthCheckerCommand: ParsableCommand {
     @Flag(help: "Daemon: redraw a table of hosts and states every second (when stdout is a terminal).") var watch = false
     @Option(help: "Daemon: write the hosts and their health here (atomically) on every change.") var endpointsOut: String?
     @Option(help: "Name of the cluster built from --upstream.") var cluster: String = "upstream"
+    @Flag(help: "Check over TLS (https, redis over TLS, gRPC over TLS), verifying the host's certificate.") var tls = false
+    @Option(help: "With --tls: the server name to send and verify.") var tlsSni: String?
+    @Option(help: "With --tls: verify against these CA certificates (PEM; default: the system's).") var tlsCa: String?
+    @Flag(help: "With --tls: do not verify the host's certificate.") var tlsInsecure = false
 
     /// The config document the flags describe (when --config is absent).
     func flagConfig() throws -> String {
@@ -67,13 +71,21 @@ struct HealthCheckerCommand: ParsableCommand {
             ("health_check", .object(hc)),
         ]
         if let endpointsOut { c.append(("endpoints_out", .string(endpointsOut))) }
+        if tls {
+            var t: [(String, JSON)] = [("verify", .bool(!tlsInsecure))]
+            if let tlsSni { t.append(("sni", .string(tlsSni))) }
+            if let tlsCa { t.append(("ca", .string(tlsCa))) }
+            c.append(("tls", .object(t)))
+        } else if tlsSni != nil || tlsCa != nil || tlsInsecure {
+            throw ConfigError("--tls", "--tls-sni, --tls-ca and --tls-insecure go with --tls")
+        }
         return JSON.object([("clusters", .array([.object(c)]))]).serialized()
     }
 
     func run() throws {
         let usesCheckFlags = path != nil || host != nil || method != nil || expectStatus != nil || send != nil || sendHex != nil
             || expect != nil || expectHex != nil || key != nil || service != nil || interval != nil || timeout != nil || rise != nil
-            || fall != nil || endpointsOut != nil
+            || fall != nil || endpointsOut != nil || tls || tlsSni != nil || tlsCa != nil || tlsInsecure
         if common.config != nil && (common.upstream != nil || usesCheckFlags) {
             throw ValidationError("check flags go with --upstream; with --config set them in the file")
         }

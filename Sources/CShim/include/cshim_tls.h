@@ -40,6 +40,8 @@ int cshim_tls_write(struct ssl_st *ssl, const void *buf, int len);
 /* Sends close_notify (once). */
 void cshim_tls_shutdown(struct ssl_st *ssl);
 int cshim_tls_handshake_done(struct ssl_st *ssl);
+/* Drives the handshake: 1 when done, CSHIM_TLS_WANT_* or CSHIM_TLS_ERROR. */
+int cshim_tls_handshake(struct ssl_st *ssl);
 /* The SNI a client sent (server side), or NULL. */
 const char *cshim_tls_servername(struct ssl_st *ssl);
 /* The negotiated protocol and version ("TLSv1.3"); ALPN empty when none. */
@@ -48,3 +50,6 @@ const char *cshim_tls_version(struct ssl_st *ssl);
 int cshim_tls_alpn(struct ssl_st *ssl, char *out, int outlen);
 /* The last error on this thread's OpenSSL queue, as text (and clears the queue). */
 void cshim_tls_last_error(char *out, size_t outlen);
+/* Why this connection's handshake failed: the certificate check's verdict when it failed,
+   else the last OpenSSL error (and clears the queue). */
+void cshim_tls_failure(struct ssl_st *ssl, char *out, size_t outlen);

@@ -155,7 +155,21 @@ public enum ConfigLoader {
         if let p = m.optional("send_proxy_protocol") {
             c.sendProxyProtocol = ProxyProtocolVersion(rawValue: try p.oneOf(["v1", "v2"]))
         }
-        if let t = m.optional("tls") { c.tls = try parseClientTls(t) }
+        if let t = m.optional("tls") {
+            let tls = try parseClientTls(t)
+            c.tls = tls
+            // Health checks speak to the hosts as the proxy does (Envoy's default): over TLS,
+            // with h2 agreed for gRPC. UDP checks stay plain.
+            if var h = c.healthCheck, h.kind != .udp {
+                do {
+                    h.tls = try TlsContext.client(caFile: tls.ca, verify: tls.verify, serverName: tls.sni,
+                                                  alpn: h.kind == .grpc ? ["h2"] : [], minVersion: tls.minVersion)
+                } catch {
+                    throw t.fail(error.description)
+                }
+                c.healthCheck = h
+            }
+        }
         if let o = m.optional("overprovisioning_factor") { c.overprovisioningFactor = try o.int(min: 100, max: 1000) }
         if let p = m.optional("panic_threshold") { c.panicThreshold = try p.int(min: 0, max: 100) }
         if let cb = m.optional("circuit_breakers") {

@@ -29,6 +29,8 @@ public struct HealthCheckConfig: Sendable {
     /// (default: the host's address).
     public var grpcService = ""
     public var grpcAuthority: String?
+    /// TLS for the check (the cluster's `tls`, with ALPN h2 for gRPC); nil: plain.
+    public var tls: TlsContext?
 
     public init(kind: Kind) { self.kind = kind }
 
@@ -164,6 +166,10 @@ public enum CheckResult: Sendable, Equatable {
     case l4Connect(String)
     /// L4: the connect did not finish in time.
     case l4Timeout
+    /// L6: the TLS handshake failed (a certificate that does not verify, a protocol mismatch).
+    case l6(String)
+    /// L6: connected, but the TLS handshake did not finish in time.
+    case l6Timeout
     /// L7: connected, but no complete answer in time.
     case l7Timeout
     /// L7: an answer that does not match.
@@ -177,6 +183,8 @@ public enum CheckResult: Sendable, Equatable {
         case .passed: return "L7OK"
         case .l4Connect: return "L4CON"
         case .l4Timeout: return "L4TOUT"
+        case .l6: return "L6RSP"
+        case .l6Timeout: return "L6TOUT"
         case .l7Timeout: return "L7TOUT"
         case .l7Response(let why): return why.hasPrefix("HTTP status") ? "L7STS" : "L7RSP"
         }
@@ -187,6 +195,8 @@ public enum CheckResult: Sendable, Equatable {
         case .passed(let ms): return "ok in \(ms) ms"
         case .l4Connect(let why): return why
         case .l4Timeout: return "connect timeout"
+        case .l6(let why): return "TLS: " + why
+        case .l6Timeout: return "TLS handshake timeout"
         case .l7Timeout: return "response timeout"
         case .l7Response(let why): return why
         }

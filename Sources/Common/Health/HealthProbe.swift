@@ -19,6 +19,9 @@ public final class HealthProbe {
     private var pendingSend: [UInt8] = []
     /// The HTTP/2 exchange of a gRPC check.
     private var grpc: GrpcHealthExchange?
+    /// TLS on the connection (`config.tls`), and whether its handshake is still going.
+    private var ssl: OpaquePointer?
+    private var handshaking = false
     private let startMs = monotonicMs()
 
     public init(dispatcher: Dispatcher, address: SocketAddress, config: HealthCheckConfig,
@@ -31,7 +34,7 @@ public final class HealthProbe {
     /// Starts the check. The completion may run before this returns (e.g. refused at once).
     public func start() {
         timer = Timer(dispatcher) { [unowned self] in
-            finish(connected ? .l7Timeout : .l4Timeout)
+            finish(handshaking ? .l6Timeout : connected ? .l7Timeout : .l4Timeout)
         }
         timer?.arm(ms: config.timeoutMs)
         if config.kind == .udp {
@@ -70,11 +73,70 @@ public final class HealthProbe {
             let err = cshim_socket_error(fd)
             if err != 0 { finish(.l4Connect(errnoText(err))); return }
             connected = true
-            if config.kind == .grpc { startGrpc() } else { advance() }
+            if let t = config.tls {
+                guard let s = cshim_tls_new(t.ctx, fd, 0, t.serverName, nil, 0) else { finish(.l6("out of memory")); return }
+                ssl = s
+                handshaking = true
+                handshake()
+                return
+            }
+            startExchange()
             return
         }
-        if what & Int16(EV_WRITE) != 0 && !pendingSend.isEmpty { sendPending() }
-        if what & Int16(EV_READ) != 0 { if grpc != nil { receiveGrpc() } else { receive() } }
+        if handshaking { handshake(); return }
+        // TLS may need either direction for either operation (and holds decrypted bytes the
+        // socket no longer shows): try both on every event.
+        if (what & Int16(EV_WRITE) != 0 || ssl != nil) && !pendingSend.isEmpty { sendPending() }
+        if completion != nil && (what & Int16(EV_READ) != 0 || ssl != nil) { if grpc != nil { receiveGrpc() } else { receive() } }
+    }
+
+    private func startExchange() {
+        if config.kind == .grpc { startGrpc() } else { advance() }
+    }
+
+    /// One step of the TLS handshake; on success the check's own exchange starts.
+    private func handshake() {
+        guard let s = ssl else { return }
+        let r = cshim_tls_handshake(s)
+        if r == 1 {
+            handshaking = false
+            startExchange()
+            // Bytes that came with the handshake's last flight (a server that speaks first)
+            // sit decrypted in OpenSSL: no new edge will announce them.
+            if completion != nil { if grpc != nil { receiveGrpc() } else { receive() } }
+        } else if r == TlsResult.error {
+            var buf = [CChar](repeating: 0, count: 256)
+            cshim_tls_failure(s, &buf, buf.count)
+            finish(.l6(String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)))
+        }
+    }
+
+    /// send(2), or SSL_write: > 0 bytes sent; 0 not now; < 0 failed (errno set when plain).
+    private func ioSend(_ p: UnsafeRawPointer?, _ n: Int) -> Int {
+        if let s = ssl {
+            let r = cshim_tls_write(s, p, Int32(clamping: n))
+            if r > 0 { return Int(r) }
+            if r == TlsResult.wantRead || r == TlsResult.wantWrite { return 0 }
+            errno = ECONNRESET
+            return -1
+        }
+        let r = Glibc.send(fd, p, n, Int32(MSG_NOSIGNAL))
+        if r < 0 && (errno == EAGAIN || errno == EINTR) { return 0 }
+        return r
+    }
+
+    /// recv(2), or SSL_read: > 0 bytes; 0 the peer closed; -1 nothing now; -2 failed (errno set).
+    private func ioRecv(_ p: UnsafeMutableRawPointer?, _ n: Int) -> Int {
+        if let s = ssl {
+            let r = cshim_tls_read(s, p, Int32(clamping: n))
+            if r >= 0 { return Int(r) }
+            if r == TlsResult.wantRead || r == TlsResult.wantWrite { return -1 }
+            errno = ECONNRESET
+            return -2
+        }
+        let r = Glibc.recv(fd, p, n, 0)
+        if r >= 0 { return r }
+        return errno == EAGAIN || errno == EINTR ? -1 : -2
     }
 
     private func startGrpc() {
@@ -90,7 +152,7 @@ public final class HealthProbe {
     private func receiveGrpc() {
         var buf = [UInt8](repeating: 0, count: 16384)
         while completion != nil, let g = grpc {
-            let n = Glibc.recv(fd, &buf, buf.count, 0)
+            let n = buf.withUnsafeMutableBytes { ioRecv($0.baseAddress, $0.count) }
             if n > 0 {
                 _ = g.input(Array(buf[0..<n]))
                 if let r = g.result {
@@ -102,7 +164,7 @@ public final class HealthProbe {
                 continue
             }
             if n == 0 { finish(.l7Response("connection closed before a gRPC answer")); return }
-            if errno == EAGAIN || errno == EINTR { return }
+            if n == -1 { return }
             finish(.l4Connect(errnoText(errno)))
             return
         }
@@ -131,9 +193,9 @@ public final class HealthProbe {
 
     private func sendPending() {
         while !pendingSend.isEmpty {
-            let n = pendingSend.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            let n = pendingSend.withUnsafeBytes { ioSend($0.baseAddress, $0.count) }
             if n > 0 { pendingSend.removeFirst(n); continue }
-            if n < 0 && (errno == EAGAIN || errno == EINTR) { return }
+            if n == 0 { return }
             finish(.l4Connect(errnoText(errno)))
             return
         }
@@ -143,7 +205,7 @@ public final class HealthProbe {
     private func receive() {
         var buf = [UInt8](repeating: 0, count: 4096)
         while completion != nil {
-            let n = Glibc.recv(fd, &buf, buf.count, 0)
+            let n = buf.withUnsafeMutableBytes { ioRecv($0.baseAddress, $0.count) }
             if n > 0 {
                 received += buf[0..<n]
                 if config.kind == .udp { judgeCurrent(eof: true); return }  // one datagram = one answer
@@ -151,7 +213,7 @@ public final class HealthProbe {
                 continue
             }
             if n == 0 { judgeCurrent(eof: true); return }
-            if errno == EAGAIN || errno == EINTR { return }
+            if n == -1 { return }
             if !received.isEmpty { judgeCurrent(eof: true); return }
             finish(.l4Connect(errnoText(errno)))
             return
@@ -185,6 +247,7 @@ public final class HealthProbe {
     private func cleanup() {
         timer?.cancel()
         if let e = event { event_free(e); event = nil }
+        if let s = ssl { cshim_tls_free(s); ssl = nil }
         if fd >= 0 {
             cshim_set_linger_zero(fd)  // no TIME_WAIT pile-up from frequent checks
             close(fd)
