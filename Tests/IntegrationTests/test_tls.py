@@ -113,6 +113,7 @@ def test_handshake_failures_are_counted_and_other_clients_unaffected():
                            input=b"", capture_output=True, timeout=20)
         assert r.returncode != 0  # TLS 1.2 refused by min_version
         p.wait_stat("listener.main.ssl.connection_error", lambda v: v == 2)
+        assert up.connections == 0  # no handshake, no upstream connection
         t = client(p.addr())
         t.sendall(b"still fine\n")
         assert read_line(t) == b"still fine\n"
@@ -286,3 +287,34 @@ def test_access_log_shows_the_tls_version_and_server_name():
         version = t.version()
         t.close()
         wait_for(lambda: f"sni=api.example.com tls={version} 6" in p.stdout(), what="the log line")
+
+
+def test_a_client_too_slow_to_handshake_is_closed_without_an_upstream_connection():
+    with Server(echo_handler) as up, Proxy("tcp-proxy", config=tls_config(up.endpoint, tls=", handshake_timeout: 300ms")) as p:
+        silent = socket.create_connection(p.addr(), timeout=10)
+        partial = socket.create_connection(p.addr(), timeout=10)
+        partial.sendall(client_hello_prefix())
+        for s in (silent, partial):
+            try:
+                assert s.recv(10) == b""
+            except ConnectionResetError:
+                pass
+            s.close()
+        assert p.stat("listener.main.ssl.handshake_timeout") == 2
+        assert up.connections == 0 and p.stat("cluster.backend.upstream_cx_total") == 0
+        t = client(p.addr())  # a prompt client is served
+        t.sendall(b"quick\n")
+        assert read_line(t) == b"quick\n"
+        t.close()
+
+
+def client_hello_prefix():
+    """The first 40 bytes of a real ClientHello: a handshake that never completes."""
+    ctx = ssl.create_default_context()
+    out, inc = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname="api.example.com")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return out.read()[:40]

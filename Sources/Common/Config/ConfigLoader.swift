@@ -457,10 +457,15 @@ public enum ConfigLoader {
         let cert = try readablePath(try m.required("cert"))
         let key = try readablePath(try m.required("key"))
         let (alpn, minVersion) = try tlsCommon(m)
+        var handshakeMs: UInt64 = 10_000
+        if let h = m.optional("handshake_timeout") {
+            handshakeMs = try h.durationMs()
+            if handshakeMs == 0 { throw h.fail("must be greater than 0") }
+        }
         try m.finish()
         do {
             let ctx = try TlsContext.server(cert: cert, key: key, alpn: alpn, minVersion: minVersion)
-            return TlsServerConfig(cert: cert, key: key, alpn: alpn, minVersion: minVersion, context: ctx)
+            return TlsServerConfig(cert: cert, key: key, alpn: alpn, minVersion: minVersion, handshakeTimeoutMs: handshakeMs, context: ctx)
         } catch {
             throw v.fail(error.description)
         }

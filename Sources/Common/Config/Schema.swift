@@ -76,12 +76,15 @@ public struct TlsServerConfig: Sendable {
     public var key: String
     public var alpn: [String]
     public var minVersion: TlsVersion
+    /// `handshake_timeout` (default 10s): a client slower than this to finish its handshake is
+    /// closed before any upstream connection is made.
+    public var handshakeTimeoutMs: UInt64 = 10_000
     /// Built when the config loads, so a bad file is a config error.
     public var context: TlsContext
 
     var dump: JSON {
         .object([("cert", .string(cert)), ("key", .string(key)), ("alpn", .array(alpn.map { .string($0) })),
-                 ("min_version", .string(minVersion.rawValue))])
+                 ("min_version", .string(minVersion.rawValue)), ("handshake_timeout", .string(formatDuration(handshakeTimeoutMs)))])
     }
 }
 

@@ -41,8 +41,11 @@ public protocol ConnectionCallbacks: AnyObject {
     func onBelowWriteBufferLowWatermark(_ connection: Connection)
     /// `bytes` went from this connection straight to its splice target (no filter saw them).
     func onSpliced(_ connection: Connection, bytes: Int)
+    /// The TLS handshake finished (`Connection.startTls`).
+    func onTlsHandshake(_ connection: Connection)
 }
 
 extension ConnectionCallbacks {
     public func onSpliced(_ connection: Connection, bytes: Int) {}
+    public func onTlsHandshake(_ connection: Connection) {}
 }

@@ -223,7 +223,10 @@ public final class Connection {
     /// One TLS read into `space`: decrypted bytes are delivered. False when the connection closed.
     private func tlsRead(_ t: TlsTransport, _ space: UnsafeMutableRawBufferPointer) -> Bool {
         let n = cshim_tls_read(t.ssl, space.baseAddress, Int32(clamping: space.count))
-        t.noteProgress(worker.stats)
+        if t.noteProgress(worker.stats) {
+            callbacks?.onTlsHandshake(self)  // may hand the connection to other filters
+            if state != .open { return false }
+        }
         if n > 0 {
             readBuffer.commit(Int(n))
             bytesRead &+= UInt64(n)
@@ -420,7 +423,9 @@ public final class Connection {
     @inline(__always) private func socketWrite(_ p: UnsafeRawPointer?, _ count: Int) -> Int {
         if let t = tls {
             let n = cshim_tls_write(t.ssl, p, Int32(clamping: count))
-            t.noteProgress(worker.stats)
+            // Only a client's handshake can finish inside a write (nothing writes to a server-side
+            // connection before its handshake is done), and no client waits to hear of it.
+            _ = t.noteProgress(worker.stats)
             if n > 0 { return Int(n) }
             if n == TlsResult.wantWrite { writeReady = false; return 0 }
             if n == TlsResult.wantRead { tlsWriteWantsRead = true; return 0 }

@@ -10,10 +10,15 @@
 ///    chain for the name and no default: closed (`no_filter_chain_match`). A malformed hello:
 ///    closed (`tls_inspector.client_hello_invalid`).
 ///
+/// 3. TLS handshake (when the chosen chain terminates TLS): the chain's filters start only once
+///    the client finished its handshake, so a client that never does costs no upstream
+///    connection; one slower than the chain's `tls.handshake_timeout` is closed
+///    (`ssl.handshake_timeout`), a failed handshake counts `ssl.connection_error`.
+///
 /// The chain's filters then get the connection with every byte read so far: nothing is consumed
 /// but the PROXY header, so TLS passes through untouched.
 final class ListenerFilters: ActiveSession, ConnectionCallbacks {
-    private enum Stage { case proxyProtocol, tlsInspector, done }
+    private enum Stage { case proxyProtocol, tlsInspector, tlsHandshake(chain: Int), done }
     unowned let worker: Worker
     let connection: Connection
     var context: DownstreamContext
@@ -33,9 +38,11 @@ final class ListenerFilters: ActiveSession, ConnectionCallbacks {
             stage = .proxyProtocol
             timer?.arm(ms: cfg.proxyProtocolTimeoutMs)
         } else {
-            startInspector()
+            next()
         }
     }
+
+    private var isDone: Bool { if case .done = stage { return true }; return false }
 
     private func startInspector() {
         stage = .tlsInspector
@@ -45,7 +52,7 @@ final class ListenerFilters: ActiveSession, ConnectionCallbacks {
     func forceClose() { fail() }
 
     private func fail() {
-        guard stage != .done else { return }
+        guard !isDone else { return }
         stage = .done
         timer?.cancel()
         connection.callbacks = nil
@@ -63,15 +70,25 @@ final class ListenerFilters: ActiveSession, ConnectionCallbacks {
         case .tlsInspector:
             // Nothing that decides in time: a client waiting for the server to speak first.
             worker.stats.inc(stats.tlsInspectorTimeout)
-            handOff(chain: context.listener.serverNames?.defaultChain)
+            chain(context.listener.serverNames?.defaultChain)
+        case .tlsHandshake:
+            worker.stats.inc(stats.tls.handshakeTimeout)
+            fail()
         case .done:
             break
         }
     }
 
     func onData(_ connection: Connection, _ buffer: Buffer, endStream: Bool) {
-        if stage == .proxyProtocol { proxyProtocol(buffer, endStream: endStream) }
-        if stage == .tlsInspector { inspect(buffer, endStream: endStream) }
+        if case .proxyProtocol = stage { proxyProtocol(buffer, endStream: endStream) }
+        if case .tlsInspector = stage { inspect(buffer, endStream: endStream) }
+        // During the TLS handshake, bytes that came with it wait in the buffer for the chain.
+    }
+
+    func onTlsHandshake(_ connection: Connection) {
+        guard case .tlsHandshake(let chain) = stage else { return }
+        // The caller (the read that finished the handshake) delivers what came with it.
+        handOff(chain: chain, redeliver: false)
     }
 
     private func proxyProtocol(_ buffer: Buffer, endStream: Bool) {
@@ -104,12 +121,12 @@ final class ListenerFilters: ActiveSession, ConnectionCallbacks {
 
     /// After the PROXY header: the inspector, or the (only) chain.
     private func next() {
-        if context.listener.serverNames != nil { startInspector() } else { handOff(chain: 0) }
+        if context.listener.serverNames != nil { startInspector() } else { chain(0) }
     }
 
     private func inspect(_ buffer: Buffer, endStream: Bool) {
         let stats = context.listener.stats
-        guard let table = context.listener.serverNames else { return handOff(chain: 0) }
+        guard let table = context.listener.serverNames else { return chain(0) }
         switch ClientHello.parse(buffer.readable) {
         case .needMore:
             if buffer.count >= ClientHello.maxBuffered {
@@ -118,11 +135,11 @@ final class ListenerFilters: ActiveSession, ConnectionCallbacks {
             } else if endStream {
                 // The client finished sending before a whole hello: no name to route by.
                 worker.stats.inc(stats.tlsInspectorTlsNotFound)
-                handOff(chain: table.defaultChain)
+                chain(table.defaultChain)
             }
         case .notTls:
             worker.stats.inc(stats.tlsInspectorTlsNotFound)
-            handOff(chain: table.defaultChain)
+            chain(table.defaultChain)
         case .tooLarge:
             worker.stats.inc(stats.tlsInspectorClientHelloTooLarge)
             fail()
@@ -134,25 +151,40 @@ final class ListenerFilters: ActiveSession, ConnectionCallbacks {
             worker.stats.inc(h.serverName == nil ? stats.tlsInspectorSniNotFound : stats.tlsInspectorSniFound)
             worker.stats.inc(h.alpn.isEmpty ? stats.tlsInspectorAlpnNotFound : stats.tlsInspectorAlpnFound)
             context.serverName = h.serverName
-            handOff(chain: table.match(h.serverName))
+            chain(table.match(h.serverName))
         }
     }
 
-    /// Gives the connection to a chain's filters, with the bytes read so far; no chain: closed.
-    private func handOff(chain: Int?) {
+    /// The connection takes filter chain `chain`: its TLS handshake first when it terminates
+    /// TLS, else its filters at once. No chain: closed (`no_filter_chain_match`).
+    private func chain(_ chain: Int?) {
         guard let chain else {
             worker.stats.inc(context.listener.stats.noFilterChainMatch)
             return fail()
         }
+        let r = context.listener
+        guard let tls = r.config.chains[chain].tls else { return handOff(chain: chain, redeliver: true) }
+        guard connection.startTls(tls.context, server: true, stats: r.stats.tls) else {
+            worker.stats.inc(r.stats.tls.connectionError)
+            return fail()
+        }
+        stage = .tlsHandshake(chain: chain)
+        timer?.arm(ms: tls.handshakeTimeoutMs)
+        connection.redeliver()  // reads what is waiting: the ClientHello handed to OpenSSL, or a new edge
+    }
+
+    /// Gives the connection to a chain's filters, with the bytes read so far.
+    private func handOff(chain: Int, redeliver: Bool) {
         stage = .done
         timer?.cancel()
         connection.callbacks = nil
         worker.untrack(self)
-        if worker.startChain(chain, connection: connection, context: context) { connection.redeliver() }
+        context.listener.factories[chain].createFilters(worker: worker, connection: connection, context: context)
+        if redeliver { connection.redeliver() }
     }
 
     func onClose(_ connection: Connection, remote: Bool) {
-        guard stage != .done else { return }
+        guard !isDone else { return }
         stage = .done
         timer?.cancel()
         worker.downstreamClosed(context)

@@ -80,9 +80,11 @@ public final class TlsContext: @unchecked Sendable {  // thread boundary: an SSL
 public struct TlsStats: Sendable {
     public let handshake: Counter
     public let connectionError: Counter
+    public let handshakeTimeout: Counter
     public init(store: StatsStore, prefix: String) {
         handshake = store.counter(prefix + "ssl.handshake")
         connectionError = store.counter(prefix + "ssl.connection_error")
+        handshakeTimeout = store.counter(prefix + "ssl.handshake_timeout")
     }
 }
 
@@ -102,12 +104,12 @@ final class TlsTransport {
 
     deinit { cshim_tls_free(ssl) }
 
-    /// Counts the handshake once it has finished.
-    @inline(__always) func noteProgress(_ slab: StatsSlab) {
-        if !handshakeDone && cshim_tls_handshake_done(ssl) != 0 {
-            handshakeDone = true
-            slab.inc(stats.handshake)
-        }
+    /// Counts the handshake once it has finished; true the one time it just did.
+    @inline(__always) func noteProgress(_ slab: StatsSlab) -> Bool {
+        if handshakeDone || cshim_tls_handshake_done(ssl) == 0 { return false }
+        handshakeDone = true
+        slab.inc(stats.handshake)
+        return true
     }
 
     var isEstablished: Bool { handshakeDone }

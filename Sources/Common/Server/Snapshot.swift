@@ -153,7 +153,13 @@ public final class ListenerRuntime: Sendable {
         } else {
             serverNames = nil
         }
+        hasListenerFilters = config.proxyProtocol != .off || serverNames != nil || config.chains.contains { $0.tls != nil }
     }
+
+    /// Connections pass `ListenerFilters` first: a PROXY header to read, a ClientHello to
+    /// inspect, or a TLS handshake to finish before the chain's filters start. (Decided once
+    /// here, not per accept.)
+    public let hasListenerFilters: Bool
 
     /// The first chain's factory (the only one without `filter_chains`).
     public var factory: any FilterFactory { factories[0] }

@@ -180,28 +180,13 @@ public final class Worker {
         let conn = Connection(worker: self, fd: fd, remote: remote, bufferLimit: cfg.bufferLimit)
         let ctx = DownstreamContext(remote: remote, fd: fd, listener: runtime,
                                     startMs: monotonicMs(), startWallMs: wallMs(), connectionId: nextConnectionId())
-        if cfg.proxyProtocol != .off || runtime.serverNames != nil {
+        if runtime.hasListenerFilters {
             let filters = ListenerFilters(worker: self, connection: conn, context: ctx)
             track(filters)
             filters.start()
         } else {
-            startChain(0, connection: conn, context: ctx)
+            runtime.factory.createFilters(worker: self, connection: conn, context: ctx)
         }
-    }
-
-    /// Builds filter chain `chain` on a connection past its listener filters: TLS first when
-    /// the chain terminates it, then the chain's filters. False when the connection was closed.
-    @discardableResult
-    func startChain(_ chain: Int, connection: Connection, context: DownstreamContext) -> Bool {
-        let r = context.listener
-        if let t = r.config.chains[chain].tls, !connection.startTls(t.context, server: true, stats: r.stats.tls) {
-            stats.inc(r.stats.tls.connectionError)
-            connection.close()
-            downstreamClosed(context)
-            return false
-        }
-        r.factories[chain].createFilters(worker: self, connection: connection, context: context)
-        return true
     }
 
     /// Bookkeeping when a downstream connection ends (whatever filter owned it).
