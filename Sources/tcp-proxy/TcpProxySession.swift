@@ -126,8 +126,18 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
         worker.stats.inc(host.stats.cxTotal)
         worker.stats.inc(host.stats.cxActive)
         connectStartMs = monotonicMs()
-        let (conn, err) = Connection.connect(worker: worker, to: host.address,
-                                             bufferLimit: context.listener.config.bufferLimit, callbacks: self)
+        // With TLS to the host, the PROXY header goes first in clear and "connected" means the
+        // handshake finished (the connect timeout covers it; a failure retries like a refusal).
+        var tls: (TlsContext, TlsStats)?
+        var clear: [UInt8] = []
+        if let t = cs.config.tls {
+            tls = (t.context, cs.stats.tls)
+            if let v = cs.config.sendProxyProtocol {
+                clear = ProxyProtocol.encode(version: v, source: context.remote, destination: context.local)
+            }
+        }
+        let (conn, err) = Connection.connect(worker: worker, to: host.address, bufferLimit: context.listener.config.bufferLimit,
+                                             callbacks: self, tls: tls, clear: clear)
         guard let conn else {
             connectFailed(errno: err, timeout: false)
             return
@@ -181,15 +191,8 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
         releaseConnectSlots()
         worker.stats.record(c.snapshot.stats.upstreamCxConnectMs, monotonicMs() &- connectStartMs)
         if hostIndex >= 0 { c.snapshot.hosts[hostIndex].outlier?.success() }
-        if let v = c.snapshot.config.sendProxyProtocol {
+        if let v = c.snapshot.config.sendProxyProtocol, c.snapshot.config.tls == nil {
             connection.write(bytes: ProxyProtocol.encode(version: v, source: context.remote, destination: context.local))
-        }
-        // TLS to the host starts after the PROXY header, which the next tier reads in clear.
-        if let t = c.snapshot.config.tls, !connection.startTls(t.context, server: false, stats: c.snapshot.stats.tls) {
-            worker.stats.inc(c.snapshot.stats.tls.connectionError)
-            flags = "UF"
-            finish()
-            return
         }
         lastActivityMs = monotonicMs()
         armIdle()

@@ -216,6 +216,8 @@ def test_upstream_tls_verifies_the_host_and_sends_sni():
             c.close()
             p.wait_stat("cluster.backend.ssl.connection_error", lambda v: v == 1)
             assert p.stat("cluster.backend.ssl.handshake") == 0
+            # As Envoy counts it: a handshake that fails is a connect that failed.
+            assert p.stat("cluster.backend.upstream_cx_connect_fail") == 1
         # Or names another host.
         with Proxy("tcp-proxy", config=origin_config(up.endpoint, f'{{ sni: other.example.com, ca: "{ca}" }}')) as p:
             c = socket.create_connection(p.addr(), timeout=10)
@@ -318,3 +320,23 @@ def client_hello_prefix():
     except ssl.SSLWantReadError:
         pass
     return out.read()[:40]
+
+
+def test_a_failed_upstream_handshake_retries_on_another_host_and_the_connect_timeout_covers_it():
+    ca = cert("api.example.com")[0]
+
+    def silent(c, server):
+        while c.recv(4096):
+            pass
+    with TlsServer("api.example.com") as good, TlsServer("web.example.com") as wrong, Server(silent) as quiet:
+        cluster = f"""    tls: {{ sni: api.example.com, ca: "{ca}" }}
+    connect_timeout: 300ms"""
+        cfg = tcp_config([wrong.endpoint, quiet.endpoint, good.endpoint], tcp=", max_connect_attempts: 3", cluster=cluster)
+        with Proxy("tcp-proxy", config=cfg) as p:
+            for _ in range(3):  # whichever host round robin tries first, the good one answers
+                c = socket.create_connection(p.addr(), timeout=10)
+                assert read_line(c) == b"api.example.com sni=api.example.com\n"
+                c.close()
+            assert p.stat("cluster.backend.ssl.connection_error") >= 1      # the wrong certificate
+            assert p.stat("cluster.backend.upstream_cx_connect_timeout") >= 1  # the silent host
+            assert p.stat("cluster.backend.upstream_rq_retry") >= 2

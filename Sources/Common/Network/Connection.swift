@@ -66,6 +66,10 @@ public final class Connection {
     private var tlsWriteWantsRead = false
     /// A TLS read needs to write first (socket buffer full): retried on the next write event.
     private var tlsReadWantsWrite = false
+    /// An outbound TLS connection: the handshake to run once TCP connects, after bytes that go
+    /// in clear (a PROXY header). The connection counts as connected when the handshake is done.
+    private var pendingClientTls: (context: TlsContext, stats: TlsStats, clear: [UInt8])?
+    private var tlsConnecting = false
 
     // MARK: splice(2) state
     /// Where bytes read from this socket may be spliced (the other side of a relay), set by a
@@ -94,12 +98,17 @@ public final class Connection {
     }
 
     /// Starts connecting to `address`. Returns nil with the errno when it fails at once.
+    /// With `tls`, `clear` is written first and then the TLS handshake runs; `onConnected`
+    /// comes when the handshake is done, and a failed handshake is `onConnectFailed` (EPROTO),
+    /// as Envoy counts it: the caller's connect timeout covers it and a retry may follow.
     public static func connect(worker: Worker, to address: SocketAddress, bufferLimit: Int,
-                               callbacks: ConnectionCallbacks) -> (Connection?, Int32) {
+                               callbacks: ConnectionCallbacks, tls: (TlsContext, TlsStats)? = nil,
+                               clear: [UInt8] = []) -> (Connection?, Int32) {
         let fd = address.withSockAddr { cshim_connect($0, $1, 1) }
         if fd < 0 { return (nil, -fd) }
         let c = Connection(worker: worker, connectingFd: fd, remote: address, bufferLimit: bufferLimit)
         c.callbacks = callbacks
+        if let (ctx, stats) = tls { c.pendingClientTls = (ctx, stats, clear) }
         return (c, 0)
     }
 
@@ -140,11 +149,26 @@ public final class Connection {
             }
         }
         if state == .connecting {
+            if tlsConnecting { clientHandshake(); return }
             let err = cshim_socket_error(fd)
             if err != 0 {
                 state = .closed
                 closeSocket()
                 callbacks?.onConnectFailed(self, errno: err)
+                return
+            }
+            if let p = pendingClientTls {
+                pendingClientTls = nil
+                // A fresh socket has room for a PROXY header: it goes out whole, in clear.
+                let n = p.clear.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+                guard n == p.clear.count,
+                      let t = TlsTransport(context: p.context, fd: fd, server: false,
+                                           prefix: UnsafeRawBufferPointer(start: nil, count: 0), stats: p.stats) else {
+                    return failConnect(n < 0 ? errno : ENOMEM)
+                }
+                tls = t
+                tlsConnecting = true
+                clientHandshake()
                 return
             }
             // A readable event before writable (data right away) also means connected.
@@ -218,6 +242,32 @@ public final class Connection {
             deliver()
             if readEOF && writeShut && state == .open { closeNow(remote: false); return }
         }
+    }
+
+    /// A step of an outbound TLS handshake; done: connected; failed: the connect failed.
+    private func clientHandshake() {
+        guard let t = tls else { return }
+        let r = cshim_tls_handshake(t.ssl)
+        if r == TlsResult.wantRead || r == TlsResult.wantWrite { return }
+        if r != 1 {
+            t.failed(worker.stats)
+            return failConnect(EPROTO)
+        }
+        _ = t.noteProgress(worker.stats)
+        tlsConnecting = false
+        state = .open
+        writeReady = true
+        readReady = true  // the server's first bytes may have come with its last flight
+        callbacks?.onConnected(self)
+        if state != .open { return }
+        if !writeBuffer.isEmpty { flush() }
+        if state == .open && readEnabled { readLoop() }
+    }
+
+    private func failConnect(_ err: Int32) {
+        state = .closed
+        closeSocket()
+        callbacks?.onConnectFailed(self, errno: err)
     }
 
     /// One TLS read into `space`: decrypted bytes are delivered. False when the connection closed.
