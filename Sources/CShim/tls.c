@@ -3,6 +3,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <errno.h>
+#include <time.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,6 +143,43 @@ struct ssl_ctx_st *cshim_tls_client_ctx(const char *ca_file, int verify, const u
 }
 
 void cshim_tls_ctx_free(struct ssl_ctx_st *ctx) { SSL_CTX_free(ctx); }
+
+static long long asn1_epoch(const ASN1_TIME *t) {
+    struct tm tm;
+    if (!t || ASN1_TIME_to_tm(t, &tm) != 1) return 0;
+    return (long long)timegm(&tm);
+}
+
+int cshim_tls_cert_info(struct ssl_ctx_st *ctx, char *subject, size_t subjectlen, char *dns, size_t dnslen,
+                        char *serial, size_t seriallen, long long *not_before, long long *not_after) {
+    X509 *x = SSL_CTX_get0_certificate(ctx);
+    if (!x) return 0;
+    subject[0] = dns[0] = serial[0] = 0;
+    X509_NAME_oneline(X509_get_subject_name(x), subject, (int)subjectlen);
+    GENERAL_NAMES *names = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    size_t used = 0;
+    for (int i = 0; names && i < sk_GENERAL_NAME_num(names); i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+        if (g->type != GEN_DNS) continue;
+        const unsigned char *s = ASN1_STRING_get0_data(g->d.dNSName);
+        int n = ASN1_STRING_length(g->d.dNSName);
+        if (used + (size_t)n + 2 >= dnslen) break;
+        if (used) dns[used++] = ',';
+        memcpy(dns + used, s, (size_t)n);
+        used += (size_t)n;
+        dns[used] = 0;
+    }
+    GENERAL_NAMES_free(names);
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+    if (bn) {
+        char *hex = BN_bn2hex(bn);
+        if (hex) { snprintf(serial, seriallen, "%s", hex); OPENSSL_free(hex); }
+        BN_free(bn);
+    }
+    *not_before = asn1_epoch(X509_get0_notBefore(x));
+    *not_after = asn1_epoch(X509_get0_notAfter(x));
+    return 1;
+}
 
 /* The socket BIO: read(2)/write(2) on the descriptor, bytes a listener filter already read
    (the inspected ClientHello) first, and a note of whether the last read drained the socket

@@ -130,14 +130,16 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
         // handshake finished (the connect timeout covers it; a failure retries like a refusal).
         var tls: (TlsContext, TlsStats)?
         var clear: [UInt8] = []
+        var serverName: String?
         if let t = cs.config.tls {
             tls = (t.context, cs.stats.tls)
+            if t.autoSni { serverName = context.serverName ?? downstream.tlsServerName }
             if let v = cs.config.sendProxyProtocol {
                 clear = ProxyProtocol.encode(version: v, source: context.remote, destination: context.local)
             }
         }
         let (conn, err) = Connection.connect(worker: worker, to: host.address, bufferLimit: context.listener.config.bufferLimit,
-                                             callbacks: self, tls: tls, clear: clear)
+                                             callbacks: self, tls: tls, clear: clear, serverName: serverName)
         guard let conn else {
             connectFailed(errno: err, timeout: false)
             return

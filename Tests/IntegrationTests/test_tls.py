@@ -3,6 +3,7 @@ OpenSSL and relays plain bytes to the cluster. Clients are `openssl s_client` an
 module verifying the proxy's certificate."""
 
 import hashlib
+import json
 import os
 import random
 import socket
@@ -340,3 +341,44 @@ def test_a_failed_upstream_handshake_retries_on_another_host_and_the_connect_tim
             assert p.stat("cluster.backend.ssl.connection_error") >= 1      # the wrong certificate
             assert p.stat("cluster.backend.upstream_cx_connect_timeout") >= 1  # the silent host
             assert p.stat("cluster.backend.upstream_rq_retry") >= 2
+
+
+def test_certs_endpoint_and_the_expiry_gauge():
+    api = cert("api.example.com")[0]
+    with Server(echo_handler) as up:
+        cfg = tls_config(up.endpoint).replace("    endpoints:", f'    tls: {{ sni: api.example.com, ca: "{api}" }}\n    endpoints:')
+        with Proxy("tcp-proxy", config=cfg) as p:
+            doc = json.loads(p.get("/certs")[1])
+            listener = [c for c in doc["certificates"] if "listener" in c][0]
+            chain = listener["cert_chain"][0]
+            assert listener["listener"] == "main" and chain["path"] == cert("api.example.com")[0]
+            assert chain["subject_alt_names"] == [{"dns": "api.example.com"}]
+            assert "CN=api.example.com" in chain["subject"] and chain["serial_number"]
+            assert chain["days_until_expiration"] in (1, 2)  # made with -days 2
+            assert chain["expiration_time"].endswith("Z")
+            cluster = [c for c in doc["certificates"] if "cluster" in c][0]
+            assert cluster == {"cluster": "backend", "ca_cert": [{"path": api}], "verify": True}
+            p.wait_stat("server.days_until_first_cert_expiring", lambda v: v in (1, 2))
+        # No certificate, no gauge (a dashboard alerting on it must not fire for plain proxies).
+        with Proxy("tcp-proxy", config=tcp_config([up.endpoint])) as p:
+            assert "server.days_until_first_cert_expiring" not in p.stats()
+            assert json.loads(p.get("/certs")[1]) == {"certificates": []}
+
+
+def test_auto_sni_sends_and_verifies_the_clients_server_name():
+    c, k = cert("api.example.com")
+    with TlsServer("api.example.com") as up:
+        cfg = tcp_config([up.endpoint], listener=f'    tls: {{ cert: "{c}", key: "{k}" }}',
+                         cluster=f'    tls: {{ auto_sni: true, ca: "{c}" }}')
+        with Proxy("tcp-proxy", config=cfg) as p:
+            t = client(p.addr())
+            assert read_line(t) == b"api.example.com sni=api.example.com\n"
+            t.close()
+            # Another name goes upstream as asked, and the host's certificate is not for it.
+            lax = ssl.create_default_context()
+            lax.check_hostname = False
+            lax.verify_mode = ssl.CERT_NONE
+            t = lax.wrap_socket(socket.create_connection(p.addr(), timeout=10), server_hostname="other.example.com")
+            assert t.recv(100) == b""
+            t.close()
+            p.wait_stat("cluster.backend.upstream_cx_connect_fail", lambda v: v == 1)

@@ -22,6 +22,10 @@ struct ssl_ctx_st *cshim_tls_server_ctx(const char *cert, const char *key, const
 struct ssl_ctx_st *cshim_tls_client_ctx(const char *ca_file, int verify, const unsigned char *alpn,
                                         unsigned alpn_len, int min_version, char *err, size_t errlen);
 void cshim_tls_ctx_free(struct ssl_ctx_st *ctx);
+/* The context's own certificate (a server's leaf): subject (one line), DNS names of the subject
+   alternative names (comma-separated), serial (hex), validity (Unix seconds). 0 if none. */
+int cshim_tls_cert_info(struct ssl_ctx_st *ctx, char *subject, size_t subjectlen, char *dns, size_t dnslen,
+                        char *serial, size_t seriallen, long long *not_before, long long *not_after);
 
 /* A connection on fd. `prefix` holds bytes already read from the socket (a ClientHello a listener
    filter inspected); they are fed to TLS before the socket. `sni`: client side server name (and

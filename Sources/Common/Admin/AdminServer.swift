@@ -38,6 +38,28 @@ final class AdminServer {
 
     deinit { evhttp_free(http) }
 
+    /// Envoy's /certs: each TLS listener chain's certificate, and each cluster's CA.
+    private func certs() -> JSON {
+        let now = Int64(wallMs() / 1000)
+        var out: [JSON] = server.certificates.map { l, chain, tls in
+            var cert: [(String, JSON)] = [("path", .string(tls.cert))]
+            if let c = tls.context.certificate {
+                cert += [("serial_number", .string(c.serial)), ("subject", .string(c.subject)),
+                         ("subject_alt_names", .array(c.dnsNames.map { .object([("dns", .string($0))]) })),
+                         ("days_until_expiration", .int(c.daysUntilExpiration(nowSeconds: now))),
+                         ("valid_from", .string(iso8601(UInt64(max(0, c.notBefore)) * 1000))),
+                         ("expiration_time", .string(iso8601(UInt64(max(0, c.notAfter)) * 1000)))]
+            }
+            return .object([("listener", .string(l)), ("filter_chain", .string(chain)), ("cert_chain", .array([.object(cert)]))])
+        }
+        for c in server.snapshot.config.clusters {
+            guard let t = c.tls else { continue }
+            out.append(.object([("cluster", .string(c.name)), ("ca_cert", .array([.object([("path", .string(t.ca ?? "(system)"))])])),
+                                ("verify", .bool(t.verify))]))
+        }
+        return .object([("certificates", .array(out))])
+    }
+
     private func handle(_ req: OpaquePointer) {
         let uri = String(cString: evhttp_request_get_uri(req))
         let method = evhttp_request_get_command(req)
@@ -82,6 +104,7 @@ final class AdminServer {
               /ready               200 LIVE, 503 when draining or health check failed
               /server_info         version, state, uptime (JSON)
               /config_dump         the running config (JSON)
+              /certs               TLS certificates in use: names, serials, expiry (JSON)
               POST /healthcheck/fail, /healthcheck/ok, /drain_listeners, /quitquitquit
               POST /logging?level=debug   change the log level (trace ... critical)
 
@@ -118,6 +141,8 @@ final class AdminServer {
                 ("pid", .int(Int64(getpid()))),
             ])
             return (200, json, info.serialized(pretty: true) + "\n")
+        case "/certs":
+            return (200, json, certs().serialized(pretty: true) + "\n")
         case "/config_dump":
             return (200, json, ConfigDump.render(server.snapshot.config).serialized(pretty: true) + "\n")
         case "/healthcheck/fail":

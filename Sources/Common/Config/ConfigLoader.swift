@@ -439,13 +439,14 @@ public enum ConfigLoader {
                 throw s.fail("\"\(sni!)\": give a host name")
             }
         }
+        let autoSni = try m.optional("auto_sni")?.bool() ?? false
         let verify = try m.optional("verify")?.bool() ?? true
         let ca = try m.optional("ca").map { (c: ConfigValue) throws(ConfigError) in try readablePath(c) }
         let (alpn, minVersion) = try tlsCommon(m)
         try m.finish()
         do {
             let ctx = try TlsContext.client(caFile: ca, verify: verify, serverName: sni, alpn: alpn, minVersion: minVersion)
-            return TlsClientConfig(sni: sni, verify: verify, ca: ca, alpn: alpn, minVersion: minVersion, context: ctx)
+            return TlsClientConfig(sni: sni, autoSni: autoSni, verify: verify, ca: ca, alpn: alpn, minVersion: minVersion, context: ctx)
         } catch {
             throw v.fail(error.description)
         }

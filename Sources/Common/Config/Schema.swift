@@ -92,6 +92,8 @@ public struct TlsServerConfig: Sendable {
 /// `server ... ssl`).
 public struct TlsClientConfig: Sendable {
     public var sni: String?
+    /// `auto_sni`: send (and verify) the client's own server name, when it gave one.
+    public var autoSni = false
     public var verify = true
     public var ca: String?
     public var alpn: [String] = []
@@ -101,6 +103,7 @@ public struct TlsClientConfig: Sendable {
     var dump: JSON {
         var f: [(String, JSON)] = []
         if let sni { f.append(("sni", .string(sni))) }
+        if autoSni { f.append(("auto_sni", .bool(true))) }
         f.append(("verify", .bool(verify)))
         if let ca { f.append(("ca", .string(ca))) }
         f.append(("alpn", .array(alpn.map { .string($0) })))

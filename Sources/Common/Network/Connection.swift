@@ -68,7 +68,7 @@ public final class Connection {
     private var tlsReadWantsWrite = false
     /// An outbound TLS connection: the handshake to run once TCP connects, after bytes that go
     /// in clear (a PROXY header). The connection counts as connected when the handshake is done.
-    private var pendingClientTls: (context: TlsContext, stats: TlsStats, clear: [UInt8])?
+    private var pendingClientTls: (context: TlsContext, stats: TlsStats, clear: [UInt8], serverName: String?)?
     private var tlsConnecting = false
 
     // MARK: splice(2) state
@@ -103,12 +103,12 @@ public final class Connection {
     /// as Envoy counts it: the caller's connect timeout covers it and a retry may follow.
     public static func connect(worker: Worker, to address: SocketAddress, bufferLimit: Int,
                                callbacks: ConnectionCallbacks, tls: (TlsContext, TlsStats)? = nil,
-                               clear: [UInt8] = []) -> (Connection?, Int32) {
+                               clear: [UInt8] = [], serverName: String? = nil) -> (Connection?, Int32) {
         let fd = address.withSockAddr { cshim_connect($0, $1, 1) }
         if fd < 0 { return (nil, -fd) }
         let c = Connection(worker: worker, connectingFd: fd, remote: address, bufferLimit: bufferLimit)
         c.callbacks = callbacks
-        if let (ctx, stats) = tls { c.pendingClientTls = (ctx, stats, clear) }
+        if let (ctx, stats) = tls { c.pendingClientTls = (ctx, stats, clear, serverName) }
         return (c, 0)
     }
 
@@ -163,7 +163,8 @@ public final class Connection {
                 let n = p.clear.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
                 guard n == p.clear.count,
                       let t = TlsTransport(context: p.context, fd: fd, server: false,
-                                           prefix: UnsafeRawBufferPointer(start: nil, count: 0), stats: p.stats) else {
+                                           prefix: UnsafeRawBufferPointer(start: nil, count: 0), stats: p.stats,
+                                           serverName: p.serverName) else {
                     return failConnect(n < 0 ? errno : ENOMEM)
                 }
                 tls = t

@@ -29,9 +29,12 @@ public final class TlsContext: @unchecked Sendable {  // thread boundary: an SSL
     public let minVersion: TlsVersion
     /// Client side: the server name sent (SNI) and verified.
     public let serverName: String?
+    /// Server side: what the certificate says (for /certs and the expiry gauge).
+    public let certificate: CertificateInfo?
 
     private init(ctx: OpaquePointer, alpnWire: UnsafeMutableRawBufferPointer?, alpn: [String], minVersion: TlsVersion, serverName: String?) {
         self.ctx = ctx; self.alpnWire = alpnWire; self.alpn = alpn; self.minVersion = minVersion; self.serverName = serverName
+        certificate = CertificateInfo(ctx)
     }
 
     deinit {
@@ -76,6 +79,34 @@ public final class TlsContext: @unchecked Sendable {  // thread boundary: an SSL
     }
 }
 
+/// A certificate's identity and validity, read once when its context is built.
+public struct CertificateInfo: Sendable {
+    public let subject: String
+    public let dnsNames: [String]
+    public let serial: String
+    /// Unix seconds.
+    public let notBefore: Int64
+    public let notAfter: Int64
+
+    init?(_ ctx: OpaquePointer) {
+        var subject = [CChar](repeating: 0, count: 512), dns = [CChar](repeating: 0, count: 4096)
+        var serial = [CChar](repeating: 0, count: 128)
+        var nb: Int64 = 0, na: Int64 = 0
+        guard cshim_tls_cert_info(ctx, &subject, subject.count, &dns, dns.count, &serial, serial.count, &nb, &na) == 1 else { return nil }
+        func text(_ b: [CChar]) -> String { String(decoding: b.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+        self.subject = text(subject)
+        dnsNames = text(dns).split(separator: ",").map(String.init)
+        self.serial = text(serial)
+        notBefore = nb; notAfter = na
+    }
+
+    /// Whole days from `nowSeconds` until it expires (negative once expired).
+    public func daysUntilExpiration(nowSeconds: Int64) -> Int64 {
+        let left = notAfter - nowSeconds
+        return left >= 0 ? left / 86_400 : -((-left + 86_399) / 86_400)
+    }
+}
+
 /// Listener stats for TLS termination (Envoy's `listener.<name>.ssl.*`).
 public struct TlsStats: Sendable {
     public let handshake: Counter
@@ -95,8 +126,9 @@ final class TlsTransport {
     let stats: TlsStats
     private var handshakeDone = false
 
-    init?(context: TlsContext, fd: Int32, server: Bool, prefix: UnsafeRawBufferPointer, stats: TlsStats) {
-        guard let s = cshim_tls_new(context.ctx, fd, server ? 1 : 0, context.serverName, prefix.baseAddress, prefix.count) else {
+    /// `serverName`: a client's SNI for this connection (default: the context's).
+    init?(context: TlsContext, fd: Int32, server: Bool, prefix: UnsafeRawBufferPointer, stats: TlsStats, serverName: String? = nil) {
+        guard let s = cshim_tls_new(context.ctx, fd, server ? 1 : 0, serverName ?? context.serverName, prefix.baseAddress, prefix.count) else {
             return nil
         }
         self.context = context; ssl = s; self.stats = stats

@@ -64,6 +64,8 @@ public final class Server {
     private var admin: AdminServer?
     private var drainTimer: Timer?
     private var tickTimer: Timer?
+    /// `server.days_until_first_cert_expiring` (Envoy's), registered once a certificate is loaded.
+    private var certExpiryGauge: Gauge?
     private var watchTimer: Timer?
     let startWallMs = wallMs()
     let startMs = monotonicMs()
@@ -516,6 +518,7 @@ public final class Server {
         })
         tickTimer = Timer(dispatcher) { [unowned self] in
             store.mainSlab.set(serverStats.uptime, Int((monotonicMs() - startMs) / 1000))
+            updateCertExpiry()
             tickTimer?.arm(ms: 1000)
         }
         tickTimer?.arm(ms: 1000)
@@ -651,6 +654,19 @@ public final class Server {
     /// Addresses actually bound, by listener name.
     public var boundAddresses: [(String, SocketAddress)] {
         bound.map { ($0.key, $0.value.actual) }.sorted { $0.0 < $1.0 }
+    }
+
+    /// The certificates of the running config's TLS listeners and chains.
+    var certificates: [(listener: String, chain: String, tls: TlsServerConfig)] {
+        snapshot.config.listeners.flatMap { l in l.chains.compactMap { c in c.tls.map { (l.name, c.name, $0) } } }
+    }
+
+    private func updateCertExpiry() {
+        let now = Int64(wallMs() / 1000)
+        let days = certificates.compactMap { $0.tls.context.certificate?.daysUntilExpiration(nowSeconds: now) }.min()
+        guard let days else { return }
+        if certExpiryGauge == nil { certExpiryGauge = store.gauge("server.days_until_first_cert_expiring") }
+        if let g = certExpiryGauge { store.mainSlab.set(g, Int(days)) }
     }
 
     public var uptimeSeconds: UInt64 { (monotonicMs() - startMs) / 1000 }
