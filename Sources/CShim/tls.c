@@ -119,6 +119,38 @@ struct ssl_ctx_st *cshim_tls_server_ctx(const char *cert, const char *key, const
     return ctx;
 }
 
+/* Client session resumption, as Envoy keeps it: one session per client context (a cluster),
+   the newest ticket the servers gave, offered by every new connection until a newer one. */
+struct session_slot {
+    pthread_mutex_t lock;
+    SSL_SESSION *sess;
+};
+
+static int slot_index = -1;
+static pthread_once_t slot_once = PTHREAD_ONCE_INIT;
+
+static void free_slot(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp) {
+    (void)parent; (void)ad; (void)idx; (void)argl; (void)argp;
+    struct session_slot *s = ptr;
+    if (!s) return;
+    if (s->sess) SSL_SESSION_free(s->sess);
+    pthread_mutex_destroy(&s->lock);
+    OPENSSL_free(s);
+}
+
+static void slot_init(void) { slot_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_slot); }
+
+static int keep_session(SSL *ssl, SSL_SESSION *sess) {
+    struct session_slot *s = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), slot_index);
+    if (!s) return 0;
+    pthread_mutex_lock(&s->lock);
+    SSL_SESSION *old = s->sess;
+    s->sess = sess;  /* the callback's reference is ours now */
+    pthread_mutex_unlock(&s->lock);
+    if (old) SSL_SESSION_free(old);
+    return 1;
+}
+
 struct ssl_ctx_st *cshim_tls_client_ctx(const char *ca_file, int verify, const unsigned char *alpn,
                                         unsigned alpn_len, int min_version, char *err, size_t errlen) {
     ERR_clear_error();
@@ -138,6 +170,14 @@ struct ssl_ctx_st *cshim_tls_client_ctx(const char *ca_file, int verify, const u
         put_error(err, errlen, "bad ALPN list");
         SSL_CTX_free(ctx);
         return NULL;
+    }
+    pthread_once(&slot_once, slot_init);
+    struct session_slot *slot = slot_index >= 0 ? OPENSSL_zalloc(sizeof *slot) : NULL;
+    if (slot) {
+        pthread_mutex_init(&slot->lock, NULL);
+        SSL_CTX_set_ex_data(ctx, slot_index, slot);
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+        SSL_CTX_sess_set_new_cb(ctx, keep_session);
     }
     return ctx;
 }
@@ -275,6 +315,12 @@ struct ssl_st *cshim_tls_new(struct ssl_ctx_st *ctx, int fd, int server, const c
             SSL_set_tlsext_host_name(ssl, sni);
             if (SSL_get_verify_mode(ssl) & SSL_VERIFY_PEER) SSL_set1_host(ssl, sni);
         }
+        struct session_slot *slot = slot_index >= 0 ? SSL_CTX_get_ex_data(ctx, slot_index) : NULL;
+        if (slot) {
+            pthread_mutex_lock(&slot->lock);
+            if (slot->sess) SSL_set_session(ssl, slot->sess);
+            pthread_mutex_unlock(&slot->lock);
+        }
         SSL_set_connect_state(ssl);
     }
     return ssl;
@@ -318,6 +364,8 @@ void cshim_tls_shutdown(struct ssl_st *ssl) {
 }
 
 int cshim_tls_handshake_done(struct ssl_st *ssl) { return SSL_is_init_finished(ssl); }
+
+int cshim_tls_session_reused(struct ssl_st *ssl) { return SSL_session_reused(ssl); }
 
 int cshim_tls_handshake(struct ssl_st *ssl) {
     ERR_clear_error();

@@ -382,3 +382,16 @@ def test_auto_sni_sends_and_verifies_the_clients_server_name():
             assert t.recv(100) == b""
             t.close()
             p.wait_stat("cluster.backend.upstream_cx_connect_fail", lambda v: v == 1)
+
+
+def test_connections_to_hosts_resume_the_tls_session():
+    ca = cert("api.example.com")[0]
+    with TlsServer("api.example.com") as up:
+        with Proxy("tcp-proxy", config=origin_config(up.endpoint, f'{{ sni: api.example.com, ca: "{ca}" }}')) as p:
+            for _ in range(4):
+                c = socket.create_connection(p.addr(), timeout=10)
+                assert read_line(c) == b"api.example.com sni=api.example.com\n"
+                c.close()
+            p.wait_stat("cluster.backend.ssl.handshake", lambda v: v == 4)
+            # The first connection takes the host's ticket; the next ones offer it.
+            assert p.stat("cluster.backend.ssl.session_reused") >= 2

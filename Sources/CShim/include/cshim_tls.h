@@ -44,6 +44,8 @@ int cshim_tls_write(struct ssl_st *ssl, const void *buf, int len);
 /* Sends close_notify (once). */
 void cshim_tls_shutdown(struct ssl_st *ssl);
 int cshim_tls_handshake_done(struct ssl_st *ssl);
+/* The finished handshake resumed an earlier session. */
+int cshim_tls_session_reused(struct ssl_st *ssl);
 /* Drives the handshake: 1 when done, CSHIM_TLS_WANT_* or CSHIM_TLS_ERROR. */
 int cshim_tls_handshake(struct ssl_st *ssl);
 /* The SNI a client sent (server side), or NULL. */

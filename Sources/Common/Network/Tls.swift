@@ -112,7 +112,9 @@ public struct TlsStats: Sendable {
     public let handshake: Counter
     public let connectionError: Counter
     public let handshakeTimeout: Counter
+    public let sessionReused: Counter
     public init(store: StatsStore, prefix: String) {
+        sessionReused = store.counter(prefix + "ssl.session_reused")
         handshake = store.counter(prefix + "ssl.handshake")
         connectionError = store.counter(prefix + "ssl.connection_error")
         handshakeTimeout = store.counter(prefix + "ssl.handshake_timeout")
@@ -141,6 +143,7 @@ final class TlsTransport {
         if handshakeDone || cshim_tls_handshake_done(ssl) == 0 { return false }
         handshakeDone = true
         slab.inc(stats.handshake)
+        if cshim_tls_session_reused(ssl) != 0 { slab.inc(stats.sessionReused) }
         return true
     }
 
