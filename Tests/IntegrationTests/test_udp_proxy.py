@@ -140,14 +140,18 @@ def test_source_ip_affinity_and_idle_expiry():
         with udp_proxy([s.endpoint for s in servers], udp=", hash_policy: source_ip, idle_timeout: 300ms",
                        cluster="    lb_policy: maglev") as p:
             seen = set()
+            clients = []
             for _ in range(12):  # new client sockets (ports), same IP: always the same upstream
                 c = client()
                 c.sendto(b"?", p.addr())
                 seen.add(c.recv(100))
-                c.close()
+                clients.append(c)  # kept open: a closed socket's port may come back for the next
             assert len(seen) == 1
+            assert p.stat("udp.main.downstream_sess_total") == 12
             p.wait_stat("udp.main.downstream_sess_active", lambda v: v == 0, timeout=10)
             assert p.stat("udp.main.idle_timeout") == 12
+            for c in clients:
+                c.close()
     finally:
         for s in servers:
             s.close()
@@ -159,11 +163,12 @@ def test_health_checks_steer_new_sessions_away_from_a_down_upstream():
         hc = "    health_check: { interval: 100ms, timeout: 80ms, rise: 1, fall: 2, udp: { send: ping } }"
         with udp_proxy([a.endpoint, b.endpoint], cluster=hc, workers=1) as p:
             got = set()
+            first = []  # kept open: a new client must not reuse a port whose session went to a
             for _ in range(8):
                 c = client()
                 c.sendto(b"?", p.addr())
                 got.add(c.recv(100))
-                c.close()
+                first.append(c)
             assert got == {b"a", b"b"}
             a.close()
             p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 1, timeout=10)
@@ -171,6 +176,8 @@ def test_health_checks_steer_new_sessions_away_from_a_down_upstream():
                 c = client()
                 c.sendto(b"?", p.addr())
                 assert c.recv(100) == b"b"
+                c.close()
+            for c in first:
                 c.close()
     finally:
         b.close()
