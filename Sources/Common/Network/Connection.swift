@@ -175,7 +175,6 @@ public final class Connection {
             // A readable event before writable (data right away) also means connected.
             state = .open
             writeReady = true
-            if tls != nil { readReady = true }  // a TLS client starts its handshake
             callbacks?.onConnected(self)
             if state != .open { return }
             if !writeBuffer.isEmpty { flush() }
@@ -304,15 +303,15 @@ public final class Connection {
         return state == .open
     }
 
-    /// Turns on TLS (`server`: we accept; else we connect) before any byte was written. Bytes
-    /// already read (a ClientHello a listener filter inspected) are handed to TLS first.
-    /// False when OpenSSL could not make the connection (out of memory).
-    public func startTls(_ context: TlsContext, server: Bool, stats: TlsStats) -> Bool {
+    /// Turns on TLS on an accepted connection before any byte was written. Bytes already read
+    /// (a ClientHello a listener filter inspected) are handed to TLS first. False when OpenSSL
+    /// could not make the connection (out of memory). (Outbound TLS goes through `connect`.)
+    public func startTls(_ context: TlsContext, stats: TlsStats) -> Bool {
         // Bytes queued in clear (a PROXY header) would otherwise go out inside TLS.
         guard fd >= 0, tls == nil, writeBuffer.isEmpty, pipeBytes == 0 else { return false }
         let t = readBuffer.isEmpty
-            ? TlsTransport(context: context, fd: fd, server: server, prefix: UnsafeRawBufferPointer(start: nil, count: 0), stats: stats)
-            : TlsTransport(context: context, fd: fd, server: server, prefix: readBuffer.readable, stats: stats)
+            ? TlsTransport(context: context, fd: fd, server: true, prefix: UnsafeRawBufferPointer(start: nil, count: 0), stats: stats)
+            : TlsTransport(context: context, fd: fd, server: true, prefix: readBuffer.readable, stats: stats)
         guard let t else { return false }
         readBuffer.drain(readBuffer.count)
         tls = t

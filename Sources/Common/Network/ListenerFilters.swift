@@ -164,7 +164,7 @@ final class ListenerFilters: ActiveSession, ConnectionCallbacks {
         }
         let r = context.listener
         guard let tls = r.config.chains[chain].tls else { return handOff(chain: chain, redeliver: true) }
-        guard connection.startTls(tls.context, server: true, stats: r.stats.tls) else {
+        guard connection.startTls(tls.context, stats: r.stats.tls) else {
             worker.stats.inc(r.stats.tls.connectionError)
             return fail()
         }
