@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from harness import BIN_DIR, Proxy, Server, connect, free_port, name_handler, recv_exact, refused_endpoint, wait_for
+from harness import BIN_DIR, Proxy, Server, connect, free_port, name_handler, recv_exact, refused_endpoint, tcp_config, wait_for
 
 HC = os.path.join(BIN_DIR, "health-checker")
 
@@ -143,19 +143,8 @@ def test_redis_check_ping_and_maintenance_key(redis):
 
 
 def proxy_with_checks(endpoints, interval="100ms", rise=2, fall=3, kind="tcp: {}"):
-    eps = ", ".join(f'"{e}"' for e in endpoints)
-    return Proxy("tcp-proxy", config=f"""
-admin: {{ address: 127.0.0.1:0 }}
-workers: 2
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    tcp: {{ cluster: backend }}
-clusters:
-  - name: backend
-    endpoints: [ {eps} ]
-    health_check: {{ interval: {interval}, timeout: 80ms, rise: {rise}, fall: {fall}, {kind} }}
-""")
+    hc = f"    health_check: {{ interval: {interval}, timeout: 80ms, rise: {rise}, fall: {fall}, {kind} }}"
+    return Proxy("tcp-proxy", config=tcp_config(endpoints, workers=2, cluster=hc))
 
 
 def names_seen(p, n=12):

@@ -18,6 +18,7 @@ def cfg_for(endpoint, drain="30s"):
 def test_sigterm_drains_in_flight_transfers_then_exits_0():
     total = 16 * MiB
     gate = threading.Event()
+    resume = threading.Event()
 
     def slow_sender(c, server):
         c.recv(1)
@@ -25,8 +26,8 @@ def test_sigterm_drains_in_flight_transfers_then_exits_0():
         for i in range(total // len(chunk)):
             if i == 4:
                 gate.set()  # the transfer is under way
+                resume.wait(30)  # ... and stays so until SIGTERM has been sent
             c.sendall(chunk)
-            time.sleep(0.01)  # the peer paces itself so the transfer is still running at SIGTERM
         c.shutdown(socket.SHUT_WR)
         recv_all(c)
 
@@ -49,6 +50,7 @@ def test_sigterm_drains_in_flight_transfers_then_exits_0():
             p.signal(signal.SIGTERM)
             # New connections are refused once draining started.
             wait_for(lambda: port_refuses(p.addr()), timeout=10, what="listener closed")
+            resume.set()  # the rest of each transfer flows while the proxy drains
             for t in threads:
                 t.join(60)
             assert results == [total] * 3
