@@ -3,11 +3,12 @@
 import concurrent.futures
 import resource
 import socket
+import threading
 import time
 
 import pytest
 
-from harness import (Proxy, Server, connect, duplex_client, duplex_handler, echo_handler, recv_all,
+from harness import (Proxy, Server, connect, duplex_client, duplex_handler, echo_handler, recv_all, tcp_config,
                      recv_exact, stream_digest, wait_for)
 
 MiB = 1 << 20
@@ -240,3 +241,73 @@ def test_echo_many_small_messages_two_workers():
             s.close()
         p.wait_stat("listener.main.downstream_cx_active", lambda v: v == 0)
         assert p.stat("listener.main.downstream_cx_total") == 20
+
+
+def _echo_stream(addr, seed, size, chunk=64 * 1024, stall_s=20.0):
+    """Sends `size` bytes in `chunk` writes to an echo service while another thread reads the
+    echo (in reads of varied sizes) and checks it byte for byte. The client half-closes only
+    once it has the whole echo, as a request/response client would: a FIN must not be what
+    wakes the proxy up. Returns bytes echoed; a stall (no byte for `stall_s`) ends the read
+    early, so a lost wake-up shows as a short count, never as a hang."""
+    import random as _random
+    rng = _random.Random(seed)
+    block = rng.randbytes(chunk)
+    s = connect(addr, timeout=stall_s)
+    err = {}
+
+    def send():
+        try:
+            sent = 0
+            while sent < size:
+                n = min(chunk, size - sent)
+                s.sendall(block[:n])
+                sent += n
+        except OSError as e:
+            err["send"] = e
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    got = 0
+    s.settimeout(stall_s)
+    try:
+        while got < size:
+            d = s.recv(rng.choice((1024, 64 * 1024, 1 << 20)))
+            if not d:
+                break
+            off = got % chunk
+            # The echo is the block repeated: compare in block-aligned pieces.
+            i = 0
+            while i < len(d):
+                take = min(len(d) - i, chunk - off)
+                if d[i:i + take] != block[off:off + take]:
+                    raise AssertionError(f"stream {seed}: corrupted at byte {got + i}")
+                i += take
+                off = 0
+            got += len(d)
+    except socket.timeout:
+        pass
+    t.join(timeout=stall_s)
+    s.close()
+    return got
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("splice", [True, False])
+def test_echo_64mib_streams_read_and_write_at_once(splice):
+    """Fault 0 of issue 8: 64 MiB echoed in 64 KiB writes while a second thread reads, 20
+    streams, 4 at a time, on 2 workers. With splice a short splice into a pipe whose slots were
+    full was taken for a drained socket, and the stream stalled with bytes in the kernel."""
+    size = 64 * MiB
+    with Server(echo_handler) as up, \
+            Proxy("tcp-proxy", config=tcp_config([up.endpoint], workers=2,
+                                                 tcp=f", splice: {str(splice).lower()}")) as p:
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            counts = list(ex.map(lambda seed: _echo_stream(p.addr(), seed, size), range(1, 21)))
+        short = {i + 1: n for i, n in enumerate(counts) if n != size}
+        assert not short, f"streams stalled (stream: bytes echoed of {size}): {short}; stats " \
+            f"tx={p.stat('cluster.backend.upstream_cx_tx_bytes_total')} " \
+            f"rx={p.stat('cluster.backend.upstream_cx_rx_bytes_total')}"
+        p.wait_stat("listener.main.downstream_cx_active", lambda v: v == 0)
+        s = p.stats()
+        assert s["cluster.backend.upstream_cx_tx_bytes_total"] == 20 * size
+        assert s["cluster.backend.upstream_cx_rx_bytes_total"] == 20 * size

@@ -83,6 +83,9 @@ public final class Connection {
     private var pipeW: Int32 = -1
     /// Bytes sitting in that pipe: part of what this connection still has to write.
     private var pipeBytes = 0
+    /// The splice source stopped on a pipe that may be full (EAGAIN or no room) with its socket
+    /// still readable: wake it when this pipe has moved bytes on.
+    fileprivate var sourceWaitsForPipe = false
 
     /// Wraps an accepted socket (TCP_NODELAY comes from the listening socket).
     public init(worker: Worker, fd: Int32, remote: SocketAddress?, bufferLimit: Int) {
@@ -384,9 +387,21 @@ public final class Connection {
 
     /// One splice from this socket into `target`'s pipe, then on to its socket. Returns false
     /// when reading must stop (EAGAIN, EOF delivered, closed, or the target is full).
+    ///
+    /// Unlike read(2), a short splice says nothing about the socket: a pipe has a fixed number
+    /// of slots (one per page fragment of the socket's buffers), so it can be full long before
+    /// `capacity` bytes, and a non-blocking tcp_splice_read stops after one pass over the
+    /// receive queue. Only EAGAIN into an empty pipe proves the socket drained. EAGAIN into a
+    /// pipe that still holds bytes may mean "pipe full": the source stays ready and the target
+    /// wakes it once the pipe moved bytes on (`sourceWaitsForPipe`). Taking a short splice for
+    /// a drained socket lost the wake-up when the peer had nothing more to send (issue 8).
     private func spliceOnce(into target: Connection) -> Bool {
         let room = worker.pipes.capacity - target.pipeBytes
-        if room <= 0 { target.checkHighWatermark(); return false }
+        if room <= 0 {
+            target.sourceWaitsForPipe = true
+            target.checkHighWatermark()
+            return false
+        }
         let n = cshim_splice(fd, target.pipeW, room)
         if n > 0 {
             bytesRead &+= UInt64(n)
@@ -394,7 +409,6 @@ public final class Connection {
             callbacks?.onSpliced(self, bytes: n)
             target.flushPipe()
             target.checkHighWatermark()
-            if n < room && !peerFinPending { readReady = false }
             return state == .open
         }
         if n == 0 {
@@ -404,14 +418,28 @@ public final class Connection {
             if readEOF && writeShut && state == .open { closeNow(remote: false) }
             return false
         }
-        if n == -Int(EAGAIN) { readReady = false; return false }
+        if n == -Int(EAGAIN) {
+            if target.pipeBytes == 0 {
+                readReady = false  // an empty pipe cannot be full: the socket is drained
+            } else {
+                target.sourceWaitsForPipe = true
+            }
+            return false
+        }
         if n == -Int(EINTR) { return true }
         closeNow(remote: true)
         return false
     }
 
-    /// Moves what the pipe holds to the socket.
+    /// Moves what the pipe holds to the socket; wakes the splice source if it waits for room.
     fileprivate func flushPipe() {
+        let before = pipeBytes
+        defer {
+            if sourceWaitsForPipe && pipeBytes < before && state == .open {
+                sourceWaitsForPipe = false
+                spliceTarget?.continueReading()
+            }
+        }
         while pipeBytes > 0 && writeReady && state == .open {
             let n = cshim_splice(pipeR, fd, pipeBytes)
             if n > 0 {
