@@ -123,8 +123,8 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
         c.onStart(h)
         worker.stats.inc(cs.stats.upstreamCxTotal)
         worker.stats.inc(cs.stats.upstreamCxActive)
-        worker.stats.inc(host.stats.cxTotal)
-        worker.stats.inc(host.stats.cxActive)
+        host.stats.inc(.cxTotal, worker.stats)
+        host.stats.inc(.cxActive, worker.stats)
         connectStartMs = monotonicMs()
         // With TLS to the host, the PROXY header goes first in clear and "connected" means the
         // handshake finished (the connect timeout covers it; a failure retries like a refusal).
@@ -161,7 +161,7 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
         let cs = c.snapshot
         c.onEnd(hostIndex)
         worker.stats.dec(cs.stats.upstreamCxActive)
-        worker.stats.dec(cs.hosts[hostIndex].stats.cxActive)
+        cs.hosts[hostIndex].stats.dec(.cxActive, worker.stats)
         worker.stats.inc(cs.stats.upstreamCxDestroy)
         if holdsCircuitBreaker { cs.openConnections.release(); holdsCircuitBreaker = false }
         hostIndex = -1
@@ -173,7 +173,7 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession {
         if timeout { worker.stats.inc(cs.stats.upstreamCxConnectTimeout) }
         worker.stats.inc(cs.stats.upstreamCxConnectFail)
         if hostIndex >= 0 {
-            worker.stats.inc(cs.hosts[hostIndex].stats.cxConnectFail)
+            cs.hosts[hostIndex].stats.inc(.cxConnectFail, worker.stats)
             cs.hosts[hostIndex].outlier?.failure()
         }
         if let up = upstream { up.callbacks = nil; up.close(); upstream = nil }

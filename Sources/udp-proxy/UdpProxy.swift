@@ -241,8 +241,8 @@ final class UdpSession {
         c.onStart(h)
         w.stats.inc(c.snapshot.stats.upstreamCxTotal)
         w.stats.inc(c.snapshot.stats.upstreamCxActive)
-        w.stats.inc(c.snapshot.hosts[h].stats.cxTotal)
-        w.stats.inc(c.snapshot.hosts[h].stats.cxActive)
+        c.snapshot.hosts[h].stats.inc(.cxTotal, w.stats)
+        c.snapshot.hosts[h].stats.inc(.cxActive, w.stats)
         return leg
     }
 
@@ -362,7 +362,7 @@ final class UdpSession {
             let cs = leg.cluster.snapshot
             leg.cluster.onEnd(leg.host)
             w.stats.dec(cs.stats.upstreamCxActive)
-            w.stats.dec(cs.hosts[leg.host].stats.cxActive)
+            cs.hosts[leg.host].stats.dec(.cxActive, w.stats)
             w.stats.inc(cs.stats.upstreamCxDestroy)
         }
         w.stats.dec(factory.stats.downstreamSessActive)

@@ -5,7 +5,7 @@ private func hosts(_ weights: [Int]) -> [Host] {
     let store = StatsStore(threads: 1)
     return weights.enumerated().map { i, w in
         let a = try! SocketAddress.parse("10.0.\(i / 250).\(i % 250 + 1):80")  // test fixture, not input
-        return Host(address: a, weight: w, hashKey: a.description, healthy: true, stats: HostStats(store: store, cluster: "t", address: a))
+        return Host(address: a, weight: w, hashKey: a.description, healthy: true, stats: HostStats(threads: 1))
     }
 }
 
@@ -95,11 +95,10 @@ private func hosts(_ weights: [Int]) -> [Host] {
 }
 
 private func prioritized(_ spec: [(priority: Int, healthy: Bool)]) -> [Host] {
-    let store = StatsStore(threads: 1)
     return spec.enumerated().map { i, s in
         let a = try! SocketAddress.parse("10.1.0.\(i + 1):80")  // test fixture, not input
         return Host(address: a, weight: 1, hashKey: a.description, healthy: s.healthy,
-                    stats: HostStats(store: store, cluster: "t", address: a), priority: s.priority)
+                    stats: HostStats(threads: 1), priority: s.priority)
     }
 }
 
@@ -113,4 +112,7 @@ private func prioritized(_ spec: [(priority: Int, healthy: Bool)]) -> [Host] {
     #expect(loads([(0, false), (0, false), (1, true)]) == [0, 100])
     #expect(loads([(0, true), (0, false), (0, false), (1, false)]) == [100, 0])  // 46% alone: scaled up
     #expect(loads([(0, false), (1, false)]) == [0, 0])
+    // One healthy host among 200 is 0.7% x 1.4: it must not round down to "nothing healthy".
+    #expect(loads([(0, true)] + Array(repeating: (0, false), count: 199)) == [100])
+    #expect(loads([(0, true)] + Array(repeating: (0, false), count: 199) + [(1, true)]) == [1, 99])
 }

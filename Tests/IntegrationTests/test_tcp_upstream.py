@@ -309,3 +309,27 @@ def test_pending_connect_and_retry_circuit_breakers():
             p.wait_stat("listener.main.downstream_cx_active", lambda v: v == 0)
             _, clusters = p.get("/clusters")
             assert "backend::default_priority::rq_retry_open::0" in clusters
+
+
+def test_outlier_ejection_never_leaves_a_cluster_without_a_host():
+    """Fault 3 of issue 8: the only host fails, is ejected for an hour, then comes back. Outlier
+    ejection alone must not refuse every connection until the hour is over."""
+    port = int(refused_endpoint().rsplit(":", 1)[1])
+    ep = f"127.0.0.1:{port}"
+    cfg = config([ep], extra_cluster="    outlier_detection: { consecutive_failures: 2, base_ejection_time: 1h, max_ejection_time: 1h }")
+    with Proxy("tcp-proxy", config=cfg) as p:
+        for _ in range(2):
+            s = connect(p.addr())
+            assert s.recv(10) == b""  # refused upstream: closed
+            s.close()
+        p.wait_stat("cluster.backend.outlier_detection.ejections_active", lambda v: v == 1)
+        with Server(name_handler("back"), port=port):
+            s = connect(p.addr())
+            assert recv_exact(s, 5) == b"back\n"
+            s.close()
+            assert p.stat("cluster.backend.lb_all_ejected") >= 1
+            assert p.stat("cluster.backend.upstream_cx_none_healthy") == 0
+            assert p.stat("cluster.backend.outlier_detection.ejections_active") == 1  # still ejected
+            assert p.stat("cluster.backend.membership_healthy") == 0
+            _, clusters = p.get("/clusters")
+            assert f"backend::{ep}::health_flags::/failed_outlier_check" in clusters

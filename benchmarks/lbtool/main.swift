@@ -17,7 +17,7 @@ func hosts(_ spec: String) -> [Host] {
             FileHandleOut.stderr("lbtool: bad host \(rest)\n"); exit(2)
         }
         return Host(address: a, weight: weight, hashKey: hashKey ?? a.description, healthy: true,
-                    stats: HostStats(store: store, cluster: "lbtool", address: a))
+                    stats: HostStats(threads: 1))
     }
 }
 

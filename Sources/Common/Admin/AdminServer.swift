@@ -172,7 +172,6 @@ final class AdminServer {
 
     /// Envoy's /clusters text: `cluster::host::stat::value` lines.
     private func clusters(json: Bool) -> String {
-        let store = server.store
         var lines = ""
         var jclusters: [JSON] = []
         for name in server.snapshot.clusters.keys.sorted() {
@@ -188,15 +187,14 @@ final class AdminServer {
             lines += "\(name)::lb_policy::\(c.config.lbPolicy.rawValue)\n"
             var jhosts: [JSON] = []
             for h in c.hosts {
-                let p = "_host.\(name).\(h.address)."
-                let total = store.value(p + "cx_total") ?? 0
-                let active = store.value(p + "cx_active") ?? 0
-                let fail = store.value(p + "cx_connect_fail") ?? 0
+                let total = h.stats.value(.cxTotal)
+                let active = h.stats.value(.cxActive)
+                let fail = h.stats.value(.cxConnectFail)
                 let a = h.address.description
                 lines += "\(name)::\(a)::cx_active::\(active)\n"
                 lines += "\(name)::\(a)::cx_connect_fail::\(fail)\n"
                 lines += "\(name)::\(a)::cx_total::\(total)\n"
-                let flags = h.healthy ? "healthy" : h.ejected ? "/failed_outlier_check" : "/failed_active_hc"
+                let flags = h.ejected ? "/failed_outlier_check" : h.healthy ? "healthy" : "/failed_active_hc"
                 lines += "\(name)::\(a)::health_flags::\(flags)\n"
                 let last = server.lastCheck(cluster: name, address: h.address)
                 if let last { lines += "\(name)::\(a)::last_check::\(last.code) \(last.detail)\n" }

@@ -1,7 +1,7 @@
 import Glibc
 
-/// Renders a stats snapshot as Envoy does: text, JSON, Prometheus. Stats named `_host.*` are
-/// per-host details shown by /clusters, not here.
+/// Renders a stats snapshot as Envoy does: text, JSON, Prometheus. Per-host stats live with
+/// their hosts (`HostStats`) and are shown by /clusters, not here.
 enum StatsFormat {
     /// A POSIX extended regex filter (Envoy's `?filter=`).
     final class Filter {

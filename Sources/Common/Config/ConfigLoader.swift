@@ -88,6 +88,7 @@ public enum ConfigLoader {
         if let d = m.optional("discovery") {
             c.discovery = try d.oneOf(["static", "file", "strict_dns", "logical_dns"])
         }
+        if let x = m.optional("max_hosts") { c.maxHosts = try x.int(min: 1, max: 1_000_000) }
         if c.discovery == "strict_dns" || c.discovery == "logical_dns" {
             let eps = try m.required("endpoints").list()
             if eps.isEmpty { throw ConfigError("\(v.path).endpoints", "at least one endpoint is needed") }
@@ -125,9 +126,15 @@ public enum ConfigLoader {
             }
             // A missing or broken file at start is an error too: nothing half-valid starts.
             c.endpoints = try EndpointsFile.load(path: c.path!, keyPath: p.path)
+            if c.endpoints.count > c.maxHosts {
+                throw ConfigError(p.path, "endpoints file \"\(c.path!)\" has \(c.endpoints.count) endpoints, over max_hosts (\(c.maxHosts))")
+            }
         } else {
             let eps = try m.required("endpoints").list()
             if eps.isEmpty { throw ConfigError("\(v.path).endpoints", "at least one endpoint is needed") }
+            if eps.count > c.maxHosts {
+                throw ConfigError("\(v.path).endpoints", "\(eps.count) endpoints, over max_hosts (\(c.maxHosts))")
+            }
             for e in eps { c.endpoints.append(try parseEndpoint(e)) }
         }
         if let h = m.optional("health_check") { c.healthCheck = try parseHealthCheck(h) }

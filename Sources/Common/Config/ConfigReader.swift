@@ -125,9 +125,12 @@ public struct ConfigValue {
     public func mapping() throws(ConfigError) -> ConfigMap {
         guard case .mapping(let m) = node else { throw fail("expected a mapping, got \(kindName)") }
         var pairs: [(String, Node, Int?)] = []
+        pairs.reserveCapacity(m.count)
+        // A set, not a scan of `pairs`: a hostile 40,000-key mapping must cost milliseconds.
+        var seen = Set<String>(minimumCapacity: m.count)
         for (k, v) in m {
             guard case .scalar(let ks) = k else { throw fail("mapping keys must be strings") }
-            if pairs.contains(where: { $0.0 == ks.string }) {
+            if !seen.insert(ks.string).inserted {
                 throw ConfigError(child(ks.string), "duplicate key", line: k.mark?.line)
             }
             pairs.append((ks.string, v, k.mark?.line))

@@ -204,6 +204,11 @@ public struct ClusterConfig: Sendable {
     /// `panic_threshold` (percent, default 0 = off): when fewer hosts than this are healthy,
     /// balance over all hosts, healthy or not. Off by default, unlike Envoy's silent 50%.
     public var panicThreshold = 0
+    /// `max_hosts` (default 100,000; at most 1,000,000): the most hosts the cluster may have.
+    /// A config over it is refused; a discovery result over it (an endpoints file, a DNS answer)
+    /// is rejected with `update_rejected` and the last good set stays.
+    public var maxHosts = ClusterConfig.defaultMaxHosts
+    public static let defaultMaxHosts = 100_000
 }
 
 /// One endpoint of a cluster.

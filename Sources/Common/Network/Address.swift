@@ -69,7 +69,7 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
             }
             host = text[..<colon]
             portText = text[text.index(after: colon)...]
-            if host.contains(":") { throw .invalid("\"\(text)\": IPv6 addresses need brackets, [::1]:port") }
+            if host.utf8.contains(UInt8(ascii: ":")) { throw .invalid("\"\(text)\": IPv6 addresses need brackets, [::1]:port") }
         }
         guard let port = Int(portText), !portText.isEmpty else { throw .invalid("\"\(text)\": port is not a number") }
         guard (0...65535).contains(port) else { throw .invalid("\"\(text)\": port out of range") }

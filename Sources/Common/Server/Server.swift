@@ -217,6 +217,8 @@ public final class Server {
             let dnsKind = c.discovery == "strict_dns" || c.discovery == "logical_dns"
             if dnsKind, let old, old.config.discovery == c.discovery { initial = old.endpoints }
             let rt = ClusterRuntime(config: c, endpoints: initial, stats: ClusterDiscoveryStats(store: store, cluster: c.name))
+            if let old { rt.hostStats = old.hostStats }
+            syncHostStats(rt)
             if let hc = c.healthCheck {
                 let name = c.name
                 let m = ClusterHealthMonitor(cluster: name, config: hc, dispatcher: dispatcher, store: store) { [unowned self] a, up, r in
@@ -276,6 +278,14 @@ public final class Server {
         for rt in next.values { writeEndpointsOut(rt) }
     }
 
+    /// Gives every host of `rt.endpoints` its counters (kept ones stay) and forgets removed hosts'.
+    private func syncHostStats(_ rt: ClusterRuntime) {
+        var next: [SocketAddress: HostStats] = [:]
+        next.reserveCapacity(rt.endpoints.count)
+        for e in rt.endpoints { next[e.address] = rt.hostStats[e.address] ?? HostStats(threads: store.slabs.count) }
+        rt.hostStats = next
+    }
+
     /// Snapshots of every cluster; with `only`, the others are reused as they are (a health
     /// flip rebuilds one cluster's tables, not all of them).
     private func clusterSnapshots(only: String? = nil) -> [String: ClusterSnapshot] {
@@ -291,6 +301,7 @@ public final class Server {
             out[name] = ClusterSnapshot(config: rt.config, endpoints: rt.endpoints,
                                         healthy: { monitor?.isHealthy($0) ?? true },
                                         outlier: { (rt.outlierCounters[$0], rt.ejected[$0] != nil) },
+                                        hostStats: { rt.hostStats[$0] ?? HostStats(threads: self.store.slabs.count) },
                                         store: store, openConnections: count, pending: pending, retries: retries)
         }
         return out
@@ -384,11 +395,22 @@ public final class Server {
     /// New endpoints from discovery (file or DNS): checks, streaks and workers follow.
     private func endpointsChanged(cluster: String, _ eps: [EndpointConfig]) {
         guard let rt = clusterRuntimes[cluster], eps != rt.endpoints else { return }
+        if eps.count > rt.config.maxHosts {
+            // A runaway file or DNS answer: keep serving the last good set.
+            store.mainSlab.inc(rt.stats.updateFailure)
+            store.mainSlab.inc(rt.stats.updateRejected)
+            logger.error("endpoints update rejected, keeping the last good set", metadata: [
+                "cluster": "\(cluster)", "error": "\(eps.count) endpoints, over max_hosts (\(rt.config.maxHosts))"])
+            return
+        }
         rt.endpoints = eps
+        syncHostStats(rt)
         rt.monitor?.setHosts(eps.map(\.address))
         syncOutlierCounters(rt)
         store.mainSlab.inc(rt.stats.updateSuccess)
-        logger.info("endpoints updated", metadata: ["cluster": "\(cluster)", "hosts": "\(eps.map(\.address.description).joined(separator: ","))"])
+        // The first hosts only: a 100,000-host set must not make a megabyte log line.
+        let shown = eps.prefix(10).map(\.address.description).joined(separator: ",") + (eps.count > 10 ? ",..." : "")
+        logger.info("endpoints updated", metadata: ["cluster": "\(cluster)", "count": "\(eps.count)", "hosts": "\(shown)"])
         publishClusters(cluster)
         writeEndpointsOut(rt)
     }
@@ -702,9 +724,12 @@ public final class Server {
 struct ClusterDiscoveryStats: Sendable {
     let updateSuccess: Counter
     let updateFailure: Counter
+    /// Updates refused for exceeding a limit (`max_hosts`); also counted in update_failure.
+    let updateRejected: Counter
     init(store: StatsStore, cluster: String) {
         updateSuccess = store.counter("cluster.\(cluster).update_success")
         updateFailure = store.counter("cluster.\(cluster).update_failure")
+        updateRejected = store.counter("cluster.\(cluster).update_rejected")
     }
 }
 
@@ -723,6 +748,9 @@ final class ClusterRuntime {
     var ejected: [SocketAddress: Timer] = [:]
     var ejectionCounts: [SocketAddress: Int] = [:]
     var outlierStats: OutlierStats?
+    /// Each host's counters, by address: kept while the host is in `endpoints` (across health
+    /// flips and reloads), dropped when discovery removes it.
+    var hostStats: [SocketAddress: HostStats] = [:]
     /// Lowers the ejection multipliers of hosts that stayed in, every outlier interval.
     var decayTimer: Timer?
     init(config: ClusterConfig, endpoints: [EndpointConfig], stats: ClusterDiscoveryStats) {

@@ -31,6 +31,7 @@ public final class WorkerCluster {
     /// A host index, or nil when no level has a healthy host.
     public func pick(hashKey: UInt64?, attempted: [Int]) -> Int? {
         let loads = snapshot.loads
+        if snapshot.allEjected { slab.inc(snapshot.stats.lbAllEjected) }
         if lbs.count == 1 {
             if loads[0] == 0 { return nil }
             if snapshot.panic { slab.inc(snapshot.stats.lbHealthyPanic) }

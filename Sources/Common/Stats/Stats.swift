@@ -24,9 +24,13 @@ public enum StatKind: Sendable { case counter, gauge, histogram }
 public final class StatsSlab: @unchecked Sendable {  // raw memory, single writer, relaxed atomics via CShim
     @usableFromInline let slots: UnsafeMutablePointer<UInt64>
     let capacity: Int
+    /// The owning thread's index in its store (0 = main thread, 1...N = workers): the row it
+    /// writes in per-object stats such as `HostStats`.
+    public let thread: Int
 
-    init(capacity: Int) {
+    init(capacity: Int, thread: Int) {
         self.capacity = capacity
+        self.thread = thread
         slots = .allocate(capacity: capacity)
         slots.initialize(repeating: 0, count: capacity)
     }
@@ -62,11 +66,20 @@ public final class StatsStore: Sendable {
     private let registry = Locked(Registry())
     /// One slab per thread.
     public let slabs: [StatsSlab]
-    /// Slots per slab: the most stats (histograms count 21) the process can register.
+    /// Slots per slab: the most stats (histograms count 21) the process can register. Per-host
+    /// stats are not here (`HostStats`), so this bounds clusters and listeners, not hosts.
     public static let capacity = 65536
+    /// Slots at the end of every slab that absorb the writes of stats registered after the
+    /// store was full: such stats read 0 and are counted, never a crash.
+    static let sinkSlots = 32
+    /// `server.stats_overflow`: stats that could not be registered (the store was full). The
+    /// first stat registered, so its slot is known before the registry is.
+    public let overflow = Counter(slot: 0)
 
     public init(threads: Int) {
-        slabs = (0..<threads).map { _ in StatsSlab(capacity: StatsStore.capacity) }
+        slabs = (0..<threads).map { StatsSlab(capacity: StatsStore.capacity, thread: $0) }
+        let c = counter("server.stats_overflow")
+        precondition(c == overflow, "server.stats_overflow must be the first stat")
     }
 
     /// The slab of the main thread.
@@ -78,7 +91,11 @@ public final class StatsStore: Sendable {
                 precondition(e.kind == kind, "stat \(name) registered twice with different kinds")
                 return e.slot
             }
-            precondition(r.nextSlot + slots <= StatsStore.capacity, "stats capacity exhausted")
+            if r.nextSlot + slots > StatsStore.capacity - StatsStore.sinkSlots {
+                // Full (a config with thousands of clusters): the stat works but is not kept.
+                cshim_slot_add(slabs[0].slots + overflow.slot, 1)
+                return StatsStore.capacity - StatsStore.sinkSlots
+            }
             let e = Entry(name: name, kind: kind, slot: r.nextSlot)
             r.nextSlot += slots
             r.byName[name] = e
@@ -132,5 +149,53 @@ public final class StatsStore: Sendable {
             }
         }
         return snap
+    }
+}
+
+/// One upstream host's counters, owned by the cluster's runtime on the main thread and shared by
+/// every snapshot that lists the host, so they survive health flips and reloads; freed with the
+/// last snapshot that names the host (a host removed by discovery releases them: churn in DNS
+/// or in an endpoints file cannot exhaust anything). One cache line per thread: a worker writes
+/// only its own row (relaxed atomics, no RMW), readers sum the rows.
+public final class HostStats: @unchecked Sendable {  // raw memory, one writer per row, relaxed atomics via CShim
+    /// The per-host stats, by slot in a row. Envoy's names, shown by /clusters.
+    public enum Field: Int, CaseIterable, Sendable {
+        case cxTotal, cxActive, cxConnectFail, rqTotal, rqActive, rqError, rqTimeout, rqSuccess
+        public var name: String {
+            switch self {
+            case .cxTotal: "cx_total"
+            case .cxActive: "cx_active"
+            case .cxConnectFail: "cx_connect_fail"
+            case .rqTotal: "rq_total"
+            case .rqActive: "rq_active"
+            case .rqError: "rq_error"
+            case .rqTimeout: "rq_timeout"
+            case .rqSuccess: "rq_success"
+            }
+        }
+        /// Gauges go up and down; the rest only count.
+        public var isGauge: Bool { self == .cxActive || self == .rqActive }
+    }
+    static let rowSlots = 8
+    @usableFromInline let slots: UnsafeMutablePointer<UInt64>
+    private let threads: Int
+
+    /// Rows for `threads` threads (the store's slab count).
+    public init(threads: Int) {
+        self.threads = threads
+        slots = .allocate(capacity: threads * HostStats.rowSlots)
+        slots.initialize(repeating: 0, count: threads * HostStats.rowSlots)
+    }
+
+    deinit { slots.deallocate() }
+
+    @inlinable public func inc(_ f: Field, _ slab: StatsSlab) { cshim_slot_add(slots + (slab.thread &* 8 &+ f.rawValue), 1) }
+    @inlinable public func dec(_ f: Field, _ slab: StatsSlab) { cshim_slot_sub(slots + (slab.thread &* 8 &+ f.rawValue), 1) }
+
+    /// The value summed over threads (gauges as signed).
+    public func value(_ f: Field) -> Int64 {
+        var total: UInt64 = 0
+        for t in 0..<threads { total &+= cshim_slot_load(slots + t * HostStats.rowSlots + f.rawValue) }
+        return Int64(bitPattern: total)
     }
 }

@@ -31,20 +31,6 @@ public struct Host: Sendable {
     }
 }
 
-/// Per-host counters (registered under a hidden `_host.` prefix, shown by /clusters).
-public struct HostStats: Sendable {
-    public let cxTotal: Counter
-    public let cxActive: Gauge
-    public let cxConnectFail: Counter
-
-    public init(store: StatsStore, cluster: String, address: SocketAddress) {
-        let p = "_host.\(cluster).\(address)."
-        cxTotal = store.counter(p + "cx_total")
-        cxActive = store.gauge(p + "cx_active")
-        cxConnectFail = store.counter(p + "cx_connect_fail")
-    }
-}
-
 /// Envoy's cluster stats, `cluster.<name>.*`.
 public struct ClusterStats: Sendable {
     public let upstreamCxTotal: Counter
@@ -67,6 +53,8 @@ public struct ClusterStats: Sendable {
     public let upstreamRqPendingOverflow: Counter
     public let upstreamRqRetryOverflow: Counter
     public let upstreamRqRetry: Counter
+    /// Picks made while outlier ejection had every host out (`ClusterSnapshot.allEjected`).
+    public let lbAllEjected: Counter
     /// TLS to the hosts: `ssl.handshake`, `ssl.connection_error`.
     public let tls: TlsStats
 
@@ -92,6 +80,7 @@ public struct ClusterStats: Sendable {
         upstreamRqPendingOverflow = store.counter(p + "upstream_rq_pending_overflow")
         upstreamRqRetryOverflow = store.counter(p + "upstream_rq_retry_overflow")
         upstreamRqRetry = store.counter(p + "upstream_rq_retry")
+        lbAllEjected = store.counter(p + "lb_all_ejected")
         tls = TlsStats(store: store, prefix: p)
     }
 }
@@ -123,7 +112,10 @@ extension ClusterSnapshot {
         let health = priorities.map { p -> Int in
             let level = hosts.filter { $0.priority == p }
             if level.isEmpty { return 0 }
-            return min(100, level.filter(\.healthy).count * overprovisioning / level.count)
+            let up = level.filter(\.healthy).count
+            // A level with any healthy host keeps some traffic: 1 healthy host in 25,000 must not
+            // round down to 0% and leave the cluster with "no healthy host".
+            return up == 0 ? 0 : max(1, min(100, up * overprovisioning / level.count))
         }
         let total = health.reduce(0, +)
         if total == 0 { return Array(repeating: 0, count: priorities.count) }
@@ -170,23 +162,34 @@ public final class ClusterSnapshot: Sendable {
     public let loads: [Int]
     /// Fewer healthy hosts than `panic_threshold`: balancing ignores health.
     public let panic: Bool
+    /// Outlier ejection alone would leave no host to try: ejected hosts take traffic anyway
+    /// (Envoy keeps serving through panic mode; ours is off by default, so this is separate).
+    /// Active checks and discovery still decide; only passive ejection is overridden.
+    public let allEjected: Bool
 
     public var name: String { config.name }
 
     /// `endpoints`: the live set (config or endpoints file); `healthy`: what active checks say;
-    /// `outlier`: each host's streak counter and whether it is ejected now.
+    /// `outlier`: each host's streak counter and whether it is ejected now; `hostStats`: each
+    /// host's counters (kept by the caller across snapshots; fresh ones when not given).
     public init(config: ClusterConfig, endpoints: [EndpointConfig], healthy: (SocketAddress) -> Bool,
                 outlier: (SocketAddress) -> (OutlierCounter?, Bool) = { _ in (nil, false) },
+                hostStats: ((SocketAddress) -> HostStats)? = nil,
                 store: StatsStore, openConnections: SharedCount, pending: SharedCount = SharedCount(), retries: SharedCount = SharedCount()) {
         self.config = config
         self.pending = pending
         self.retries = retries
-        self.hosts = endpoints.map {
-            let (counter, ejected) = outlier($0.address)
-            return Host(address: $0.address, weight: $0.weight, hashKey: $0.hashKey ?? $0.address.description,
-                        healthy: $0.healthy && healthy($0.address) && !ejected,
-                        stats: HostStats(store: store, cluster: config.name, address: $0.address),
-                        outlier: counter, ejected: ejected, priority: $0.priority)
+        let outliers = endpoints.map { outlier($0.address) }
+        let up = endpoints.map { $0.healthy && healthy($0.address) }
+        // Would ejection empty the cluster? Then it does not count for balancing.
+        let ignoreEjection = up.contains(true) && !zip(up, outliers).contains { $0 && !$1.1 }
+        allEjected = ignoreEjection
+        self.hosts = endpoints.indices.map { i in
+            let e = endpoints[i], (counter, ejected) = outliers[i]
+            return Host(address: e.address, weight: e.weight, hashKey: e.hashKey ?? e.address.description,
+                        healthy: up[i] && (!ejected || ignoreEjection),
+                        stats: hostStats?(e.address) ?? HostStats(threads: store.slabs.count),
+                        outlier: counter, ejected: ejected, priority: e.priority)
         }
         self.stats = ClusterStats(store: store, cluster: config.name)
         self.openConnections = openConnections
@@ -205,6 +208,6 @@ public final class ClusterSnapshot: Sendable {
             loads = ClusterSnapshot.priorityLoads(hosts: all, priorities: priorities, overprovisioning: config.overprovisioningFactor)
         }
         store.mainSlab.set(stats.membershipTotal, hosts.count)
-        store.mainSlab.set(stats.membershipHealthy, hosts.filter(\.healthy).count)
+        store.mainSlab.set(stats.membershipHealthy, hosts.filter { $0.healthy && !$0.ejected }.count)
     }
 }
