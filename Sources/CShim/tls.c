@@ -119,34 +119,36 @@ struct ssl_ctx_st *cshim_tls_server_ctx(const char *cert, const char *key, const
     return ctx;
 }
 
-/* Client session resumption, as Envoy keeps it: one session per client context (a cluster),
-   the newest ticket the servers gave, offered by every new connection until a newer one. */
-struct session_slot {
-    pthread_mutex_t lock;
+/* Client session resumption: the newest ticket a host gave, kept per worker and per server
+   name (a ticket issued for one name is never offered to another). The slot belongs to one
+   worker thread, which also runs every SSL that points at it: no lock. */
+struct cshim_tls_session_slot {
     SSL_SESSION *sess;
 };
 
-static int slot_index = -1;
+static int ssl_slot_index = -1;
 static pthread_once_t slot_once = PTHREAD_ONCE_INIT;
 
-static void free_slot(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp) {
-    (void)parent; (void)ad; (void)idx; (void)argl; (void)argp;
-    struct session_slot *s = ptr;
-    if (!s) return;
-    if (s->sess) SSL_SESSION_free(s->sess);
-    pthread_mutex_destroy(&s->lock);
-    OPENSSL_free(s);
+static void slot_init(void) { ssl_slot_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL); }
+
+struct cshim_tls_session_slot *cshim_tls_session_slot_new(void) {
+    pthread_once(&slot_once, slot_init);
+    return calloc(1, sizeof(struct cshim_tls_session_slot));
 }
 
-static void slot_init(void) { slot_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_slot); }
+void cshim_tls_session_slot_free(struct cshim_tls_session_slot *slot) {
+    if (!slot) return;
+    if (slot->sess) SSL_SESSION_free(slot->sess);
+    free(slot);
+}
+
+int cshim_tls_session_slot_filled(const struct cshim_tls_session_slot *slot) { return slot && slot->sess; }
 
 static int keep_session(SSL *ssl, SSL_SESSION *sess) {
-    struct session_slot *s = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), slot_index);
+    struct cshim_tls_session_slot *s = ssl_slot_index >= 0 ? SSL_get_ex_data(ssl, ssl_slot_index) : NULL;
     if (!s) return 0;
-    pthread_mutex_lock(&s->lock);
     SSL_SESSION *old = s->sess;
     s->sess = sess;  /* the callback's reference is ours now */
-    pthread_mutex_unlock(&s->lock);
     if (old) SSL_SESSION_free(old);
     return 1;
 }
@@ -171,14 +173,8 @@ struct ssl_ctx_st *cshim_tls_client_ctx(const char *ca_file, int verify, const u
         SSL_CTX_free(ctx);
         return NULL;
     }
-    pthread_once(&slot_once, slot_init);
-    struct session_slot *slot = slot_index >= 0 ? OPENSSL_zalloc(sizeof *slot) : NULL;
-    if (slot) {
-        pthread_mutex_init(&slot->lock, NULL);
-        SSL_CTX_set_ex_data(ctx, slot_index, slot);
-        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
-        SSL_CTX_sess_set_new_cb(ctx, keep_session);
-    }
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, keep_session);
     return ctx;
 }
 
@@ -289,7 +285,7 @@ static void csock_init(void) {
 }
 
 struct ssl_st *cshim_tls_new(struct ssl_ctx_st *ctx, int fd, int server, const char *sni,
-                             const void *prefix, size_t prefix_len) {
+                             const void *prefix, size_t prefix_len, struct cshim_tls_session_slot *slot) {
     pthread_once(&csock_once, csock_init);
     if (!csock_method) return NULL;
     ERR_clear_error();
@@ -315,18 +311,22 @@ struct ssl_st *cshim_tls_new(struct ssl_ctx_st *ctx, int fd, int server, const c
             SSL_set_tlsext_host_name(ssl, sni);
             if (SSL_get_verify_mode(ssl) & SSL_VERIFY_PEER) SSL_set1_host(ssl, sni);
         }
-        struct session_slot *slot = slot_index >= 0 ? SSL_CTX_get_ex_data(ctx, slot_index) : NULL;
-        if (slot) {
-            pthread_mutex_lock(&slot->lock);
+        if (slot && ssl_slot_index >= 0) {
             if (slot->sess) SSL_set_session(ssl, slot->sess);
-            pthread_mutex_unlock(&slot->lock);
+            SSL_set_ex_data(ssl, ssl_slot_index, slot);
         }
         SSL_set_connect_state(ssl);
     }
     return ssl;
 }
 
-void cshim_tls_free(struct ssl_st *ssl) { SSL_free(ssl); }
+void cshim_tls_free(struct ssl_st *ssl, int clean) {
+    /* OpenSSL marks the session of an SSL freed without close_notify not resumable: that is
+       right after a TLS error, wrong when we close a healthy connection ourselves (the client
+       went away): the ticket the host gave would be thrown away with every such close. */
+    if (clean && SSL_is_init_finished(ssl)) SSL_set_shutdown(ssl, SSL_get_shutdown(ssl) | SSL_SENT_SHUTDOWN);
+    SSL_free(ssl);
+}
 
 int cshim_tls_drained(struct ssl_st *ssl) {
     struct csock *s = BIO_get_data(SSL_get_rbio(ssl));

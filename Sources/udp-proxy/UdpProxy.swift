@@ -9,12 +9,19 @@ final class UdpProxyFactory: DatagramFilterFactory {
     let stats: UdpProxyStats
     /// Sessions of this listener across workers (max_sessions).
     let sessions: SharedCount
+    /// The most sessions at once: `max_sessions`, else the cluster's
+    /// `circuit_breakers.max_connections`, else 1024 (Envoy caps UDP sessions with the cluster's
+    /// max_connections, whose default is 1024). Each session holds a socket: spoofed sources
+    /// must not be able to take every descriptor.
+    let sessionLimit: Int
+    static let defaultSessionLimit = 1024
 
-    init(block: any ListenerFilterConfig, store: StatsStore, sessions: SharedCount) {
+    init(block: any ListenerFilterConfig, store: StatsStore, sessions: SharedCount, clusters: [String: ClusterSnapshot]) {
         guard let c = block as? UdpProxyConfig else { preconditionFailure("udp-proxy listener without a udp block") }
         config = c
         stats = UdpProxyStats(store: store, prefix: c.statPrefix)
         self.sessions = sessions
+        sessionLimit = c.maxSessions ?? clusters[c.cluster]?.config.maxConnections ?? UdpProxyFactory.defaultSessionLimit
     }
 
     func attach(worker: Worker, fd: Int32, listener: ListenerRuntime) -> DatagramListener {
@@ -187,11 +194,10 @@ final class UdpSession {
             w.stats.inc(f.stats.downstreamSessNoRoute)
             return nil
         }
-        if let max = f.config.maxSessions, !f.sessions.tryAcquire(limit: max) {
+        if !f.sessions.tryAcquire(limit: f.sessionLimit) {
             w.stats.inc(f.stats.downstreamSessOverflow)
             return nil
         }
-        if f.config.maxSessions == nil { _ = f.sessions.tryAcquire(limit: Int.max) }
         let s = UdpSession(relay: relay, key: key, client: client, factory: f)
         if !f.config.perPacket {
             // Sticky: the host is chosen once, by the balancer (and the client's IP when hashing).

@@ -7,7 +7,8 @@ struct UdpProxyConfig: ListenerFilterConfig {
     var clusterPath: String
     /// `idle_timeout` (default 60s, as Envoy): a session with no datagram either way ends.
     var idleTimeoutMs: UInt64 = 60_000
-    /// `max_sessions` (default unlimited): more clients than this per listener are dropped.
+    /// `max_sessions` (default: the cluster's `circuit_breakers.max_connections`, else 1024):
+    /// more clients than this per listener are dropped (`UdpProxyFactory.sessionLimit`).
     var maxSessions: Int?
     /// `responses` (default 0 = unlimited, nginx's proxy_responses): the session ends after
     /// this many datagrams from the upstream (1 for DNS), so one-shot queries do not pin sockets.

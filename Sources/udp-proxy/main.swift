@@ -32,7 +32,9 @@ struct UdpProxyCommand: ParsableCommand {
                 if perPacket { b.append(("use_per_packet_load_balancing", .bool(true))) }
                 return b
             },
-            makeFactory: { l, block, _, store in UdpProxyFactory(block: block, store: store, sessions: counts.count(for: l.name)) })
+            makeFactory: { l, block, clusters, store in
+                UdpProxyFactory(block: block, store: store, sessions: counts.count(for: l.name), clusters: clusters)
+            })
         Server.main(options: common, binary: binary)
     }
 }

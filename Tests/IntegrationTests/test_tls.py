@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from harness import Proxy, Server, echo_handler, read_line, tcp_config, validate, wait_for
+from harness import Proxy, Server, echo_handler, read_line, recv_exact, tcp_config, validate, wait_for
 from tls_peers import TlsServer, cert, s_client
 
 
@@ -395,3 +395,76 @@ def test_connections_to_hosts_resume_the_tls_session():
             p.wait_stat("cluster.backend.ssl.handshake", lambda v: v == 4)
             # The first connection takes the host's ticket; the next ones offer it.
             assert p.stat("cluster.backend.ssl.session_reused") >= 2
+
+
+def _hello_offers(hello):
+    """(SNI, whether the ClientHello offers a session: a TLS 1.3 pre_shared_key or a non-empty
+    session ticket) from a raw ClientHello record."""
+    i = 5 + 4 + 2 + 32  # record header, handshake header, version, random
+    i += 1 + hello[i]  # session id
+    i += 2 + int.from_bytes(hello[i:i + 2], "big")  # cipher suites
+    i += 1 + hello[i]  # compression
+    end = i + 2 + int.from_bytes(hello[i:i + 2], "big")
+    i += 2
+    sni, offers = None, False
+    while i + 4 <= end:
+        t, n = int.from_bytes(hello[i:i + 2], "big"), int.from_bytes(hello[i + 2:i + 4], "big")
+        body = hello[i + 4:i + 4 + n]
+        if t == 0:
+            sni = body[5:].decode()
+        elif t == 41 or (t == 35 and n > 0):
+            offers = True
+        i += 4 + n
+    return sni, offers
+
+
+def test_session_tickets_are_kept_per_server_name():
+    """Fault 7 of issue 8: with auto_sni the server name changes per connection; a ticket one
+    name got must never be offered to another (one slot per cluster did that)."""
+    import threading
+    c, k = cert("api.example.com")
+    seen = []
+
+    with TlsServer("api.example.com") as origin:
+        def tap(conn, server):
+            hdr = recv_exact(conn, 5)
+            hello = hdr + recv_exact(conn, int.from_bytes(hdr[3:5], "big"))
+            seen.append(_hello_offers(hello))
+            up = socket.create_connection(origin.addr, timeout=10)
+            up.sendall(hello)
+
+            def back():
+                try:
+                    while d := up.recv(65536):
+                        conn.sendall(d)
+                except OSError:
+                    pass
+                finally:
+                    try:
+                        conn.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+            t = threading.Thread(target=back, daemon=True)
+            t.start()
+            try:
+                while d := conn.recv(65536):
+                    up.sendall(d)
+            except OSError:
+                pass
+            t.join(10)
+            up.close()
+
+        with Server(tap) as front:
+            cfg = tcp_config([front.endpoint], listener=f'    tls: {{ cert: "{c}", key: "{k}" }}',
+                             cluster="    tls: { auto_sni: true, verify: false }")
+            with Proxy("tcp-proxy", config=cfg) as p:
+                lax = ssl.create_default_context()
+                lax.check_hostname = False
+                lax.verify_mode = ssl.CERT_NONE
+                for name in ["a.example.com", "a.example.com", "b.example.com", "b.example.com", "a.example.com"]:
+                    t = lax.wrap_socket(socket.create_connection(p.addr(), timeout=10), server_hostname=name)
+                    assert read_line(t) == f"api.example.com sni={name}\n".encode()
+                    t.close()  # the host's ticket came before its line: the next connection may offer it
+                assert [s for s, _ in seen] == ["a.example.com", "a.example.com", "b.example.com", "b.example.com", "a.example.com"]
+                # First of each name: nothing to offer (a's ticket is not b's); then each resumes its own.
+                assert [o for _, o in seen] == [False, True, False, True, True], (seen, p.stats())

@@ -202,6 +202,50 @@ def test_session_limit_drops_new_clients_and_keeps_existing_ones():
         up.close()
 
 
+def test_sessions_are_capped_by_default():
+    """Fault 4 of issue 8: with no limit configured, spoofed sources could each hold a socket
+    for the idle timeout. The default cap is the cluster's max_connections (else 1024), as
+    Envoy caps UDP sessions."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 1200
+    if hard < need:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {need}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
+    up = UdpServer()
+    clients = []
+    try:
+        # Flags only: the default of 1024.
+        with Proxy("udp-proxy", ["--listen", "127.0.0.1:0", "--upstream", up.endpoint, "--workers", "1",
+                                 "--admin", "127.0.0.1:0"]) as p:
+            for i in range(1030):
+                c = client()
+                c.sendto(b"x", p.addr())
+                clients.append(c)
+                if i % 100 == 99:  # paced, so no datagram is lost in the proxy's socket buffer
+                    wait_for(lambda: p.stat("udp.main.downstream_sess_total") + p.stat("udp.main.downstream_sess_overflow") == i + 1,
+                             what=f"{i + 1} clients seen")
+            p.wait_stat("udp.main.downstream_sess_overflow", lambda v: v == 6)
+            assert p.stat("udp.main.downstream_sess_active") == 1024
+            assert clients[0].recv(10) == b"x"  # the first are served
+        for c in clients:
+            c.close()
+        clients.clear()
+        # The cluster's circuit breaker sets the cap when max_sessions is absent.
+        with udp_proxy([up.endpoint], cluster="    circuit_breakers: { max_connections: 3 }", workers=1) as p:
+            for _ in range(5):
+                c = client()
+                c.sendto(b"y", p.addr())
+                clients.append(c)
+            p.wait_stat("udp.main.downstream_sess_overflow", lambda v: v == 2)
+            assert p.stat("udp.main.downstream_sess_active") == 3
+    finally:
+        for c in clients:
+            c.close()
+        up.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_one_client_reopens_sessions_that_end_on_responses():
     """Regression: a session that ends inside its own callback (responses: 1) must not be
     freed before the callback returns; the same client opening session after session hit it."""

@@ -27,12 +27,22 @@ void cshim_tls_ctx_free(struct ssl_ctx_st *ctx);
 int cshim_tls_cert_info(struct ssl_ctx_st *ctx, char *subject, size_t subjectlen, char *dns, size_t dnslen,
                         char *serial, size_t seriallen, long long *not_before, long long *not_after);
 
+/* Where a client keeps the newest session ticket for one (context, server name), owned by one
+   worker thread (no lock): new client connections given the slot offer its ticket, and tickets
+   they receive replace it. Must outlive every SSL given it. */
+struct cshim_tls_session_slot;
+struct cshim_tls_session_slot *cshim_tls_session_slot_new(void);
+void cshim_tls_session_slot_free(struct cshim_tls_session_slot *slot);
+int cshim_tls_session_slot_filled(const struct cshim_tls_session_slot *slot);
+
 /* A connection on fd. `prefix` holds bytes already read from the socket (a ClientHello a listener
    filter inspected); they are fed to TLS before the socket. `sni`: client side server name (and
-   the name verified), or NULL. */
+   the name verified), or NULL. `slot`: a client's session slot, or NULL (no resumption). */
 struct ssl_st *cshim_tls_new(struct ssl_ctx_st *ctx, int fd, int server, const char *sni,
-                             const void *prefix, size_t prefix_len);
-void cshim_tls_free(struct ssl_st *ssl);
+                             const void *prefix, size_t prefix_len, struct cshim_tls_session_slot *slot);
+/* Frees a connection. `clean`: no TLS error happened, so its session stays resumable even
+   without a close_notify (we closed it, e.g. because the other side of a relay went away). */
+void cshim_tls_free(struct ssl_st *ssl, int clean);
 /* The last read from the socket drained it and OpenSSL holds no bytes it has not decrypted:
    more needs a new readiness edge (the TLS form of "a short read drained the socket"). */
 int cshim_tls_drained(struct ssl_st *ssl);

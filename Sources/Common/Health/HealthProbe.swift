@@ -74,7 +74,7 @@ public final class HealthProbe {
             if err != 0 { finish(.l4Connect(errnoText(err))); return }
             connected = true
             if let t = config.tls {
-                guard let s = cshim_tls_new(t.ctx, fd, 0, t.serverName, nil, 0) else { finish(.l6("out of memory")); return }
+                guard let s = cshim_tls_new(t.ctx, fd, 0, t.serverName, nil, 0, nil) else { finish(.l6("out of memory")); return }
                 ssl = s
                 handshaking = true
                 handshake()
@@ -247,7 +247,7 @@ public final class HealthProbe {
     private func cleanup() {
         timer?.cancel()
         if let e = event { event_free(e); event = nil }
-        if let s = ssl { cshim_tls_free(s); ssl = nil }
+        if let s = ssl { cshim_tls_free(s, 0); ssl = nil }
         if fd >= 0 {
             cshim_set_linger_zero(fd)  // no TIME_WAIT pile-up from frequent checks
             close(fd)

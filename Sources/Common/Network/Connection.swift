@@ -167,7 +167,7 @@ public final class Connection {
                 guard n == p.clear.count,
                       let t = TlsTransport(context: p.context, fd: fd, server: false,
                                            prefix: UnsafeRawBufferPointer(start: nil, count: 0), stats: p.stats,
-                                           serverName: p.serverName) else {
+                                           serverName: p.serverName, sessions: worker.tlsSessions) else {
                     return failConnect(n < 0 ? errno : ENOMEM)
                 }
                 tls = t

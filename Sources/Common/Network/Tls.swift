@@ -1,3 +1,4 @@
+import Synchronization
 import CShim
 
 /// `cshim_tls_read`/`cshim_tls_write` results besides byte counts.
@@ -31,10 +32,13 @@ public final class TlsContext: @unchecked Sendable {  // thread boundary: an SSL
     public let serverName: String?
     /// Server side: what the certificate says (for /certs and the expiry gauge).
     public let certificate: CertificateInfo?
+    /// Unique for the process's life (never reused, unlike an address): keys session caches.
+    public let id: UInt64
 
     private init(ctx: OpaquePointer, alpnWire: UnsafeMutableRawBufferPointer?, alpn: [String], minVersion: TlsVersion, serverName: String?) {
         self.ctx = ctx; self.alpnWire = alpnWire; self.alpn = alpn; self.minVersion = minVersion; self.serverName = serverName
         certificate = CertificateInfo(ctx)
+        id = tlsContextIds.wrappingAdd(1, ordering: .relaxed).newValue
     }
 
     deinit {
@@ -121,22 +125,69 @@ public struct TlsStats: Sendable {
     }
 }
 
+private let tlsContextIds = Atomic<UInt64>(0)
+
+/// Where one worker keeps the newest session ticket of each (client context, server name), so
+/// new connections to hosts resume (Envoy keeps one per cluster; with `auto_sni` the name changes
+/// per connection, and a ticket issued for one name must not be offered to another). Confined
+/// to its worker: no lock on the connect path. Bounded: past `capacity` names it starts afresh.
+public final class TlsSessionCache {
+    private struct Key: Hashable { let context: UInt64; let serverName: String }
+    private var slots: [Key: TlsSessionSlot] = [:]
+    static let capacity = 1024
+
+    public init() {}
+
+    func slot(context: TlsContext, serverName: String?) -> TlsSessionSlot? {
+        let k = Key(context: context.id, serverName: serverName ?? "")
+        if let s = slots[k] { return s }
+        guard let s = TlsSessionSlot() else { return nil }
+        if slots.count >= TlsSessionCache.capacity { slots.removeAll(keepingCapacity: true) }
+        slots[k] = s
+        return s
+    }
+
+    /// Forgets the slots of contexts that are gone (a reload replaced them).
+    public func retain(contexts: Set<UInt64>) { slots = slots.filter { contexts.contains($0.key.context) } }
+    var count: Int { slots.count }
+}
+
+/// One session slot (C memory), alive while its cache or a connection using it holds it.
+final class TlsSessionSlot {
+    let ptr: OpaquePointer
+    init?() {
+        guard let p = cshim_tls_session_slot_new() else { return nil }
+        ptr = p
+    }
+    deinit { cshim_tls_session_slot_free(ptr) }
+    var filled: Bool { cshim_tls_session_slot_filled(ptr) != 0 }
+}
+
 /// One connection's TLS state (owned by its `Connection`).
 final class TlsTransport {
     let context: TlsContext  // keeps the ALPN list alive for the handshake
     let ssl: OpaquePointer
     let stats: TlsStats
+    /// A client's session slot: must outlive `ssl`, which stores new tickets in it.
+    private let sessionSlot: TlsSessionSlot?
     private var handshakeDone = false
 
-    /// `serverName`: a client's SNI for this connection (default: the context's).
-    init?(context: TlsContext, fd: Int32, server: Bool, prefix: UnsafeRawBufferPointer, stats: TlsStats, serverName: String? = nil) {
-        guard let s = cshim_tls_new(context.ctx, fd, server ? 1 : 0, serverName ?? context.serverName, prefix.baseAddress, prefix.count) else {
+    /// `serverName`: a client's SNI for this connection (default: the context's); `sessions`:
+    /// the worker's cache a client resumes from (nil: no resumption).
+    init?(context: TlsContext, fd: Int32, server: Bool, prefix: UnsafeRawBufferPointer, stats: TlsStats, serverName: String? = nil,
+          sessions: TlsSessionCache? = nil) {
+        let name = serverName ?? context.serverName
+        let slot = server ? nil : sessions?.slot(context: context, serverName: name)
+        guard let s = cshim_tls_new(context.ctx, fd, server ? 1 : 0, name, prefix.baseAddress, prefix.count, slot?.ptr) else {
             return nil
         }
-        self.context = context; ssl = s; self.stats = stats
+        self.context = context; ssl = s; self.stats = stats; sessionSlot = slot
     }
 
-    deinit { cshim_tls_free(ssl) }
+    /// A TLS error happened: the session must not be resumed.
+    private var broken = false
+
+    deinit { cshim_tls_free(ssl, broken ? 0 : 1) }
 
     /// Counts the handshake once it has finished; true the one time it just did.
     @inline(__always) func noteProgress(_ slab: StatsSlab) -> Bool {
@@ -151,6 +202,7 @@ final class TlsTransport {
 
     /// A fatal TLS error: counted; OpenSSL's error queue cleared for the next connection.
     func failed(_ slab: StatsSlab) {
+        broken = true
         slab.inc(stats.connectionError)
         var buf = [CChar](repeating: 0, count: 256)
         cshim_tls_last_error(&buf, buf.count)

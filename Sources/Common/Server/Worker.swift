@@ -65,6 +65,8 @@ public final class Worker {
     public let dispatcher: Dispatcher
     public let pool = BlockPool()
     public let pipes = PipePool()
+    /// Upstream TLS session tickets, per client context and server name (this worker's own).
+    public let tlsSessions = TlsSessionCache()
     public let stats: StatsSlab
     public let serverStats: ServerStats
     /// The config generation new connections use.
@@ -112,6 +114,7 @@ public final class Worker {
                 logs[name] = l.config.accessLogs.map { AccessLogWriter(config: $0) }
             }
             accessLogs = logs
+            tlsSessions.retain(contexts: Set(s.clusters.values.compactMap { $0.config.tls?.context.id }))
         }
         snapshot = s
         for (name, wl) in listeners { if let r = s.listeners[name] { wl.runtime = r } }
