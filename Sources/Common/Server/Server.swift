@@ -412,8 +412,7 @@ public final class Server {
             return (e, up, r.map { "\($0.code) \($0.detail)" } ?? "not checked yet")
         }
         let text = EndpointsFile.render(cluster: rt.config.name, endpoints: eps)
-        let tmp = path + ".tmp"
-        if !writeFile(tmp, text) || rename(tmp, path) != 0 { logger.error("cannot write endpoints file \(path)") }
+        if !writeFile(path, text) { logger.error("cannot write endpoints file \(path)") }
     }
 
     /// The --watch screen: every host of every cluster with its state and last check.
@@ -690,8 +689,7 @@ public final class Server {
         if let a = admin { fields.append(("admin", .string(a.address.description))) }
         fields.append(("generation", .int(Int64(snapshot.generation))))
         let text = JSON.object(fields).serialized(pretty: true) + "\n"
-        let tmp = path + ".tmp"
-        guard writeFile(tmp, text), rename(tmp, path) == 0 else {
+        guard writeFile(path, text) else {
             logger.error("cannot write ready file \(path)")
             return
         }
@@ -766,10 +764,25 @@ public func readFile(_ path: String) -> String? {
     return String(decoding: bytes, as: UTF8.self)
 }
 
+/// Replaces the file at `path` with `text` (main thread, off the data path): the ready file,
+/// `endpoints_out`. The bytes go to a fresh temp file in the same directory, created with
+/// `O_CREAT|O_EXCL|O_NOFOLLOW` under a random name (a new name on a clash), which is then
+/// renamed over `path`. So a reader sees the old file or the new one, never half of one, and
+/// a symlink another local user planted at a predictable name (`path.tmp`) is never written
+/// through. A symlink at `path` itself is replaced, not followed. On failure the temp file is
+/// removed and `path` is unchanged. No fsync: after a power loss the file may be the old one.
 public func writeFile(_ path: String, _ text: String) -> Bool {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    let slash = path.lastIndex(of: "/")
+    let dir = slash.map { String(path[...$0]) } ?? ""
+    let base = slash.map { String(path[path.index(after: $0)...]) } ?? path
+    var tmp = ""
+    var fd: Int32 = -1
+    for _ in 0..<16 {
+        tmp = dir + "." + base + ".tmp-" + String(UInt64.random(in: 0 ... .max), radix: 36)
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        if fd >= 0 || errno != EEXIST { break }
+    }
     guard fd >= 0 else { return false }
-    defer { close(fd) }
     var ok = true
     var t = text
     t.withUTF8 { p in
@@ -780,7 +793,10 @@ public func writeFile(_ path: String, _ text: String) -> Bool {
             off += n
         }
     }
-    return ok
+    if close(fd) != 0 { ok = false }
+    if ok && rename(tmp, path) == 0 { return true }
+    _ = unlink(tmp)
+    return false
 }
 
 /// stdout/stderr writes without Foundation.
