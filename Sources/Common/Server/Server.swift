@@ -73,6 +73,9 @@ public final class Server {
     public private(set) var state = "LIVE"
     /// POST /healthcheck/fail sets this; /ready then answers 503.
     public var healthCheckFailed = false
+    /// POST /drain_listeners stopped every listener: they stay stopped, across reloads too,
+    /// until the process exits (a reload still updates clusters and listener settings).
+    private var listenersStopped = false
     private var drainDeadline: UInt64 = 0
     private var exitCode: Int32 = 0
 
@@ -505,6 +508,10 @@ public final class Server {
                 logger.error("admin: \(error)")
                 return 1
             }
+            if let a = admin, !a.address.isLoopback {
+                logger.warning("admin endpoint is not on loopback: anyone who can reach it can stop, drain or fail this proxy; bind it to 127.0.0.1",
+                               metadata: ["address": "\(a.address)"])
+            }
         }
         for w in workers {
             threads.append(OSThread(name: "worker_\(w.index)") { w.run() })
@@ -597,11 +604,16 @@ public final class Server {
         }
         // Bind what is new first (SO_REUSEPORT lets a moved listener overlap its old port), so
         // a failed bind leaves the running listeners untouched; then retire the old ones.
-        let made: [String: (BoundListener, [Int32])]
-        do { made = try bindListeners(newConfig) } catch {
-            store.mainSlab.inc(serverStats.reloadRejected)
-            logger.error("reload rejected, keeping the running config: \(error)")
-            return
+        // Listeners stopped by /drain_listeners stay stopped: nothing is bound.
+        var made: [String: (BoundListener, [Int32])] = [:]
+        if listenersStopped {
+            logger.notice("reload: listeners stay stopped after /drain_listeners")
+        } else {
+            do { made = try bindListeners(newConfig) } catch {
+                store.mainSlab.inc(serverStats.reloadRejected)
+                logger.error("reload rejected, keeping the running config: \(error)")
+                return
+            }
         }
         unbindRemoved(newConfig)
         snapshot = buildSnapshot(newConfig, generation: snapshot.generation + 1)
@@ -624,8 +636,10 @@ public final class Server {
         checkDrain()
     }
 
-    /// POST /drain_listeners: stop accepting; open connections continue.
+    /// POST /drain_listeners (and the start of a drain): stop accepting; open connections
+    /// continue. The listeners stay stopped until exit: a reload does not bind them again.
     public func stopListening() {
+        listenersStopped = true
         for (_, b) in bound { b.exact?.stop() }
         bound.removeAll()
         for h in workerHandles { h.post { $0.stopListening() } }
