@@ -4,11 +4,21 @@ import Logging
 
 /// The admin HTTP endpoint, on the main thread's loop (libevent's evhttp): Envoy's paths, so
 /// existing scripts and dashboards carry over. Loopback by default; it is not hardened for
-/// hostile networks (Envoy's advice holds: never expose it).
+/// hostile networks (Envoy's advice holds: never expose it), and the server warns when it is
+/// bound elsewhere.
+///
+/// A web page the operator opens can make the browser send requests to a loopback port, so a
+/// mutation (any POST) that carries a browser's cross-site marks is refused with 403 and counted
+/// in `http.admin.downstream_rq_cross_site_rejected`: an `Origin` header (browsers send it on
+/// every cross-origin POST, and on DNS-rebound ones), or `Sec-Fetch-Site: cross-site` or
+/// `same-site`. Tools (curl, scripts) send neither. Reads stay open: a browser does not let
+/// another site read the replies.
 final class AdminServer {
     unowned let server: Server
     private let http: OpaquePointer
     let address: SocketAddress
+    /// `http.admin.downstream_rq_cross_site_rejected`.
+    private let crossSiteRejected: Counter
     /// POST /quitquitquit was answered: quit once the reply is sent.
     private var quitAfterReply = false
 
@@ -16,6 +26,7 @@ final class AdminServer {
 
     init(server: Server, dispatcher: Dispatcher, address: SocketAddress) throws {
         self.server = server
+        crossSiteRejected = server.store.counter("http.admin.downstream_rq_cross_site_rejected")
         guard let h = evhttp_new(dispatcher.base) else { throw AdminError(description: "evhttp_new failed") }
         http = h
         guard address.family != .unix else { throw AdminError(description: "admin needs a host:port address") }
@@ -73,7 +84,13 @@ final class AdminServer {
                 query[percentDecode(String(kv[0]))] = kv.count > 1 ? percentDecode(String(kv[1])) : ""
             }
         }
-        let (code, type, body) = route(path: path, query: query, post: isPost)
+        let (code, type, body): (Int, String, String)
+        if isPost && AdminServer.isCrossSite(req) {
+            server.store.mainSlab.inc(crossSiteRejected)
+            (code, type, body) = (403, "text/plain; charset=UTF-8", "cross-site admin requests are refused\n")
+        } else {
+            (code, type, body) = route(path: path, query: query, post: isPost)
+        }
         if quitAfterReply {
             // Exit only once the reply is on the wire.
             evhttp_request_set_on_complete_cb(req, { _, ctx in
@@ -85,8 +102,18 @@ final class AdminServer {
         b.withUTF8 { _ = evbuffer_add(out, $0.baseAddress, $0.count) }
         evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", type)
         evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-cache, max-age=0")
-        evhttp_send_reply(req, Int32(code), code == 200 ? "OK" : code == 404 ? "Not Found" : code == 405 ? "Method Not Allowed" : "Error", out)
+        evhttp_send_reply(req, Int32(code), code == 200 ? "OK" : code == 403 ? "Forbidden" : code == 404 ? "Not Found" : code == 405 ? "Method Not Allowed" : "Error", out)
         evbuffer_free(out)
+    }
+
+    /// Whether a request carries a browser's marks of coming from another site (see the type's
+    /// comment): any `Origin`, or `Sec-Fetch-Site` other than `same-origin` and `none`.
+    static func isCrossSite(_ req: OpaquePointer) -> Bool {
+        let headers = evhttp_request_get_input_headers(req)
+        if evhttp_find_header(headers, "Origin") != nil { return true }
+        guard let site = evhttp_find_header(headers, "Sec-Fetch-Site") else { return false }
+        let v = String(cString: site).lowercased()
+        return v != "same-origin" && v != "none"
     }
 
     private func route(path: String, query: [String: String], post: Bool) -> (Int, String, String) {

@@ -1,3 +1,4 @@
+import CLibevent
 import Glibc
 
 /// What one finished connection (or request) tells the access log. Filled by the filter, off
@@ -148,17 +149,76 @@ public func iso8601(_ ms: UInt64) -> String {
     return "\(p(tm.tm_year + 1900, 4))-\(p(tm.tm_mon + 1, 2))-\(p(tm.tm_mday, 2))T\(p(tm.tm_hour, 2)):\(p(tm.tm_min, 2)):\(p(tm.tm_sec, 2)).\(p(Int32(ms % 1000), 3))Z"
 }
 
+/// Envoy's access-log file stats (`access_log_file.*`), one set for every access log of the
+/// process; each worker counts in its own slab.
+public struct AccessLogStats: Sendable {
+    /// Flushes that wrote bytes.
+    public let writeCompleted: Counter
+    /// Writes refused by the file with an error other than "would block" (a full disk, a pipe
+    /// with no reader); the lines stay buffered.
+    public let writeFailed: Counter
+    /// Bytes waiting in the workers' buffers now.
+    public let writeTotalBuffered: Gauge
+    /// Lines (entries) and bytes thrown away because the buffer was full (the file did not take
+    /// them fast enough), the file could not be opened, or the proxy stopped with them unwritten.
+    public let droppedLines: Counter
+    public let droppedBytes: Counter
+
+    public init(store: StatsStore) {
+        writeCompleted = store.counter("access_log_file.write_completed")
+        writeFailed = store.counter("access_log_file.write_failed")
+        writeTotalBuffered = store.gauge("access_log_file.write_total_buffered")
+        droppedLines = store.counter("access_log_file.dropped_lines")
+        droppedBytes = store.counter("access_log_file.dropped_bytes")
+    }
+}
+
 /// One worker's access log sink for one file: lines are formatted into a buffer and written
 /// in batches (at 4 KiB, or by the flush timer every second), never one write per connection.
+///
+/// Never blocks its worker: files are opened `O_NONBLOCK`, so a pipe or FIFO whose reader
+/// stalls takes what it can; the rest stays buffered (whole lines, plus the unwritten tail of
+/// the line a short write cut) and is written as soon as the file takes bytes again (a write
+/// event on the worker's loop) or on the next flush. Past `bufferLimit` buffered
+/// bytes, new lines are dropped whole and counted (`access_log_file.dropped_lines`,
+/// `dropped_bytes`): a reader never sees half a line. `/dev/stdout` and `/dev/stderr` are the
+/// process's own descriptors and are left blocking (they are shared with the process's logger).
 public final class AccessLogWriter {
+    /// Bytes one worker buffers for one log before it drops new lines.
+    public static let defaultBufferLimit = 1 << 20
     let path: String
     let format: AccessLogFormat?
     let json: [(String, AccessLogFormat)]?
+    private let slab: StatsSlab
+    private let stats: AccessLogStats
+    private let bufferLimit: Int
     private var fd: Int32 = -1
-    private var pending = ""
+    /// Buffered bytes; `buf[start...]` is not written yet.
+    private var buf: [UInt8] = []
+    private var start = 0
+    /// Where the oldest line not wholly written begins (`start` when none was cut short).
+    private var headStart = 0
+    /// End offsets in `buf` of the buffered lines; `ends[endsHead...]` are not wholly written.
+    private var ends: [Int] = []
+    private var endsHead = 0
+    /// The file refused bytes ("would block", or an error): new lines wait for `writable` or the
+    /// flush timer instead of trying a write each.
+    private var stalled = false
+    /// The worker's loop, to wait for a stalled file to take bytes again (none in unit tests:
+    /// then only `flush` retries).
+    private let dispatcher: Dispatcher?
+    /// One-shot EV_WRITE on `fd` while stalled.
+    private var writable: OpaquePointer?
+    /// One formatted line (reused).
+    private var line = ""
 
-    public init(config: AccessLogConfig) {
+    public init(config: AccessLogConfig, slab: StatsSlab, stats: AccessLogStats, dispatcher: Dispatcher?,
+                bufferLimit: Int = AccessLogWriter.defaultBufferLimit) {
         path = config.path
+        self.dispatcher = dispatcher
+        self.slab = slab
+        self.stats = stats
+        self.bufferLimit = bufferLimit
         if let j = config.jsonFormat {
             json = j.compactMap { k, v in (try? AccessLogFormat(v)).map { (k, $0) } }
             format = nil
@@ -169,20 +229,43 @@ public final class AccessLogWriter {
         reopen()
     }
 
-    deinit { flush(); if fd > 2 { close(fd) } }
+    deinit {
+        flush()
+        dropBuffered(lines: ends.count - endsHead)
+        if let e = writable { event_free(e) }
+        if fd > 2 { close(fd) }
+    }
 
-    /// Opens (again) the file: SIGUSR1 calls this after log rotation.
+    /// Bytes buffered and not written yet.
+    public var buffered: Int { buf.count - start }
+
+    /// Opens (again) the file: SIGUSR1 calls this after log rotation. A line the old file got
+    /// only part of is not finished in the new one (it is counted as dropped).
     public func reopen() {
         flush()
+        if start > headStart, endsHead < ends.count {
+            // The old file holds the start of this line; its tail alone would be half a line.
+            let rest = ends[endsHead] - start
+            slab.inc(stats.droppedLines)
+            slab.add(stats.droppedBytes, rest)
+            slab.sub(stats.writeTotalBuffered, rest)
+            start = ends[endsHead]
+            endsHead += 1
+            headStart = start
+            compact()
+        }
+        if let e = writable { event_free(e); writable = nil }
         if fd > 2 { close(fd) }
         switch path {
         case "/dev/stdout": fd = 1
         case "/dev/stderr": fd = 2
-        default: fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        default: fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0o644)
         }
+        stalled = false
     }
 
     public func log(_ e: AccessLogEntry) {
+        line.removeAll(keepingCapacity: true)
         if let json {
             var fields: [(String, JSON)] = []
             for (k, f) in json {
@@ -190,25 +273,92 @@ public final class AccessLogWriter {
                 f.format(e, into: &s)
                 if f.isNumeric, let n = Int64(s) { fields.append((k, .int(n))) } else { fields.append((k, .string(s))) }
             }
-            pending += JSON.object(fields).serialized() + "\n"
+            line = JSON.object(fields).serialized() + "\n"
         } else if let format {
-            format.format(e, into: &pending)
+            format.format(e, into: &line)
         }
-        if pending.utf8.count >= 4096 { flush() }
+        let n = line.utf8.count
+        if n == 0 { return }
+        if buffered + n > bufferLimit {
+            slab.inc(stats.droppedLines)
+            slab.add(stats.droppedBytes, n)
+            return
+        }
+        line.withUTF8 { buf.append(contentsOf: $0) }
+        ends.append(buf.count)
+        slab.add(stats.writeTotalBuffered, n)
+        if buffered >= 4096 && !stalled { write() }
     }
 
-    /// Writes what is buffered.
+    /// Writes what is buffered, as far as the file takes it without blocking (the flush timer,
+    /// a reload, shutdown).
     public func flush() {
-        guard !pending.isEmpty, fd >= 0 else { pending = ""; return }
-        var s = pending
-        pending = ""
-        s.withUTF8 { p in
-            var off = 0
-            while off < p.count {
-                let n = write(fd, p.baseAddress! + off, p.count - off)
-                if n <= 0 { if n < 0 && errno == EINTR { continue }; break }
-                off += n
-            }
+        stalled = false
+        write()
+    }
+
+    private func write() {
+        guard start < buf.count else { return }
+        guard fd >= 0 else {
+            // Never opened (a FIFO with no reader, a bad path): nothing will take these.
+            dropBuffered(lines: ends.count - endsHead)
+            return
         }
+        let before = start
+        while start < buf.count {
+            let n = buf.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + start, $0.count - start) }
+            if n > 0 { start += n; continue }
+            if n < 0 && errno == EINTR { continue }
+            // Either way new lines stop trying; the flush timer (or the write event) retries.
+            stalled = true
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { waitWritable() } else { slab.inc(stats.writeFailed) }
+            break
+        }
+        if start > before {
+            slab.inc(stats.writeCompleted)
+            slab.sub(stats.writeTotalBuffered, start - before)
+        }
+        while endsHead < ends.count && ends[endsHead] <= start {
+            headStart = ends[endsHead]
+            endsHead += 1
+        }
+        compact()
+    }
+
+    /// Arms a one-shot write event: the rest goes out as soon as the reader makes room.
+    private func waitWritable() {
+        guard let dispatcher else { return }
+        if writable == nil {
+            writable = event_new(dispatcher.base, fd, Int16(EV_WRITE), { _, _, ctx in
+                Unmanaged<AccessLogWriter>.fromOpaque(ctx!).takeUnretainedValue().flush()
+            }, Unmanaged.passUnretained(self).toOpaque())
+        }
+        if let e = writable, event_pending(e, Int16(EV_WRITE), nil) == 0 { event_add(e, nil) }
+    }
+
+    /// Forgets written bytes: at once when all are written, else once they are most of the buffer.
+    private func compact() {
+        if start == buf.count {
+            buf.removeAll(keepingCapacity: buf.capacity <= 65536)
+            ends.removeAll(keepingCapacity: true)
+            start = 0; headStart = 0; endsHead = 0
+        } else if headStart >= 65536 && headStart * 2 >= buf.count {
+            let k = headStart
+            buf.removeFirst(k)
+            ends.removeFirst(endsHead)
+            for i in ends.indices { ends[i] -= k }
+            start -= k; headStart = 0; endsHead = 0
+        }
+    }
+
+    /// Counts the buffered lines (`lines` of them) as dropped and empties the buffer.
+    private func dropBuffered(lines: Int) {
+        let n = buffered
+        guard n > 0 else { return }
+        slab.add(stats.droppedLines, lines)
+        slab.add(stats.droppedBytes, n)
+        slab.sub(stats.writeTotalBuffered, n)
+        start = buf.count
+        compact()
     }
 }

@@ -110,6 +110,25 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Whether only this host can connect: 127.0.0.0/8, `::1`, an IPv4-mapped 127.x address,
+    /// or a unix socket. `0.0.0.0` and `::` (every interface) are not.
+    public var isLoopback: Bool {
+        storage.withUnsafeBytes { p -> Bool in
+            switch family {
+            case .inet:
+                return UInt32(bigEndian: p.load(as: sockaddr_in.self).sin_addr.s_addr) >> 24 == 127
+            case .inet6:
+                var a = p.load(as: sockaddr_in6.self).sin6_addr
+                return withUnsafeBytes(of: &a) { b in
+                    if b.prefix(15).allSatisfy({ $0 == 0 }) && b[15] == 1 { return true }
+                    return b.prefix(10).allSatisfy { $0 == 0 } && b[10] == 0xff && b[11] == 0xff && b[12] == 127
+                }
+            case .unix:
+                return true
+            }
+        }
+    }
+
     /// The host part as text ("127.0.0.1", "::1", or the unix path).
     public var host: String {
         storage.withUnsafeBytes { p -> String in

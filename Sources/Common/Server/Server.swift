@@ -73,6 +73,9 @@ public final class Server {
     public private(set) var state = "LIVE"
     /// POST /healthcheck/fail sets this; /ready then answers 503.
     public var healthCheckFailed = false
+    /// POST /drain_listeners stopped every listener: they stay stopped, across reloads too,
+    /// until the process exits (a reload still updates clusters and listener settings).
+    private var listenersStopped = false
     private var drainDeadline: UInt64 = 0
     private var exitCode: Int32 = 0
 
@@ -434,8 +437,7 @@ public final class Server {
             return (e, up, r.map { "\($0.code) \($0.detail)" } ?? "not checked yet")
         }
         let text = EndpointsFile.render(cluster: rt.config.name, endpoints: eps)
-        let tmp = path + ".tmp"
-        if !writeFile(tmp, text) || rename(tmp, path) != 0 { logger.error("cannot write endpoints file \(path)") }
+        if !writeFile(path, text) { logger.error("cannot write endpoints file \(path)") }
     }
 
     /// The --watch screen: every host of every cluster with its state and last check.
@@ -527,6 +529,10 @@ public final class Server {
             do { admin = try AdminServer(server: self, dispatcher: dispatcher, address: a) } catch {
                 logger.error("admin: \(error)")
                 return 1
+            }
+            if let a = admin, !a.address.isLoopback {
+                logger.warning("admin endpoint is not on loopback: anyone who can reach it can stop, drain or fail this proxy; bind it to 127.0.0.1",
+                               metadata: ["address": "\(a.address)"])
             }
         }
         for w in workers {
@@ -620,11 +626,16 @@ public final class Server {
         }
         // Bind what is new first (SO_REUSEPORT lets a moved listener overlap its old port), so
         // a failed bind leaves the running listeners untouched; then retire the old ones.
-        let made: [String: (BoundListener, [Int32])]
-        do { made = try bindListeners(newConfig) } catch {
-            store.mainSlab.inc(serverStats.reloadRejected)
-            logger.error("reload rejected, keeping the running config: \(error)")
-            return
+        // Listeners stopped by /drain_listeners stay stopped: nothing is bound.
+        var made: [String: (BoundListener, [Int32])] = [:]
+        if listenersStopped {
+            logger.notice("reload: listeners stay stopped after /drain_listeners")
+        } else {
+            do { made = try bindListeners(newConfig) } catch {
+                store.mainSlab.inc(serverStats.reloadRejected)
+                logger.error("reload rejected, keeping the running config: \(error)")
+                return
+            }
         }
         unbindRemoved(newConfig)
         snapshot = buildSnapshot(newConfig, generation: snapshot.generation + 1)
@@ -647,8 +658,10 @@ public final class Server {
         checkDrain()
     }
 
-    /// POST /drain_listeners: stop accepting; open connections continue.
+    /// POST /drain_listeners (and the start of a drain): stop accepting; open connections
+    /// continue. The listeners stay stopped until exit: a reload does not bind them again.
     public func stopListening() {
+        listenersStopped = true
         for (_, b) in bound { b.exact?.stop() }
         bound.removeAll()
         for h in workerHandles { h.post { $0.stopListening() } }
@@ -712,8 +725,7 @@ public final class Server {
         if let a = admin { fields.append(("admin", .string(a.address.description))) }
         fields.append(("generation", .int(Int64(snapshot.generation))))
         let text = JSON.object(fields).serialized(pretty: true) + "\n"
-        let tmp = path + ".tmp"
-        guard writeFile(tmp, text), rename(tmp, path) == 0 else {
+        guard writeFile(path, text) else {
             logger.error("cannot write ready file \(path)")
             return
         }
@@ -794,10 +806,25 @@ public func readFile(_ path: String) -> String? {
     return String(decoding: bytes, as: UTF8.self)
 }
 
+/// Replaces the file at `path` with `text` (main thread, off the data path): the ready file,
+/// `endpoints_out`. The bytes go to a fresh temp file in the same directory, created with
+/// `O_CREAT|O_EXCL|O_NOFOLLOW` under a random name (a new name on a clash), which is then
+/// renamed over `path`. So a reader sees the old file or the new one, never half of one, and
+/// a symlink another local user planted at a predictable name (`path.tmp`) is never written
+/// through. A symlink at `path` itself is replaced, not followed. On failure the temp file is
+/// removed and `path` is unchanged. No fsync: after a power loss the file may be the old one.
 public func writeFile(_ path: String, _ text: String) -> Bool {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    let slash = path.lastIndex(of: "/")
+    let dir = slash.map { String(path[...$0]) } ?? ""
+    let base = slash.map { String(path[path.index(after: $0)...]) } ?? path
+    var tmp = ""
+    var fd: Int32 = -1
+    for _ in 0..<16 {
+        tmp = dir + "." + base + ".tmp-" + String(UInt64.random(in: 0 ... .max), radix: 36)
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        if fd >= 0 || errno != EEXIST { break }
+    }
     guard fd >= 0 else { return false }
-    defer { close(fd) }
     var ok = true
     var t = text
     t.withUTF8 { p in
@@ -808,7 +835,10 @@ public func writeFile(_ path: String, _ text: String) -> Bool {
             off += n
         }
     }
-    return ok
+    if close(fd) != 0 { ok = false }
+    if ok && rename(tmp, path) == 0 { return true }
+    _ = unlink(tmp)
+    return false
 }
 
 /// stdout/stderr writes without Foundation.

@@ -59,8 +59,11 @@ public struct ServerStats: Sendable {
     public let totalConnections: Gauge
     public let reloadSuccess: Counter
     public let reloadRejected: Counter
+    /// `access_log_file.*`, counted by every worker's access logs.
+    public let accessLog: AccessLogStats
 
     public init(store: StatsStore) {
+        accessLog = AccessLogStats(store: store)
         live = store.gauge("server.live")
         uptime = store.gauge("server.uptime")
         concurrency = store.gauge("server.concurrency")

@@ -111,7 +111,7 @@ public final class Worker {
             for logs in accessLogs.values { for l in logs { l.flush() } }
             var logs: [String: [AccessLogWriter]] = [:]
             for (name, l) in s.listeners where !l.config.accessLogs.isEmpty {
-                logs[name] = l.config.accessLogs.map { AccessLogWriter(config: $0) }
+                logs[name] = l.config.accessLogs.map { AccessLogWriter(config: $0, slab: stats, stats: serverStats.accessLog, dispatcher: dispatcher) }
             }
             accessLogs = logs
             tlsSessions.retain(contexts: Set(s.clusters.values.compactMap { $0.config.tls?.context.id }))
