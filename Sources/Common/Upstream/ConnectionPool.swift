@@ -49,6 +49,9 @@ public final class ConnectionPool<Callbacks: ConnectionPoolCallbacks, Stats: Poo
         machine = PoolStateMachine(config: config, stats: stats)
     }
 
+    /// Timers go before the dispatcher whose event_base they live in.
+    deinit { timers.removeAll() }
+
     /// A request wants a connection. `.attached(id)`: start it on `id` now (no callback comes).
     /// `.queued`: `poolAttach` or `poolFail` will name `waiter` later (possibly before this
     /// returns, when a connect fails at once); `cancel` withdraws it. `.failed`: refused now.
