@@ -151,6 +151,12 @@ private let http2 = PoolConfig(expectedCapacity: 100, idleTimeoutMs: 60_000)
     #expect(h.stats[.rqTotal] == 6)
     #expect(h.stats[.rqActive] == 5)
     #expect(h.stats[.cxTotal] == 2)
+    // cx1 goes idle (the most recently used), cx0 has room again: the busy one still comes first,
+    // so cx1 can reach its idle timeout.
+    #expect(h.finished(cx(1)) == [])
+    #expect(h.finished(cx(1)) == [])  // idle again; the timer armed when it came up still runs
+    #expect(h.finished(cx(0)) == [])
+    #expect(h.checkout() == (.attached(cx(0)), []))
 }
 
 @Test func capacityLoweredBelowActiveTakesNoRequestUntilBelowIt() {

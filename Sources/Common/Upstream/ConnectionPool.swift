@@ -43,6 +43,8 @@ public final class ConnectionPool<Callbacks: ConnectionPoolCallbacks, Stats: Poo
     private var timers: [Timer?] = []
     private var timerGenerations: [UInt32] = []
 
+    /// An empty pool on `dispatcher`'s worker, reporting to `callbacks` (not retained: the owner
+    /// outlives the pool).
     public init(dispatcher: Dispatcher, config: PoolConfig, stats: Stats, callbacks: Callbacks) {
         self.dispatcher = dispatcher
         self.callbacks = callbacks

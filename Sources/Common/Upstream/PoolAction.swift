@@ -9,7 +9,9 @@ public struct PoolConnectionID: Hashable, Sendable, CustomStringConvertible {
     public let slot: Int32
     /// Bumped when the slot is freed.
     public let generation: UInt32
+    /// Ids come from the pool; tests build them to name the slots they expect.
     public init(slot: Int32, generation: UInt32) { self.slot = slot; self.generation = generation }
+    /// `cx<slot>.<generation>`, for logs and test failures.
     public var description: String { "cx\(slot).\(generation)" }
 }
 
@@ -20,7 +22,9 @@ public struct PoolRequestID: Hashable, Sendable, CustomStringConvertible {
     public let slot: Int32
     /// Bumped when the slot is freed.
     public let generation: UInt32
+    /// Ids come from the pool; tests build them to name the slots they expect.
     public init(slot: Int32, generation: UInt32) { self.slot = slot; self.generation = generation }
+    /// `rq<slot>.<generation>`, for logs and test failures.
     public var description: String { "rq\(slot).\(generation)" }
 }
 

@@ -6,6 +6,7 @@ public struct PoolBreaker: Sendable {
     public let count: SharedCount
     /// The most the count may reach.
     public let limit: Int
+    /// `count` is shared by every pool the limit covers (the cluster's, across workers).
     public init(count: SharedCount, limit: Int) { self.count = count; self.limit = limit }
 }
 
@@ -32,6 +33,7 @@ public struct PoolConfig: Sendable {
     /// go over it fails (`upstream_rq_pending_overflow`, as Envoy counts it).
     public var maxRequests: PoolBreaker?
 
+    /// Defaults: 1 h idle timeout, everything else unlimited.
     public init(expectedCapacity: Int, idleTimeoutMs: UInt64? = 3_600_000, maxRequestsPerConnection: Int? = nil,
                 maxConnections: PoolBreaker? = nil, maxPendingRequests: PoolBreaker? = nil, maxRequests: PoolBreaker? = nil) {
         self.expectedCapacity = expectedCapacity

@@ -124,6 +124,7 @@ public struct PoolStateMachine<Stats: PoolStatsSink> {
     /// No connection and no queued request: the owner may destroy the pool (after a host removal).
     public var isIdle: Bool { connectionCount == 0 && pendingCount == 0 }
 
+    /// An empty pool: no connection, no queue. `config.expectedCapacity` must be at least 1.
     public init(config: PoolConfig, stats: Stats) {
         precondition(config.expectedCapacity >= 1, "expectedCapacity must be at least 1")
         self.config = config

@@ -80,12 +80,17 @@ public struct PoolCounters: PoolStatsSink, Equatable, Sendable {
     /// Gauge values, indexed by `PoolGauge.rawValue`.
     public private(set) var gauges = [Int](repeating: 0, count: PoolGauge.allCases.count)
 
+    /// All zero.
     public init() {}
 
+    /// A counter's value.
     public subscript(_ c: PoolCounter) -> Int { counters[c.rawValue] }
+    /// A gauge's value.
     public subscript(_ g: PoolGauge) -> Int { gauges[g.rawValue] }
 
+    /// Adds `n` to the counter.
     public mutating func count(_ counter: PoolCounter, _ n: Int) { counters[counter.rawValue] += n }
+    /// Moves the gauge by `delta`.
     public mutating func adjust(_ gauge: PoolGauge, _ delta: Int) { gauges[gauge.rawValue] += delta }
 }
 
@@ -111,12 +116,15 @@ public struct SlabPoolStats: PoolStatsSink {
     /// The cluster's pool stats.
     public let handles: PoolStatHandles
 
+    /// `slab`: the pool's worker's slab.
     public init(slab: StatsSlab, handles: PoolStatHandles) { self.slab = slab; self.handles = handles }
 
+    /// Adds `n` to the counter in the slab.
     @inline(__always) public mutating func count(_ counter: PoolCounter, _ n: Int) {
         slab.add(handles.counters[counter.rawValue], n)
     }
 
+    /// Moves the gauge's per-worker part by `delta` (summed over workers on read).
     @inline(__always) public mutating func adjust(_ gauge: PoolGauge, _ delta: Int) {
         let g = handles.gauges[gauge.rawValue]
         if delta == 1 { slab.inc(g) } else if delta == -1 { slab.dec(g) } else {
