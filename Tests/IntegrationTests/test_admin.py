@@ -6,6 +6,8 @@ import signal
 import urllib.error
 import urllib.request
 
+import pytest
+
 from harness import Proxy, Server, connect, echo_handler, port_refuses, recv_exact, tcp_config, wait_for
 
 
@@ -65,8 +67,18 @@ def test_drained_listeners_stay_drained_across_sighup():
         with Proxy("tcp-proxy", config=cfg) as p:
             addr = p.addr()
             assert echo_once(addr) == b"ping"
+            # A keep-alive session open across the drain keeps relaying (a TCP relay's drain
+            # hook has nothing to say); /ready tells a balancer in front to stop sending.
+            held = connect(addr)
+            assert p.get("/ready")[0] == 200
             assert p.post("/drain_listeners")[0] == 200
             wait_for(lambda: port_refuses(addr), what="listeners drained")
+            with pytest.raises(urllib.error.HTTPError) as e:
+                p.get("/ready")
+            assert e.value.code == 503
+            held.sendall(b"still")
+            assert recv_exact(held, 5) == b"still"
+            held.close()
             # A reload (the same file, plus a new listener) keeps every listener stopped.
             with open(p.config_path, "w") as f:
                 f.write(cfg.replace("clusters:", """  - name: second

@@ -155,6 +155,8 @@ final class AdminServer {
             return (200, text, server.boundAddresses.map { "\($0.0)::\($0.1)\n" }.joined())
         case "/ready":
             if server.state != "LIVE" { return (503, text, "\(server.state)\n") }
+            // Drained listeners accept nothing: a balancer in front must stop sending here.
+            if server.listenersStopped { return (503, text, "DRAINING\n") }
             if server.healthCheckFailed { return (503, text, "HEALTH_CHECK_FAILED\n") }
             return (200, text, "LIVE\n")
         case "/server_info":

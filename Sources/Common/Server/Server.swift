@@ -75,7 +75,7 @@ public final class Server {
     public var healthCheckFailed = false
     /// POST /drain_listeners stopped every listener: they stay stopped, across reloads too,
     /// until the process exits (a reload still updates clusters and listener settings).
-    private var listenersStopped = false
+    public private(set) var listenersStopped = false
     private var drainDeadline: UInt64 = 0
     private var exitCode: Int32 = 0
 
@@ -664,7 +664,7 @@ public final class Server {
         listenersStopped = true
         for (_, b) in bound { b.exact?.stop() }
         bound.removeAll()
-        for h in workerHandles { h.post { $0.stopListening() } }
+        for h in workerHandles { h.post { $0.stopListening(); $0.drain() } }
     }
 
     private func checkDrain() {

@@ -2,10 +2,21 @@ import CLibevent
 import CShim
 import Glibc
 
-/// A session a worker keeps alive and can force-close when draining ends.
+/// A session a worker keeps alive, tells when draining begins, and can force-close when
+/// draining ends.
 public protocol ActiveSession: AnyObject {
     /// Close now (drain timeout reached or shutdown).
     func forceClose()
+    /// Draining began (SIGTERM, `/drain_listeners`): wind down the protocol's own way, once.
+    /// HTTP/1.1 answers the next response with `Connection: close`, HTTP/2 sends GOAWAY, Redis
+    /// finishes its pipeline; a TCP relay has nothing to say and keeps relaying until its
+    /// peers finish or `drain_timeout` ends it. Sessions that start on a draining worker see
+    /// `Worker.draining` instead. Called on the session's worker; may close the session.
+    func onDrain()
+}
+
+extension ActiveSession {
+    public func onDrain() {}
 }
 
 /// A cluster as one worker uses it: the shared snapshot and this worker's balancers, one
@@ -161,6 +172,20 @@ public final class Worker {
     public func untrack(_ s: ActiveSession) {
         if let s = sessions.removeValue(forKey: ObjectIdentifier(s)) { dispatcher.deferredRelease(s) }
     }
+
+    /// Draining began: no new connections arrive (the listeners are stopped) and each open
+    /// session hears it once. Sessions that start later (a handshake finishing) check this.
+    public private(set) var draining = false
+
+    /// Tells every open session that draining began (`ActiveSession.onDrain`), once.
+    public func drain() {
+        if draining { return }
+        draining = true
+        for s in Array(sessions.values) { s.onDrain() }
+    }
+
+    /// Sessions open now (tracked).
+    public var sessionCount: Int { sessions.count }
 
     /// Closes every session (drain timeout, shutdown).
     public func closeAll() {
