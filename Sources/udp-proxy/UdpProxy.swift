@@ -244,11 +244,7 @@ final class UdpSession {
         }
         let leg = UpstreamLeg(session: self, cluster: c, host: h, fd: fd, base: w.dispatcher.base)
         legs.append(leg)
-        c.onStart(h)
-        w.stats.inc(c.snapshot.stats.upstreamCxTotal)
-        w.stats.inc(c.snapshot.stats.upstreamCxActive)
-        c.snapshot.hosts[h].stats.inc(.cxTotal, w.stats)
-        c.snapshot.hosts[h].stats.inc(.cxActive, w.stats)
+        c.hostOpened(h, w.stats)
         return leg
     }
 
@@ -365,11 +361,7 @@ final class UdpSession {
         let w = relay.worker
         for leg in legs {
             leg.close()
-            let cs = leg.cluster.snapshot
-            leg.cluster.onEnd(leg.host)
-            w.stats.dec(cs.stats.upstreamCxActive)
-            cs.hosts[leg.host].stats.dec(.cxActive, w.stats)
-            w.stats.inc(cs.stats.upstreamCxDestroy)
+            leg.cluster.hostClosed(leg.host, w.stats)
         }
         w.stats.dec(factory.stats.downstreamSessActive)
         factory.sessions.release()

@@ -6,7 +6,6 @@ import Common
 import Glibc
 
 func hosts(_ spec: String) -> [Host] {
-    let store = StatsStore(threads: 1)
     return spec.split(separator: ",").map { item in
         var rest = Substring(item)
         var hashKey: String?

@@ -66,6 +66,27 @@ public final class WorkerCluster {
 
     public func onStart(_ host: Int) { lbs[levelOf[host]].onStart(host) }
     public func onEnd(_ host: Int) { lbs[levelOf[host]].onEnd(host) }
+
+    /// An upstream connection (or UDP socket) to `host` opened: the balancer's count, the
+    /// cluster's and the host's `cx_total`/`cx_active`. Every binary accounts through here.
+    public func hostOpened(_ host: Int, _ slab: StatsSlab) {
+        onStart(host)
+        let cs = snapshot
+        slab.inc(cs.stats.upstreamCxTotal)
+        slab.inc(cs.stats.upstreamCxActive)
+        cs.hosts[host].stats.inc(.cxTotal, slab)
+        cs.hosts[host].stats.inc(.cxActive, slab)
+    }
+
+    /// That connection ended (closed, failed or abandoned): undoes `hostOpened`, counts
+    /// `upstream_cx_destroy`.
+    public func hostClosed(_ host: Int, _ slab: StatsSlab) {
+        onEnd(host)
+        let cs = snapshot
+        slab.dec(cs.stats.upstreamCxActive)
+        cs.hosts[host].stats.dec(.cxActive, slab)
+        slab.inc(cs.stats.upstreamCxDestroy)
+    }
 }
 
 /// One worker thread's world: its loop, its listener sockets, its sessions, its stats slab,
