@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <malloc.h>
 #include "cshim.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -93,6 +94,10 @@ int cshim_pipe(int fds[2], int size) {
 ssize_t cshim_splice(int in, int out, size_t len) {
     ssize_t n = splice(in, NULL, out, NULL, len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     return n < 0 ? -errno : n;
+}
+
+void cshim_tune_malloc(void) {
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
 }
 
 long cshim_raise_nofile(void) {

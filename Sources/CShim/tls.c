@@ -225,6 +225,7 @@ struct csock {
     unsigned char *prefix;
     size_t plen, poff;
     int drained;
+    int eof;  /* read(2) returned 0: BIO_CTRL_EOF says so, which SSL_OP_IGNORE_UNEXPECTED_EOF needs */
 };
 
 static int csock_read(BIO *b, char *out, int len) {
@@ -242,7 +243,7 @@ static int csock_read(BIO *b, char *out, int len) {
     }
     ssize_t n = read(s->fd, out, (size_t)len);
     if (n > 0) { s->drained = n < len; return (int)n; }
-    if (n == 0) { s->drained = 1; return 0; }
+    if (n == 0) { s->drained = 1; s->eof = 1; return 0; }
     if (errno == EAGAIN || errno == EINTR) { s->drained = errno == EAGAIN; BIO_set_retry_read(b); }
     return -1;
 }
@@ -257,7 +258,11 @@ static int csock_write(BIO *b, const char *in, int len) {
 }
 
 static long csock_ctrl(BIO *b, int cmd, long num, void *ptr) {
-    (void)b; (void)num; (void)ptr;
+    (void)num; (void)ptr;
+    /* Without BIO_CTRL_EOF, OpenSSL cannot tell a peer's FIN from a failed read: a TLS 1.3 peer
+       that closed without close_notify was a connection error, and its session (the ticket
+       kept for resumption) was marked not resumable. */
+    if (cmd == BIO_CTRL_EOF) { struct csock *s = BIO_get_data(b); return s && s->eof && s->poff == s->plen; }
     return cmd == BIO_CTRL_FLUSH || cmd == BIO_CTRL_DUP;
 }
 

@@ -51,7 +51,8 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession, Hos
         let settings = HostConnector.Settings(
             hashKey: factory.config.hashSourceIp ? context.remote.map { fnv1a64($0.ipBytes) } : nil,
             maxAttempts: factory.config.maxConnectAttempts, bufferLimit: context.listener.config.bufferLimit,
-            source: context.remote, destination: context.local,
+            // The local address costs a getsockname: only when a PROXY header needs it.
+            source: context.remote, destination: c.snapshot.config.sendProxyProtocol != nil ? context.local : nil,
             clientServerName: context.serverName ?? downstream.tlsServerName)
         let k = HostConnector(worker: worker, cluster: c, settings: settings, timer: timer, callbacks: self)
         connector = k

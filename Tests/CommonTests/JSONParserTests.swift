@@ -33,6 +33,17 @@ import Testing
     #expect(err(#"{"endpoints": [{"address": "10.0.0.1:80", "weight": 0}]}"#) == "endpoints[0].weight: 0 is out of range 1...128")
     #expect(err(#"{"endpoints": [{"address": "10.0.0.1"}]}"#).hasPrefix("endpoints[0].address: "))
     #expect(err(#"{"cluster": "c"}"#) == "endpoints: missing required key")
+    #expect(err(#"{"endpoints": [{"address": "10.0.0.1:80"}, {"address": "10.0.0.1:80"}]}"#)
+            == "endpoints[1].address: 10.0.0.1:80 is listed twice")
+    #expect(err("endpoints: [ \"10.0.0.1:80\" ]").contains("expected a mapping"))
+    // Flow-style YAML starts with '{' too: not JSON, so read as YAML.
+    #expect(try EndpointsFile.parse(#"{endpoints: [{address: "10.0.0.1:80"}]}"#).count == 1)
+}
+
+@Test func endpointsFilesRefuseInvalidUTF8() throws {
+    let bad: [UInt8] = Array(#"{"endpoints": [{"address": "10.0.0.1:80", "hash_key": "a"#.utf8) + [0xC0, 0xAF] + Array(#""}]}"#.utf8)
+    #expect(throws: ConfigError.self) { _ = try EndpointsFile.parse(bytes: bad) }
+    #expect(try EndpointsFile.parse(bytes: Array(#"{"endpoints": [{"address": "10.0.0.1:80", "hash_key": "é"}]}"#.utf8)).count == 1)
 }
 
 @Test func statsStoreFullCountsOverflowInsteadOfTrapping() {

@@ -468,3 +468,29 @@ def test_session_tickets_are_kept_per_server_name():
                 assert [s for s, _ in seen] == ["a.example.com", "a.example.com", "b.example.com", "b.example.com", "a.example.com"]
                 # First of each name: nothing to offer (a's ticket is not b's); then each resumes its own.
                 assert [o for _, o in seen] == [False, True, False, True, True], (seen, p.stats())
+
+
+def test_a_host_closing_without_close_notify_is_a_clean_end_and_keeps_its_session():
+    """Many servers end TLS 1.3 with a bare FIN. Our BIO could not report EOF, so OpenSSL took
+    the FIN for an error: a connection_error per connection, and the ticket the host had just
+    given was marked not resumable (found by the review of issue 8)."""
+    c, k = cert("api.example.com")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(c, k)
+
+    def serve(conn, server):
+        conn.settimeout(10)
+        t = ctx.wrap_socket(conn, server_side=True)
+        t.sendall(b"hello\n")
+        t.close()  # FIN, no close_notify
+
+    with Server(serve) as up:
+        with Proxy("tcp-proxy", config=origin_config(up.endpoint, f'{{ sni: api.example.com, ca: "{c}" }}')) as p:
+            for _ in range(4):
+                s = socket.create_connection(p.addr(), timeout=10)
+                assert read_line(s) == b"hello\n"
+                assert s.recv(10) == b""  # the FIN arrives as a FIN
+                s.close()
+            p.wait_stat("cluster.backend.ssl.handshake", lambda v: v == 4)
+            assert p.stat("cluster.backend.ssl.connection_error") == 0
+            assert p.stat("cluster.backend.ssl.session_reused") >= 2

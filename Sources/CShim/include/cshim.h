@@ -69,6 +69,9 @@ static inline struct event *cshim_evsignal_new(struct event_base *b, int sig, ev
 
 /// Raises RLIMIT_NOFILE's soft limit to the hard limit. Returns the new soft limit.
 long cshim_raise_nofile(void);
+/// Keeps freed heap memory in the process (64 MiB trim threshold) so worker arenas do not
+/// shrink and grow again with every burst of connections (an mprotect each time).
+void cshim_tune_malloc(void);
 /// Monotonic milliseconds (CLOCK_MONOTONIC_COARSE: a vDSO read, cheap enough per event).
 uint64_t cshim_now_ms(void);
 /// Wall clock, milliseconds since the epoch.

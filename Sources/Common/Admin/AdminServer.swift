@@ -181,7 +181,7 @@ final class AdminServer {
             server.healthCheckFailed = false
             return (200, text, "OK\n")
         case "/drain_listeners":
-            server.stopListening()
+            server.stopListening(drainSessions: query["graceful"] != nil)
             return (200, text, "OK\n")
         case "/logging":
             if let l = query["level"] {

@@ -127,6 +127,7 @@ public struct JSONParser {
         while i < b.count {
             let c = b[i]
             if c == UInt8(ascii: "\"") {
+                // The text is a Swift String, so valid UTF-8 (files are checked when read).
                 let s = String(decoding: UnsafeBufferPointer(rebasing: b[start..<i]), as: UTF8.self)
                 i += 1
                 return s

@@ -153,7 +153,9 @@ public final class Connection {
         }
         if state == .connecting {
             if tlsConnecting { clientHandshake(); return }
-            let err = cshim_socket_error(fd)
+            // Writable alone means connected; a failed connect raises EPOLLERR, which libevent
+            // reports as readable too. Only then is SO_ERROR worth a system call.
+            let err = what & Int16(EV_READ | EV_CLOSED) != 0 ? cshim_socket_error(fd) : 0
             if err != 0 {
                 state = .closed
                 closeSocket()
@@ -561,9 +563,10 @@ public final class Connection {
         shutdownPending = false
         writeShut = true
         if let t = tls { cshim_tls_shutdown(t.ssl) }  // close_notify, then the FIN
+        // FIN both ways: nothing more can happen on this socket. The peer's FIN was read (the
+        // receive queue is empty), so close sends our FIN: no shutdown call needed.
+        if readEOF { closeNow(remote: false); return }
         _ = Glibc.shutdown(fd, Int32(SHUT_WR))
-        // FIN both ways: nothing more can happen on this socket.
-        if readEOF { closeNow(remote: false) }
     }
 
 
@@ -594,6 +597,10 @@ public final class Connection {
         readBuffer.release()
         writeBuffer.release()
         callbacks?.onClose(self, remote: remote)
+        // A filter usually holds its connection (a session owns its downstream): keeping the
+        // filters past close made a cycle that leaked both, about 1.5 KB per connection.
+        readFilters.removeAll()
+        writeFilters.removeAll()
     }
 
     private func closeSocket() {

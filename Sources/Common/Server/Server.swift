@@ -117,6 +117,7 @@ public final class Server {
         signal(SIGPIPE, SIG_IGN)
         // Each proxied connection needs two descriptors: use the hard limit, as HAProxy does.
         _ = cshim_raise_nofile()
+        cshim_tune_malloc()
         let server = Server(options: options, binary: binary, config: config)
         exit(server.run())
     }
@@ -652,7 +653,7 @@ public final class Server {
         if state == "DRAINING" { return }
         state = "DRAINING"
         logger.info("draining", metadata: ["reason": "\(reason)", "timeout": "\(formatDuration(snapshot.config.drainTimeoutMs))"])
-        stopListening()
+        stopListening(drainSessions: true)
         drainDeadline = monotonicMs() + snapshot.config.drainTimeoutMs
         drainTimer = Timer(dispatcher) { [unowned self] in checkDrain() }
         checkDrain()
@@ -660,11 +661,13 @@ public final class Server {
 
     /// POST /drain_listeners (and the start of a drain): stop accepting; open connections
     /// continue. The listeners stay stopped until exit: a reload does not bind them again.
-    public func stopListening() {
+    /// `drainSessions` (SIGTERM, `/drain_listeners?graceful`, as Envoy's option): every open
+    /// session also hears `onDrain` (HTTP answers `Connection: close`, HTTP/2 sends GOAWAY).
+    public func stopListening(drainSessions: Bool) {
         listenersStopped = true
         for (_, b) in bound { b.exact?.stop() }
         bound.removeAll()
-        for h in workerHandles { h.post { $0.stopListening(); $0.drain() } }
+        for h in workerHandles { h.post { w in w.stopListening(); if drainSessions { w.drain() } } }
     }
 
     private func checkDrain() {
@@ -791,6 +794,11 @@ final class ExactBalancer {
 
 /// Small file helpers (config, ready file), off the data path.
 public func readFile(_ path: String) -> String? {
+    readFileBytes(path).map { String(decoding: $0, as: UTF8.self) }
+}
+
+/// A file's bytes (at most 64 MiB; nil when it cannot be read or is larger).
+public func readFileBytes(_ path: String) -> [UInt8]? {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return nil }
     defer { close(fd) }
@@ -803,7 +811,7 @@ public func readFile(_ path: String) -> String? {
         bytes += chunk[0..<n]
         if bytes.count > 64 << 20 { return nil }
     }
-    return String(decoding: bytes, as: UTF8.self)
+    return bytes
 }
 
 /// Replaces the file at `path` with `text` (main thread, off the data path): the ready file,

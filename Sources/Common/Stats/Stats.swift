@@ -185,7 +185,9 @@ public final class HostStats: @unchecked Sendable {  // raw memory, one writer p
     /// Rows for `threads` threads (the store's slab count).
     public init(threads: Int) {
         self.threads = threads
-        slots = .allocate(capacity: threads * HostStats.rowSlots)
+        // Cache-line aligned, so two workers' rows never share a line.
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: threads * HostStats.rowSlots * 8, alignment: 64)
+        slots = raw.bindMemory(to: UInt64.self, capacity: threads * HostStats.rowSlots)
         slots.initialize(repeating: 0, count: threads * HostStats.rowSlots)
     }
 

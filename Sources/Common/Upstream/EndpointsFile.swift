@@ -10,19 +10,28 @@
 /// UNKNOWN (treated as healthy, as Envoy does).
 public enum EndpointsFile {
     public static func load(path: String, keyPath: String) throws(ConfigError) -> [EndpointConfig] {
-        guard let text = readFile(path) else { throw ConfigError(keyPath, "cannot read endpoints file \"\(path)\"") }
+        guard let bytes = readFileBytes(path) else { throw ConfigError(keyPath, "cannot read endpoints file \"\(path)\"") }
         do {
-            return try parse(text)
+            return try parse(bytes: bytes)
         } catch {
             throw ConfigError(keyPath, "endpoints file \"\(path)\": \(error.description)")
         }
     }
 
+    /// The file's bytes: invalid UTF-8 is refused, not repaired (two different byte strings
+    /// must not become the same `hash_key`).
+    public static func parse(bytes: [UInt8]) throws(ConfigError) -> [EndpointConfig] {
+        guard let text = String(validating: bytes, as: UTF8.self) else { throw ConfigError("", "not valid UTF-8") }
+        return try parse(text)
+    }
+
     public static func parse(_ text: String) throws(ConfigError) -> [EndpointConfig] {
         // JSON (what the health checker writes) takes a one-pass reader: 100,000 endpoints in a
         // fraction of a second, where the YAML node tree takes seconds.
-        if text.utf8.first(where: { $0 != 0x20 && $0 != 0x0A && $0 != 0x0D && $0 != 0x09 }) == UInt8(ascii: "{") {
-            return try parseJSON(text)
+        // Flow-style YAML (`{endpoints: [...]}`) starts with '{' too: what is not JSON is YAML.
+        if text.utf8.first(where: { $0 != 0x20 && $0 != 0x0A && $0 != 0x0D && $0 != 0x09 }) == UInt8(ascii: "{"),
+           let root = try? JSONParser.parse(text) {
+            return try endpoints(json: root)
         }
         let root = try ConfigValue.parse(yaml: text).mapping()
         _ = try root.optional("cluster")?.string()
@@ -43,7 +52,16 @@ public enum EndpointsFile {
             out.append(ep)
         }
         try root.finish()
-        return out
+        return try unique(out)
+    }
+
+    /// An address listed twice would get double weight and show twice: refused.
+    static func unique(_ eps: [EndpointConfig]) throws(ConfigError) -> [EndpointConfig] {
+        var seen = Set<SocketAddress>(minimumCapacity: eps.count)
+        for (i, e) in eps.enumerated() where !seen.insert(e.address).inserted {
+            throw ConfigError("endpoints[\(i)].address", "\(e.address) is listed twice")
+        }
+        return eps
     }
 
     static let topKeys = ["cluster", "generated_at", "endpoints"]
@@ -79,9 +97,7 @@ public enum EndpointsFile {
         return s
     }
 
-    static func parseJSON(_ text: String) throws(ConfigError) -> [EndpointConfig] {
-        let root: JSON
-        do { root = try JSONParser.parse(text) } catch { throw ConfigError("", error.description) }
+    static func endpoints(json root: JSON) throws(ConfigError) -> [EndpointConfig] {
         let top = try fields(root, "", topKeys)
         if let c = top[0] { _ = try string(c, "cluster") }
         guard let epsValue = top[2] else { throw ConfigError("endpoints", "missing required key") }
@@ -109,7 +125,7 @@ public enum EndpointsFile {
             if let p = f[4] { ep.priority = try int(p, "\(path).priority", min: 0, max: 127) }
             out.append(ep)
         }
-        return out
+        return try unique(out)
     }
 
     /// The file's text for a set of endpoints with their health.

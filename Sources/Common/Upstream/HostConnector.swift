@@ -163,7 +163,8 @@ public final class HostConnector: ConnectionCallbacks {
         }
         if let c = connection { c.callbacks = nil; c.close(); connection = nil }
         releaseHost()
-        if attempted.count < settings.maxAttempts && callbacks.upstreamStillWanted { return connectNext() }
+        if !callbacks.upstreamStillWanted { return giveUp("DC") }  // the client left: no retry, nothing exceeded
+        if attempted.count < settings.maxAttempts { return connectNext() }
         if settings.maxAttempts > 1 { worker.stats.inc(cs.stats.upstreamCxConnectAttemptsExceeded) }
         giveUp(settings.maxAttempts > 1 ? "UF,URX" : "UF")
     }
