@@ -190,15 +190,25 @@ clusters:
     endpoints: [ "{b.endpoint}", "{c.endpoint}" ]
 """
         with Proxy("tcp-proxy", config=cfg) as p:
+            # 40 client addresses (all of 127/8 is loopback), 4 connections from each.
             seen = {}
-            for _ in range(60):
-                s = connect(p.addr())
-                n = recv_exact(s, 2).decode().strip()
-                seen[n] = seen.get(n, 0) + 1
-                s.close()
-            # Both clusters get traffic; within cluster two, one source IP always maps to one host.
-            assert seen.get("a", 0) > 5
-            assert (seen.get("b", 0) > 0) != (seen.get("c", 0) > 0)
+            for i in range(40):
+                src = f"127.0.7.{i + 1}"
+                for _ in range(4):
+                    s = socket.socket()
+                    s.settimeout(10)
+                    s.bind((src, 0))
+                    s.connect(p.addr())
+                    seen.setdefault(src, []).append(recv_exact(s, 2).decode().strip())
+                    s.close()
+            names = [n for ns in seen.values() for n in ns]
+            # The cluster is drawn per connection: both get traffic.
+            assert names.count("a") > 10 and len(names) - names.count("a") > 10
+            # Within cluster two, a source IP always reaches the same host, and different
+            # source IPs reach both hosts (a hash that ignores the IP would give one).
+            in_two = {src: {n for n in ns if n != "a"} for src, ns in seen.items()}
+            assert all(len(hs) <= 1 for hs in in_two.values()), in_two
+            assert set().union(*in_two.values()) == {"b", "c"}, in_two
 
 
 def test_outlier_detection_ejects_and_returns_a_failing_host():

@@ -139,17 +139,25 @@ def test_source_ip_affinity_and_idle_expiry():
     try:
         with udp_proxy([s.endpoint for s in servers], udp=", hash_policy: source_ip, idle_timeout: 300ms",
                        cluster="    lb_policy: maglev") as p:
-            seen = set()
+            seen = {}
             clients = []
-            for _ in range(12):  # new client sockets (ports), same IP: always the same upstream
-                c = client()
-                c.sendto(b"?", p.addr())
-                seen.add(c.recv(100))
-                clients.append(c)  # kept open: a closed socket's port may come back for the next
-            assert len(seen) == 1
-            assert p.stat("udp.main.downstream_sess_total") == 12
+            # 24 client IPs (all of 127/8 is loopback), two sockets (ports) from each.
+            for i in range(24):
+                src = f"127.0.9.{i + 1}"
+                for _ in range(2):
+                    c = client()
+                    c.bind((src, 0))
+                    c.sendto(b"?", p.addr())
+                    seen.setdefault(src, set()).add(c.recv(100))
+                    clients.append(c)  # kept open: a closed socket's port may come back for the next
+            # Each IP always reaches the same upstream; different IPs reach several (a hash
+            # that ignored the IP would give one; 24 IPs on 2 or fewer of the 4 hosts by chance
+            # is a 1-in-millions event).
+            assert all(len(names) == 1 for names in seen.values()), seen
+            assert len(set().union(*seen.values())) >= 3, seen
+            assert p.stat("udp.main.downstream_sess_total") == 48
             p.wait_stat("udp.main.downstream_sess_active", lambda v: v == 0, timeout=10)
-            assert p.stat("udp.main.idle_timeout") == 12
+            assert p.stat("udp.main.idle_timeout") == 48
             for c in clients:
                 c.close()
     finally:
