@@ -168,7 +168,9 @@ def test_source_ip_affinity_and_idle_expiry():
 def test_health_checks_steer_new_sessions_away_from_a_down_upstream():
     a, b = UdpServer(name="a"), UdpServer(name="b")
     try:
-        hc = "    health_check: { interval: 100ms, timeout: 80ms, rise: 1, fall: 2, udp: { send: ping } }"
+        # A generous timeout (a loaded machine must not fail a live host); fast checks once a
+        # result points the other way, so a flip still comes quickly.
+        hc = "    health_check: { interval: 1s, timeout: 1s, edge_interval: 100ms, unhealthy_interval: 100ms, rise: 1, fall: 2, udp: { send: ping } }"
         with udp_proxy([a.endpoint, b.endpoint], cluster=hc, workers=1) as p:
             got = set()
             first = []  # kept open: a new client must not reuse a port whose session went to a
@@ -179,7 +181,7 @@ def test_health_checks_steer_new_sessions_away_from_a_down_upstream():
                 first.append(c)
             assert got == {b"a", b"b"}
             a.close()
-            p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 1, timeout=10)
+            p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 1, timeout=30)
             for _ in range(8):
                 c = client()
                 c.sendto(b"?", p.addr())
@@ -332,14 +334,16 @@ def test_per_packet_balancing_spreads_one_session_over_hosts():
 def test_per_packet_balancing_follows_health_within_a_session():
     a, b = UdpServer(name="a"), UdpServer(name="b")
     try:
-        hc = "    health_check: { interval: 100ms, timeout: 80ms, rise: 1, fall: 2, udp: { send: ping } }"
+        # A generous timeout (a loaded machine must not fail a live host); fast checks once a
+        # result points the other way, so a flip still comes quickly.
+        hc = "    health_check: { interval: 1s, timeout: 1s, edge_interval: 100ms, unhealthy_interval: 100ms, rise: 1, fall: 2, udp: { send: ping } }"
         with udp_proxy([a.endpoint, b.endpoint], udp=", use_per_packet_load_balancing: true",
                        cluster=hc, workers=1) as p:
             p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 2, timeout=10)
             c = client()
             assert exchange(c, p.addr(), 20) == {b"a": 10, b"b": 10}
             a.close()
-            p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 1, timeout=10)
+            p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 1, timeout=30)
             # The same session, the same client socket: every datagram now goes to b.
             assert exchange(c, p.addr(), 20) == {b"b": 20}
             assert p.stat("udp.main.downstream_sess_total") == 1
