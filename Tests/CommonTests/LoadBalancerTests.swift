@@ -84,8 +84,33 @@ private func hosts(_ weights: [Int]) -> [Host] {
     let t2 = MaglevTable.build(hosts: hosts(Array(repeating: 1, count: 11)))
     let moved = zip(t1, t2).filter { $0 != $1 }.count
     #expect(Double(moved) / Double(t1.count) < 0.15)
-    let lb = MaglevLoadBalancer(table: t1, hosts: hs, seed: 1)
-    #expect(lb.pick(hashKey: 12345, attempted: []) == lb.pick(hashKey: 12345, attempted: []))
+}
+
+/// A keyed pick is the key's place, not luck: balancers with different seeds (as two workers
+/// have) agree on every key, and different keys spread over every host.
+private func expectKeyedPicksStickAndSpread(_ make: (UInt64) -> LoadBalancer, hosts n: Int) {
+    let one = make(1), other = make(99)
+    var counts = Array(repeating: 0, count: n)
+    for k in 0..<10_000 {
+        let key = fnv1a64(Array("client-\(k)".utf8))
+        let h = one.pick(hashKey: key, attempted: [])!
+        #expect(other.pick(hashKey: key, attempted: []) == h)
+        #expect(one.pick(hashKey: key, attempted: []) == h)
+        counts[h] += 1
+    }
+    // 1,000 per host on average; each gets at least half of that.
+    #expect(counts.allSatisfy { $0 >= 500 }, "\(counts)")
+}
+
+@Test func maglevKeyedPicksStickAndSpread() {
+    let hs = hosts(Array(repeating: 1, count: 10))
+    let table = MaglevTable.build(hosts: hs)
+    expectKeyedPicksStickAndSpread({ MaglevLoadBalancer(table: table, hosts: hs, seed: $0) }, hosts: 10)
+}
+
+@Test func ringHashKeyedPicksStickAndSpread() {
+    let ring = KetamaRing(hosts: hosts(Array(repeating: 1, count: 10)))
+    expectKeyedPicksStickAndSpread({ RingHashLoadBalancer(ring: ring, seed: $0) }, hosts: 10)
 }
 
 @Test func maglevHonoursWeights() {

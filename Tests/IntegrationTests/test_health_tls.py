@@ -84,7 +84,7 @@ def test_tcp_proxy_checks_a_tls_cluster_over_tls():
     api_ca = cert("api.example.com")[0]
     with HttpsServer("api.example.com") as good, HttpsServer("web.example.com") as wrong:
         cfg = tcp_config([good.endpoint, wrong.endpoint], cluster=f"""    tls: {{ sni: api.example.com, ca: "{api_ca}" }}
-    health_check: {{ interval: 200ms, timeout: 200ms, rise: 1, fall: 1, http: {{ path: /ready }} }}""")
+    health_check: {{ interval: 1s, timeout: 1s, rise: 1, fall: 1, http: {{ path: /ready }} }}""")
         with Proxy("tcp-proxy", config=cfg) as p:
             p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 1)
             clusters = p.get("/clusters")[1]

@@ -4,7 +4,6 @@ import json
 import signal
 import socket
 import threading
-import time
 import urllib.error
 
 import pytest
@@ -70,11 +69,12 @@ def test_drain_timeout_closes_stragglers_and_exits_0():
             s = connect(p.addr())
             s.sendall(b"x")
             assert recv_exact(s, 1) == b"x"
-            t0 = time.monotonic()
             p.signal(signal.SIGTERM)
-            assert p.wait(10) == 0
-            assert time.monotonic() - t0 < 5
-            assert recv_all(s, timeout=5) == b""
+            # The straggler is idle (idle timeout 1h): only the 300ms drain timeout can end it,
+            # and the log says that is what happened; no stopwatch.
+            assert p.wait(30) == 0
+            assert recv_all(s, timeout=30) == b""
+            assert "drain timeout, closing open connections" in p.stderr()
         finally:
             p.stop()
 

@@ -34,18 +34,21 @@ def test_first_host_refuses_next_host_serves():
 
 def test_all_hosts_down_closes_downstream_promptly():
     bad1, bad2 = refused_endpoint(), refused_endpoint()
+    # Promptly: on the second refusal, not on a timer. The timers that could also close the
+    # client (connect 5s, idle 1h, no duration cap) are counted and must stay at 0; the close
+    # itself is awaited with a generous deadline, not timed.
     with Proxy("tcp-proxy", config=config([bad1, bad2], attempts=2)) as p:
-        t0 = time.monotonic()
         s = connect(p.addr())
         s.sendall(b"hello?")
-        assert recv_all(s, timeout=5) == b""
-        assert time.monotonic() - t0 < 2.0
+        assert recv_all(s, timeout=30) == b""
         s.close()
         p.wait_stat("listener.main.downstream_cx_active", lambda v: v == 0)
         st = p.stats()
         assert st["cluster.backend.upstream_cx_connect_fail"] == 2
         assert st["cluster.backend.upstream_cx_connect_attempts_exceeded"] == 1
         assert st["cluster.backend.upstream_cx_active"] == 0
+        assert st.get("cluster.backend.upstream_cx_connect_timeout", 0) == 0
+        assert st.get("tcp.main.idle_timeout", 0) == 0
 
 
 def test_connect_timeout_is_honoured():
@@ -54,11 +57,14 @@ def test_connect_timeout_is_honoured():
         with Proxy("tcp-proxy", config=config([hole.endpoint], connect_timeout="300ms")) as p:
             t0 = time.monotonic()
             s = connect(p.addr())
-            assert recv_all(s, timeout=10) == b""
+            # The kernel would keep retrying the SYN for about 2 minutes: a close within the
+            # generous deadline, counted as a connect timeout, is the 300ms timer firing.
+            assert recv_all(s, timeout=30) == b""
             took = time.monotonic() - t0
-            assert 0.25 <= took < 3.0, f"closed after {took:.2f}s"
+            assert took >= 0.25, f"closed after {took:.2f}s, before the connect timeout"  # a lower bound: load cannot break it
             p.wait_stat("cluster.backend.upstream_cx_connect_timeout", lambda v: v == 1)
             assert p.stat("cluster.backend.upstream_cx_connect_fail") == 1
+            assert p.stat("tcp.main.idle_timeout") == 0
     finally:
         hole.close()
 
@@ -190,15 +196,25 @@ clusters:
     endpoints: [ "{b.endpoint}", "{c.endpoint}" ]
 """
         with Proxy("tcp-proxy", config=cfg) as p:
+            # 40 client addresses (all of 127/8 is loopback), 4 connections from each.
             seen = {}
-            for _ in range(60):
-                s = connect(p.addr())
-                n = recv_exact(s, 2).decode().strip()
-                seen[n] = seen.get(n, 0) + 1
-                s.close()
-            # Both clusters get traffic; within cluster two, one source IP always maps to one host.
-            assert seen.get("a", 0) > 5
-            assert (seen.get("b", 0) > 0) != (seen.get("c", 0) > 0)
+            for i in range(40):
+                src = f"127.0.7.{i + 1}"
+                for _ in range(4):
+                    s = socket.socket()
+                    s.settimeout(10)
+                    s.bind((src, 0))
+                    s.connect(p.addr())
+                    seen.setdefault(src, []).append(recv_exact(s, 2).decode().strip())
+                    s.close()
+            names = [n for ns in seen.values() for n in ns]
+            # The cluster is drawn per connection: both get traffic.
+            assert names.count("a") > 10 and len(names) - names.count("a") > 10
+            # Within cluster two, a source IP always reaches the same host, and different
+            # source IPs reach both hosts (a hash that ignores the IP would give one).
+            in_two = {src: {n for n in ns if n != "a"} for src, ns in seen.items()}
+            assert all(len(hs) <= 1 for hs in in_two.values()), in_two
+            assert set().union(*in_two.values()) == {"b", "c"}, in_two
 
 
 def test_outlier_detection_ejects_and_returns_a_failing_host():

@@ -139,17 +139,25 @@ def test_source_ip_affinity_and_idle_expiry():
     try:
         with udp_proxy([s.endpoint for s in servers], udp=", hash_policy: source_ip, idle_timeout: 300ms",
                        cluster="    lb_policy: maglev") as p:
-            seen = set()
+            seen = {}
             clients = []
-            for _ in range(12):  # new client sockets (ports), same IP: always the same upstream
-                c = client()
-                c.sendto(b"?", p.addr())
-                seen.add(c.recv(100))
-                clients.append(c)  # kept open: a closed socket's port may come back for the next
-            assert len(seen) == 1
-            assert p.stat("udp.main.downstream_sess_total") == 12
+            # 24 client IPs (all of 127/8 is loopback), two sockets (ports) from each.
+            for i in range(24):
+                src = f"127.0.9.{i + 1}"
+                for _ in range(2):
+                    c = client()
+                    c.bind((src, 0))
+                    c.sendto(b"?", p.addr())
+                    seen.setdefault(src, set()).add(c.recv(100))
+                    clients.append(c)  # kept open: a closed socket's port may come back for the next
+            # Each IP always reaches the same upstream; different IPs reach several (a hash
+            # that ignored the IP would give one; 24 IPs on 2 or fewer of the 4 hosts by chance
+            # is a 1-in-millions event).
+            assert all(len(names) == 1 for names in seen.values()), seen
+            assert len(set().union(*seen.values())) >= 3, seen
+            assert p.stat("udp.main.downstream_sess_total") == 48
             p.wait_stat("udp.main.downstream_sess_active", lambda v: v == 0, timeout=10)
-            assert p.stat("udp.main.idle_timeout") == 12
+            assert p.stat("udp.main.idle_timeout") == 48
             for c in clients:
                 c.close()
     finally:
@@ -160,7 +168,9 @@ def test_source_ip_affinity_and_idle_expiry():
 def test_health_checks_steer_new_sessions_away_from_a_down_upstream():
     a, b = UdpServer(name="a"), UdpServer(name="b")
     try:
-        hc = "    health_check: { interval: 100ms, timeout: 80ms, rise: 1, fall: 2, udp: { send: ping } }"
+        # A generous timeout (a loaded machine must not fail a live host); fast checks once a
+        # result points the other way, so a flip still comes quickly.
+        hc = "    health_check: { interval: 1s, timeout: 1s, edge_interval: 100ms, unhealthy_interval: 100ms, rise: 1, fall: 2, udp: { send: ping } }"
         with udp_proxy([a.endpoint, b.endpoint], cluster=hc, workers=1) as p:
             got = set()
             first = []  # kept open: a new client must not reuse a port whose session went to a
@@ -171,7 +181,7 @@ def test_health_checks_steer_new_sessions_away_from_a_down_upstream():
                 first.append(c)
             assert got == {b"a", b"b"}
             a.close()
-            p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 1, timeout=10)
+            p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 1, timeout=30)
             for _ in range(8):
                 c = client()
                 c.sendto(b"?", p.addr())
@@ -324,14 +334,16 @@ def test_per_packet_balancing_spreads_one_session_over_hosts():
 def test_per_packet_balancing_follows_health_within_a_session():
     a, b = UdpServer(name="a"), UdpServer(name="b")
     try:
-        hc = "    health_check: { interval: 100ms, timeout: 80ms, rise: 1, fall: 2, udp: { send: ping } }"
+        # A generous timeout (a loaded machine must not fail a live host); fast checks once a
+        # result points the other way, so a flip still comes quickly.
+        hc = "    health_check: { interval: 1s, timeout: 1s, edge_interval: 100ms, unhealthy_interval: 100ms, rise: 1, fall: 2, udp: { send: ping } }"
         with udp_proxy([a.endpoint, b.endpoint], udp=", use_per_packet_load_balancing: true",
                        cluster=hc, workers=1) as p:
             p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 2, timeout=10)
             c = client()
             assert exchange(c, p.addr(), 20) == {b"a": 10, b"b": 10}
             a.close()
-            p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 1, timeout=10)
+            p.wait_stat("cluster.backend.health_check.healthy", lambda v: v == 1, timeout=30)
             # The same session, the same client socket: every datagram now goes to b.
             assert exchange(c, p.addr(), 20) == {b"b": 20}
             assert p.stat("udp.main.downstream_sess_total") == 1
