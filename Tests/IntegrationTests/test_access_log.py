@@ -5,7 +5,10 @@ the buffered lines arrive whole (never half a line)."""
 import fcntl
 import os
 import re
+import signal
 import tempfile
+
+import pytest
 
 from harness import Proxy, Server, connect, echo_handler, recv_exact, tcp_config, wait_for
 
@@ -13,7 +16,11 @@ NL = b"\n"
 PAD = "x" * 16000  # long lines fill the pipe and the proxy's buffer bound in few connections
 
 
-def test_stalled_access_log_pipe_keeps_serving_drops_whole_lines_and_counts_them():
+@pytest.mark.parametrize("reload", [False, True])
+def test_stalled_access_log_pipe_keeps_serving_drops_whole_lines_and_counts_them(reload):
+    """With `reload`, a SIGHUP replaces the log writers while the reader is stalled: the new
+    writer takes over what the old one had not written, the cut line's tail first (the old
+    writer used to drop it, leaving half a line in the file)."""
     d = tempfile.mkdtemp(prefix="alog-")
     fifo = os.path.join(d, "access.fifo")
     os.mkfifo(fifo)
@@ -38,6 +45,9 @@ def test_stalled_access_log_pipe_keeps_serving_drops_whole_lines_and_counts_them
                 dropped = p.stat("access_log_file.dropped_lines")
                 assert p.stat("access_log_file.dropped_bytes") >= dropped * len(PAD)
                 assert p.stat("access_log_file.write_total_buffered") > 0
+                if reload:
+                    p.signal(signal.SIGHUP)
+                    p.wait_stat("server.reload_success", lambda v: v == 1)
 
                 # Drain the pipe: what was buffered arrives on later flushes, whole lines only.
                 got = bytearray()

@@ -239,6 +239,22 @@ public final class AccessLogWriter {
     /// Bytes buffered and not written yet.
     public var buffered: Int { buf.count - start }
 
+    /// A reload replaced `old`, which logged to the same file: its unwritten lines (and the
+    /// tail of a line a short write cut) continue here, in order, so a stalled reader still gets
+    /// whole lines across reloads. Call before this writer logs anything.
+    public func takeOver(_ old: AccessLogWriter) {
+        guard old.path == path, buf.isEmpty, old.buffered > 0 else { return }
+        buf = Array(old.buf[old.headStart...])
+        start = old.start - old.headStart
+        headStart = 0
+        ends = old.ends[old.endsHead...].map { $0 - old.headStart }
+        endsHead = 0
+        // The gauge moves with the bytes: the old writer forgets them without counting a drop.
+        old.buf.removeAll(); old.ends.removeAll()
+        old.start = 0; old.headStart = 0; old.endsHead = 0
+        flush()
+    }
+
     /// Opens (again) the file: SIGUSR1 calls this after log rotation. A line the old file got
     /// only part of is not finished in the new one (it is counted as dropped).
     public func reopen() {

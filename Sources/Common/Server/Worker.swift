@@ -141,9 +141,16 @@ public final class Worker {
         // Access logs follow config generations, not cluster updates (health, discovery).
         if snapshot?.generation != s.generation {
             for logs in accessLogs.values { for l in logs { l.flush() } }
+            // What a stalled file has not taken yet carries over to the writer of the same path.
+            var unwritten: [String: AccessLogWriter] = [:]
+            for logs in accessLogs.values { for l in logs where l.buffered > 0 { unwritten[l.path] = l } }
             var logs: [String: [AccessLogWriter]] = [:]
             for (name, l) in s.listeners where !l.config.accessLogs.isEmpty {
-                logs[name] = l.config.accessLogs.map { AccessLogWriter(config: $0, slab: stats, stats: serverStats.accessLog, dispatcher: dispatcher) }
+                logs[name] = l.config.accessLogs.map {
+                    let w = AccessLogWriter(config: $0, slab: stats, stats: serverStats.accessLog, dispatcher: dispatcher)
+                    if let old = unwritten.removeValue(forKey: w.path) { w.takeOver(old) }
+                    return w
+                }
             }
             accessLogs = logs
             tlsSessions.retain(contexts: Set(s.clusters.values.compactMap { $0.config.tls?.context.id }))
