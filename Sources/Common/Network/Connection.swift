@@ -40,7 +40,12 @@ public final class Connection {
     public var localAddress: SocketAddress? { fd >= 0 ? SocketAddress.local(of: fd) : nil }
 
     private var event: OpaquePointer?
-    private var readEnabled = true
+    /// Outstanding `readDisable` calls: several streams (HTTP/2, a Redis pipeline) may each
+    /// pause one connection, and only the last `readEnable` resumes it (Envoy's counting).
+    private var readDisableCount = 0
+    /// `closeAfterFlush`: reading stopped for good.
+    private var readsClosed = false
+    @inline(__always) private var readEnabled: Bool { readDisableCount == 0 && !readsClosed }
     private var readReady = false
     /// The kernel reported the peer's FIN (EPOLLRDHUP, libevent's EV_CLOSED): read until 0,
     /// whatever a short read suggests, or the FIN queued behind the data would be missed.
@@ -346,15 +351,16 @@ public final class Connection {
         }
     }
 
-    /// Stops reading (the consumer is over its high watermark). Bytes stay in the kernel,
-    /// whose window then pushes back on the peer.
-    public func readDisable() { readEnabled = false }
+    /// Stops reading (a consumer is over its high watermark). Bytes stay in the kernel, whose
+    /// window then pushes back on the peer. Counted: each call needs its own `readEnable`.
+    public func readDisable() { readDisableCount += 1 }
 
-    /// Resumes reading; picks up data that arrived while disabled.
+    /// Undoes one `readDisable`; the last one resumes reading and picks up data that arrived
+    /// meanwhile. An enable with nothing to undo is ignored (a caller's bug, not a peer's).
     public func readEnable() {
-        if readEnabled { return }
-        readEnabled = true
-        if readReady && state == .open { event_active(event, Int32(EV_READ), 0) }
+        guard readDisableCount > 0 else { return }
+        readDisableCount -= 1
+        if readEnabled && readReady && state == .open { event_active(event, Int32(EV_READ), 0) }
     }
 
     public var isReadEnabled: Bool { readEnabled }
@@ -576,7 +582,7 @@ public final class Connection {
     public func closeAfterFlush() {
         guard state != .closed else { return }
         if (writeBuffer.isEmpty && pipeBytes == 0) || state == .connecting { closeNow(remote: false); return }
-        readEnabled = false
+        readsClosed = true
         closeWhenFlushed = true
     }
 
