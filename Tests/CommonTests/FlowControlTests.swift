@@ -60,3 +60,25 @@ private func rounds(_ d: Dispatcher, _ n: Int) {
     conn.close()
     close(fds[1])
 }
+
+@Test func queuedOutputPastTheHardCapClosesTheConnection() {
+    let store = StatsStore(threads: 2)
+    let worker = Worker(index: 0, stats: store.slabs[1], serverStats: ServerStats(store: store))
+    var fds: [Int32] = [-1, -1]
+    #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+    _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
+    let conn = Connection(worker: worker, fd: fds[0], remote: nil, bufferLimit: 64 << 10)
+    let sink = Sink()
+    conn.callbacks = sink
+    // A producer that ignores the high watermark; the peer reads nothing.
+    let chunk = [UInt8](repeating: 7, count: 64 << 10)
+    var written = 0
+    while conn.state == .open && written < 64 << 20 {
+        conn.write(bytes: chunk)
+        written += chunk.count
+    }
+    #expect(conn.state == .closed)
+    #expect(written <= (4 << 20) + (4 << 20))  // the cap plus what the socket pair took
+    #expect(store.value("server.connection_write_overflow") == 1)
+    close(fds[1])
+}

@@ -61,6 +61,9 @@ public final class Connection {
     private var closeWhenFlushed = false
     private let highWatermark: Int
     private let lowWatermark: Int
+    /// Queued output past this closes the connection (8 × the buffer limit, at least 4 MiB):
+    /// the bound on a connection's memory when a producer ignores the high watermark.
+    private var hardWriteLimit: Int { Swift.max(highWatermark &* 8, 4 << 20) }
     /// Re-entrancy guard: a read in progress.
     private var dispatching = false
 
@@ -482,6 +485,12 @@ public final class Connection {
         writeBuffer.moveAll(from: data)
         if (!writeBuffer.isEmpty || pipeBytes > 0) && writeReady && !tlsWriteWantsRead && state == .open { flush() }
         if state == .open && writeBuffer.isEmpty && pipeBytes == 0 && shutdownPending { shutdownWrite() }
+        if writeBuffer.count > hardWriteLimit {
+            // Watermarks ask producers to pause; this is for one that does not.
+            worker.stats.inc(worker.serverStats.connectionWriteOverflow)
+            closeNow(remote: false)
+            return
+        }
         checkHighWatermark()
     }
 

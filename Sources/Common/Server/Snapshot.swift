@@ -59,6 +59,9 @@ public struct ServerStats: Sendable {
     public let totalConnections: Gauge
     public let reloadSuccess: Counter
     public let reloadRejected: Counter
+    /// Connections closed because their queued output passed the hard cap (a producer that
+    /// ignored the watermarks): memory stays bounded whatever a filter does.
+    public let connectionWriteOverflow: Counter
     /// `access_log_file.*`, counted by every worker's access logs.
     public let accessLog: AccessLogStats
 
@@ -70,6 +73,7 @@ public struct ServerStats: Sendable {
         totalConnections = store.gauge("server.total_connections")
         reloadSuccess = store.counter("server.reload_success")
         reloadRejected = store.counter("server.reload_rejected")
+        connectionWriteOverflow = store.counter("server.connection_write_overflow")
     }
 }
 
