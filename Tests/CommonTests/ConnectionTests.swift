@@ -30,16 +30,6 @@ final class TagWriteFilter: WriteFilter {
     }
 }
 
-/// Runs the loop (blocking for events, at most 10 ms per round) until `done` or a 5 s deadline.
-private func spin(_ d: Dispatcher, until done: () -> Bool) {
-    let deadline = monotonicMs() + 5000
-    var tick = timeval(tv_sec: 0, tv_usec: 10_000)
-    while !done() && monotonicMs() < deadline {
-        event_base_loopexit(d.base, &tick)
-        event_base_loop(d.base, Int32(EVLOOP_ONCE))
-    }
-}
-
 @Test func readFiltersRunFifoWriteFiltersLifoAndHalfCloseIsDelivered() {
     let store = StatsStore(threads: 2)
     let worker = Worker(index: 0, stats: store.slabs[1], serverStats: ServerStats(store: store))
@@ -52,7 +42,7 @@ private func spin(_ d: Dispatcher, until done: () -> Bool) {
     conn.writeFilters = [TagWriteFilter("x", r), TagWriteFilter("y", r)]
 
     _ = "hi".withCString { write(fds[1], $0, 2) }
-    spin(worker.dispatcher) { r.events.count >= 2 }
+    runLoop(worker.dispatcher) { r.events.count >= 2 }
     // FIFO, and a filter that stops iteration hides the data from the ones after it.
     #expect(r.events == ["read:a:hi:false", "read:b:hi:false"])
 
@@ -65,7 +55,7 @@ private func spin(_ d: Dispatcher, until done: () -> Bool) {
     // The peer half-closes: the filters see endStream, and the connection stays open for writing.
     r.events.removeAll()
     shutdown(fds[1], Int32(SHUT_WR))
-    spin(worker.dispatcher) { r.events.count >= 2 }
+    runLoop(worker.dispatcher) { r.events.count >= 2 }
     #expect(r.events == ["read:a::true", "read:b::true"])
     #expect(conn.state == .open && conn.readEOF)
     conn.write(bytes: Array("late".utf8))

@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 BIN_DIR = os.environ.get("PROXY_BIN_DIR", ".build/release")
@@ -30,10 +31,38 @@ def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+# Leak check at teardown (Envoy's test fixtures do the same: a free leak detector). Before a
+# test's proxy stops, every gauge that counts something open must settle back to 0:
+#   - /stats gauges whose name ends in `_active` (listener `downstream_cx_active`, cluster
+#     `upstream_cx_active`, pool `upstream_rq_active` / `upstream_rq_pending_active`, udp
+#     `downstream_sess_active`, ...) and `server.total_connections`;
+#   - /clusters: each cluster's breaker counts `cx_open`, `rq_pending_open`, `rq_retry_open`
+#     and each host's `cx_active`.
+# Not counted: gauges that describe state rather than open things (`membership_*`,
+# `server.concurrency`, `server.days_until_*`, `*_buffered`, `health_check.healthy`, ...),
+# `outlier_detection.ejections_active` (an ejection is state that outlives connections), and
+# the admin listener's own stats (`http.admin.*`: the request reading them would be open; no
+# such gauge exists yet). A proxy started without an admin address is not checked.
+# Connections close asynchronously, so the check polls (bounded) until the gauges settle and
+# then fails naming the ones that did not. A test that really ends with something open calls
+# `Proxy.allow_open_at_end(reason)`; tests otherwise close their sockets first.
+LEAK_CHECK_TIMEOUT = 30.0 if TSAN else 10.0
+STATE_GAUGES = ("outlier_detection.ejections_active",)
+BREAKER_COUNTS = ("cx_open", "rq_pending_open", "rq_retry_open")
+
+
+def _counts_open_things(name):
+    if name.startswith("http.admin.") or name.endswith(STATE_GAUGES):
+        return False
+    return name.endswith("_active") or name == "server.total_connections"
+
+
 class Proxy:
-    """A running proxy binary. Use as a context manager; stops it by PID."""
+    """A running proxy binary. Use as a context manager; stops it by PID. Leaving the `with`
+    block normally (or calling `stop()`) first checks that nothing is left open (see above)."""
 
     def __init__(self, binary, args=None, config=None, tmp=None, env=None):
+        self.open_at_end = None
         self.tmp = tmp or tempfile.mkdtemp(prefix="proxy-test-")
         self.ready_file = os.path.join(self.tmp, f"ready-{random.getrandbits(32)}.json")
         self.config_path = None
@@ -58,7 +87,7 @@ class Proxy:
         try:
             self.ready = wait_for(self._read_ready, timeout=60 if TSAN else 20, what=f"{binary} ready file")
         except AssertionError:
-            self.stop()
+            self.stop(check_leaks=False)
             raise AssertionError(f"{binary} did not become ready; stderr:\n{self.stderr()}")
 
     def _read_ready(self):
@@ -130,7 +159,53 @@ class Proxy:
     def wait(self, timeout=30):
         return self.proc.wait(timeout=timeout)
 
-    def stop(self):
+    def allow_open_at_end(self, reason):
+        """Skips the teardown leak check: this test legitimately ends with something open."""
+        assert reason, "say why the test ends with something open"
+        self.open_at_end = reason
+
+    def open_gauges(self):
+        """What the leak check counts: {name: value} for every non-zero one."""
+        out = {n: v for n, v in self.stats().items() if _counts_open_things(n) and v != 0}
+        try:
+            _, body = self.get("/clusters")
+        except urllib.error.HTTPError as e:
+            if e.code != 404:  # a binary without clusters (health-checker) has no such page
+                raise
+            body = ""
+        for line in body.splitlines():
+            parts = line.split("::")
+            if len(parts) == 4 and parts[2] in BREAKER_COUNTS + ("cx_active",) and parts[3] not in ("", "0"):
+                if parts[2] == "cx_active" or parts[1] == "default_priority":
+                    out[f"clusters:{parts[0]}::{parts[1]}::{parts[2]}"] = int(parts[3])
+        return out
+
+    def check_nothing_left_open(self):
+        """Waits (bounded) for every open-connection/request/session gauge to reach 0."""
+        if self.open_at_end or self.proc.poll() is not None or not (self.ready or {}).get("admin"):
+            return
+        last = {}
+
+        def settled():
+            nonlocal last
+            last = self.open_gauges()
+            return not last
+
+        try:
+            wait_for(settled, timeout=LEAK_CHECK_TIMEOUT, interval=0.05, what="gauges to return to 0")
+        except AssertionError:
+            listing = ", ".join(f"{n}={v}" for n, v in sorted(last.items()))
+            raise AssertionError(f"left open at the end of the test (still non-zero after "
+                                 f"{LEAK_CHECK_TIMEOUT:.0f}s): {listing}") from None
+
+    def stop(self, check_leaks=True):
+        try:
+            if check_leaks:
+                self.check_nothing_left_open()
+        finally:
+            self._stop()
+
+    def _stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -146,8 +221,9 @@ class Proxy:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.stop()
+    def __exit__(self, exc_type, *exc):
+        # After a failure, report that failure, not what it left open.
+        self.stop(check_leaks=exc_type is None)
 
 
 def connect(addr, timeout=10):
