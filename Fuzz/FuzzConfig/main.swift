@@ -1,5 +1,6 @@
-// libFuzzer harness for the config loader: any bytes give a config or a ConfigError naming a
-// path, never a crash. Built by scripts/fuzz.sh; a normal build replays files.
+// libFuzzer harness for the config loader and the endpoints-file reader (JSON one-pass reader
+// and YAML): any bytes give a config (endpoints) or a ConfigError naming a path, never a
+// crash. Built by scripts/fuzz.sh; a normal build replays files.
 import Common
 
 struct FuzzBlock: ListenerFilterConfig {
@@ -20,6 +21,14 @@ func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     do {
         let cfg = try ConfigLoader.load(yaml: text, parser: fuzzParser)
         precondition(!cfg.listeners.isEmpty, "a loaded config has listeners")
+    } catch {
+        precondition(!error.description.isEmpty)
+    }
+    // The same bytes as an endpoints file (what health-checker writes and file discovery reads).
+    do {
+        let eps = try EndpointsFile.parse(bytes: Array(UnsafeBufferPointer(start: data, count: size)))
+        precondition(Set(eps.map(\.address)).count == eps.count, "endpoints are unique")
+        precondition(eps.allSatisfy { $0.address.port != 0 && (1...128).contains($0.weight) }, "endpoints are valid")
     } catch {
         precondition(!error.description.isEmpty)
     }

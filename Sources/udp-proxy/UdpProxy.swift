@@ -202,8 +202,7 @@ final class UdpSession {
         if !f.config.perPacket {
             // Sticky: the host is chosen once, by the balancer (and the client's IP when hashing).
             let hashKey: UInt64? = f.config.hashSourceIp ? fnv1a64(client.ipBytes) : nil
-            guard let h = c.pick(hashKey: hashKey, attempted: []) else {
-                w.stats.inc(c.snapshot.stats.upstreamCxNoneHealthy)
+            guard let h = c.pickHost(hashKey: hashKey) else {
                 s.abandon()
                 return nil
             }
@@ -239,7 +238,7 @@ final class UdpSession {
         let w = relay.worker
         let fd = c.snapshot.hosts[h].address.withSockAddr { cshim_udp_connect($0, $1) }
         guard fd >= 0 else {
-            w.stats.inc(c.snapshot.stats.upstreamCxConnectFail)
+            c.hostConnectFailed(h, outlier: false)  // no socket: a local failure
             return nil
         }
         let leg = UpstreamLeg(session: self, cluster: c, host: h, fd: fd, base: w.dispatcher.base)
@@ -257,8 +256,7 @@ final class UdpSession {
             return nil
         }
         if c !== indexed { reindex(c) }
-        guard let h = c.pick(hashKey: nil, attempted: []) else {
-            w.stats.inc(c.snapshot.stats.upstreamCxNoneHealthy)
+        guard let h = c.pickHost(hashKey: nil) else {
             return nil
         }
         let i = legOfHost[h]

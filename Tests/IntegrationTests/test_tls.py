@@ -494,3 +494,27 @@ def test_a_host_closing_without_close_notify_is_a_clean_end_and_keeps_its_sessio
             p.wait_stat("cluster.backend.ssl.handshake", lambda v: v == 4)
             assert p.stat("cluster.backend.ssl.connection_error") == 0
             assert p.stat("cluster.backend.ssl.session_reused") >= 2
+
+
+@pytest.mark.heavy
+def test_tls_tunnel_echo_streams_read_and_write_at_once():
+    """The TLS I/O mode of the concurrent echo test (issue 8): through two tiers, client-side
+    TLS in the edge and server-side TLS in the sidecar, 8 streams of 16 MiB, 4 at a time,
+    each written and read at once, half-closed only after the whole echo."""
+    import concurrent.futures
+    from test_tcp_relay import _echo_stream
+    c, k = cert("api.example.com")
+    size = 16 << 20
+    with Server(echo_handler) as up:
+        with Proxy("tcp-proxy", config=tls_config(up.endpoint)) as sidecar:
+            host, port = sidecar.addr()
+            edge_cfg = origin_config(f"{host}:{port}", f'{{ sni: api.example.com, ca: "{c}" }}').replace("workers: 1", "workers: 2")
+            with Proxy("tcp-proxy", config=edge_cfg) as edge:
+                with concurrent.futures.ThreadPoolExecutor(4) as ex:
+                    counts = list(ex.map(lambda seed: _echo_stream(edge.addr(), seed, size), range(1, 9)))
+                short = {i + 1: n for i, n in enumerate(counts) if n != size}
+                assert not short, f"streams stalled (stream: bytes echoed of {size}): {short}"
+                edge.wait_stat("cluster.backend.upstream_cx_active", lambda v: v == 0)
+                assert edge.stat("cluster.backend.upstream_cx_tx_bytes_total") == 8 * size
+                assert edge.stat("cluster.backend.ssl.connection_error") == 0
+                assert sidecar.stat("listener.main.ssl.connection_error") == 0

@@ -67,6 +67,25 @@ public final class WorkerCluster {
     public func onStart(_ host: Int) { lbs[levelOf[host]].onStart(host) }
     public func onEnd(_ host: Int) { lbs[levelOf[host]].onEnd(host) }
 
+    /// A host for a new upstream connection or socket, counting `upstream_cx_none_healthy`
+    /// when there is none (the accounting every binary shares).
+    public func pickHost(hashKey: UInt64?, attempted: [Int] = []) -> Int? {
+        if let h = pick(hashKey: hashKey, attempted: attempted) { return h }
+        slab.inc(snapshot.stats.upstreamCxNoneHealthy)
+        return nil
+    }
+
+    /// A connect to `host` failed (refused, unreachable, timed out, TLS): the cluster's and
+    /// the host's `cx_connect_fail`, and, when the host is to blame (`outlier`), its outlier
+    /// streak (not for a local failure such as no socket to be had).
+    public func hostConnectFailed(_ host: Int, timeout: Bool = false, outlier: Bool = true) {
+        let cs = snapshot
+        if timeout { slab.inc(cs.stats.upstreamCxConnectTimeout) }
+        slab.inc(cs.stats.upstreamCxConnectFail)
+        cs.hosts[host].stats.inc(.cxConnectFail, slab)
+        if outlier { cs.hosts[host].outlier?.failure() }
+    }
+
     /// An upstream connection (or UDP socket) to `host` opened: the balancer's count, the
     /// cluster's and the host's `cx_total`/`cx_active`. Every binary accounts through here.
     public func hostOpened(_ host: Int, _ slab: StatsSlab) {

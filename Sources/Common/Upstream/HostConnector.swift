@@ -110,10 +110,7 @@ public final class HostConnector: ConnectionCallbacks {
                 holdsRetry = true
             }
         }
-        guard let h = cluster.pick(hashKey: settings.hashKey, attempted: attempted) else {
-            worker.stats.inc(cs.stats.upstreamCxNoneHealthy)
-            return giveUp("UH")
-        }
+        guard let h = cluster.pickHost(hashKey: settings.hashKey, attempted: attempted) else { return giveUp("UH") }
         // Cross-worker atomics only when a limit is set.
         if let max = cs.config.maxConnections {
             guard cs.openConnections.tryAcquire(limit: max) else {
@@ -155,11 +152,11 @@ public final class HostConnector: ConnectionCallbacks {
 
     private func failed(errno: Int32, timeout: Bool) {
         let cs = cluster.snapshot
-        if timeout { worker.stats.inc(cs.stats.upstreamCxConnectTimeout) }
-        worker.stats.inc(cs.stats.upstreamCxConnectFail)
         if host >= 0 {
-            cs.hosts[host].stats.inc(.cxConnectFail, worker.stats)
-            cs.hosts[host].outlier?.failure()
+            cluster.hostConnectFailed(host, timeout: timeout)
+        } else {
+            if timeout { worker.stats.inc(cs.stats.upstreamCxConnectTimeout) }
+            worker.stats.inc(cs.stats.upstreamCxConnectFail)
         }
         if let c = connection { c.callbacks = nil; c.close(); connection = nil }
         releaseHost()
