@@ -154,7 +154,7 @@ final class AdminServer {
             }
             return (200, text, server.boundAddresses.map { "\($0.0)::\($0.1)\n" }.joined())
         case "/ready":
-            if server.state != "LIVE" { return (503, text, "\(server.state)\n") }
+            if server.state != .live { return (503, text, "\(server.state.rawValue)\n") }
             // Drained listeners accept nothing: a balancer in front must stop sending here.
             if server.listenersStopped { return (503, text, "DRAINING\n") }
             if server.healthCheckFailed { return (503, text, "HEALTH_CHECK_FAILED\n") }
@@ -163,7 +163,7 @@ final class AdminServer {
             let info = JSON.object([
                 ("version", .string(toolkitVersion)),
                 ("binary", .string(server.binary.blockParser.binary)),
-                ("state", .string(server.state)),
+                ("state", .string(server.state.rawValue)),
                 ("uptime_current_epoch", .string("\(server.uptimeSeconds)s")),
                 ("concurrency", .int(Int64(server.store.value("server.concurrency") ?? 0))),
                 ("config_generation", .int(Int64(server.snapshot.generation))),

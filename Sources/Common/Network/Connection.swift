@@ -101,8 +101,8 @@ public final class Connection {
         self.fd = fd
         self.state = .open
         self.remoteAddress = remote
-        self.readBuffer = Buffer(pool: worker.pool)
-        self.writeBuffer = Buffer(pool: worker.pool)
+        self.readBuffer = Buffer(pool: worker.blocks)
+        self.writeBuffer = Buffer(pool: worker.blocks)
         self.highWatermark = bufferLimit
         self.lowWatermark = bufferLimit / 2
         register()
@@ -128,8 +128,8 @@ public final class Connection {
         self.fd = fd
         self.state = .connecting
         self.remoteAddress = remote
-        self.readBuffer = Buffer(pool: worker.pool)
-        self.writeBuffer = Buffer(pool: worker.pool)
+        self.readBuffer = Buffer(pool: worker.blocks)
+        self.writeBuffer = Buffer(pool: worker.blocks)
         self.highWatermark = bufferLimit
         self.lowWatermark = bufferLimit / 2
         register()
@@ -234,7 +234,7 @@ public final class Connection {
             if n > 0 {
                 readBuffer.commit(n)
                 bytesRead &+= UInt64(n)
-                if n == worker.pool.blockSize && spliceTarget != nil { bulk = true }
+                if n == worker.blocks.blockSize && spliceTarget != nil { bulk = true }
                 // A short read drained the socket; new data brings a new edge. (A FIN already
                 // queued brings none: EV_CLOSED told us about it, so keep reading then.)
                 if n < space.count && !peerFinPending { readReady = false }
@@ -496,7 +496,7 @@ public final class Connection {
 
     /// Writes raw bytes (a PROXY header): same path as `write`.
     public func write(bytes: [UInt8]) {
-        let b = Buffer(pool: worker.pool)
+        let b = Buffer(pool: worker.blocks)
         b.append(bytes)
         write(b, endStream: false)
     }

@@ -114,7 +114,7 @@ public final class WorkerCluster {
 public final class Worker {
     public let index: Int
     public let dispatcher: Dispatcher
-    public let pool = BlockPool()
+    public let blocks = BlockPool()
     public let pipes = PipePool()
     /// Upstream TLS session tickets, per client context and server name (this worker's own).
     public let tlsSessions = TlsSessionCache()
