@@ -2,7 +2,6 @@ import Testing
 @testable import Common
 
 private func hosts(_ weights: [Int]) -> [Host] {
-    let store = StatsStore(threads: 1)
     return weights.enumerated().map { i, w in
         let a = try! SocketAddress.parse("10.0.\(i / 250).\(i % 250 + 1):80")  // test fixture, not input
         return Host(address: a, weight: w, hashKey: a.description, healthy: true, stats: HostStats(threads: 1))

@@ -173,3 +173,30 @@ private func counts(_ c: WorkerCluster, _ n: Int, attempted: [Int] = []) -> [Int
         #expect(abs(level1 - 600) < 120, "\(policy): \(level1) of 2000 keys on level 1")
     }
 }
+
+@Test func leastRequestKeepsInFlightCountsAcrossSnapshots() {
+    // A worker applies one generation, opens connections to host 0, then a health flip of a
+    // third host brings a new snapshot: the new balancer must still see host 0's load.
+    let store = StatsStore(threads: 2)
+    let worker = Worker(index: 0, stats: store.slabs[1], serverStats: ServerStats(store: store))
+    var config = ClusterConfig(name: "c")
+    config.lbPolicy = .leastRequest
+    func snapshot(generation: Int, thirdHealthy: Bool) -> ServerSnapshot {
+        let eps = (0..<3).map { EndpointConfig(address: address($0)) }
+        let c = ClusterSnapshot(config: config, endpoints: eps, healthy: { $0 != address(2) || thirdHealthy },
+                                store: store, openConnections: SharedCount())
+        return ServerSnapshot(generation: generation, config: ProxyConfig(), listeners: [:], clusters: ["c": c])
+    }
+    worker.apply(snapshot(generation: 1, thirdHealthy: true))
+    let first = worker.clusters["c"]!
+    for _ in 0..<5 { first.hostOpened(0, store.slabs[1]) }  // five connections in flight on host 0
+    worker.apply(snapshot(generation: 1, thirdHealthy: false))
+    let second = worker.clusters["c"]!
+    #expect(second !== first)
+    // Two healthy hosts: power of two choices compares both, and host 0 carries 5.
+    #expect(counts(second, 200) == [1: 200])
+    // Connections of the old generation end on the old view; the count they free is the same.
+    for _ in 0..<5 { first.hostClosed(0, store.slabs[1]) }
+    let after = counts(second, 2000)
+    #expect((after[0] ?? 0) > 500 && (after[1] ?? 0) > 500)
+}

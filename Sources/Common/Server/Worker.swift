@@ -30,9 +30,12 @@ public final class WorkerCluster {
     private var rng: FastRandom
     private let slab: StatsSlab
 
-    init(_ s: ClusterSnapshot, seed: UInt64, slab: StatsSlab) {
+    /// `loads`: this worker's in-flight counts per host (as `snapshot.hosts`), kept across
+    /// generations by the worker (`Worker.hostLoads`); fresh ones when not given.
+    init(_ s: ClusterSnapshot, seed: UInt64, slab: StatsSlab, loads: [HostLoad]? = nil) {
         snapshot = s
-        lbs = s.levels.map { makeLoadBalancer($0, policy: s.config.lbPolicy, seed: seed) }
+        let shared = loads ?? s.hosts.map { _ in HostLoad() }  // one set for every level
+        lbs = s.levels.map { makeLoadBalancer($0, policy: s.config.lbPolicy, seed: seed, loads: shared) }
         let index = Dictionary(uniqueKeysWithValues: s.levels.enumerated().map { ($0.element.priority, $0.offset) })
         levelOf = s.hosts.map { s.panic ? 0 : index[$0.priority] ?? 0 }
         rng = FastRandom(seed: seed ^ 0x5bd1e995)
@@ -147,16 +150,38 @@ public final class Worker {
         flushTimer?.arm(ms: 1000)
     }
 
+    /// Each cluster's in-flight counts by host address (least_request clusters only), carried
+    /// from one snapshot to the next; hosts that left are forgotten here (connections still
+    /// open to them hold their own reference).
+    private var hostLoads: [String: [SocketAddress: HostLoad]] = [:]
+
+    /// The in-flight counts for `c`'s hosts: the ones already kept for an address, new ones
+    /// for new hosts.
+    private func carriedLoads(cluster name: String, _ c: ClusterSnapshot) -> [HostLoad] {
+        let old = hostLoads[name] ?? [:]
+        var next: [SocketAddress: HostLoad] = [:]
+        next.reserveCapacity(c.hosts.count)
+        let loads = c.hosts.map { h -> HostLoad in
+            let l = old[h.address] ?? HostLoad()
+            next[h.address] = l
+            return l
+        }
+        hostLoads[name] = next
+        return loads
+    }
+
     /// Switches new connections to `s`; open sessions keep the generation they started with.
     public func apply(_ s: ServerSnapshot) {
         let old = clusters
         var next: [String: WorkerCluster] = [:]
         for (name, c) in s.clusters {
             if let o = old[name], o.snapshot === c { next[name] = o } else {
-                next[name] = WorkerCluster(c, seed: UInt64(index + 1) &* 0x9e3779b97f4a7c15 ^ UInt64(s.generation), slab: stats)
+                next[name] = WorkerCluster(c, seed: UInt64(index + 1) &* 0x9e3779b97f4a7c15 ^ UInt64(s.generation), slab: stats,
+                                           loads: c.config.lbPolicy == .leastRequest ? carriedLoads(cluster: name, c) : nil)
             }
         }
         clusters = next
+        hostLoads = hostLoads.filter { next[$0.key] != nil }
         // Access logs follow config generations, not cluster updates (health, discovery).
         if snapshot?.generation != s.generation {
             for logs in accessLogs.values { for l in logs { l.flush() } }

@@ -14,12 +14,21 @@ extension LoadBalancer {
     public func onEnd(_ index: Int) {}
 }
 
-/// Builds a worker's balancer for one priority level of a cluster.
-public func makeLoadBalancer(_ level: PriorityLevel, policy: LbPolicy, seed: UInt64) -> LoadBalancer {
+/// One host's connections (or requests) in flight on one worker, kept by address across cluster
+/// snapshots: a health flip or a reload rebuilds the balancers, not what is in flight, so
+/// least_request keeps seeing the load that connections of older generations still put on a host.
+public final class HostLoad {
+    public var active = 0
+    public init() {}
+}
+
+/// Builds a worker's balancer for one priority level of a cluster. `loads`: the worker's
+/// in-flight counts per host (index as in the snapshot), shared across levels and generations.
+public func makeLoadBalancer(_ level: PriorityLevel, policy: LbPolicy, seed: UInt64, loads: [HostLoad]? = nil) -> LoadBalancer {
     switch policy {
     case .roundRobin: return RoundRobinLoadBalancer(hosts: level.hosts, schedule: level.wrrSchedule, seed: seed)
     case .random: return RandomLoadBalancer(hosts: level.hosts, seed: seed)
-    case .leastRequest: return LeastRequestLoadBalancer(hosts: level.hosts, seed: seed)
+    case .leastRequest: return LeastRequestLoadBalancer(hosts: level.hosts, loads: loads, seed: seed)
     case .maglev: return MaglevLoadBalancer(table: level.maglevTable, hosts: level.hosts, seed: seed)
     case .ringHash: return RingHashLoadBalancer(ring: level.ring ?? KetamaRing(hosts: []), seed: seed)
     }
@@ -172,13 +181,14 @@ public final class RandomLoadBalancer: LoadBalancer {
 public final class LeastRequestLoadBalancer: LoadBalancer {
     private let healthy: [Int]
     private let weights: [Int]
-    private var active: [Int]
+    /// In flight per host (this worker's; shared with other levels and later generations).
+    private let active: [HostLoad]
     private var rng: FastRandom
 
-    public init(hosts: [Host], seed: UInt64) {
+    public init(hosts: [Host], loads: [HostLoad]? = nil, seed: UInt64) {
         healthy = healthyIndices(hosts)
         weights = hosts.map(\.weight)
-        active = Array(repeating: 0, count: hosts.count)
+        active = loads ?? hosts.map { _ in HostLoad() }
         rng = FastRandom(seed: seed)
     }
 
@@ -190,7 +200,7 @@ public final class LeastRequestLoadBalancer: LoadBalancer {
             var b = healthy[rng.below(healthy.count - 1)]
             if b == a { b = healthy[healthy.count - 1] }
             // Compare active/weight without division.
-            let h = active[a] * weights[b] <= active[b] * weights[a] ? a : b
+            let h = active[a].active * weights[b] <= active[b].active * weights[a] ? a : b
             if !attempted.contains(h) { return h }
             let other = h == a ? b : a
             if !attempted.contains(other) { return other }
@@ -198,8 +208,8 @@ public final class LeastRequestLoadBalancer: LoadBalancer {
         return healthy.first { !attempted.contains($0) } ?? healthy[0]
     }
 
-    public func onStart(_ index: Int) { active[index] += 1 }
-    public func onEnd(_ index: Int) { active[index] -= 1 }
+    public func onStart(_ index: Int) { active[index].active += 1 }
+    public func onEnd(_ index: Int) { active[index].active -= 1 }
 }
 
 /// Maglev consistent hashing (Google's paper, Envoy's table size 65537 and weighting): a key
