@@ -91,3 +91,38 @@ clusters:
     #expect(throws: AccessLogFormat.ParseError.self) { try AccessLogFormat("%NOPE%") }
     #expect(iso8601(0) == "1970-01-01T00:00:00.000Z")
 }
+
+/// A binary's own cluster options, as redis-proxy will add them.
+private struct DepthOptions: ClusterOptionsConfig {
+    var depth: Int
+    var configKey: String { "echo" }
+    var dump: JSON { .object([("depth", .int(Int64(depth)))]) }
+}
+
+@Test func aBinaryAddsItsOwnClusterKeys() throws {
+    var withOptions = echoParser
+    withOptions.clusterOptions = ClusterOptionsParser(key: "echo") { (v: ConfigValue) throws(ConfigError) -> any ClusterOptionsConfig in
+        let m = try v.mapping()
+        let d = try m.required("depth").int(min: 1, max: 10)
+        try m.finish()
+        return DepthOptions(depth: d)
+    }
+    let yaml = """
+    listeners:
+      - name: a
+        address: 127.0.0.1:1000
+        tcp: { cluster: c }
+    clusters:
+      - name: c
+        endpoints: [ "127.0.0.1:2000" ]
+        echo: { depth: 3 }
+    """
+    let cfg = try ConfigLoader.load(yaml: yaml, parser: withOptions)
+    #expect((cfg.clusters[0].binaryOptions as? DepthOptions)?.depth == 3)
+    // Errors inside the binary's block name their key path; other binaries refuse the key.
+    func err(_ text: String, _ p: FilterBlockParser) -> String {
+        do { _ = try ConfigLoader.load(yaml: text, parser: p); return "no error" } catch { return error.description }
+    }
+    #expect(err(yaml.replacingOccurrences(of: "depth: 3", with: "depth: 30"), withOptions).hasPrefix("clusters[0].echo.depth: 30 is out of range"))
+    #expect(err(yaml, echoParser).hasPrefix("clusters[0].echo: unknown key"))
+}

@@ -154,6 +154,7 @@ enum ConfigDump {
             if let v = cl.sendProxyProtocol { f.append(("send_proxy_protocol", .string(v.rawValue))) }
             if let t = cl.tls { f.append(("tls", t.dump)) }
             if let m = cl.maxConnections { f.append(("circuit_breakers", .object([("max_connections", .int(Int64(m)))]))) }
+            if let o = cl.binaryOptions { f.append((o.configKey, o.dump)) }
             return .object(f)
         })))
         return .object(root)

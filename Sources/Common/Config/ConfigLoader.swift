@@ -12,10 +12,28 @@ public struct FilterBlockParser: Sendable {
     public let hasListeners: Bool
     /// The binary's listeners are UDP sockets (udp-proxy), not TCP.
     public let datagram: Bool
+    /// The binary's own cluster keys (redis-proxy's options, say): Common parses the rest of a
+    /// cluster and hands this one key to the binary. Other binaries refuse it as unknown.
+    public var clusterOptions: ClusterOptionsParser?
 
     public init(binary: String, key: String, hasListeners: Bool = true, datagram: Bool = false,
+                clusterOptions: ClusterOptionsParser? = nil,
                 parse: @escaping @Sendable (ConfigMap, String) throws(ConfigError) -> any ListenerFilterConfig) {
         self.binary = binary; self.key = key; self.parse = parse; self.hasListeners = hasListeners; self.datagram = datagram
+        self.clusterOptions = clusterOptions
+    }
+}
+
+/// Parses one binary-specific key of a cluster (`clusters[i].<key>`), so a binary adds cluster
+/// options without Common growing a switch for it. The result rides in
+/// `ClusterConfig.binaryOptions`; the binary casts it back to its own type.
+public struct ClusterOptionsParser: Sendable {
+    /// The key under each cluster ("redis").
+    public let key: String
+    public let parse: @Sendable (ConfigValue) throws(ConfigError) -> any ClusterOptionsConfig
+
+    public init(key: String, parse: @escaping @Sendable (ConfigValue) throws(ConfigError) -> any ClusterOptionsConfig) {
+        self.key = key; self.parse = parse
     }
 }
 
@@ -40,7 +58,7 @@ public enum ConfigLoader {
         let clusterList = try root.optional("clusters")?.list() ?? []
         var names = Set<String>()
         for c in clusterList {
-            let cluster = try parseCluster(c)
+            let cluster = try parseCluster(c, options: parser.clusterOptions)
             guard names.insert(cluster.name).inserted else {
                 throw ConfigError("\(c.path).name", "duplicate cluster name \"\(cluster.name)\"")
             }
@@ -78,7 +96,7 @@ public enum ConfigLoader {
         return cfg
     }
 
-    static func parseCluster(_ v: ConfigValue) throws(ConfigError) -> ClusterConfig {
+    static func parseCluster(_ v: ConfigValue, options: ClusterOptionsParser? = nil) throws(ConfigError) -> ClusterConfig {
         let m = try v.mapping()
         let name = try m.required("name").string()
         guard isIdentifier(name) else {
@@ -186,6 +204,7 @@ public enum ConfigLoader {
             if let mr = cm.optional("max_retries") { c.maxRetries = try mr.int(min: 0) }
             try cm.finish()
         }
+        if let options, let o = m.optional(options.key) { c.binaryOptions = try options.parse(o) }
         try m.finish()
         return c
     }

@@ -143,6 +143,14 @@ extension ListenerFilterConfig {
     public func validate(clusters: [ClusterConfig], path: String) throws(ConfigError) {}
 }
 
+/// A binary's own options of a cluster, parsed by its `ClusterOptionsParser`.
+public protocol ClusterOptionsConfig: Sendable {
+    /// The key they were given under (`ClusterOptionsParser.key`).
+    var configKey: String { get }
+    /// The effective options, for /config_dump.
+    var dump: JSON { get }
+}
+
 /// `clusters[i].lb_policy`.
 public enum LbPolicy: String, Sendable, CaseIterable {
     case roundRobin = "round_robin"
@@ -208,6 +216,8 @@ public struct ClusterConfig: Sendable {
     /// A config over it is refused; a discovery result over it (an endpoints file, a DNS answer)
     /// is rejected with `update_rejected` and the last good set stays.
     public var maxHosts = ClusterConfig.defaultMaxHosts
+    /// The binary's own options for this cluster (`FilterBlockParser.clusterOptions`), if any.
+    public var binaryOptions: (any ClusterOptionsConfig)?
     public static let defaultMaxHosts = 100_000
 }
 
