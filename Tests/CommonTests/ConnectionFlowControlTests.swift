@@ -217,3 +217,44 @@ private func fillToHighWatermark(_ conn: Connection) -> Int {
     #expect(peerRead(peer) == Array("bye".utf8))
     #expect(peerRead(peer) == nil)
 }
+
+/// A few loop rounds, for "nothing happens" checks (what would happen has had its chance).
+private func rounds(_ f: Fixture, _ n: Int) {
+    var left = n
+    _ = f.run { left -= 1; return left < 0 }
+}
+
+@Test func readDisableIsCountedAndTheLastEnableResumes() {
+    let f = Fixture()
+    let (conn, peer, events) = f.pair(bufferLimit: 1 << 16)
+    // Two streams pause the connection.
+    conn.readDisable()
+    conn.readDisable()
+    peerWrite(peer, "abc")
+    rounds(f, 5)
+    #expect(events.data.isEmpty && !conn.isReadEnabled)
+    conn.readEnable()  // one stream resumes: the other still holds it
+    rounds(f, 5)
+    #expect(events.data.isEmpty && !conn.isReadEnabled)
+    conn.readEnable()  // the last one: the bytes that waited arrive
+    #expect(f.run { events.data.count == 3 })
+    #expect(conn.isReadEnabled)
+    conn.readEnable()  // unbalanced: ignored, and the next disable still pauses
+    conn.readDisable()
+    #expect(!conn.isReadEnabled)
+}
+
+@Test func queuedOutputPastTheHardCapClosesTheConnection() {
+    let f = Fixture()
+    let (conn, _, events) = f.pair(bufferLimit: 64 << 10)
+    // A producer that ignores the high watermark; the peer reads nothing.
+    let chunk = [UInt8](repeating: 7, count: 64 << 10)
+    var written = 0
+    while conn.state == .open && written < 64 << 20 {
+        conn.write(bytes: chunk)
+        written += chunk.count
+    }
+    #expect(conn.state == .closed && events.closes == [false])
+    #expect(written <= (4 << 20) + (4 << 20))  // the cap plus what the socket pair took
+    #expect(f.store.value("server.connection_write_overflow") == 1)
+}

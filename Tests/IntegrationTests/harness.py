@@ -421,8 +421,9 @@ def read_line(sock, timeout=30):
 def tcp_config(endpoints, workers=1, listener="", tcp="", cluster="", top=""):
     """The usual test config: admin on port 0, listener `main` on 127.0.0.1:0 relaying to
     cluster `backend`. Extra YAML lines go into each block (already indented by the caller
-    for `listener`/`cluster`; `tcp` is appended inside the flow mapping)."""
-    eps = ", ".join(f'"{e}"' for e in endpoints)
+    for `listener`/`cluster`; `tcp` is appended inside the flow mapping). `endpoints=None`
+    leaves them out, for clusters that discover them (`discovery: file` in `cluster`)."""
+    eps_line = "" if endpoints is None else "    endpoints: [ %s ]" % ", ".join(f'"{e}"' for e in endpoints)
     return f"""
 admin: {{ address: 127.0.0.1:0 }}
 workers: {workers}
@@ -434,7 +435,7 @@ listeners:
     tcp: {{ cluster: backend {tcp} }}
 clusters:
   - name: backend
-    endpoints: [ {eps} ]
+{eps_line}
 {cluster}
 """
 

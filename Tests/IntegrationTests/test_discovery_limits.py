@@ -6,7 +6,7 @@ refuses one, answers its admin meanwhile, and relays throughout."""
 import json
 import os
 
-from harness import Proxy, Server, connect, name_handler, read_line, wait_for
+from harness import Proxy, Server, connect, name_handler, read_line, tcp_config, wait_for
 
 
 def write_file(path, doc):
@@ -24,19 +24,7 @@ def many(n, first=0, port=9):
 
 
 def config(path, extra=""):
-    return f"""
-admin: {{ address: 127.0.0.1:0 }}
-workers: 2
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    tcp: {{ cluster: backend }}
-clusters:
-  - name: backend
-    discovery: file
-    path: {path}
-{extra}
-"""
+    return tcp_config(None, workers=2, cluster=f"    discovery: file\n    path: {path}\n{extra}")
 
 
 def relays(p):

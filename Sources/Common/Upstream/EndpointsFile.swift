@@ -41,12 +41,12 @@ public enum EndpointsFile {
             let m = try e.mapping()
             var ep = EndpointConfig(address: try m.required("address").address())
             if ep.address.port == 0 { throw ConfigError("\(e.path).address", "an endpoint needs a port") }
-            if let w = m.optional("weight") { ep.weight = try w.int(min: 1, max: 128) }
+            if let w = m.optional("weight") { ep.weight = try w.int(min: weights.lowerBound, max: weights.upperBound) }
             if let k = m.optional("hash_key") { ep.hashKey = try k.string() }
             if let h = m.optional("health_status") {
-                ep.healthy = ["HEALTHY", "UNKNOWN"].contains(try h.oneOf(["HEALTHY", "UNHEALTHY", "DRAINING", "UNKNOWN"]))
+                ep.healthy = isServing(try h.oneOf(healthStatuses))
             }
-            if let p = m.optional("priority") { ep.priority = try p.int(min: 0, max: 127) }
+            if let p = m.optional("priority") { ep.priority = try p.int(min: priorities.lowerBound, max: priorities.upperBound) }
             _ = m.optional("detail")
             try m.finish()
             out.append(ep)
@@ -63,6 +63,13 @@ public enum EndpointsFile {
         }
         return eps
     }
+
+    // The rules both readers (JSON and YAML) apply, kept in one place.
+    static let weights = 1...128
+    static let priorities = 0...127
+    static let healthStatuses = ["HEALTHY", "UNHEALTHY", "DRAINING", "UNKNOWN"]
+    /// UNKNOWN counts as healthy, as in Envoy.
+    static func isServing(_ status: String) -> Bool { status == "HEALTHY" || status == "UNKNOWN" }
 
     static let topKeys = ["cluster", "generated_at", "endpoints"]
     static let endpointKeys = ["address", "weight", "hash_key", "health_status", "priority", "detail"]
@@ -113,16 +120,16 @@ public enum EndpointsFile {
             do { address = try SocketAddress.parse(text) } catch { throw ConfigError("\(path).address", error.description) }
             var ep = EndpointConfig(address: address)
             if address.port == 0 { throw ConfigError("\(path).address", "an endpoint needs a port") }
-            if let w = f[1] { ep.weight = try int(w, "\(path).weight", min: 1, max: 128) }
+            if let w = f[1] { ep.weight = try int(w, "\(path).weight", min: weights.lowerBound, max: weights.upperBound) }
             if let k = f[2] { ep.hashKey = try string(k, "\(path).hash_key") }
             if let h = f[3] {
                 let s = try string(h, "\(path).health_status")
-                guard ["HEALTHY", "UNHEALTHY", "DRAINING", "UNKNOWN"].contains(s) else {
-                    throw ConfigError("\(path).health_status", "\"\(s)\" is not one of HEALTHY, UNHEALTHY, DRAINING, UNKNOWN")
+                guard healthStatuses.contains(s) else {
+                    throw ConfigError("\(path).health_status", "\"\(s)\" is not one of \(healthStatuses.joined(separator: ", "))")
                 }
-                ep.healthy = s == "HEALTHY" || s == "UNKNOWN"
+                ep.healthy = isServing(s)
             }
-            if let p = f[4] { ep.priority = try int(p, "\(path).priority", min: 0, max: 127) }
+            if let p = f[4] { ep.priority = try int(p, "\(path).priority", min: priorities.lowerBound, max: priorities.upperBound) }
             out.append(ep)
         }
         return try unique(out)

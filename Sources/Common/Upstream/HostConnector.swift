@@ -150,14 +150,10 @@ public final class HostConnector: ConnectionCallbacks {
         timer.arm(ms: cs.config.connectTimeoutMs)
     }
 
+    /// The attempt on `host` failed (every attempt has a host: it is set before connecting).
     private func failed(errno: Int32, timeout: Bool) {
         let cs = cluster.snapshot
-        if host >= 0 {
-            cluster.hostConnectFailed(host, timeout: timeout)
-        } else {
-            if timeout { worker.stats.inc(cs.stats.upstreamCxConnectTimeout) }
-            worker.stats.inc(cs.stats.upstreamCxConnectFail)
-        }
+        cluster.hostConnectFailed(host, timeout: timeout)
         if let c = connection { c.callbacks = nil; c.close(); connection = nil }
         releaseHost()
         if !callbacks.upstreamStillWanted { return giveUp("DC") }  // the client left: no retry, nothing exceeded
