@@ -5,8 +5,9 @@ import Common
 final class TcpProxyFactory: FilterFactory {
     let config: TcpProxyConfig
     let stats: TcpProxyStats
-    /// Cluster names with cumulative weights for `weighted_clusters`.
-    let clusterNames: [String]
+    /// The clusters' slots in each worker's cluster table (`Worker.cluster(slot:)`), resolved
+    /// here once, with cumulative weights for `weighted_clusters`.
+    let clusterSlots: [Int]
     let cumulativeWeights: [Int]
 
     init(block: any ListenerFilterConfig, clusters: [String: ClusterSnapshot], store: StatsStore) {
@@ -15,7 +16,8 @@ final class TcpProxyFactory: FilterFactory {
         }
         config = c
         stats = TcpProxyStats(store: store, prefix: c.statPrefix)
-        clusterNames = c.clusters.map(\.name)
+        // Validation made every named cluster exist; a missing one gets a slot no worker has (NR).
+        clusterSlots = c.clusters.map { clusters[$0.name]?.slot ?? Int.max }
         var acc = 0
         cumulativeWeights = c.clusters.map { acc += $0.weight; return acc }
     }
@@ -29,10 +31,10 @@ final class TcpProxyFactory: FilterFactory {
         _ = session.onNewConnection()
     }
 
-    /// Picks a cluster name by weight (one cluster: no random draw).
-    func pickCluster(_ rng: inout FastRandom) -> String {
-        if clusterNames.count == 1 { return clusterNames[0] }
+    /// Picks a cluster by weight (one cluster: no random draw); returns its slot.
+    func pickCluster(_ rng: inout FastRandom) -> Int {
+        if clusterSlots.count == 1 { return clusterSlots[0] }
         let r = rng.below(cumulativeWeights.last!)
-        return clusterNames[cumulativeWeights.firstIndex { $0 > r }!]
+        return clusterSlots[cumulativeWeights.firstIndex { $0 > r }!]
     }
 }

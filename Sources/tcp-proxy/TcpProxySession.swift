@@ -41,8 +41,7 @@ final class TcpProxySession: ReadFilter, ConnectionCallbacks, ActiveSession, Hos
         let timer = Timer(worker.dispatcher) { [unowned self] in onTimer() }
         self.timer = timer
         var rng = FastRandom(seed: context.connectionId &* 0x9e3779b97f4a7c15)
-        let name = factory.pickCluster(&rng)
-        guard let c = worker.clusters[name] else {
+        guard let c = worker.cluster(slot: factory.pickCluster(&rng)) else {
             worker.stats.inc(stats.downstreamCxNoRoute)
             flags = "NR"
             finish()

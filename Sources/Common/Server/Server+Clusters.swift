@@ -112,12 +112,14 @@ extension Server {
             let pending = pendingCounts[name] ?? SharedCount(), retries = retryCounts[name] ?? SharedCount()
             pendingCounts[name] = pending
             retryCounts[name] = retries
+            let slot = clusterSlots[name] ?? clusterSlots.count
+            clusterSlots[name] = slot
             let monitor = rt.monitor
             out[name] = ClusterSnapshot(config: rt.config, endpoints: rt.endpoints,
                                         healthy: { monitor?.isHealthy($0) ?? true },
                                         outlier: { (rt.outlierCounters[$0], rt.ejected[$0] != nil) },
                                         hostStats: { rt.hostStats[$0] ?? HostStats(threads: self.store.slabs.count) },
-                                        store: store, openConnections: count, pending: pending, retries: retries)
+                                        store: store, openConnections: count, pending: pending, retries: retries, slot: slot)
         }
         return out
     }

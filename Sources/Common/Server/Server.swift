@@ -62,6 +62,8 @@ public final class Server {
     /// Circuit breaker counts that must outlive cluster snapshots: pending connects, retries.
     var pendingCounts: [String: SharedCount] = [:]
     var retryCounts: [String: SharedCount] = [:]
+    /// Each cluster name's slot in the workers' cluster tables, for the process's life.
+    var clusterSlots: [String: Int] = [:]
     /// Live cluster state on the main thread: endpoints (config or file), checks, watchers.
     var clusterRuntimes: [String: ClusterRuntime] = [:]
     /// Health flips as JSON lines (`health_event_log`).

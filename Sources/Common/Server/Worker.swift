@@ -125,8 +125,17 @@ public final class Worker {
     public let serverStats: ServerStats
     /// The config generation new connections use.
     public private(set) var snapshot: ServerSnapshot?
-    /// Clusters of the current generation, by name.
+    /// Clusters of the current generation, by name (config time and admin; the data path
+    /// uses `cluster(slot:)`).
     public private(set) var clusters: [String: WorkerCluster] = [:]
+    /// The same clusters by `ClusterSnapshot.slot`; nil for a slot whose cluster was removed.
+    private var bySlot: [WorkerCluster?] = []
+
+    /// The cluster in `slot` (resolved at config time from its name), or nil when a reload
+    /// removed it: an array index per request, no string hashing.
+    @inline(__always) public func cluster(slot: Int) -> WorkerCluster? {
+        slot < bySlot.count ? bySlot[slot] : nil
+    }
     /// Access logs per listener name, current generation.
     public private(set) var accessLogs: [String: [AccessLogWriter]] = [:]
     private var listeners: [String: WorkerListener] = [:]
@@ -181,6 +190,11 @@ public final class Worker {
             }
         }
         clusters = next
+        for i in bySlot.indices { bySlot[i] = nil }
+        for c in next.values {
+            while bySlot.count <= c.snapshot.slot { bySlot.append(nil) }
+            bySlot[c.snapshot.slot] = c
+        }
         hostLoads = hostLoads.filter { next[$0.key] != nil }
         // Access logs follow config generations, not cluster updates (health, discovery).
         if snapshot?.generation != s.generation {

@@ -169,14 +169,21 @@ public final class ClusterSnapshot: Sendable {
 
     public var name: String { config.name }
 
+    /// The cluster's slot in every worker's cluster table (`Worker.cluster(_:)`): given by the
+    /// cluster manager once per name and never reused for another name, so a handle resolved at
+    /// config time stays right across reloads and costs an array index per request.
+    public let slot: Int
+
     /// `endpoints`: the live set (config or endpoints file); `healthy`: what active checks say;
     /// `outlier`: each host's streak counter and whether it is ejected now; `hostStats`: each
     /// host's counters (kept by the caller across snapshots; fresh ones when not given).
     public init(config: ClusterConfig, endpoints: [EndpointConfig], healthy: (SocketAddress) -> Bool,
                 outlier: (SocketAddress) -> (OutlierCounter?, Bool) = { _ in (nil, false) },
                 hostStats: ((SocketAddress) -> HostStats)? = nil,
-                store: StatsStore, openConnections: SharedCount, pending: SharedCount = SharedCount(), retries: SharedCount = SharedCount()) {
+                store: StatsStore, openConnections: SharedCount, pending: SharedCount = SharedCount(), retries: SharedCount = SharedCount(),
+                slot: Int = 0) {
         self.config = config
+        self.slot = slot
         self.pending = pending
         self.retries = retries
         let outliers = endpoints.map { outlier($0.address) }
