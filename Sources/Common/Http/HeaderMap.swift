@@ -1,0 +1,274 @@
+/// Headers with a name the codecs, the connection manager and the router look at on every
+/// request: found once while the block is parsed (or added), then read by index with no name
+/// compare (Envoy's inline headers). Pseudo-headers carry the request and status line, so one
+/// map serves HTTP/1.1 and HTTP/2 alike.
+public enum KnownHeader: UInt8, CaseIterable, Sendable {
+    case method, path, authority, scheme, status, `protocol`
+    case host, contentLength, transferEncoding, connection, keepAlive, proxyConnection, te, trailer,
+         upgrade, expect, xForwardedFor, xForwardedProto, xRequestId, via, cookie, http2Settings
+    /// Not one of the above.
+    case other
+
+    /// The lowercase name.
+    public var name: String {
+        switch self {
+        case .method: ":method"
+        case .path: ":path"
+        case .authority: ":authority"
+        case .scheme: ":scheme"
+        case .status: ":status"
+        case .protocol: ":protocol"
+        case .host: "host"
+        case .contentLength: "content-length"
+        case .transferEncoding: "transfer-encoding"
+        case .connection: "connection"
+        case .keepAlive: "keep-alive"
+        case .proxyConnection: "proxy-connection"
+        case .te: "te"
+        case .trailer: "trailer"
+        case .upgrade: "upgrade"
+        case .expect: "expect"
+        case .xForwardedFor: "x-forwarded-for"
+        case .xForwardedProto: "x-forwarded-proto"
+        case .xRequestId: "x-request-id"
+        case .via: "via"
+        case .cookie: "cookie"
+        case .http2Settings: "http2-settings"
+        case .other: ""
+        }
+    }
+
+    /// A pseudo-header (`:method`, ...): never written as an HTTP/1.1 header line.
+    public var isPseudo: Bool { rawValue <= KnownHeader.protocol.rawValue }
+
+    /// Names by length, for classifying a lowercase name with a length switch and one compare.
+    private static let byLength: [[KnownHeader]] = {
+        var t = [[KnownHeader]](repeating: [], count: 20)
+        for k in KnownHeader.allCases where k != .other { t[k.name.utf8.count].append(k) }
+        return t
+    }()
+    private static let nameBytes: [[UInt8]] = KnownHeader.allCases.map { Array($0.name.utf8) }
+
+    /// The known header `name` (already lowercase) is, or `.other`.
+    @inline(__always)
+    public static func classify(_ name: UnsafeRawBufferPointer) -> KnownHeader {
+        let n = name.count
+        if n >= byLength.count { return .other }
+        for k in byLength[n] {
+            let b = nameBytes[Int(k.rawValue)]
+            if b.withUnsafeBytes({ memcmp($0.baseAddress!, name.baseAddress!, n) }) == 0 { return k }
+        }
+        return .other
+    }
+}
+
+/// One header: offsets of its name and value in the map's storage.
+public struct HeaderEntry: Sendable {
+    public var nameStart: UInt32
+    public var nameLength: UInt32
+    public var valueStart: UInt32
+    public var valueLength: UInt32
+    public var known: KnownHeader
+    /// Removed: skipped by iteration and lookups (storage is not compacted).
+    public var removed: Bool
+}
+
+/// The headers of one request or response (pseudo-headers included), in one byte store with
+/// entries pointing into it: a parsed HTTP/1.1 block is copied in once (one memcpy, names
+/// lowercased on the way), HTTP/2 headers are appended. Nothing becomes a `String` unless a
+/// filter or a route asks (`string(_:)`). Known headers are found by index (`first(_:)`).
+/// Confined to the stream's worker; reused across requests on a connection (`reset`).
+public final class HeaderMap {
+    /// Names and values, back to back.
+    public private(set) var storage: [UInt8] = []
+    /// In order of arrival or addition.
+    public private(set) var entries: [HeaderEntry] = []
+    /// First live entry per known header (index into `entries`), -1 when absent.
+    private var firstIndex = [Int32](repeating: -1, count: KnownHeader.allCases.count)
+    /// Bytes of live names and values (a limit check for header lists).
+    public private(set) var byteCount = 0
+    /// Live entries.
+    public private(set) var count = 0
+
+    public init() {
+        storage.reserveCapacity(512)
+        entries.reserveCapacity(16)
+    }
+
+    /// Empties the map, keeping its capacity.
+    public func reset() {
+        storage.removeAll(keepingCapacity: true)
+        entries.removeAll(keepingCapacity: true)
+        for i in firstIndex.indices { firstIndex[i] = -1 }
+        byteCount = 0; count = 0
+    }
+
+    // MARK: - Adding
+
+    /// Appends raw bytes to the store and returns their offset (for a codec that then calls
+    /// `addEntry`): lets HTTP/1.1 copy a whole header block in one go.
+    public func appendStorage(_ bytes: UnsafeRawBufferPointer) -> Int {
+        let at = storage.count
+        storage.append(contentsOf: bytes)
+        return at
+    }
+
+    /// Lowercases `length` bytes of the store at `start` (names of an HTTP/1.1 block).
+    public func lowercaseStorage(start: Int, length: Int) {
+        storage.withUnsafeMutableBufferPointer { p in
+            for i in start..<(start + length) where p[i] >= 0x41 && p[i] <= 0x5A { p[i] |= 0x20 }
+        }
+    }
+
+    /// Adds an entry for a name and value already in the store. The name must be lowercase.
+    public func addEntry(nameStart: Int, nameLength: Int, valueStart: Int, valueLength: Int, known: KnownHeader? = nil) {
+        let k = known ?? storage.withUnsafeBytes {
+            KnownHeader.classify(UnsafeRawBufferPointer(rebasing: $0[nameStart..<(nameStart + nameLength)]))
+        }
+        if k != .other && firstIndex[Int(k.rawValue)] < 0 { firstIndex[Int(k.rawValue)] = Int32(entries.count) }
+        entries.append(HeaderEntry(nameStart: UInt32(nameStart), nameLength: UInt32(nameLength),
+                                   valueStart: UInt32(valueStart), valueLength: UInt32(valueLength), known: k, removed: false))
+        byteCount += nameLength + valueLength
+        count += 1
+    }
+
+    /// Adds `name: value` (name lowercased here).
+    public func add(_ name: String, _ value: String) {
+        var n = name, v = value
+        n.withUTF8 { nb in v.withUTF8 { vb in add(UnsafeRawBufferPointer(nb), UnsafeRawBufferPointer(vb)) } }
+    }
+
+    /// Adds a header from bytes (name lowercased here).
+    public func add(_ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) {
+        let ns = appendStorage(name)
+        lowercaseStorage(start: ns, length: name.count)
+        let vs = appendStorage(value)
+        addEntry(nameStart: ns, nameLength: name.count, valueStart: vs, valueLength: value.count)
+    }
+
+    /// Adds a known header.
+    public func add(_ k: KnownHeader, _ value: String) { add(k.name, value) }
+
+    /// Replaces every `name` header with one `name: value`.
+    public func set(_ name: String, _ value: String) {
+        remove(name)
+        add(name, value)
+    }
+
+    public func set(_ k: KnownHeader, _ value: String) {
+        remove(k)
+        add(k.name, value)
+    }
+
+    // MARK: - Removing
+
+    /// Removes entry `i`.
+    public func remove(at i: Int) {
+        guard !entries[i].removed else { return }
+        entries[i].removed = true
+        byteCount -= Int(entries[i].nameLength + entries[i].valueLength)
+        count -= 1
+        let k = entries[i].known
+        if k != .other && firstIndex[Int(k.rawValue)] == Int32(i) {
+            firstIndex[Int(k.rawValue)] = Int32(entries[(i + 1)...].firstIndex { !$0.removed && $0.known == k } ?? -1)
+        }
+    }
+
+    /// Removes every header of a known name.
+    public func remove(_ k: KnownHeader) {
+        var i = Int(firstIndex[Int(k.rawValue)])
+        if i < 0 { return }
+        while i < entries.count {
+            if entries[i].known == k && !entries[i].removed { remove(at: i) }
+            i += 1
+        }
+    }
+
+    /// Removes every header named `name` (any case).
+    public func remove(_ name: String) {
+        for i in indices(of: name) { remove(at: i) }
+    }
+
+    // MARK: - Reading
+
+    /// Index of the first live `k` header, or nil.
+    @inline(__always) public func first(_ k: KnownHeader) -> Int? {
+        let i = firstIndex[Int(k.rawValue)]
+        return i < 0 ? nil : Int(i)
+    }
+
+    /// Whether a `k` header is present.
+    @inline(__always) public func has(_ k: KnownHeader) -> Bool { firstIndex[Int(k.rawValue)] >= 0 }
+
+    /// Live indices of `name` (any case), in order.
+    public func indices(of name: String) -> [Int] {
+        let lower = Array(name.lowercased().utf8)
+        let k = lower.withUnsafeBytes { KnownHeader.classify($0) }
+        var out: [Int] = []
+        for (i, e) in entries.enumerated() where !e.removed {
+            if k != .other { if e.known == k { out.append(i) }; continue }
+            if Int(e.nameLength) == lower.count && nameEquals(i, lower) { out.append(i) }
+        }
+        return out
+    }
+
+    /// Live indices of a known header.
+    public func indices(of k: KnownHeader) -> [Int] {
+        guard let f = first(k) else { return [] }
+        return (f..<entries.count).filter { entries[$0].known == k && !entries[$0].removed }
+    }
+
+    private func nameEquals(_ i: Int, _ lower: [UInt8]) -> Bool {
+        let e = entries[i]
+        return storage.withUnsafeBytes { s in
+            lower.withUnsafeBytes { memcmp(s.baseAddress! + Int(e.nameStart), $0.baseAddress!, lower.count) == 0 }
+        }
+    }
+
+    /// Runs `body` with the value bytes of entry `i` (valid only inside).
+    @inline(__always)
+    public func withValue<R>(_ i: Int, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        let e = entries[i]
+        return try storage.withUnsafeBytes {
+            try body(UnsafeRawBufferPointer(rebasing: $0[Int(e.valueStart)..<Int(e.valueStart + e.valueLength)]))
+        }
+    }
+
+    /// Runs `body` with the name bytes of entry `i`.
+    @inline(__always)
+    public func withName<R>(_ i: Int, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        let e = entries[i]
+        return try storage.withUnsafeBytes {
+            try body(UnsafeRawBufferPointer(rebasing: $0[Int(e.nameStart)..<Int(e.nameStart + e.nameLength)]))
+        }
+    }
+
+    /// Entry `i`'s value as a String (allocates: for filters, routes and logs).
+    public func value(at i: Int) -> String { withValue(i) { String(decoding: $0, as: UTF8.self) } }
+    /// Entry `i`'s name.
+    public func name(at i: Int) -> String { withName(i) { String(decoding: $0, as: UTF8.self) } }
+
+    /// The first value of a known header, as a String.
+    public func value(_ k: KnownHeader) -> String? { first(k).map { value(at: $0) } }
+
+    /// The first value of `name` (any case).
+    public func value(_ name: String) -> String? { indices(of: name).first.map { value(at: $0) } }
+
+    /// Whether entry `i`'s value equals `literal`, ignoring ASCII case.
+    public func valueEqualsIgnoringCase(_ i: Int, _ literal: StaticString) -> Bool {
+        withValue(i) { v in
+            guard v.count == literal.utf8CodeUnitCount else { return false }
+            let l = literal.utf8Start
+            for j in 0..<v.count where asciiLower(v[j]) != asciiLower(l[j]) { return false }
+            return true
+        }
+    }
+
+    /// Live (name, value) pairs as Strings, for tests, dumps and logs.
+    public var pairs: [(String, String)] {
+        entries.indices.filter { !entries[$0].removed }.map { (name(at: $0), value(at: $0)) }
+    }
+}
+
+/// `b` lowercased when it is an ASCII capital letter.
+@inline(__always) public func asciiLower(_ b: UInt8) -> UInt8 { b &- 0x41 < 26 ? b | 0x20 : b }
