@@ -54,6 +54,8 @@ let package = Package(
         // libFuzzer harnesses: built only by scripts/fuzz.sh (-sanitize=fuzzer -parse-as-library).
         .executableTarget(name: "FuzzListenerFilters", dependencies: ["Common"], path: "Fuzz/FuzzListenerFilters", swiftSettings: swiftSettings),
         .executableTarget(name: "FuzzConfig", dependencies: ["Common"], path: "Fuzz/FuzzConfig", swiftSettings: swiftSettings),
+        .executableTarget(name: "FuzzHttp1Request", dependencies: ["Common"], path: "Fuzz/FuzzHttp1Request", swiftSettings: swiftSettings),
+        .executableTarget(name: "FuzzHttp1Response", dependencies: ["Common"], path: "Fuzz/FuzzHttp1Response", swiftSettings: swiftSettings),
         .testTarget(name: "CommonTests", dependencies: ["Common", "TcpProxy"], swiftSettings: swiftSettings),
     ]
 )

@@ -14,7 +14,7 @@ toolset=$(mktemp)
 trap 'rm -f "$toolset"' EXIT
 printf '{ "schemaVersion": "1.0", "linker": { "path": "%s" } }\n' "$lld" > "$toolset"
 
-targets=(FuzzListenerFilters:listener_filters FuzzConfig:config)
+targets=(FuzzListenerFilters:listener_filters FuzzConfig:config FuzzHttp1Request:http1_request FuzzHttp1Response:http1_response)
 for t in "${targets[@]}"; do
   product=${t%%:*}
   swift build --scratch-path "$scratch" --toolset "$toolset" \
@@ -39,4 +39,4 @@ for t in "${targets[@]}"; do
   grep -E "stat::number_of_executed_units|Done" "fuzz-out/$product.log" | tail -n 2
   rm -rf "$work"
 done
-echo "fuzz: 2 passed, 0 failed"
+echo "fuzz: ${#targets[@]} passed, 0 failed"

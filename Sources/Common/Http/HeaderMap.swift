@@ -1,3 +1,5 @@
+import Glibc
+
 /// Headers with a name the codecs, the connection manager and the router look at on every
 /// request: found once while the block is parsed (or added), then read by index with no name
 /// compare (Envoy's inline headers). Pseudo-headers carry the request and status line, so one
@@ -203,7 +205,9 @@ public final class HeaderMap {
     /// Live indices of `name` (any case), in order.
     public func indices(of name: String) -> [Int] {
         let lower = Array(name.lowercased().utf8)
-        let k = lower.withUnsafeBytes { KnownHeader.classify($0) }
+        var k = lower.withUnsafeBytes { KnownHeader.classify($0) }
+        // A request's Host is its :authority (HTTP/1.1's codec files it there, as HTTP/2 does).
+        if k == .host && !has(.host) { k = .authority }
         var out: [Int] = []
         for (i, e) in entries.enumerated() where !e.removed {
             if k != .other { if e.known == k { out.append(i) }; continue }
