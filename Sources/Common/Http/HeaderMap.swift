@@ -1,3 +1,5 @@
+import Glibc
+
 /// Headers with a name the codecs, the connection manager and the router look at on every
 /// request: found once while the block is parsed (or added), then read by index with no name
 /// compare (Envoy's inline headers). Pseudo-headers carry the request and status line, so one
