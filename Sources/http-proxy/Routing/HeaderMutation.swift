@@ -128,8 +128,8 @@ struct HeaderMutation: Sendable {
                 let hm = try hv.mapping()
                 let key = try hm.required("key")
                 let name = try key.string()
-                guard isHeaderName(name) else { throw key.fail("\"\(name)\" is not a header name") }
                 try checkMutable(name, key)
+                guard isHeaderName(name) else { throw key.fail("\"\(name)\" is not a header name") }
                 let value = try HeaderValuePart.parse(try hm.required("value"))
                 try hm.finish()
                 var action = HeaderAppendAction.appendIfExistsOrAdd
@@ -143,8 +143,8 @@ struct HeaderMutation: Sendable {
         if let l = m.optional("\(side)_headers_to_remove") {
             for item in try l.list() {
                 let name = try item.string()
-                guard isHeaderName(name) else { throw item.fail("\"\(name)\" is not a header name") }
                 try checkMutable(name, item)
+                guard isHeaderName(name) else { throw item.fail("\"\(name)\" is not a header name") }
                 h.remove.append(name.lowercased())
             }
         }
