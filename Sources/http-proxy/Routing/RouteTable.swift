@@ -171,7 +171,7 @@ final class RouteEntry: Sendable {
         if let pr = f.prefixRewrite {
             return withPathAndQuery(h) { p, q in
                 var out = pr
-                let cut = matchedPrefixLength(p)
+                let cut = matchedPrefixLength(pathLength: p.count)
                 out += p[cut...]
                 if let q { out.append(UInt8(ascii: "?")); out += q }
                 return String(decoding: out, as: UTF8.self)
@@ -187,11 +187,11 @@ final class RouteEntry: Sendable {
         return nil
     }
 
-    /// How many bytes of `p` the route's match covers, for a prefix rewrite.
-    private func matchedPrefixLength(_ p: UnsafeRawBufferPointer) -> Int {
+    /// How many bytes of a path the route's match covers, for a prefix rewrite.
+    private func matchedPrefixLength(pathLength: Int) -> Int {
         switch match.path {
-        case .prefix(let b): return min(b.count, p.count)
-        case .path, .regex: return p.count
+        case .prefix(let b): return min(b.count, pathLength)
+        case .path, .regex: return pathLength
         }
     }
 
@@ -224,11 +224,7 @@ final class RouteEntry: Sendable {
                 path = rp
             }
         } else if let pr = r.prefixRewrite {
-            let cut: Int
-            switch match.path {
-            case .prefix(let b): cut = min(b.count, path.utf8.count)
-            case .path, .regex: cut = path.utf8.count
-            }
+            let cut = matchedPrefixLength(pathLength: path.utf8.count)
             path = pr + String(decoding: Array(path.utf8)[cut...], as: UTF8.self)
         }
         if r.stripQuery { query = nil }
