@@ -31,6 +31,8 @@ let package = Package(
         .systemLibrary(name: "CNghttp2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
         // hiredis' .pc adds -D_FILE_OFFSET_BITS=64, which SwiftPM rejects: no pkgConfig here.
         .systemLibrary(name: "CHiredis", providers: [.apt(["libhiredis-dev"])]),
+        // Route regexes (http-proxy): PCRE2 with JIT, compiled once per config generation.
+        .systemLibrary(name: "CPcre2", pkgConfig: "libpcre2-8", providers: [.apt(["libpcre2-dev"])]),
         // What Swift cannot import (function-like macros, _GNU_SOURCE-only calls, relaxed
         // atomics on raw memory), as small prefixed C functions.
         .target(name: "CShim", dependencies: ["CLibevent", "COpenSSL", "CNghttp2", "CHiredis"]),
@@ -46,7 +48,7 @@ let package = Package(
         ),
         .executableTarget(name: "TcpProxy", dependencies: ["Common"], path: "Sources/tcp-proxy", swiftSettings: swiftSettings),
         .executableTarget(name: "UdpProxy", dependencies: ["Common"], path: "Sources/udp-proxy", swiftSettings: swiftSettings),
-        .executableTarget(name: "HttpProxy", dependencies: ["Common"], path: "Sources/http-proxy", swiftSettings: swiftSettings),
+        .executableTarget(name: "HttpProxy", dependencies: ["Common", "CPcre2"], path: "Sources/http-proxy", swiftSettings: swiftSettings),
         .executableTarget(name: "RedisProxy", dependencies: ["Common"], path: "Sources/redis-proxy", swiftSettings: swiftSettings),
         .executableTarget(name: "HealthChecker", dependencies: ["Common"], path: "Sources/health-checker", swiftSettings: swiftSettings),
         // Load-balancer placement and microbenchmarks (benchmarks/RESULTS.md; not a test).
@@ -56,6 +58,6 @@ let package = Package(
         .executableTarget(name: "FuzzConfig", dependencies: ["Common"], path: "Fuzz/FuzzConfig", swiftSettings: swiftSettings),
         .executableTarget(name: "FuzzHttp1Request", dependencies: ["Common"], path: "Fuzz/FuzzHttp1Request", swiftSettings: swiftSettings),
         .executableTarget(name: "FuzzHttp1Response", dependencies: ["Common"], path: "Fuzz/FuzzHttp1Response", swiftSettings: swiftSettings),
-        .testTarget(name: "CommonTests", dependencies: ["Common", "TcpProxy"], swiftSettings: swiftSettings),
+        .testTarget(name: "CommonTests", dependencies: ["Common", "TcpProxy", "HttpProxy"], swiftSettings: swiftSettings),
     ]
 )

@@ -7,6 +7,8 @@ set -euo pipefail
 PKGS=(
   # build: the four C libraries of the design card
   libevent-dev libssl-dev libnghttp2-dev libhiredis-dev pkg-config
+  # http-proxy's route regexes (PCRE2 with JIT)
+  libpcre2-dev
   # tests: real peers and tools
   haproxy curl openssl python3 procps iproute2 redis-server nutcracker dnsmasq-base
   make

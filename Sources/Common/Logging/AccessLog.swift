@@ -24,6 +24,36 @@ public struct AccessLogEntry {
     public init() {}
 }
 
+/// One piece of an Envoy-style format string: text, or the `COMMAND` / `COMMAND(arg)` between
+/// two percent signs.
+public enum FormatPiece: Sendable, Equatable {
+    case literal(String)
+    case command(String)
+}
+
+/// Splits an Envoy-style format string into literal text and `%COMMAND%` pieces (`%%` is a
+/// percent sign). Shared by access logs and http-proxy's header values; each gives the
+/// commands their meaning.
+public func formatPieces(_ text: String) throws(AccessLogFormat.ParseError) -> [FormatPiece] {
+    var pieces: [FormatPiece] = []
+    var lit = ""
+    var i = text.startIndex
+    while i < text.endIndex {
+        let c = text[i]
+        if c != "%" { lit.append(c); i = text.index(after: i); continue }
+        let after = text.index(after: i)
+        if after < text.endIndex && text[after] == "%" { lit.append("%"); i = text.index(after: after); continue }
+        guard let end = text[after...].firstIndex(of: "%") else {
+            throw AccessLogFormat.ParseError(description: "unterminated %COMMAND% in format")
+        }
+        if !lit.isEmpty { pieces.append(.literal(lit)); lit = "" }
+        pieces.append(.command(String(text[after..<end])))
+        i = text.index(after: end)
+    }
+    if !lit.isEmpty { pieces.append(.literal(lit)) }
+    return pieces
+}
+
 /// A parsed Envoy-style format string: literal text and `%COMMAND%` / `%COMMAND(arg)%` tokens.
 public struct AccessLogFormat: Sendable {
     enum Token: Sendable {
@@ -53,22 +83,12 @@ public struct AccessLogFormat: Sendable {
 
     public init(_ text: String) throws(ParseError) {
         var tokens: [Token] = []
-        var lit = ""
-        var i = text.startIndex
-        while i < text.endIndex {
-            let c = text[i]
-            if c != "%" { lit.append(c); i = text.index(after: i); continue }
-            let after = text.index(after: i)
-            if after < text.endIndex && text[after] == "%" { lit.append("%"); i = text.index(after: after); continue }
-            guard let end = text[after...].firstIndex(of: "%") else {
-                throw ParseError(description: "unterminated %COMMAND% in format")
+        for piece in try formatPieces(text) {
+            switch piece {
+            case .literal(let s): tokens.append(.literal(s))
+            case .command(let cmd): tokens.append(try AccessLogFormat.token(cmd))
             }
-            let cmd = String(text[after..<end])
-            if !lit.isEmpty { tokens.append(.literal(lit)); lit = "" }
-            tokens.append(try AccessLogFormat.token(cmd))
-            i = text.index(after: end)
         }
-        if !lit.isEmpty { tokens.append(.literal(lit)) }
         self.tokens = tokens
     }
 

@@ -24,22 +24,26 @@ extension Server {
             }
         } else {
             guard let listen = options.listen else { throw ConfigError("--listen", "give --config FILE, or --listen ADDR with --upstream LIST") }
-            guard let upstream = options.upstream else { throw ConfigError("--upstream", "--listen needs --upstream LIST") }
-            let eps: [JSON] = upstream.split(separator: ",").map { item in
-                let parts = item.split(separator: "=", maxSplits: 1)
-                if parts.count == 2 {
-                    return .object([("address", .string(String(parts[0]))), ("weight", .string(String(parts[1])))])
+            let lists = (options.upstream.map { [("upstream", $0)] } ?? []) + binary.flagClusters
+            guard !lists.isEmpty else { throw ConfigError("--upstream", "--listen needs --upstream LIST") }
+            let clusters: [JSON] = lists.map { name, upstream in
+                let eps: [JSON] = upstream.split(separator: ",").map { item in
+                    let parts = item.split(separator: "=", maxSplits: 1)
+                    if parts.count == 2 {
+                        return .object([("address", .string(String(parts[0]))), ("weight", .string(String(parts[1])))])
+                    }
+                    return .string(String(item))
                 }
-                return .string(String(item))
+                var cluster: [(String, JSON)] = [("name", .string(name)), ("endpoints", .array(eps))]
+                if let lb = options.lb { cluster.append(("lb_policy", .string(lb))) }
+                cluster += binary.clusterFlags
+                return .object(cluster)
             }
-            var cluster: [(String, JSON)] = [("name", .string("upstream")), ("endpoints", .array(eps))]
-            if let lb = options.lb { cluster.append(("lb_policy", .string(lb))) }
-            cluster += binary.clusterFlags
             let listener: [(String, JSON)] = [("name", .string("main")), ("address", .string(listen)),
                                               (binary.blockParser.key, .object(binary.flagBlock("upstream")))] + binary.listenerFlags
             let doc = JSON.object([
                 ("listeners", .array([.object(listener)])),
-                ("clusters", .array([.object(cluster)])),
+                ("clusters", .array(clusters)),
             ])
             do {
                 cfg = try ConfigLoader.load(yaml: doc.serialized(), parser: binary.blockParser)

@@ -21,6 +21,11 @@ public struct ProxyBinary: Sendable {
     public var fixedWorkers: Int?
     /// Redraw a table of hosts and their health every second when stdout is a terminal.
     public var watch = false
+    /// More clusters from the binary's own flags (http-proxy's `--route PREFIX=LIST`), each
+    /// built like `upstream` from a `host:port[=weight]` list, with `--lb` and `clusterFlags`.
+    /// With any, `--upstream` is optional (`flagBlock` is still called with "upstream": the
+    /// binary knows whether it gave one).
+    public var flagClusters: [(name: String, endpoints: String)] = []
 
     public init(blockParser: FilterBlockParser,
                 flagBlock: @escaping @Sendable (String) -> [(String, JSON)],

@@ -1,0 +1,171 @@
+import Common
+
+/// `http_filters[i]: {name: health_check, ...}`: answers `path` from the proxy itself.
+struct HealthCheckFilterConfig: Sendable {
+    /// `path` (default /healthz): the exact request path answered.
+    var path = "/healthz"
+    /// `pass_through_mode` (default false): forward the check to the upstream instead of
+    /// answering (the proxy still answers 503 while it fails its own health).
+    var passThroughMode = false
+}
+
+/// `http_filters[i]: {name: header_mutation, ...}`: headers changed for every request.
+struct HeaderMutationFilterConfig: Sendable {
+    var request = HeaderMutation()
+    var response = HeaderMutation()
+}
+
+/// One entry of `http_filters`, in order (the router is always the last, implicitly).
+enum HttpFilterConfig: Sendable {
+    case healthCheck(HealthCheckFilterConfig)
+    case headerMutation(HeaderMutationFilterConfig)
+
+    var dump: JSON {
+        switch self {
+        case .healthCheck(let h):
+            return .object([("name", .string("health_check")), ("path", .string(h.path)), ("pass_through_mode", .bool(h.passThroughMode))])
+        case .headerMutation(let m):
+            var f: [(String, JSON)] = [("name", .string("header_mutation"))]
+            m.request.dump(side: "request", into: &f)
+            m.response.dump(side: "response", into: &f)
+            return .object(f)
+        }
+    }
+}
+
+/// `codec`.
+enum HttpCodecChoice: String, Sendable {
+    /// HTTP/1.1 until HTTP/2 lands; then chosen by ALPN or the h2c preface.
+    case auto
+    case http1
+}
+
+/// The `http:` listener block (docs/config.md, "listeners[i].http"). Immutable, built once per
+/// config generation on the main thread, route table compiled included.
+struct HttpProxyConfig: ListenerFilterConfig {
+    /// `stat_prefix` (default: the listener name): stats under `http.<prefix>.`.
+    var statPrefix: String
+    var codec = HttpCodecChoice.auto
+    /// `server_name` (default "http-proxy"): the `Server` header of local replies.
+    var serverName = "http-proxy"
+    /// `via`: added to requests and responses when set.
+    var via: String?
+    /// `request_headers_timeout` (default 10s; 0 = off).
+    var requestHeadersTimeoutMs: UInt64 = 10_000
+    /// `request_timeout` (default 0 = off): the whole request, headers and body.
+    var requestTimeoutMs: UInt64 = 0
+    /// `stream_idle_timeout` (default 5m, Envoy's).
+    var streamIdleTimeoutMs: UInt64 = 300_000
+    /// `idle_timeout` (default 1h, Envoy's): a connection with no request in flight.
+    var idleTimeoutMs: UInt64 = 3_600_000
+    /// `drain_timeout` (default 5s, Envoy's): from `Connection: close` on a draining
+    /// connection's next response to the close.
+    var drainTimeoutMs: UInt64 = 5000
+    /// `max_request_headers_kb` (default 60, at most 96): request line and headers; 431 beyond.
+    var maxRequestHeadersKb = 60
+    /// `max_headers_count` (default 100).
+    var maxHeadersCount = 100
+    /// `max_request_body_buffer` (default 64 KiB): request body kept to replay on a retry.
+    var maxRequestBodyBuffer = 64 << 10
+    var useRemoteAddress = true
+    var xffNumTrustedHops = 0
+    var generateRequestId = true
+    var alwaysSetRequestIdInResponse = false
+    var preserveExternalRequestId = false
+    var httpFilters: [HttpFilterConfig] = []
+    var routeTable: RouteTable
+    /// Every cluster reference, with its key path (checked to exist by the loader).
+    var clusterReferences: [(path: String, name: String)]
+
+    static let blockParser = FilterBlockParser(binary: "http-proxy", key: "http") { (m: ConfigMap, listener: String) throws(ConfigError) -> any ListenerFilterConfig in
+        try HttpProxyConfig.parse(m, listener: listener)
+    }
+
+    static func parse(_ m: ConfigMap, listener: String) throws(ConfigError) -> HttpProxyConfig {
+        let routes = try RouteConfigParser.parse(m)
+        var c = HttpProxyConfig(statPrefix: listener, routeTable: routes.table, clusterReferences: routes.references)
+        if let p = m.optional("stat_prefix") { c.statPrefix = try p.string() }
+        if let v = m.optional("codec") {
+            if (try? v.string()) == "http2" { throw v.fail("http2 is not supported yet (auto, http1)") }
+            c.codec = HttpCodecChoice(rawValue: try v.oneOf(["auto", "http1"]))!
+        }
+        if let v = m.optional("server_name") { c.serverName = try headerValue(v) }
+        if let v = m.optional("via") { c.via = try headerValue(v) }
+        if let v = m.optional("request_headers_timeout") { c.requestHeadersTimeoutMs = try v.durationMs() }
+        if let v = m.optional("request_timeout") { c.requestTimeoutMs = try v.durationMs() }
+        if let v = m.optional("stream_idle_timeout") { c.streamIdleTimeoutMs = try v.durationMs() }
+        if let v = m.optional("idle_timeout") { c.idleTimeoutMs = try v.durationMs() }
+        if let v = m.optional("drain_timeout") { c.drainTimeoutMs = try v.durationMs() }
+        if let v = m.optional("max_request_headers_kb") { c.maxRequestHeadersKb = try v.int(min: 1, max: 96) }
+        if let v = m.optional("max_headers_count") { c.maxHeadersCount = try v.int(min: 1, max: 10_000) }
+        if let v = m.optional("max_request_body_buffer") { c.maxRequestBodyBuffer = try v.bytes(min: 0, max: 1 << 30) }
+        if let v = m.optional("use_remote_address") { c.useRemoteAddress = try v.bool() }
+        if let v = m.optional("xff_num_trusted_hops") { c.xffNumTrustedHops = try v.int(min: 0, max: 64) }
+        if let v = m.optional("generate_request_id") { c.generateRequestId = try v.bool() }
+        if let v = m.optional("always_set_request_id_in_response") { c.alwaysSetRequestIdInResponse = try v.bool() }
+        if let v = m.optional("preserve_external_request_id") { c.preserveExternalRequestId = try v.bool() }
+        if let v = m.optional("http_filters") {
+            var seenHealth = false
+            for item in try v.list() {
+                let f = try parseFilter(item)
+                if case .healthCheck = f {
+                    if seenHealth { throw item.fail("only one health_check filter per listener") }
+                    seenHealth = true
+                }
+                c.httpFilters.append(f)
+            }
+        }
+        return c
+    }
+
+    private static func parseFilter(_ v: ConfigValue) throws(ConfigError) -> HttpFilterConfig {
+        let m = try v.mapping()
+        let name = try m.required("name")
+        let f: HttpFilterConfig
+        switch try name.oneOf(["header_mutation", "health_check"]) {
+        case "health_check":
+            var h = HealthCheckFilterConfig()
+            if let p = m.optional("path") {
+                h.path = try p.string()
+                guard h.path.hasPrefix("/"), isValidHeaderValue(h.path), !h.path.contains(" ") else {
+                    throw p.fail("\"\(h.path)\" is not a path (it starts with /)")
+                }
+            }
+            if let p = m.optional("pass_through_mode") { h.passThroughMode = try p.bool() }
+            f = .healthCheck(h)
+        default:
+            let hm = HeaderMutationFilterConfig(request: try HeaderMutation.parse(m, side: "request"),
+                                                response: try HeaderMutation.parse(m, side: "response"))
+            f = .headerMutation(hm)
+        }
+        try m.finish()
+        return f
+    }
+
+    private static func headerValue(_ v: ConfigValue) throws(ConfigError) -> String {
+        let s = try v.string()
+        guard isValidHeaderValue(s) else { throw v.fail("header values may not contain CR, LF or NUL") }
+        return s
+    }
+
+    var dump: JSON {
+        var f: [(String, JSON)] = [
+            ("stat_prefix", .string(statPrefix)), ("codec", .string(codec.rawValue)), ("server_name", .string(serverName)),
+        ]
+        if let via { f.append(("via", .string(via))) }
+        for (k, ms) in [("request_headers_timeout", requestHeadersTimeoutMs), ("request_timeout", requestTimeoutMs),
+                        ("stream_idle_timeout", streamIdleTimeoutMs), ("idle_timeout", idleTimeoutMs), ("drain_timeout", drainTimeoutMs)] {
+            f.append((k, .string(formatDuration(ms))))
+        }
+        f += [
+            ("max_request_headers_kb", .int(Int64(maxRequestHeadersKb))), ("max_headers_count", .int(Int64(maxHeadersCount))),
+            ("max_request_body_buffer", .int(Int64(maxRequestBodyBuffer))), ("use_remote_address", .bool(useRemoteAddress)),
+            ("xff_num_trusted_hops", .int(Int64(xffNumTrustedHops))), ("generate_request_id", .bool(generateRequestId)),
+            ("always_set_request_id_in_response", .bool(alwaysSetRequestIdInResponse)),
+            ("preserve_external_request_id", .bool(preserveExternalRequestId)),
+            ("http_filters", .array(httpFilters.map(\.dump))),
+            ("virtual_hosts", routeTable.dump),
+        ]
+        return .object(f)
+    }
+}
