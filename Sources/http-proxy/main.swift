@@ -1,6 +1,49 @@
+import ArgumentParser
 import Common
-import Glibc
 
-// http-proxy is not built yet: it follows tcp-proxy and the cluster subsystem in the issue order.
-FileHandleOut.stderr("http-proxy \(toolkitVersion): not implemented yet (see README.md, Status)\n")
-exit(2)
+/// http-proxy: an HTTP/1.1 reverse proxy (docs/http-proxy.md).
+struct HttpProxyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "http-proxy",
+        abstract: "L7 HTTP reverse proxy: routing, retries, timeouts, keep-alive pools, access logs.",
+        version: toolkitVersion)
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(name: .long, help: "With --listen: send paths starting with PREFIX to these upstreams (PREFIX=host:port,...; repeatable, first match wins; --upstream takes the rest).")
+    var route: [String] = []
+    @Option(help: "With --listen: terminate TLS with this PEM certificate chain (and --tls-key).")
+    var tlsCert: String?
+    @Option(help: "With --listen: the PEM private key for --tls-cert.")
+    var tlsKey: String?
+    @Option(help: "With --listen: the upstream response timeout of every route (default 15s, 0 = none).")
+    var timeout: String?
+    @Option(help: "With --listen: retry a failed request this many times on another host (5xx, reset, connect failure).")
+    var retries: Int?
+
+    func run() throws {
+        if common.config != nil && (!route.isEmpty || tlsCert != nil || tlsKey != nil || timeout != nil || retries != nil) {
+            throw ValidationError("--route, --tls-cert/--tls-key, --timeout and --retries go with --listen; with --config set them in the file")
+        }
+        if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
+        let routes: FlagRoutes
+        do { routes = try flagRoutes(routeFlags: route) } catch { throw ValidationError(error.description) }
+        var listenerFlags: [(String, JSON)] = []
+        if let tlsCert, let tlsKey {
+            listenerFlags.append(("tls", .object([("cert", .string(tlsCert)), ("key", .string(tlsKey))])))
+        }
+        let hasUpstream = common.upstream != nil
+        let timeout = self.timeout, retries = self.retries
+        var binary = ProxyBinary(
+            blockParser: HttpProxyConfig.blockParser,
+            flagBlock: { cluster in
+                routes.block(defaultCluster: hasUpstream ? cluster : nil, timeout: timeout, retries: retries)
+            },
+            listenerFlags: listenerFlags,
+            makeFactory: { HttpProxyFactory(listener: $0, block: $1, clusters: $2, store: $3) })
+        binary.flagClusters = routes.clusters
+        Server.main(options: common, binary: binary)
+    }
+}
+
+HttpProxyCommand.main()

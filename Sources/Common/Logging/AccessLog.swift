@@ -21,6 +21,12 @@ public struct AccessLogEntry {
     public var requestedServerName: String?
     /// The TLS version agreed with the client when the proxy terminated TLS ("TLSv1.3").
     public var downstreamTlsVersion: String?
+    /// HTTP: "HTTP/1.1", "HTTP/1.0", "HTTP/2" (`%PROTOCOL%`).
+    public var protocolName: String?
+    /// HTTP: the request and response headers, for `%REQ(x)%` and `%RESP(x)%` (pseudo-headers
+    /// too: `%REQ(:METHOD)%`, `%REQ(:PATH)%`, `%REQ(:AUTHORITY)%`).
+    public var requestHeaders: HeaderMap?
+    public var responseHeaders: HeaderMap?
     public init() {}
 }
 
@@ -73,6 +79,10 @@ public struct AccessLogFormat: Sendable {
         case hostname
         case requestedServerName
         case downstreamTlsVersion
+        case protocolName
+        /// `%REQ(name)%` / `%RESP(name)%`, lowercase name, optional max length (`%REQ(x):10%`).
+        case requestHeader(String, Int?)
+        case responseHeader(String, Int?)
     }
     let tokens: [Token]
 
@@ -111,7 +121,22 @@ public struct AccessLogFormat: Sendable {
         case "HOSTNAME": return .hostname
         case "REQUESTED_SERVER_NAME": return .requestedServerName
         case "DOWNSTREAM_TLS_VERSION": return .downstreamTlsVersion
-        default: throw ParseError(description: "unknown format command %\(cmd)%")
+        case "PROTOCOL": return .protocolName
+        default:
+            for (prefix, isRequest) in [("REQ(", true), ("RESP(", false)] where cmd.hasPrefix(prefix) {
+                guard let close = cmd.lastIndex(of: ")") else { break }
+                let name = cmd[cmd.index(cmd.startIndex, offsetBy: prefix.count)..<close].lowercased()
+                var maxLen: Int?
+                let rest = cmd[cmd.index(after: close)...]
+                if !rest.isEmpty {
+                    guard rest.first == ":", let n = Int(rest.dropFirst()), n > 0 else { break }
+                    maxLen = n
+                }
+                // `%REQ(a?b)%`: a, else b (Envoy's alternative header).
+                if name.isEmpty || name.contains(" ") { break }
+                return isRequest ? .requestHeader(name, maxLen) : .responseHeader(name, maxLen)
+            }
+            throw ParseError(description: "unknown format command %\(cmd)%")
         }
     }
 
@@ -135,6 +160,9 @@ public struct AccessLogFormat: Sendable {
             case .hostname: out += AccessLogFormat.hostname
             case .requestedServerName: out += e.requestedServerName ?? "-"
             case .downstreamTlsVersion: out += e.downstreamTlsVersion ?? "-"
+            case .protocolName: out += e.protocolName ?? "-"
+            case .requestHeader(let n, let max): out += AccessLogFormat.header(e.requestHeaders, n, max)
+            case .responseHeader(let n, let max): out += AccessLogFormat.header(e.responseHeaders, n, max)
             }
         }
     }
@@ -153,6 +181,18 @@ public struct AccessLogFormat: Sendable {
         gethostname(&buf, 255)
         return String(cString: buf)
     }()
+
+    /// A header's first value, `a?b` meaning a, else b; "-" when absent.
+    static func header(_ h: HeaderMap?, _ spec: String, _ max: Int?) -> String {
+        guard let h else { return "-" }
+        for name in spec.split(separator: "?") {
+            if let v = h.value(String(name)) {
+                if let max, v.count > max { return String(v.prefix(max)) }
+                return v
+            }
+        }
+        return "-"
+    }
 
     private func addr(_ a: SocketAddress?, withPort: Bool) -> String {
         guard let a else { return "-" }

@@ -1,3 +1,4 @@
+import Synchronization
 import CLibevent
 import CShim
 import Glibc
@@ -84,8 +85,12 @@ public final class Server {
     let startMs = monotonicMs()
     /// `server.state` for /ready and /server_info.
     public internal(set) var state = ServerState.live
-    /// POST /healthcheck/fail sets this; /ready then answers 503.
-    public var healthCheckFailed = false
+    /// POST /healthcheck/fail sets this; /ready then answers 503 (and so does http-proxy's
+    /// health_check filter, read on the workers through `ServerHealth`).
+    public var healthCheckFailed: Bool {
+        get { ServerHealth.failed.load(ordering: .relaxed) }
+        set { ServerHealth.failed.store(newValue, ordering: .relaxed) }
+    }
     /// POST /drain_listeners stopped every listener: they stay stopped, across reloads too,
     /// until the process exits (a reload still updates clusters and listener settings).
     public internal(set) var listenersStopped = false
@@ -337,4 +342,10 @@ public final class Server {
             return
         }
     }
+}
+
+/// Process-wide health the admin sets and any thread reads (one relaxed load).
+public enum ServerHealth {
+    /// `POST /healthcheck/fail` was called (and not undone by `/healthcheck/ok`).
+    public static let failed = Atomic<Bool>(false)
 }

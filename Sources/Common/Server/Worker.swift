@@ -19,6 +19,14 @@ extension ActiveSession {
     public func onDrain() {}
 }
 
+/// State a binary keeps per worker beyond what Common knows (http-proxy's connection pools,
+/// redis-proxy's pipelines), hung on `Worker.extensionState` on first use. Runs on the worker.
+public protocol WorkerExtension: AnyObject {
+    /// The worker switched to new cluster snapshots (a reload, a health flip, discovery):
+    /// drop or drain what belongs to hosts that left or turned unhealthy.
+    func clustersChanged(_ worker: Worker)
+}
+
 /// A cluster as one worker uses it: the shared snapshot and this worker's balancers, one
 /// per priority level. A pick first chooses a level by the levels' loads (by the hash key
 /// when there is one, so a key keeps its level), then a host within it.
@@ -143,6 +151,8 @@ public final class Worker {
     private var sessions: [ObjectIdentifier: ActiveSession] = [:]
     private var flushTimer: Timer?
     private var connectionIds: UInt64
+    /// The binary's own per-worker state (`WorkerExtension`), nil until it makes one.
+    public var extensionState: WorkerExtension?
     /// Sessions open on this worker (read by the exact balancer, racy reads are fine).
     public var activeSessions: Int { sessions.count }
 
@@ -196,6 +206,7 @@ public final class Worker {
             bySlot[c.snapshot.slot] = c
         }
         hostLoads = hostLoads.filter { next[$0.key] != nil }
+        extensionState?.clustersChanged(self)
         // Access logs follow config generations, not cluster updates (health, discovery).
         if snapshot?.generation != s.generation {
             for logs in accessLogs.values { for l in logs { l.flush() } }

@@ -13,13 +13,19 @@ struct FlagRoutes {
     let routes: [(prefix: String, cluster: String)]
 
     /// The `http` block: the routes, then `/` to `defaultCluster` (`--upstream`'s) when given.
-    func block(defaultCluster: String?) -> [(String, JSON)] {
-        var list = routes.map { r in
-            JSON.object([("match", .object([("prefix", .string(r.prefix))])), ("cluster", .string(r.cluster))])
+    /// `timeout` and `retries` (from `--timeout`, `--retries`) apply to every route.
+    func block(defaultCluster: String?, timeout: String? = nil, retries: Int? = nil) -> [(String, JSON)] {
+        func entry(_ prefix: String, _ cluster: String) -> JSON {
+            var r: [(String, JSON)] = [("match", .object([("prefix", .string(prefix))])), ("cluster", .string(cluster))]
+            if let timeout { r.append(("timeout", .string(timeout))) }
+            if let retries, retries > 0 {
+                r.append(("retry_policy", .object([("retry_on", .string("5xx,reset,connect-failure")),
+                                                   ("num_retries", .int(Int64(retries)))])))
+            }
+            return .object(r)
         }
-        if let d = defaultCluster {
-            list.append(.object([("match", .object([("prefix", .string("/"))])), ("cluster", .string(d))]))
-        }
+        var list = routes.map { entry($0.prefix, $0.cluster) }
+        if let d = defaultCluster { list.append(entry("/", d)) }
         return [("routes", .array(list))]
     }
 }

@@ -77,7 +77,7 @@ struct HttpProxyConfig: ListenerFilterConfig {
     /// Every cluster reference, with its key path (checked to exist by the loader).
     var clusterReferences: [(path: String, name: String)]
 
-    static let blockParser = FilterBlockParser(binary: "http-proxy", key: "http") { (m: ConfigMap, listener: String) throws(ConfigError) -> any ListenerFilterConfig in
+    static let blockParser = FilterBlockParser(binary: "http-proxy", key: "http", clusterOptions: HttpClusterOptions.parser) { (m: ConfigMap, listener: String) throws(ConfigError) -> any ListenerFilterConfig in
         try HttpProxyConfig.parse(m, listener: listener)
     }
 

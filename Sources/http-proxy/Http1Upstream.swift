@@ -1,0 +1,498 @@
+import Common
+import Glibc
+
+/// http-proxy's per-worker state: one connection pool per (cluster, host address), living
+/// across config and cluster snapshots (Envoy's per-worker cluster view owns its pools).
+final class HttpWorkerState: WorkerExtension {
+    unowned(unsafe) let worker: Worker
+    /// Pools by cluster slot, then host address.
+    private var pools: [Int: [SocketAddress: HostPool]] = [:]
+
+    /// Random numbers for this worker (weighted clusters, request ids, retry jitter).
+    var rng: FastRandom
+    /// Requests routed to each cluster slot, and retries in flight (the retry budget).
+    private var active: [Int] = []
+    private var retrying: [Int] = []
+
+    init(worker: Worker) {
+        self.worker = worker
+        rng = FastRandom(seed: UInt64(worker.index + 1) &* 0x9e3779b97f4a7c15 ^ wallMs())
+    }
+
+    private func grow(_ slot: Int) {
+        while active.count <= slot { active.append(0); retrying.append(0) }
+    }
+
+    func requestStarted(_ slot: Int) { grow(slot); active[slot] += 1 }
+    func requestEnded(_ slot: Int) { grow(slot); active[slot] -= 1 }
+    func activeRequests(_ slot: Int) -> Int { slot < active.count ? active[slot] : 0 }
+    func retryStarted(_ slot: Int) { grow(slot); retrying[slot] += 1 }
+    func retryEnded(_ slot: Int) { grow(slot); retrying[slot] -= 1 }
+    func retriesInFlight(_ slot: Int) -> Int { slot < retrying.count ? retrying[slot] : 0 }
+
+    /// The worker's state, made on first use.
+    static func of(_ worker: Worker) -> HttpWorkerState {
+        if let s = worker.extensionState as? HttpWorkerState { return s }
+        let s = HttpWorkerState(worker: worker)
+        worker.extensionState = s
+        return s
+    }
+
+    /// The pool for host `host` of `cluster` (made on first use).
+    func pool(_ cluster: WorkerCluster, host: Int, stats: UpstreamRequestStats) -> HostPool {
+        let slot = cluster.snapshot.slot
+        let address = cluster.snapshot.hosts[host].address
+        if let p = pools[slot]?[address] {
+            p.lastPick = (cluster, host)
+            return p
+        }
+        let p = HostPool(worker: worker, address: address, cluster: cluster, host: host, stats: stats)
+        pools[slot, default: [:]][address] = p
+        return p
+    }
+
+    /// Hosts that left their cluster or turned unhealthy: their pools drain (idle connections
+    /// close now, busy ones after their request; queued requests are handed back).
+    func clustersChanged(_ worker: Worker) {
+        for (slot, byAddress) in pools {
+            let wc = worker.cluster(slot: slot)
+            var healthy = Set<SocketAddress>()
+            if let wc { for h in wc.snapshot.hosts where h.healthy { healthy.insert(h.address) } }
+            var keep = byAddress
+            for (address, pool) in byAddress where !healthy.contains(address) {
+                pool.drain()
+                if pool.isIdle { keep.removeValue(forKey: address) }
+            }
+            pools[slot] = keep.isEmpty ? nil : keep
+        }
+    }
+}
+
+/// What the pool counts for http-proxy: request counters and gauges, and the pool's own
+/// connection events. Connection totals (`upstream_cx_total`/`_active`/`_destroy`) are the
+/// host accounting's (`WorkerCluster.hostOpened`), so they are not counted twice here.
+struct HttpPoolStats: PoolStatsSink {
+    let slab: StatsSlab
+    let handles: PoolStatHandles
+
+    mutating func count(_ counter: PoolCounter, _ n: Int) {
+        switch counter {
+        case .cxTotal, .cxDestroy: return
+        default: slab.add(handles.counters[counter.rawValue], n)
+        }
+    }
+
+    mutating func adjust(_ gauge: PoolGauge, _ delta: Int) {
+        if gauge == .cxActive { return }
+        let g = handles.gauges[gauge.rawValue]
+        if delta >= 0 { slab.add(g, delta) } else { slab.sub(g, -delta) }
+    }
+}
+
+/// The pool of one host on one worker and the owner of its HTTP/1.1 clients.
+final class HostPool: ConnectionPoolCallbacks {
+    typealias Waiter = UpstreamAttempt
+    unowned(unsafe) let worker: Worker
+    let address: SocketAddress
+    /// The cluster view and host index of the latest pick (used for new connects: TLS, the
+    /// connect timeout, host accounting).
+    var lastPick: (WorkerCluster, Int)
+    let stats: UpstreamRequestStats
+    private(set) var pool: ConnectionPool<HostPool, HttpPoolStats>!
+    /// Clients by connection slot.
+    private var clients: [Http1Client?] = []
+
+    init(worker: Worker, address: SocketAddress, cluster: WorkerCluster, host: Int, stats: UpstreamRequestStats) {
+        self.worker = worker
+        self.address = address
+        self.lastPick = (cluster, host)
+        self.stats = stats
+        let cfg = cluster.snapshot.config
+        let opts = cfg.binaryOptions as? HttpClusterOptions
+        var pc = PoolConfig(expectedCapacity: 1, idleTimeoutMs: opts?.idleTimeoutMs ?? 3_600_000,
+                            maxRequestsPerConnection: opts?.maxRequestsPerConnection)
+        if let m = cfg.maxConnections { pc.maxConnections = PoolBreaker(count: cluster.snapshot.openConnections, limit: m) }
+        if let m = cfg.maxPending { pc.maxPendingRequests = PoolBreaker(count: cluster.snapshot.pending, limit: m) }
+        pool = ConnectionPool(dispatcher: worker.dispatcher, config: pc,
+                              stats: HttpPoolStats(slab: worker.stats, handles: stats.pool), callbacks: self)
+    }
+
+    var isIdle: Bool { pool.machine.isIdle }
+
+    func drain() { pool.drainConnections() }
+
+    func client(_ id: PoolConnectionID) -> Http1Client? {
+        let i = Int(id.slot)
+        guard i < clients.count, let c = clients[i], c.id == id else { return nil }
+        return c
+    }
+
+    // MARK: - ConnectionPoolCallbacks
+
+    func poolConnect(_ id: PoolConnectionID) {
+        let c = Http1Client(pool: self, id: id, cluster: lastPick.0, host: lastPick.1)
+        let i = Int(id.slot)
+        while clients.count <= i { clients.append(nil) }
+        clients[i] = c
+        c.connect()
+    }
+
+    func poolClose(_ id: PoolConnectionID) {
+        guard let c = client(id) else { return }
+        clients[Int(id.slot)] = nil
+        c.closeQuietly()
+    }
+
+    func poolAttach(_ waiter: UpstreamAttempt, to id: PoolConnectionID, exclusive: Bool) {
+        guard let c = client(id) else { waiter.poolFailed(.connectFailure); return }
+        waiter.attached(c)
+    }
+
+    func poolFail(_ waiter: UpstreamAttempt, _ reason: PoolFailureReason) { waiter.poolFailed(reason) }
+
+    /// A client's connection closed under the pool.
+    func clientClosed(_ c: Http1Client) {
+        if client(c.id) === c { clients[Int(c.id.slot)] = nil }
+        pool.connectionClosed(c.id)
+    }
+}
+
+/// One upstream HTTP/1.1 connection of a pool: connects (TLS when the cluster has it),
+/// writes one request at a time and parses its response strictly (an invalid status line or
+/// framing is the upstream's fault: 502, never relayed; a body cut short is never delivered as
+/// complete).
+final class Http1Client: ConnectionCallbacks {
+    unowned(unsafe) let pool: HostPool
+    let id: PoolConnectionID
+    /// The cluster view and host index it was opened in (its accounting goes there).
+    let cluster: WorkerCluster
+    let host: Int
+    private(set) var connection: Connection?
+    private var timer: Timer?
+    private var connectStartMs: UInt64 = 0
+    private(set) var connected = false
+    private var closed = false
+    /// The request being served.
+    private(set) var attempt: UpstreamAttempt?
+
+    // Response parsing.
+    private var parser = Http1HeadParser(maxHeadBytes: 96 * 1024, maxHeaders: 200)
+    private var head = Http1Head()
+    private var headersDone = false
+    private var bodyLeft: UInt64 = 0
+    private var chunked: ChunkedDecoder?
+    private var requestHead = false
+    private var requestConnect = false
+    private let scratch: Buffer
+    /// The request was completely written (so the connection may be reused).
+    private var requestSent = false
+
+    init(pool: HostPool, id: PoolConnectionID, cluster: WorkerCluster, host: Int) {
+        self.pool = pool; self.id = id; self.cluster = cluster; self.host = host
+        scratch = Buffer(pool: pool.worker.blocks)
+    }
+
+    private var worker: Worker { pool.worker }
+
+    func connect() {
+        let cs = cluster.snapshot
+        cluster.hostOpened(host, worker.stats)
+        connectStartMs = monotonicMs()
+        var tls: (TlsContext, TlsStats)?
+        if let t = cs.config.tls { tls = (t.context, cs.stats.tls) }
+        let (conn, _) = Connection.connect(worker: worker, to: pool.address, bufferLimit: 1 << 20, callbacks: self, tls: tls,
+                                           clear: [], serverName: nil)
+        guard let conn else {
+            connectFailed(timeout: false)
+            return
+        }
+        connection = conn
+        let t = Timer(worker.dispatcher) { [unowned self] in
+            if !connected { connectFailed(timeout: true) }
+        }
+        timer = t
+        t.arm(ms: cs.config.connectTimeoutMs)
+    }
+
+    private func connectFailed(timeout: Bool) {
+        guard !closed else { return }
+        closed = true
+        timer?.cancel()
+        cluster.hostConnectFailed(host, timeout: timeout)
+        cluster.hostClosed(host, worker.stats)
+        if let c = connection { c.callbacks = nil; c.close(); connection = nil }
+        pool.pool.connectFailed(id, timeout ? .timeout : .failed)
+    }
+
+    /// Closes without telling the pool (it asked).
+    func closeQuietly() {
+        guard !closed else { return }
+        closed = true
+        timer?.cancel()
+        if let a = attempt { attempt = nil; a.upstreamReset(.connectionTermination) }
+        if let c = connection { c.callbacks = nil; c.close() }
+        cluster.hostClosed(host, worker.stats)
+    }
+
+    /// Closes and tells the pool (the response said close, a protocol error, a reset).
+    func closeAndReport() {
+        guard !closed else { return }
+        closeQuietly()
+        pool.clientClosed(self)
+    }
+
+    // MARK: - Requests
+
+    /// Starts `a` on this connection: the head now, the body as the router passes it.
+    func start(_ a: UpstreamAttempt, headers: HeaderMap, endStream: Bool, hasBody: Bool, contentLength: Bool) {
+        attempt = a
+        requestSent = false
+        headersDone = false
+        parser.reset()
+        requestHead = headers.first(.method).map { headers.valueEqualsIgnoringCase($0, "HEAD") } ?? false
+        requestConnect = false
+        // A body of unknown length goes chunked.
+        if hasBody && !contentLength { headers.set(.transferEncoding, "chunked") }
+        sendChunked = hasBody && !contentLength
+        Http1Encoder.writeRequestHead(headers, into: scratch)
+        if sendChunked { headers.remove(.transferEncoding) }
+        if endStream { requestSent = true }
+        connection?.write(scratch, endStream: false)
+    }
+
+    private var sendChunked = false
+
+    /// Body bytes of the request (drained from `data`).
+    func sendData(_ data: Buffer, endStream: Bool) {
+        guard let c = connection, !requestSent else { data.release(); return }
+        if sendChunked {
+            if !data.isEmpty {
+                Http1Encoder.writeChunkHeader(data.count, into: scratch)
+                scratch.moveAll(from: data)
+                Http1Encoder.writeChunkEnd(into: scratch)
+            }
+            if endStream { Http1Encoder.writeLastChunk(trailers: nil, into: scratch) }
+            c.write(scratch, endStream: false)
+        } else {
+            c.write(data, endStream: false)
+        }
+        if endStream { requestSent = true }
+    }
+
+    func sendTrailers(_ t: HeaderMap) {
+        guard let c = connection, !requestSent else { return }
+        if sendChunked { Http1Encoder.writeLastChunk(trailers: t, into: scratch); c.write(scratch, endStream: false) }
+        requestSent = true
+    }
+
+    /// The attempt is abandoned (timeout, client gone, retry elsewhere): the connection cannot
+    /// be reused (a late response would be taken for the next request's).
+    func abandon() {
+        attempt = nil
+        closeAndReport()
+    }
+
+    // MARK: - ConnectionCallbacks
+
+    func onConnected(_ c: Connection) {
+        connected = true
+        timer?.cancel()
+        let cs = cluster.snapshot
+        worker.stats.record(cs.stats.upstreamCxConnectMs, monotonicMs() &- connectStartMs)
+        cs.hosts[host].outlier?.success()
+        pool.pool.connected(id, capacity: 1)
+    }
+
+    func onConnectFailed(_ c: Connection, errno: Int32) {
+        connection = nil
+        connectFailed(timeout: false)
+    }
+
+    func onData(_ c: Connection, _ buffer: Buffer, endStream: Bool) {
+        guard let a = attempt else {
+            // Bytes with no request outstanding: a broken or hostile upstream.
+            if !buffer.isEmpty {
+                worker.stats.inc(pool.stats.cxProtocolError)
+                buffer.release()
+            }
+            closeAndReport()
+            return
+        }
+        processResponse(a, buffer, eof: endStream)
+        a.flushDownstream()
+    }
+
+    private func processResponse(_ a: UpstreamAttempt, _ buffer: Buffer, eof: Bool) {
+        while attempt === a && !closed {
+            if !headersDone {
+                if buffer.isEmpty {
+                    if eof { responseFailed(a, reset: true) }
+                    return
+                }
+                let h = HeaderMap()
+                switch parser.parseResponse(buffer.readable, headers: h, head: &head, requestWasHead: requestHead,
+                                            requestWasConnect: requestConnect) {
+                case .incomplete:
+                    if eof { responseFailed(a, reset: true) }
+                    return
+                case .error(let e):
+                    worker.stats.inc(pool.stats.http1Errors[e.rawValue])
+                    worker.stats.inc(pool.stats.cxProtocolError)
+                    responseFailed(a, reset: false)
+                    return
+                case .complete(let consumed):
+                    buffer.drain(consumed)
+                    parser.reset()
+                    if head.status < 200 && head.status != 101 { continue }  // 100 Continue & co: not forwarded
+                    if head.framing == .tunnel {
+                        // Upgrades and CONNECT are not proxied yet: the upstream agreed to
+                        // something the client cannot get.
+                        responseFailed(a, reset: false)
+                        return
+                    }
+                    headersDone = true
+                    for k in [KnownHeader.connection, .keepAlive, .proxyConnection, .transferEncoding, .te, .upgrade, .trailer] {
+                        h.remove(k)
+                    }
+                    for t in head.connectionTokens { h.remove(t) }
+                    switch head.framing {
+                    case .length(let n): bodyLeft = n; chunked = nil
+                    case .chunked: chunked = ChunkedDecoder()
+                    default: break
+                    }
+                    let end = head.framing == .none
+                    if end { responseDone(a, h, headersOnly: true); return }
+                    a.responseHeaders(h, endStream: false)
+                }
+            } else {
+                if buffer.isEmpty {
+                    if eof {
+                        if head.framing == .close { finishBody(a) } else { responseFailed(a, reset: true) }
+                    }
+                    return
+                }
+                if !decodeBody(a, buffer, eof: eof) { return }
+            }
+        }
+    }
+
+    /// One piece of response body to the attempt. False when more bytes are needed.
+    private func decodeBody(_ a: UpstreamAttempt, _ buffer: Buffer, eof: Bool) -> Bool {
+        switch head.framing {
+        case .close:
+            scratch.moveAll(from: buffer)
+            a.responseData(scratch, endStream: false)
+            scratch.release()
+            if eof { finishBody(a) }
+            return false
+        case .chunked:
+            guard var d = chunked else { return false }
+            let t = HeaderMap()
+            let s = scratch
+            let r = d.decode(buffer.readable, trailers: t) { s.append($0) }
+            chunked = d
+            switch r {
+            case .error(let e):
+                worker.stats.inc(pool.stats.http1Errors[e.rawValue])
+                worker.stats.inc(pool.stats.cxProtocolError)
+                responseFailed(a, reset: false)
+                return false
+            case .more(let consumed):
+                buffer.drain(consumed)
+                if !s.isEmpty { a.responseData(s, endStream: false) }
+                s.release()
+                if eof { responseFailed(a, reset: true) }
+                return false
+            case .done(let consumed):
+                buffer.drain(consumed)
+                if t.count > 0 {
+                    if !s.isEmpty { a.responseData(s, endStream: false) }
+                    s.release()
+                    complete(a) { a.responseTrailers(t) }
+                } else {
+                    complete(a) { a.responseData(s, endStream: true) }
+                    s.release()
+                }
+                return false
+            }
+        default:
+            let take = Int(min(UInt64(buffer.count), bodyLeft))
+            if take == buffer.count { scratch.moveAll(from: buffer) } else {
+                scratch.append(UnsafeRawBufferPointer(rebasing: buffer.readable[0..<take]))
+                buffer.drain(take)
+            }
+            bodyLeft -= UInt64(take)
+            if bodyLeft == 0 {
+                complete(a) { a.responseData(scratch, endStream: true) }
+                scratch.release()
+                return false
+            }
+            a.responseData(scratch, endStream: false)
+            scratch.release()
+            if eof { responseFailed(a, reset: true) }
+            return false
+        }
+    }
+
+    private func finishBody(_ a: UpstreamAttempt) {
+        let empty = scratch
+        complete(a) { a.responseData(empty, endStream: true) }
+    }
+
+    private func responseDone(_ a: UpstreamAttempt, _ h: HeaderMap, headersOnly: Bool) {
+        complete(a) { a.responseHeaders(h, endStream: true) }
+    }
+
+    /// The response is whole: the connection goes back to the pool when it can carry another
+    /// request, else it closes. The attempt hears of it after (it may start a new request on
+    /// this very pool).
+    private func complete(_ a: UpstreamAttempt, _ deliver: () -> Void) {
+        attempt = nil
+        let reusable = head.keepAlive && requestSent && head.framing != .close && connection?.readBuffer.isEmpty != false
+        if !reusable {
+            if !head.keepAlive { worker.stats.inc(pool.stats.pool.counters[PoolCounter.cxCloseNotify.rawValue]) }
+            closeAndReport()
+        } else {
+            pool.pool.requestFinished(id)
+        }
+        a.detach()
+        deliver()
+    }
+
+    /// The upstream broke the exchange: a reset (closed early) or an invalid response.
+    private func responseFailed(_ a: UpstreamAttempt, reset: Bool) {
+        attempt = nil
+        closeAndReport()
+        a.upstreamReset(reset ? .connectionTermination : .protocolError)
+    }
+
+    func onClose(_ c: Connection, remote: Bool) {
+        if !connected {
+            connection = nil
+            connectFailed(timeout: false)
+            return
+        }
+        if let a = attempt {
+            // EOF with bytes still unread is handled in onData; here the socket went away.
+            if headersDone && head.framing == .close && c.readEOF && c.state == .closed {
+                attempt = nil
+                a.detach()
+                a.responseData(scratch, endStream: true)
+                closeAndReport()
+                return
+            }
+            attempt = nil
+            closeAndReport()
+            a.upstreamReset(.connectionTermination)
+            return
+        }
+        closeAndReport()
+    }
+
+    func onAboveWriteBufferHighWatermark(_ c: Connection) { attempt?.upstreamAboveHighWatermark() }
+    func onBelowWriteBufferLowWatermark(_ c: Connection) { attempt?.upstreamBelowLowWatermark() }
+
+    /// Pause or resume reading the response (the client is slow).
+    func readDisable() { connection?.readDisable() }
+    func readEnable() { connection?.readEnable() }
+}

@@ -1,0 +1,535 @@
+import Common
+import Glibc
+
+/// The HTTP connection manager for one downstream HTTP/1.1 connection (Envoy's
+/// HttpConnectionManager with its HTTP/1 server codec): the terminal read filter.
+///
+/// ```
+/// bytes ─► head parser (in place) ─► HttpStream (filters, router) ─► upstream
+///        ─► body: Content-Length / chunked decoder ─► stream.decodeData
+/// stream.encode* ─► response head + body framing ─► one write per event
+/// ```
+///
+/// HTTP/1.1 has one stream at a time: pipelined requests wait in the read buffer until the
+/// response before them is complete (reading pauses when that buffer is full). Keep-alive
+/// follows the request (version, `Connection`), the response's framing and draining.
+/// One timer per connection serves every deadline (headers, request, idle, route timeout).
+final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSession {
+    let factory: HttpProxyFactory
+    unowned(unsafe) let worker: Worker
+    let connection: Connection
+    var context: DownstreamContext
+    private var settings: HttpSettings { factory.settings }
+    private var stats: HttpConnectionManagerStats { factory.stats }
+
+    private var parser: Http1HeadParser
+    /// The current request's head facts.
+    private var head = Http1Head()
+    /// The stream being served, at most one (HTTP/1.1).
+    private(set) var stream: HttpStream?
+    /// The request body still to read (Content-Length), or the chunked decoder.
+    private var bodyLeft: UInt64 = 0
+    private var chunked: ChunkedDecoder?
+    private var requestBodyDone = true
+    /// Response framing toward the client.
+    private var responseChunked = false
+    private var responseKeepAlive = true
+    private var responseNoBody = false
+    /// Response bytes not yet handed to the connection (one write per event).
+    private let out: Buffer
+    /// Reused for each piece of request body handed to the stream.
+    private let bodyScratch: Buffer
+    private var processing = false
+    private var closing = false
+    private var pausedForPipeline = false
+    private var draining = false
+
+    // Deadlines (monotonic ms, 0 = none) and the one timer that serves them.
+    private var timer: Timer?
+    private var armedAt: UInt64 = 0
+    private var lastActivityMs: UInt64
+    private var headersDeadline: UInt64 = 0
+    private var requestDeadline: UInt64 = 0
+
+    init(factory: HttpProxyFactory, worker: Worker, connection: Connection, context: DownstreamContext) {
+        self.factory = factory
+        self.worker = worker
+        self.connection = connection
+        self.context = context
+        parser = Http1HeadParser(maxHeadBytes: factory.settings.maxRequestHeadersBytes, maxHeaders: factory.settings.maxHeadersCount)
+        out = Buffer(pool: worker.blocks)
+        bodyScratch = Buffer(pool: worker.blocks)
+        lastActivityMs = context.startMs
+    }
+
+    // MARK: - ReadFilter
+
+    func onNewConnection() -> FilterStatus {
+        worker.stats.inc(stats.downstreamCxTotal)
+        worker.stats.inc(stats.downstreamCxHttp1Total)
+        worker.stats.inc(stats.downstreamCxActive)
+        worker.stats.inc(stats.downstreamCxHttp1Active)
+        timer = Timer(worker.dispatcher) { [unowned self] in onTimer() }
+        if worker.draining { draining = true }
+        armDeadline(lastActivityMs &+ settings.idleTimeoutMs, if: settings.idleTimeoutMs > 0)
+        return .stopIteration
+    }
+
+    func onData(_ buffer: Buffer, endStream: Bool) -> FilterStatus {
+        lastActivityMs = monotonicMs()
+        processInput()
+        return .stopIteration
+    }
+
+    /// Parses and dispatches what the read buffer holds: request heads, body pieces; stops at
+    /// a request that must wait for the response before it.
+    private func processInput() {
+        if processing || closing { return }
+        processing = true
+        defer { processing = false }
+        let buffer = connection.readBuffer
+        while !closing && connection.state == .open {
+            if stream == nil {
+                if buffer.isEmpty { break }
+                let headers = HeaderMap()
+                switch parser.parseRequest(buffer.readable, headers: headers, head: &head) {
+                case .incomplete:
+                    // Slowloris: the headers timeout runs from the first byte of a head.
+                    if headersDeadline == 0 && settings.requestHeadersTimeoutMs > 0 {
+                        headersDeadline = monotonicMs() &+ settings.requestHeadersTimeoutMs
+                        armDeadline(headersDeadline, if: true)
+                    }
+                    if connection.readEOF { closeConnection() }
+                    return
+                case .error(let e):
+                    worker.stats.inc(stats.http1Errors[e.rawValue])
+                    worker.stats.inc(stats.downstreamCxProtocolError)
+                    protocolError(e)
+                    return
+                case .complete(let consumed):
+                    buffer.drain(consumed)
+                    headersDeadline = 0
+                    startStream(headers)
+                }
+            } else if !requestBodyDone {
+                if buffer.isEmpty {
+                    if connection.readEOF { stream?.downstreamReset(); closeConnection() }
+                    break
+                }
+                if !decodeBody(buffer) { break }
+            } else {
+                // A pipelined request waits for the response before it; bounded by the buffer.
+                if !buffer.isEmpty && buffer.count >= settings.bufferLimit && !pausedForPipeline {
+                    pausedForPipeline = true
+                    connection.readDisable()
+                }
+                break
+            }
+        }
+        if connection.readEOF && stream == nil && buffer.isEmpty && !closing { closeConnection() }
+    }
+
+    /// A request head arrived: hop-by-hop headers go, forwarding headers come, the stream starts.
+    private func startStream(_ headers: HeaderMap) {
+        worker.stats.inc(stats.downstreamRqTotal)
+        worker.stats.inc(stats.downstreamRqHttp1Total)
+        worker.stats.inc(stats.downstreamRqActive)
+        // RFC 9110 7.6.1: these describe this hop only.
+        for k in [KnownHeader.connection, .keepAlive, .proxyConnection, .transferEncoding, .te, .upgrade, .trailer, .http2Settings] {
+            headers.remove(k)
+        }
+        for t in head.connectionTokens { headers.remove(t) }
+        if head.expectContinue {
+            headers.remove(.expect)
+            if head.framing != .none {
+                // Answered here (Envoy's default): the client sends its body without waiting.
+                out.append(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
+            }
+        }
+        addForwardingHeaders(headers)
+        let s = HttpStream(cm: self, headers: headers, router: Router(factory: factory))
+        s.router.stream = s
+        s.info.protocolName = head.minorVersion == 0 ? "HTTP/1.0" : "HTTP/1.1"
+        stream = s
+        switch head.framing {
+        case .length(let n): bodyLeft = n; chunked = nil; requestBodyDone = false
+        case .chunked: chunked = ChunkedDecoder(); requestBodyDone = false
+        default: requestBodyDone = true
+        }
+        if !requestBodyDone && settings.requestTimeoutMs > 0 {
+            requestDeadline = s.info.startMs &+ settings.requestTimeoutMs
+            armDeadline(requestDeadline, if: true)
+        }
+        if settings.streamIdleTimeoutMs > 0 { armDeadline(lastActivityMs &+ settings.streamIdleTimeoutMs, if: true) }
+        s.installFilters(factory.filterFactories)
+        s.decodeHeaders(endStream: requestBodyDone)
+        flushOutput()
+    }
+
+    /// The client's IP as text, made once per connection.
+    private lazy var remoteIp: String? = context.remote?.host
+
+    /// A random number from the worker's generator.
+    func nextRandom() -> UInt64 { HttpWorkerState.of(worker).rng.next() }
+
+    /// X-Forwarded-For, X-Forwarded-Proto, X-Request-Id and Via (docs/http-proxy.md).
+    private func addForwardingHeaders(_ h: HeaderMap) {
+        if settings.useRemoteAddress, let ip = remoteIp {
+            if let i = h.first(.xForwardedFor) {
+                let v = h.value(at: i)
+                h.set(.xForwardedFor, v.isEmpty ? ip : v + ", " + ip)
+            } else {
+                h.add(.xForwardedFor, ip)
+            }
+            h.set(.xForwardedProto, connection.tlsVersion != nil ? "https" : "http")
+        } else if !h.has(.xForwardedProto) {
+            h.add(.xForwardedProto, connection.tlsVersion != nil ? "https" : "http")
+        }
+        if settings.generateRequestId {
+            let keep = h.first(.xRequestId).map { i in
+                (settings.preserveExternalRequestId || !settings.useRemoteAddress) && h.withValue(i) { RequestId.isValid($0) }
+            } ?? false
+            if !keep { h.set(.xRequestId, RequestId.generate(&HttpWorkerState.of(worker).rng)) }
+        }
+        if let via = settings.via { h.add(.via, (head.minorVersion == 0 ? "1.0 " : "1.1 ") + via) }
+    }
+
+    /// Hands the next piece of request body to the stream. False when more bytes are needed.
+    private func decodeBody(_ buffer: Buffer) -> Bool {
+        guard let s = stream else { return false }
+        if var d = chunked {
+            var trailers: HeaderMap?
+            let t = HeaderMap()
+            let scratch = bodyScratch
+            let r = d.decode(buffer.readable, trailers: t) { scratch.append($0) }
+            chunked = d
+            switch r {
+            case .error(let e):
+                worker.stats.inc(stats.http1Errors[e.rawValue])
+                worker.stats.inc(stats.downstreamCxProtocolError)
+                buffer.release()
+                protocolError(e)
+                return false
+            case .more(let consumed):
+                buffer.drain(consumed)
+                if !scratch.isEmpty { s.decodeData(scratch, endStream: false) }
+                scratch.release()
+                return false
+            case .done(let consumed):
+                buffer.drain(consumed)
+                requestBodyDone = true
+                requestDeadline = 0
+                if t.count > 0 { trailers = t }
+                if let trailers {
+                    if !scratch.isEmpty { s.decodeData(scratch, endStream: false) }
+                    scratch.release()
+                    s.decodeTrailers(trailers)
+                } else {
+                    s.decodeData(scratch, endStream: true)
+                    scratch.release()
+                }
+                return true
+            }
+        }
+        let take = Int(min(UInt64(buffer.count), bodyLeft))
+        if take == buffer.count {
+            bodyScratch.moveAll(from: buffer)
+        } else {
+            bodyScratch.append(UnsafeRawBufferPointer(rebasing: buffer.readable[0..<take]))
+            buffer.drain(take)
+        }
+        bodyLeft -= UInt64(take)
+        let end = bodyLeft == 0
+        if end { requestBodyDone = true; requestDeadline = 0 }
+        s.decodeData(bodyScratch, endStream: end)
+        bodyScratch.release()
+        return end
+    }
+
+    // MARK: - Encoding the response (called by the stream)
+
+    func encodeHeaders(_ s: HttpStream, _ h: HeaderMap, endStream: Bool) {
+        let status = s.info.responseCode
+        let isHead = s.requestHeaders.first(.method).map { s.requestHeaders.valueEqualsIgnoringCase($0, "HEAD") } ?? false
+        responseNoBody = isHead || status == 204 || status == 304 || status < 200
+        responseChunked = false
+        responseKeepAlive = head.keepAlive && !draining
+        // Hop-by-hop headers of the response (the upstream codec removed the upstream's).
+        h.remove(.connection); h.remove(.transferEncoding); h.remove(.keepAlive); h.remove(.proxyConnection)
+        if !h.has(.contentLength) && !responseNoBody {
+            if endStream {
+                h.add(.contentLength, "0")
+            } else if head.minorVersion == 1 {
+                h.add(.transferEncoding, "chunked")
+                responseChunked = true
+            } else {
+                responseKeepAlive = false  // HTTP/1.0: the body ends with the connection
+            }
+        }
+        if !s.requestComplete { responseKeepAlive = false }  // the rest of the request cannot be found
+        if draining && head.keepAlive { worker.stats.inc(stats.downstreamCxDrainClose) }
+        if !responseKeepAlive {
+            h.add(.connection, "close")
+        } else if head.minorVersion == 0 {
+            h.add(.connection, "keep-alive")
+        }
+        if let via = settings.via { h.add(.via, "1.1 " + via) }
+        Http1Encoder.writeResponseHead(h, status: status, minorVersion: head.minorVersion, into: out)
+        if endStream { flushOutput() }
+    }
+
+    func encodeData(_ s: HttpStream, _ data: Buffer, endStream: Bool) {
+        if responseNoBody {
+            data.release()
+        } else if responseChunked {
+            if !data.isEmpty {
+                Http1Encoder.writeChunkHeader(data.count, into: out)
+                out.moveAll(from: data)
+                Http1Encoder.writeChunkEnd(into: out)
+            }
+            if endStream { Http1Encoder.writeLastChunk(trailers: nil, into: out) }
+        } else {
+            out.moveAll(from: data)
+        }
+        flushOutput()
+    }
+
+    func encodeTrailers(_ s: HttpStream, _ t: HeaderMap) {
+        if responseChunked && !responseNoBody { Http1Encoder.writeLastChunk(trailers: t, into: out) }
+        flushOutput()
+    }
+
+    /// Writes what the response produced so far (head and body in one write when both are here).
+    func flushOutput() {
+        if out.isEmpty { return }
+        lastActivityMs = monotonicMs()
+        connection.write(out, endStream: false)
+    }
+
+    /// The stream's response is complete.
+    func streamComplete(_ s: HttpStream) {
+        settle(s)
+        if !s.requestComplete { worker.stats.inc(stats.downstreamRqResponseBeforeRqComplete) }
+        if !responseKeepAlive || !s.requestComplete || closing {
+            flushOutput()
+            closeAfterResponse()
+            return
+        }
+        stream = nil
+        parser.reset()
+        requestDeadline = 0
+        if pausedForPipeline { pausedForPipeline = false; connection.readEnable() }
+        armDeadline(monotonicMs() &+ settings.idleTimeoutMs, if: settings.idleTimeoutMs > 0)
+        // The next pipelined request, if one is waiting (the outer loop does it when inside).
+        if !processing && !connection.readBuffer.isEmpty { processInput() }
+        if !processing && connection.readEOF && connection.readBuffer.isEmpty { closeConnection() }
+    }
+
+    /// The stream was reset after its response started: the client must not take a cut
+    /// message for a whole one, so the connection ends without completing it.
+    func resetStream(_ s: HttpStream) {
+        settle(s)
+        flushOutput()
+        closeAfterResponse()
+    }
+
+    /// Stats and the access log of a finished stream, once.
+    private func settle(_ s: HttpStream) {
+        guard stream === s else { return }
+        let st = worker.stats
+        st.dec(stats.downstreamRqActive)
+        st.inc(stats.downstreamRqCompleted)
+        let cls = s.info.responseCode / 100
+        if cls >= 1 && cls <= 5 { st.inc(stats.downstreamRqByClass[cls]) }
+        st.record(stats.downstreamRqTime, monotonicMs() &- s.info.startMs)
+        if let logs = worker.accessLogs[context.listener.name] {
+            var e = AccessLogEntry()
+            e.startWallMs = s.info.startWallMs
+            e.durationMs = monotonicMs() &- s.info.startMs
+            e.downstreamRemote = context.remote
+            e.downstreamLocal = context.local
+            e.upstreamHost = s.info.upstreamHost
+            e.cluster = s.info.clusterName
+            e.bytesReceived = s.info.bytesReceived
+            e.bytesSent = s.info.bytesSent
+            e.responseCode = s.info.responseCode
+            e.responseFlags = s.info.responseFlags
+            e.connectionId = context.connectionId
+            e.requestedServerName = context.serverName ?? connection.tlsServerName
+            e.downstreamTlsVersion = connection.tlsVersion
+            e.protocolName = s.info.protocolName
+            e.requestHeaders = s.requestHeaders
+            e.responseHeaders = s.responseHeaders
+            for l in logs { l.log(e) }
+        }
+        stream = nil
+    }
+
+    // MARK: - Errors and closing
+
+    /// A malformed request: a short local reply with `Connection: close`, then the end.
+    private func protocolError(_ e: Http1Error) {
+        let status = e.status
+        if let s = stream, !s.done {
+            // Mid-body: the response may have started; the stream decides.
+            head.keepAlive = false
+            s.sendLocalReply(400, "bad request body", flags: "DPE")
+            if !s.done { s.reset(flags: "DPE") }
+            closeAfterResponse()
+            return
+        }
+        worker.stats.inc(stats.downstreamRqLocalReply)
+        let text = Http1Encoder.reasonPhrase(status)
+        let body = "\(text)\n"
+        var resp = "HTTP/1.1 \(status) \(text)\r\ncontent-type: text/plain\r\ncontent-length: \(body.utf8.count)\r\nconnection: close\r\n\r\n"
+        resp += body
+        out.append(Array(resp.utf8))
+        let cls = status / 100
+        worker.stats.inc(stats.downstreamRqByClass[cls])
+        if let logs = worker.accessLogs[context.listener.name] {
+            var entry = AccessLogEntry()
+            entry.startWallMs = wallMs()
+            entry.downstreamRemote = context.remote
+            entry.responseCode = status
+            entry.responseFlags = "DPE"
+            entry.connectionId = context.connectionId
+            entry.protocolName = "HTTP/1.1"
+            for l in logs { l.log(entry) }
+        }
+        flushOutput()
+        closeAfterResponse()
+    }
+
+    private func closeAfterResponse() {
+        if closing { return }
+        closing = true
+        // Half-close after the response so a client still sending gets it rather than a reset.
+        connection.closeAfterFlush()
+        if connection.state == .closed { finish() }
+    }
+
+    private func closeConnection() {
+        if closing && connection.state == .closed { return }
+        closing = true
+        connection.close()
+        finish()
+    }
+
+    // MARK: - ConnectionCallbacks (downstream)
+
+    func onConnected(_ connection: Connection) {}
+    func onConnectFailed(_ connection: Connection, errno: Int32) {}
+    func onData(_ connection: Connection, _ buffer: Buffer, endStream: Bool) {}
+
+    func onClose(_ connection: Connection, remote: Bool) {
+        if let s = stream, !s.done { s.downstreamReset() }
+        finish()
+    }
+
+    func onAboveWriteBufferHighWatermark(_ connection: Connection) { stream?.router.downstreamAboveHighWatermark() }
+    func onBelowWriteBufferLowWatermark(_ connection: Connection) { stream?.router.downstreamBelowLowWatermark() }
+
+    // MARK: - ActiveSession
+
+    func onDrain() {
+        draining = true
+        // An idle keep-alive connection closes now; a busy one answers with Connection: close.
+        if stream == nil && connection.readBuffer.isEmpty {
+            worker.stats.inc(stats.downstreamCxDrainClose)
+            closeConnection()
+        }
+    }
+
+    func forceClose() {
+        if let s = stream, !s.done { s.reset(flags: "") }
+        closeConnection()
+    }
+
+    private var finished = false
+
+    private func finish() {
+        if finished { return }
+        finished = true
+        timer?.cancel()
+        if let s = stream { s.downstreamReset(); settle(s) }
+        let st = worker.stats
+        st.dec(stats.downstreamCxActive)
+        st.dec(stats.downstreamCxHttp1Active)
+        st.add(stats.downstreamCxRxBytesTotal, Int(connection.bytesRead))
+        st.add(stats.downstreamCxTxBytesTotal, Int(connection.bytesWritten))
+        connection.callbacks = nil
+        if connection.state != .closed { connection.close() }
+        worker.downstreamClosed(context)
+        worker.untrack(self)
+    }
+
+    // MARK: - Timers
+
+    /// Makes sure the timer fires no later than `deadline`.
+    func armDeadline(_ deadline: UInt64, if condition: Bool) {
+        guard condition, deadline > 0 else { return }
+        if armedAt != 0 && armedAt <= deadline { return }
+        armedAt = deadline
+        let now = monotonicMs()
+        timer?.arm(ms: deadline > now ? deadline - now : 1)
+    }
+
+    private func onTimer() {
+        armedAt = 0
+        if finished { return }
+        let now = monotonicMs()
+        var next = UInt64.max
+        func consider(_ d: UInt64) { if d > 0 && d < next { next = d } }
+        if headersDeadline > 0 {
+            if now >= headersDeadline {
+                worker.stats.inc(stats.downstreamRqHeaderTimeout)
+                headersDeadline = 0
+                // Envoy closes without a response here (the request was never whole).
+                closeConnection()
+                return
+            }
+            consider(headersDeadline)
+        }
+        if let s = stream, !s.done {
+            if requestDeadline > 0 {
+                if now >= requestDeadline {
+                    worker.stats.inc(stats.downstreamRqTimeout)
+                    requestDeadline = 0
+                    s.sendLocalReply(408, "request timeout", flags: "")
+                    flushOutput()
+                    if !closing { closeAfterResponse() }
+                    return
+                }
+                consider(requestDeadline)
+            }
+            if s.routeDeadlineMs > 0 {
+                if now >= s.routeDeadlineMs {
+                    s.routeDeadlineMs = 0
+                    s.router.routeTimedOut()
+                    flushOutput()
+                    if stream == nil || closing { return }
+                } else { consider(s.routeDeadlineMs) }
+            }
+            if settings.streamIdleTimeoutMs > 0 {
+                let d = lastActivityMs &+ settings.streamIdleTimeoutMs
+                if now >= d {
+                    worker.stats.inc(stats.downstreamRqIdleTimeout)
+                    if s.responseStarted { s.reset(flags: "SI") } else { s.sendLocalReply(408, "stream timeout", flags: "SI") }
+                    flushOutput()
+                    if !closing { closeAfterResponse() }
+                    return
+                }
+                consider(d)
+            }
+        } else if settings.idleTimeoutMs > 0 {
+            let d = lastActivityMs &+ settings.idleTimeoutMs
+            if now >= d {
+                worker.stats.inc(stats.downstreamCxIdleTimeout)
+                closeConnection()
+                return
+            }
+            consider(d)
+        }
+        if next != UInt64.max { armDeadline(next, if: true) }
+    }
+}

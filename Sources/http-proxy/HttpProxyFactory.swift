@@ -1,0 +1,143 @@
+import Common
+import Glibc
+
+/// The connection manager's settings for one listener in one config generation (from the
+/// `http` block; docs/config.md).
+struct HttpSettings: Sendable {
+    var requestHeadersTimeoutMs: UInt64
+    var requestTimeoutMs: UInt64
+    var streamIdleTimeoutMs: UInt64
+    var idleTimeoutMs: UInt64
+    var maxRequestHeadersBytes: Int
+    var maxHeadersCount: Int
+    var maxRequestBodyBuffer: Int
+    var useRemoteAddress: Bool
+    var xffNumTrustedHops: Int
+    var generateRequestId: Bool
+    var alwaysSetRequestIdInResponse: Bool
+    var preserveExternalRequestId: Bool
+    var via: String?
+    /// The listener's per-connection buffer limit (filters buffer at most this much).
+    var bufferLimit: Int
+}
+
+/// Builds http connection managers for one listener in one config generation: the parsed
+/// block, its stat handles, the route table, the filters, and each routed cluster's slot and
+/// request stats, resolved once on the main thread.
+final class HttpProxyFactory: FilterFactory {
+    let config: HttpProxyConfig
+    let settings: HttpSettings
+    let stats: HttpConnectionManagerStats
+    let routeTable: RouteTable
+    /// By index into `routeTable.clusterNames`.
+    let clusterSlots: [Int]
+    let clusterStats: [UpstreamRequestStats]
+    let filterFactories: [HttpFilterFactory]
+
+    init(listener: ListenerConfig, block: any ListenerFilterConfig, clusters: [String: ClusterSnapshot], store: StatsStore) {
+        guard let c = block as? HttpProxyConfig else { preconditionFailure("http-proxy listener without an http block") }
+        config = c
+        settings = HttpSettings(
+            requestHeadersTimeoutMs: c.requestHeadersTimeoutMs, requestTimeoutMs: c.requestTimeoutMs,
+            streamIdleTimeoutMs: c.streamIdleTimeoutMs, idleTimeoutMs: c.idleTimeoutMs,
+            maxRequestHeadersBytes: c.maxRequestHeadersKb * 1024, maxHeadersCount: c.maxHeadersCount,
+            maxRequestBodyBuffer: c.maxRequestBodyBuffer, useRemoteAddress: c.useRemoteAddress,
+            xffNumTrustedHops: c.xffNumTrustedHops, generateRequestId: c.generateRequestId,
+            alwaysSetRequestIdInResponse: c.alwaysSetRequestIdInResponse,
+            preserveExternalRequestId: c.preserveExternalRequestId, via: c.via, bufferLimit: listener.bufferLimit)
+        stats = HttpConnectionManagerStats(store: store, prefix: c.statPrefix)
+        routeTable = c.routeTable
+        // Validation made every routed cluster exist; a missing one gets a slot no worker has.
+        clusterSlots = c.routeTable.clusterNames.map { clusters[$0]?.slot ?? Int.max }
+        clusterStats = c.routeTable.clusterNames.map { UpstreamRequestStats(store: store, cluster: $0) }
+        let statsCopy = stats
+        filterFactories = c.httpFilters.map { f -> HttpFilterFactory in
+            switch f {
+            case .healthCheck(let h): return HealthCheckFilterFactory(config: h, stats: statsCopy)
+            case .headerMutation(let m): return HeaderMutationFilterFactory(config: m)
+            }
+        }
+    }
+
+    func createFilters(worker: Worker, connection: Connection, context: DownstreamContext) {
+        let cm = HttpConnectionManager(factory: self, worker: worker, connection: connection, context: context)
+        connection.readFilters = [cm]
+        connection.callbacks = cm
+        worker.track(cm)
+        _ = cm.onNewConnection()
+        // Bytes that came with the connection (after a PROXY header or a TLS handshake).
+        if !connection.readBuffer.isEmpty || connection.readEOF { _ = cm.onData(connection.readBuffer, endStream: connection.readEOF) }
+    }
+}
+
+/// `X-Request-Id` values: a UUID v4 made here, or a client's kept when it looks sane.
+enum RequestId {
+    /// A random UUID (version 4).
+    static func generate(_ rng: inout FastRandom) -> String {
+        let hex: [UInt8] = Array("0123456789abcdef".utf8)
+        var out = [UInt8](repeating: 0x2D, count: 36)
+        var a = rng.next(), b = rng.next()
+        var j = 0
+        for i in 0..<36 where i != 8 && i != 13 && i != 18 && i != 23 {
+            var nibble: UInt64
+            if j < 16 { nibble = a & 15; a >>= 4 } else { nibble = b & 15; b >>= 4 }
+            if i == 14 { nibble = 4 }  // version
+            if i == 19 { nibble = 8 | (nibble & 3) }  // variant
+            out[i] = hex[Int(nibble)]
+            j += 1
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// 1 to 128 characters of letters, digits, `-`, `_`, `.`: anything else is replaced.
+    static func isValid(_ v: UnsafeRawBufferPointer) -> Bool {
+        guard !v.isEmpty && v.count <= 128 else { return false }
+        for c in v {
+            let ok = (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2D || c == 0x5F || c == 0x2E
+            if !ok { return false }
+        }
+        return true
+    }
+}
+
+/// Applies a `HeaderMutation` (removals first, then additions by their append action) with
+/// format tokens filled from the stream.
+enum HeaderMutator {
+    static func apply(_ m: HeaderMutation, to h: HeaderMap, stream: HttpStream) {
+        for name in m.remove { h.remove(name) }
+        for a in m.add {
+            let value = a.literal ?? format(a.value, stream)
+            switch a.action {
+            case .appendIfExistsOrAdd: h.add(a.name, value)
+            case .addIfAbsent: if h.indices(of: a.name).isEmpty { h.add(a.name, value) }
+            case .overwriteIfExistsOrAdd: h.set(a.name, value)
+            case .overwriteIfExists: if !h.indices(of: a.name).isEmpty { h.set(a.name, value) }
+            }
+        }
+    }
+
+    static func format(_ parts: [HeaderValuePart], _ s: HttpStream) -> String {
+        var out = ""
+        for p in parts {
+            switch p {
+            case .literal(let l): out += l
+            case .downstreamRemoteAddress(let withPort):
+                if let r = s.cm.context.remote { out += withPort ? r.description : r.host }
+            case .downstreamLocalAddress(let withPort):
+                if let l = s.cm.context.local { out += withPort ? l.description : l.host }
+            case .requestHeader(let name): out += s.requestHeaders.value(name) ?? ""
+            case .upstreamHost: out += s.info.upstreamHost?.description ?? ""
+            case .protocol: out += s.info.protocolName
+            case .hostname: out += hostName
+            case .requestedServerName: out += s.cm.context.serverName ?? s.cm.connection.tlsServerName ?? ""
+            }
+        }
+        return out
+    }
+
+    static let hostName: String = {
+        var buf = [CChar](repeating: 0, count: 256)
+        gethostname(&buf, 255)
+        return String(cString: buf)
+    }()
+}

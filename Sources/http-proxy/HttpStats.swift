@@ -1,0 +1,124 @@
+import Common
+
+/// The connection manager's stats, `http.<stat_prefix>.*` (Envoy's names).
+struct HttpConnectionManagerStats: Sendable {
+    let downstreamCxTotal: Counter
+    let downstreamCxHttp1Total: Counter
+    let downstreamCxActive: Gauge
+    let downstreamCxHttp1Active: Gauge
+    let downstreamCxRxBytesTotal: Counter
+    let downstreamCxTxBytesTotal: Counter
+    let downstreamCxProtocolError: Counter
+    let downstreamCxIdleTimeout: Counter
+    let downstreamCxDrainClose: Counter
+    let downstreamRqTotal: Counter
+    let downstreamRqHttp1Total: Counter
+    let downstreamRqActive: Gauge
+    let downstreamRqCompleted: Counter
+    /// `downstream_rq_1xx` ... `downstream_rq_5xx`, indexed by class 1...5.
+    let downstreamRqByClass: [Counter]
+    let downstreamRqTime: Histogram
+    let downstreamRqRxReset: Counter
+    let downstreamRqTxReset: Counter
+    let downstreamRqHeaderTimeout: Counter
+    let downstreamRqTimeout: Counter
+    let downstreamRqIdleTimeout: Counter
+    let downstreamRqResponseBeforeRqComplete: Counter
+    let downstreamRqLocalReply: Counter
+    let downstreamRqTooLarge: Counter
+    let rqResetAfterDownstreamResponseStarted: Counter
+    let noRoute: Counter
+    let noCluster: Counter
+    let rqRedirect: Counter
+    let rqDirectResponse: Counter
+    /// One counter per codec rejection (`http1.<reason>`), by `Http1Error.rawValue`.
+    let http1Errors: [Counter]
+
+    init(store: StatsStore, prefix: String) {
+        let p = "http.\(prefix)."
+        downstreamCxTotal = store.counter(p + "downstream_cx_total")
+        downstreamCxHttp1Total = store.counter(p + "downstream_cx_http1_total")
+        downstreamCxActive = store.gauge(p + "downstream_cx_active")
+        downstreamCxHttp1Active = store.gauge(p + "downstream_cx_http1_active")
+        downstreamCxRxBytesTotal = store.counter(p + "downstream_cx_rx_bytes_total")
+        downstreamCxTxBytesTotal = store.counter(p + "downstream_cx_tx_bytes_total")
+        downstreamCxProtocolError = store.counter(p + "downstream_cx_protocol_error")
+        downstreamCxIdleTimeout = store.counter(p + "downstream_cx_idle_timeout")
+        downstreamCxDrainClose = store.counter(p + "downstream_cx_drain_close")
+        downstreamRqTotal = store.counter(p + "downstream_rq_total")
+        downstreamRqHttp1Total = store.counter(p + "downstream_rq_http1_total")
+        downstreamRqActive = store.gauge(p + "downstream_rq_active")
+        downstreamRqCompleted = store.counter(p + "downstream_rq_completed")
+        downstreamRqByClass = (0...5).map { store.counter(p + "downstream_rq_\($0)xx") }
+        downstreamRqTime = store.histogram(p + "downstream_rq_time")
+        downstreamRqRxReset = store.counter(p + "downstream_rq_rx_reset")
+        downstreamRqTxReset = store.counter(p + "downstream_rq_tx_reset")
+        downstreamRqHeaderTimeout = store.counter(p + "downstream_rq_header_timeout")
+        downstreamRqTimeout = store.counter(p + "downstream_rq_timeout")
+        downstreamRqIdleTimeout = store.counter(p + "downstream_rq_idle_timeout")
+        downstreamRqResponseBeforeRqComplete = store.counter(p + "downstream_rq_response_before_rq_complete")
+        downstreamRqLocalReply = store.counter(p + "downstream_rq_local_reply")
+        downstreamRqTooLarge = store.counter(p + "downstream_rq_too_large")
+        rqResetAfterDownstreamResponseStarted = store.counter(p + "rq_reset_after_downstream_response_started")
+        noRoute = store.counter(p + "no_route")
+        noCluster = store.counter(p + "no_cluster")
+        rqRedirect = store.counter(p + "rq_redirect")
+        rqDirectResponse = store.counter(p + "rq_direct_response")
+        http1Errors = Http1Error.allCases.map { store.counter(p + "http1." + $0.statName) }
+    }
+}
+
+/// Request-level stats of a cluster, `cluster.<name>.upstream_rq_*` (Envoy's names), resolved
+/// once per cluster per config generation.
+struct UpstreamRequestStats: Sendable {
+    let rqCompleted: Counter
+    /// `upstream_rq_1xx` ... `upstream_rq_5xx` by class.
+    let rqByClass: [Counter]
+    /// `upstream_rq_<code>` for the codes in `UpstreamRequestStats.codes`.
+    let rqByCode: [Int: Counter]
+    let rqTime: Histogram
+    let rqTimeout: Counter
+    let rqPerTryTimeout: Counter
+    let rqRxReset: Counter
+    let rqTxReset: Counter
+    let rqRetry: Counter
+    let rqRetrySuccess: Counter
+    let rqRetryOverflow: Counter
+    let rqRetryLimitExceeded: Counter
+    let cxProtocolError: Counter
+    let http1Errors: [Counter]
+    /// Pool stats (`upstream_rq_total`, `_active`, `_pending_*`, `upstream_cx_*` of pools).
+    let pool: PoolStatHandles
+
+    /// Codes with their own counter (others are counted by class only).
+    static let codes = [200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 413, 429,
+                        500, 501, 502, 503, 504]
+
+    init(store: StatsStore, cluster: String) {
+        let p = "cluster.\(cluster)."
+        rqCompleted = store.counter(p + "upstream_rq_completed")
+        rqByClass = (0...5).map { store.counter(p + "upstream_rq_\($0)xx") }
+        var byCode: [Int: Counter] = [:]
+        for c in UpstreamRequestStats.codes { byCode[c] = store.counter(p + "upstream_rq_\(c)") }
+        rqByCode = byCode
+        rqTime = store.histogram(p + "upstream_rq_time")
+        rqTimeout = store.counter(p + "upstream_rq_timeout")
+        rqPerTryTimeout = store.counter(p + "upstream_rq_per_try_timeout")
+        rqRxReset = store.counter(p + "upstream_rq_rx_reset")
+        rqTxReset = store.counter(p + "upstream_rq_tx_reset")
+        rqRetry = store.counter(p + "upstream_rq_retry")
+        rqRetrySuccess = store.counter(p + "upstream_rq_retry_success")
+        rqRetryOverflow = store.counter(p + "upstream_rq_retry_overflow")
+        rqRetryLimitExceeded = store.counter(p + "upstream_rq_retry_limit_exceeded")
+        cxProtocolError = store.counter(p + "upstream_cx_protocol_error")
+        http1Errors = Http1Error.allCases.map { store.counter(p + "http1." + $0.statName) }
+        pool = PoolStatHandles(store: store, prefix: p)
+    }
+
+    /// Counts a response's code by class and, when it has one, its own counter.
+    func countCode(_ status: Int, _ slab: StatsSlab) {
+        let cls = status / 100
+        if cls >= 1 && cls <= 5 { slab.inc(rqByClass[cls]) }
+        if let c = rqByCode[status] { slab.inc(c) }
+    }
+}

@@ -1,0 +1,385 @@
+import Common
+
+/// What the access log and the stats learn about one request.
+struct StreamInfo {
+    var startMs: UInt64 = 0
+    var startWallMs: UInt64 = 0
+    var responseCode = 0
+    /// Envoy's response flags (UH, UF, UT, UO, NR, DC, URX, UC, LR, ...), comma-separated.
+    var responseFlags = ""
+    var upstreamHost: SocketAddress?
+    var clusterName = ""
+    var bytesReceived: UInt64 = 0
+    var bytesSent: UInt64 = 0
+    /// "HTTP/1.1" or "HTTP/1.0".
+    var protocolName = "HTTP/1.1"
+
+    mutating func addFlag(_ f: String) {
+        if responseFlags.isEmpty { responseFlags = f } else if !responseFlags.split(separator: ",").contains(Substring(f)) {
+            responseFlags += "," + f
+        }
+    }
+}
+
+/// One request and its response, whatever codec carries them (Envoy's ActiveStream). It runs
+/// the HTTP filter chain: decoder filters in order on the way in (the router last), encoder
+/// filters in reverse on the way out, each able to stop iteration and resume later, and sends
+/// local replies through the encoder filters. The codec below (`HttpConnectionManager` for
+/// HTTP/1.1) only moves bytes.
+///
+/// ```
+/// codec ─decodeHeaders/Data/Trailers─► filter 0 ─► ... ─► router ─► upstream request
+/// codec ◄─encodeHeaders/Data/Trailers── filter 0 ◄─ ... ◄───────────── upstream response
+/// ```
+final class HttpStream {
+    unowned(unsafe) let cm: HttpConnectionManager
+    let requestHeaders: HeaderMap
+    var requestTrailers: HeaderMap?
+    var responseHeaders: HeaderMap?
+    var info = StreamInfo()
+    /// Decoder filters, the router last.
+    private(set) var decoders: [HttpDecoderFilter] = []
+    /// Encoder filters in configuration order (iterated from the end).
+    private(set) var encoders: [HttpEncoderFilter] = []
+    let router: Router
+
+    // Decode-side iteration: the filter that stopped (index), what it holds back.
+    private var decodeStoppedAt = -1
+    private var decodeHeadersPending = false
+    private var decodeBuffer: Buffer?
+    private var decodeEndPending = false
+    private var decodeTrailersPending = false
+    /// The request was fully received from the client (end of stream seen by the codec).
+    private(set) var requestComplete = false
+
+    // Encode side.
+    private var encodeStoppedAt = -1
+    private var encodeHeadersPending = false
+    private var encodeBuffer: Buffer?
+    private var encodeEndPending = false
+    private var encodeTrailersPending = false
+    private var responseTrailers: HeaderMap?
+    /// Headers went to the codec: a later failure can only reset the stream.
+    private(set) var responseStarted = false
+    /// The whole response went to the codec.
+    private(set) var responseComplete = false
+    /// The stream is over (complete or reset); nothing more happens to it.
+    private(set) var done = false
+    /// The route `timeout` (0: none) the router armed, as a deadline on the CM's timer.
+    var routeDeadlineMs: UInt64 = 0
+
+    init(cm: HttpConnectionManager, headers: HeaderMap, router: Router) {
+        self.cm = cm
+        self.requestHeaders = headers
+        self.router = router
+        info.startMs = monotonicMs()
+        info.startWallMs = wallMs()
+    }
+
+    /// Installs the configured filters (the router last).
+    func installFilters(_ factories: [HttpFilterFactory]) {
+        for f in factories {
+            let (d, e) = f.create(stream: self)
+            if let d { decoders.append(d) }
+            if let e { encoders.append(e) }
+        }
+        decoders.append(router)
+    }
+
+    var worker: Worker { cm.worker }
+    var bufferLimit: Int { cm.factory.settings.bufferLimit }
+
+    // MARK: - Decode path (codec → filters → router)
+
+    func decodeHeaders(endStream: Bool) {
+        if endStream { requestComplete = true }
+        runDecodeHeaders(from: 0, endStream: endStream)
+    }
+
+    private func runDecodeHeaders(from start: Int, endStream: Bool) {
+        var i = start
+        while i < decoders.count {
+            if done { return }
+            if decoders[i].decodeHeaders(requestHeaders, endStream: endStream && decodeBuffer == nil && !decodeTrailersPending) == .stopIteration {
+                decodeStoppedAt = i
+                decodeHeadersPending = true
+                return
+            }
+            i += 1
+        }
+    }
+
+    func decodeData(_ data: Buffer, endStream: Bool) {
+        if endStream { requestComplete = true }
+        info.bytesReceived &+= UInt64(data.count)
+        if decodeStoppedAt >= 0 {
+            bufferDecoded(data, endStream: endStream)
+            return
+        }
+        runDecodeData(data, from: 0, endStream: endStream)
+    }
+
+    private func runDecodeData(_ data: Buffer, from start: Int, endStream: Bool) {
+        var i = start
+        while i < decoders.count {
+            if done { return }
+            switch decoders[i].decodeData(data, endStream: endStream) {
+            case .continue: i += 1
+            case .stopIterationAndBuffer:
+                decodeStoppedAt = i
+                bufferDecoded(data, endStream: endStream)
+                return
+            case .stopIterationNoBuffer:
+                decodeStoppedAt = i
+                if endStream { decodeEndPending = true }
+                return
+            }
+        }
+    }
+
+    private func bufferDecoded(_ data: Buffer, endStream: Bool) {
+        let b = decodeBuffer ?? Buffer(pool: worker.blocks)
+        decodeBuffer = b
+        b.moveAll(from: data)
+        if endStream { decodeEndPending = true }
+        if b.count > bufferLimit {
+            worker.stats.inc(cm.factory.stats.downstreamRqTooLarge)
+            sendLocalReply(413, "request body too large", flags: "")
+        }
+    }
+
+    func decodeTrailers(_ trailers: HeaderMap) {
+        requestComplete = true
+        requestTrailers = trailers
+        if decodeStoppedAt >= 0 { decodeTrailersPending = true; return }
+        runDecodeTrailers(from: 0)
+    }
+
+    private func runDecodeTrailers(from start: Int) {
+        guard let t = requestTrailers else { return }
+        var i = start
+        while i < decoders.count {
+            if done { return }
+            if decoders[i].decodeTrailers(t) == .stopIteration { decodeStoppedAt = i; decodeTrailersPending = true; return }
+            i += 1
+        }
+    }
+
+    /// A filter that stopped the request resumes it: held headers, then buffered body and
+    /// trailers go to the filters after it.
+    func continueDecoding() {
+        guard decodeStoppedAt >= 0, !done else { return }
+        let from = decodeStoppedAt + 1
+        decodeStoppedAt = -1
+        if decodeHeadersPending {
+            decodeHeadersPending = false
+            let end = requestComplete && decodeBuffer == nil && !decodeTrailersPending
+            runDecodeHeaders(from: from, endStream: end)
+            if decodeStoppedAt >= 0 || done { return }
+        }
+        if let b = decodeBuffer {
+            decodeBuffer = nil
+            let end = decodeEndPending && !decodeTrailersPending
+            decodeEndPending = false
+            runDecodeData(b, from: from, endStream: end)
+            if decodeStoppedAt >= 0 || done { return }
+        } else if decodeEndPending && !decodeTrailersPending {
+            decodeEndPending = false
+            let empty = Buffer(pool: worker.blocks)
+            runDecodeData(empty, from: from, endStream: true)
+            if decodeStoppedAt >= 0 || done { return }
+        }
+        if decodeTrailersPending {
+            decodeTrailersPending = false
+            runDecodeTrailers(from: from)
+        }
+    }
+
+    // MARK: - Encode path (router or local reply → filters → codec)
+
+    func encodeHeaders(_ headers: HeaderMap, endStream: Bool) {
+        guard !done, !responseStarted, encodeStoppedAt < 0 else { return }
+        responseHeaders = headers
+        if endStream { encodeEndPending = true }
+        runEncodeHeaders(from: encoders.count - 1, endStream: endStream)
+    }
+
+    private func runEncodeHeaders(from start: Int, endStream: Bool) {
+        guard let h = responseHeaders else { return }
+        var i = start
+        while i >= 0 {
+            if encoders[i].encodeHeaders(h, endStream: endStream) == .stopIteration {
+                encodeStoppedAt = i
+                encodeHeadersPending = true
+                return
+            }
+            if done { return }
+            i -= 1
+        }
+        encodeEndPending = false
+        responseStarted = true
+        info.responseCode = statusOf(h)
+        cm.encodeHeaders(self, h, endStream: endStream)
+        if endStream { responseFinished() }
+    }
+
+    func encodeData(_ data: Buffer, endStream: Bool) {
+        guard !done else { data.release(); return }
+        if encodeStoppedAt >= 0 || !responseStarted && encodeHeadersPending {
+            bufferEncoded(data, endStream: endStream)
+            return
+        }
+        runEncodeData(data, from: encoders.count - 1, endStream: endStream)
+    }
+
+    private func runEncodeData(_ data: Buffer, from start: Int, endStream: Bool) {
+        var i = start
+        while i >= 0 {
+            switch encoders[i].encodeData(data, endStream: endStream) {
+            case .continue: i -= 1
+            case .stopIterationAndBuffer:
+                encodeStoppedAt = i
+                bufferEncoded(data, endStream: endStream)
+                return
+            case .stopIterationNoBuffer:
+                encodeStoppedAt = i
+                if endStream { encodeEndPending = true }
+                return
+            }
+            if done { return }
+        }
+        info.bytesSent &+= UInt64(data.count)
+        cm.encodeData(self, data, endStream: endStream)
+        if endStream { responseFinished() }
+    }
+
+    private func bufferEncoded(_ data: Buffer, endStream: Bool) {
+        let b = encodeBuffer ?? Buffer(pool: worker.blocks)
+        encodeBuffer = b
+        b.moveAll(from: data)
+        if endStream { encodeEndPending = true }
+        if b.count > bufferLimit {
+            // Envoy: a response over the buffer limit before it started is a 500.
+            if responseStarted { reset(flags: "") } else { encodeStoppedAt = -1; encodeHeadersPending = false; sendLocalReply(500, "response too large", flags: "") }
+        }
+    }
+
+    func encodeTrailers(_ trailers: HeaderMap) {
+        guard !done else { return }
+        responseTrailers = trailers
+        if encodeStoppedAt >= 0 { encodeTrailersPending = true; return }
+        runEncodeTrailers(from: encoders.count - 1)
+    }
+
+    private func runEncodeTrailers(from start: Int) {
+        guard let t = responseTrailers else { return }
+        var i = start
+        while i >= 0 {
+            if encoders[i].encodeTrailers(t) == .stopIteration { encodeStoppedAt = i; encodeTrailersPending = true; return }
+            if done { return }
+            i -= 1
+        }
+        cm.encodeTrailers(self, t)
+        responseFinished()
+    }
+
+    /// An encoder filter that stopped the response resumes it.
+    func continueEncoding() {
+        guard encodeStoppedAt >= 0, !done else { return }
+        let from = encodeStoppedAt - 1
+        encodeStoppedAt = -1
+        if encodeHeadersPending {
+            encodeHeadersPending = false
+            let end = encodeEndPending && encodeBuffer == nil && !encodeTrailersPending
+            runEncodeHeaders(from: from, endStream: end)
+            if encodeStoppedAt >= 0 || done || end { return }
+        }
+        if let b = encodeBuffer {
+            encodeBuffer = nil
+            let end = encodeEndPending && !encodeTrailersPending
+            encodeEndPending = false
+            runEncodeData(b, from: from, endStream: end)
+            if encodeStoppedAt >= 0 || done { return }
+        }
+        if encodeTrailersPending {
+            encodeTrailersPending = false
+            runEncodeTrailers(from: from)
+        }
+    }
+
+    // MARK: - Local replies, resets, the end
+
+    /// Answers from the proxy itself (a short text body), through the encoder filters, unless
+    /// the response already started: then the stream can only be reset.
+    func sendLocalReply(_ status: Int, _ body: String, flags: String, extraHeaders: [(String, String)] = [], rawBody: Bool = false) {
+        guard !done else { return }
+        if !flags.isEmpty { info.addFlag(flags) }
+        if responseStarted {
+            reset(flags: "")
+            return
+        }
+        worker.stats.inc(cm.factory.stats.downstreamRqLocalReply)
+        encodeStoppedAt = -1
+        encodeHeadersPending = false
+        encodeBuffer = nil
+        let h = HeaderMap()
+        h.add(":status", String(status))
+        let text = body.isEmpty || rawBody ? body : body + "\n"
+        h.add("content-type", "text/plain")
+        h.add("content-length", String(text.utf8.count))
+        for (k, v) in extraHeaders { h.add(k, v) }
+        let noBody = text.isEmpty || requestHeaders.first(.method).map { requestHeaders.valueEqualsIgnoringCase($0, "HEAD") } == true
+        router.abandonUpstream()
+        encodeHeaders(h, endStream: noBody)
+        if !noBody && !done {
+            let b = Buffer(pool: worker.blocks)
+            b.append(Array(text.utf8))
+            encodeData(b, endStream: true)
+        }
+    }
+
+    /// Ends the stream abruptly: the upstream is abandoned and the codec resets the client
+    /// (HTTP/1.1: closes the connection without completing the message).
+    func reset(flags: String) {
+        guard !done else { return }
+        if !flags.isEmpty { info.addFlag(flags) }
+        if responseStarted { worker.stats.inc(cm.factory.stats.rqResetAfterDownstreamResponseStarted) }
+        worker.stats.inc(cm.factory.stats.downstreamRqTxReset)
+        router.abandonUpstream()
+        finish()
+        cm.resetStream(self)
+    }
+
+    /// The client went away (HTTP/1.1: the connection closed mid-request or mid-response).
+    func downstreamReset() {
+        guard !done else { return }
+        info.addFlag("DC")
+        worker.stats.inc(cm.factory.stats.downstreamRqRxReset)
+        router.abandonUpstream()
+        finish()
+    }
+
+    private func responseFinished() {
+        responseComplete = true
+        finish()
+        cm.streamComplete(self)
+    }
+
+    /// Settles filters and stats once.
+    private func finish() {
+        if done { return }
+        done = true
+        for d in decoders { d.onStreamDone() }
+        decodeBuffer = nil
+        encodeBuffer = nil
+    }
+
+    private func statusOf(_ h: HeaderMap) -> Int {
+        guard let i = h.first(.status) else { return 0 }
+        return h.withValue(i) { v in
+            var s = 0
+            for c in v { s = s * 10 + Int(c &- 0x30) }
+            return s
+        }
+    }
+}

@@ -1,0 +1,491 @@
+import Common
+
+/// The router: the last decoder filter of every stream (Envoy's router filter). It matches the
+/// route, applies rewrites and header mutations, picks a host of the route's cluster, takes a
+/// connection from that host's pool and forwards the request; it retries per the route's
+/// policy (with back-off, only while nothing of the response reached the client and the
+/// request body is still replayable) and enforces the route and per-try timeouts.
+final class Router: HttpDecoderFilter {
+    let factory: HttpProxyFactory
+    unowned(unsafe) var stream: HttpStream!
+    private var route: RouteEntry?
+    private var forward: ForwardAction?
+    private var cluster: WorkerCluster?
+    private var cstats: UpstreamRequestStats?
+    private(set) var attempt: UpstreamAttempt?
+    private var attempted: [Int] = []
+    private var retriesLeft = 0
+    private var retriesDone = 0
+    private var retryPolicy: RetryPolicy?
+    private var hashKey: UInt64?
+    /// The request had a body (its headers did not end the stream).
+    private var hasBody = false
+    /// The client sent the whole request.
+    private var requestComplete = false
+    private var trailers: HeaderMap?
+    /// Body bytes not yet written upstream (while connecting, or for a retry).
+    private var pendingBody: Buffer?
+    /// Everything the client sent, kept for a retry while it fits `max_request_body_buffer`.
+    private var replay: Buffer?
+    private var replayable = true
+    private var globalDeadline: UInt64 = 0
+    private var perTryDeadline: UInt64 = 0
+    private var retryTimer: Timer?
+    private var pausedDownstream = false
+    private var pausedUpstream = false
+    private var holdsRetrySlot = false
+
+    init(factory: HttpProxyFactory) { self.factory = factory }
+
+    private var worker: Worker { stream.worker }
+
+    // MARK: - Decoding
+
+    func decodeHeaders(_ h: HeaderMap, endStream: Bool) -> FilterHeadersStatus {
+        hasBody = !endStream
+        requestComplete = endStream
+        guard let r = factory.routeTable.route(h) else {
+            worker.stats.inc(factory.stats.noRoute)
+            stream.sendLocalReply(404, "no route", flags: "NR")
+            return .stopIteration
+        }
+        route = r
+        switch r.action {
+        case .directResponse(let status, let body):
+            worker.stats.inc(factory.stats.rqDirectResponse)
+            stream.sendLocalReply(status, body, flags: "", rawBody: true)
+            return .stopIteration
+        case .redirect(let rd):
+            worker.stats.inc(factory.stats.rqRedirect)
+            let scheme = h.value(.xForwardedProto) ?? "http"
+            stream.sendLocalReply(rd.responseCode, "", flags: "", extraHeaders: [("location", r.redirectLocation(h, scheme: scheme))])
+            return .stopIteration
+        case .forward(let f):
+            forward = f
+            let index = r.pickClusterIndex(random: stream.cm.nextRandom()) ?? 0
+            cstats = factory.clusterStats[index]
+            guard let wc = worker.cluster(slot: factory.clusterSlots[index]) else {
+                worker.stats.inc(factory.stats.noCluster)
+                stream.sendLocalReply(503, "no cluster", flags: "NC")
+                return .stopIteration
+            }
+            cluster = wc
+            HttpWorkerState.of(worker).requestStarted(wc.snapshot.slot)
+            stream.info.clusterName = wc.snapshot.name
+            for m in r.requestHeaderMutations { HeaderMutator.apply(m, to: h, stream: stream) }
+            if let p = r.rewrittenPath(h) { h.set(.path, p) }
+            if case .literal(let host) = f.hostRewrite { h.set(.authority, host) }
+            hashKey = computeHashKey(f.hashPolicy, h)
+            if let p = f.retryPolicy, p.numRetries > 0, !p.retryOn.isEmpty {
+                retryPolicy = p
+                retriesLeft = p.numRetries
+                if hasBody { replay = Buffer(pool: worker.blocks) }
+            }
+            if f.timeoutMs > 0 { globalDeadline = monotonicMs() &+ f.timeoutMs }
+            startAttempt()
+            return .stopIteration
+        }
+    }
+
+    func decodeData(_ data: Buffer, endStream: Bool) -> FilterDataStatus {
+        if endStream { requestComplete = true }
+        if let replay, replayable {
+            if replay.count + data.count <= factory.settings.maxRequestBodyBuffer {
+                replay.append(data.readable)
+            } else {
+                replayable = false
+                self.replay = nil
+            }
+        }
+        if let a = attempt, let c = a.client {
+            c.sendData(data, endStream: endStream)
+        } else {
+            let p = pendingBody ?? Buffer(pool: worker.blocks)
+            pendingBody = p
+            p.moveAll(from: data)
+            // While no connection takes the body, the client waits (bounded by the buffer limit).
+            if p.count > factory.settings.bufferLimit && !pausedDownstream {
+                pausedDownstream = true
+                stream.cm.connection.readDisable()
+            }
+        }
+        return .stopIterationNoBuffer
+    }
+
+    func decodeTrailers(_ t: HeaderMap) -> FilterHeadersStatus {
+        requestComplete = true
+        trailers = t
+        if let a = attempt, let c = a.client { c.sendTrailers(t) }
+        return .stopIteration
+    }
+
+    func onStreamDone() {
+        abandonUpstream()
+        if let wc = cluster { HttpWorkerState.of(worker).requestEnded(wc.snapshot.slot) }
+        if pausedDownstream { pausedDownstream = false; stream.cm.connection.readEnable() }
+    }
+
+    // MARK: - Attempts
+
+    private func startAttempt() {
+        guard let wc = cluster, let cstats else { return }
+        guard let h = wc.pickHost(hashKey: hashKey, attempted: attempted) else {
+            stream.sendLocalReply(503, "no healthy upstream", flags: "UH")
+            return
+        }
+        attempted.append(h)
+        let address = wc.snapshot.hosts[h].address
+        stream.info.upstreamHost = address
+        if case .auto = forward?.hostRewrite { stream.requestHeaders.set(.authority, address.description) }
+        let pool = HttpWorkerState.of(worker).pool(wc, host: h, stats: cstats)
+        let a = UpstreamAttempt(router: self, pool: pool, cluster: wc, host: h)
+        attempt = a
+        if let p = retryPolicy, p.perTryTimeoutMs > 0 { perTryDeadline = monotonicMs() &+ p.perTryTimeoutMs }
+        updateDeadline()
+        switch pool.pool.checkout(a) {
+        case .attached(let id):
+            if let c = pool.client(id) { a.attached(c) } else { a.poolFailed(.connectFailure) }
+        case .queued(let r):
+            a.queued = r
+        case .failed(let reason):
+            a.poolFailed(reason)
+        }
+    }
+
+    /// The attempt got a connection: the head, then what the client already sent.
+    func attemptAttached(_ a: UpstreamAttempt, _ c: Http1Client) {
+        let pending = pendingBody
+        let end = requestComplete && (pending?.isEmpty ?? true) && trailers == nil
+        let h = stream.requestHeaders
+        c.start(a, headers: h, endStream: !hasBody || end && !hasBody, hasBody: hasBody, contentLength: h.has(.contentLength))
+        guard attempt === a else { return }
+        if hasBody {
+            if let p = pending, !p.isEmpty {
+                c.sendData(p, endStream: requestComplete && trailers == nil)
+            } else if requestComplete && trailers == nil {
+                c.sendData(Buffer(pool: worker.blocks), endStream: true)
+            }
+            if let t = trailers, requestComplete { c.sendTrailers(t) }
+        }
+        if pausedDownstream { pausedDownstream = false; stream.cm.connection.readEnable() }
+    }
+
+    /// The attempt got no connection (connect failure, breaker, host drained).
+    func attemptPoolFailed(_ a: UpstreamAttempt, _ reason: PoolFailureReason) {
+        guard attempt === a else { return }
+        attempt = nil
+        switch reason {
+        case .pendingOverflow, .requestOverflow:
+            stream.sendLocalReply(503, "upstream overflow", flags: "UO")
+        case .connectFailure, .connectTimeout, .drained:
+            if retry(on: .connectFailure) { return }
+            stream.sendLocalReply(503, "upstream connect error or disconnect/reset before headers", flags: attempted.count > 1 ? "UF,URX" : "UF")
+        }
+    }
+
+    /// Response headers from the upstream: maybe a retry, else on to the client.
+    func attemptHeaders(_ a: UpstreamAttempt, _ h: HeaderMap, status: Int, endStream: Bool) {
+        guard attempt === a, let cstats else { return }
+        let host = cluster?.snapshot.hosts[a.host]
+        if status >= 500 { host?.outlier?.failure() } else { host?.outlier?.success() }
+        cstats.countCode(status, worker.stats)
+        if shouldRetry(status: status) {
+            if !endStream { a.client?.abandon() }
+            a.finished(worker.stats, cstats)
+            attempt = nil
+            if retry(on: nil) { return }
+        }
+        if retriesDone > 0 { worker.stats.inc(cstats.rqRetrySuccess) }
+        perTryDeadline = 0
+        updateDeadline()
+        if let r = route { for m in r.responseHeaderMutations { HeaderMutator.apply(m, to: h, stream: stream) } }
+        if factory.settings.alwaysSetRequestIdInResponse, let id = stream.requestHeaders.value(.xRequestId) { h.set(.xRequestId, id) }
+        stream.encodeHeaders(h, endStream: endStream)
+    }
+
+    func attemptData(_ a: UpstreamAttempt, _ data: Buffer, endStream: Bool) {
+        guard attempt === a else { data.release(); return }
+        stream.encodeData(data, endStream: endStream)
+    }
+
+    func attemptTrailers(_ a: UpstreamAttempt, _ t: HeaderMap) {
+        guard attempt === a else { return }
+        stream.encodeTrailers(t)
+    }
+
+    /// The response is complete (called before its last piece is delivered).
+    func attemptComplete(_ a: UpstreamAttempt) {
+        guard attempt === a, let cstats else { return }
+        a.finished(worker.stats, cstats)
+        worker.stats.inc(cstats.rqCompleted)
+        globalDeadline = 0
+        perTryDeadline = 0
+        stream.routeDeadlineMs = 0
+        // `attempt` stays: the response's last piece is delivered right after this.
+        releaseRetrySlot()
+    }
+
+    /// The upstream reset or sent garbage.
+    func attemptReset(_ a: UpstreamAttempt, _ kind: UpstreamResetKind) {
+        guard attempt === a, let cstats else { return }
+        a.finished(worker.stats, cstats)
+        attempt = nil
+        cluster?.snapshot.hosts[a.host].outlier?.failure()
+        worker.stats.inc(cstats.rqRxReset)
+        if !stream.responseStarted {
+            if kind == .connectionTermination && retry(on: .reset) { return }
+            if kind == .protocolError && retry(on: .gatewayError) { return }
+            stream.sendLocalReply(kind == .protocolError ? 502 : 503,
+                                  kind == .protocolError ? "upstream sent an invalid response"
+                                                         : "upstream connect error or disconnect/reset before headers",
+                                  flags: kind == .protocolError ? "UPE" : "UC")
+        } else {
+            stream.reset(flags: "UC")
+        }
+    }
+
+    // MARK: - Retries
+
+    private func shouldRetry(status: Int) -> Bool {
+        guard let p = retryPolicy, retriesLeft > 0, !stream.responseStarted else { return false }
+        if p.retryOn.contains(.fiveXX) && status >= 500 { return true }
+        if p.retryOn.contains(.gatewayError) && (status == 502 || status == 503 || status == 504) { return true }
+        if p.retryOn.contains(.retriableStatusCodes) && p.retriableStatusCodes.contains(status) { return true }
+        return false
+    }
+
+    /// Starts another attempt after a back-off when the policy, the count, the budget and the
+    /// request body allow; false when no retry happens (the caller answers the client).
+    private func retry(on condition: RetryOn?) -> Bool {
+        guard let p = retryPolicy, let cstats, retriesLeft > 0, !stream.responseStarted else { return false }
+        if let condition {
+            let covered = p.retryOn.contains(condition) || p.retryOn.contains(.fiveXX)
+                || (p.retryOn.contains(.gatewayError) && condition != .retriableStatusCodes)
+            if !covered { return false }
+        }
+        // The body must be replayable: kept whole, or none at all.
+        if hasBody && (!replayable || replay == nil) { return false }
+        guard takeRetrySlot() else {
+            worker.stats.inc(cstats.rqRetryOverflow)
+            return false
+        }
+        retriesLeft -= 1
+        retriesDone += 1
+        worker.stats.inc(cstats.rqRetry)
+        stream.info.addFlag("URX")
+        if hasBody, let replay {
+            let b = Buffer(pool: worker.blocks)
+            b.append(replay.readable)
+            pendingBody = b
+        }
+        // Exponential back-off with full jitter (Envoy's): random in [0, base * 2^(n-1)], capped.
+        let cap = min(p.maxIntervalMs, p.baseIntervalMs << UInt64(min(retriesDone - 1, 16)))
+        let delay = cap == 0 ? 0 : stream.cm.nextRandom() % (cap + 1)
+        if delay == 0 { startAttempt(); return true }
+        let t = retryTimer ?? Timer(worker.dispatcher) { [unowned self] in
+            if !stream.done && attempt == nil { startAttempt(); stream.cm.flushOutput() }
+        }
+        retryTimer = t
+        t.arm(ms: delay)
+        return true
+    }
+
+    /// The retry budget (Envoy's `retry_budget`): retries in flight on this worker's view of
+    /// the cluster stay under 20% of its active requests, with at least 3 allowed; and the
+    /// cluster's `max_retries` breaker when set.
+    private func takeRetrySlot() -> Bool {
+        guard let wc = cluster else { return false }
+        if holdsRetrySlot { return true }
+        let state = HttpWorkerState.of(worker)
+        let active = state.activeRequests(wc.snapshot.slot)
+        let budget = max(3, active / 5)
+        if state.retriesInFlight(wc.snapshot.slot) >= budget { return false }
+        if let max = wc.snapshot.config.maxRetries, !wc.snapshot.retries.tryAcquire(limit: max) { return false }
+        state.retryStarted(wc.snapshot.slot)
+        holdsRetrySlot = true
+        return true
+    }
+
+    private func releaseRetrySlot() {
+        guard holdsRetrySlot, let wc = cluster else { return }
+        holdsRetrySlot = false
+        HttpWorkerState.of(worker).retryEnded(wc.snapshot.slot)
+        if wc.snapshot.config.maxRetries != nil { wc.snapshot.retries.release() }
+    }
+
+    // MARK: - Timeouts
+
+    private func updateDeadline() {
+        var d: UInt64 = 0
+        if globalDeadline > 0 { d = globalDeadline }
+        if perTryDeadline > 0 && (d == 0 || perTryDeadline < d) { d = perTryDeadline }
+        stream.routeDeadlineMs = d
+        if d > 0 { stream.cm.armDeadline(d, if: true) }
+    }
+
+    /// The stream's deadline passed: the route timeout (504, UT) or the per-try timeout (a
+    /// retry when one is left, else 504).
+    func routeTimedOut() {
+        let now = monotonicMs()
+        guard let cstats else { return }
+        if globalDeadline > 0 && now >= globalDeadline {
+            worker.stats.inc(cstats.rqTimeout)
+            abandonUpstream()
+            stream.sendLocalReply(504, "upstream request timeout", flags: "UT")
+            return
+        }
+        if perTryDeadline > 0 && now >= perTryDeadline {
+            perTryDeadline = 0
+            worker.stats.inc(cstats.rqPerTryTimeout)
+            abandonUpstream()
+            if !stream.responseStarted && retry(on: nil) { updateDeadline(); return }
+            stream.sendLocalReply(504, "upstream request timeout", flags: "UT")
+            return
+        }
+        updateDeadline()
+    }
+
+    // MARK: - The end, flow control
+
+    /// Gives up the upstream side (local reply, reset, client gone): a queued request leaves
+    /// the queue; a request on a connection closes it (its response would be out of step).
+    func abandonUpstream() {
+        retryTimer?.cancel()
+        if let a = attempt {
+            attempt = nil
+            if let cstats { a.finished(worker.stats, cstats) }
+            a.cancel()
+        }
+        if pausedUpstream { pausedUpstream = false }
+        releaseRetrySlot()
+    }
+
+    func downstreamAboveHighWatermark() {
+        guard let c = attempt?.client, !pausedUpstream else { return }
+        pausedUpstream = true
+        c.readDisable()
+    }
+
+    func downstreamBelowLowWatermark() {
+        guard pausedUpstream else { return }
+        pausedUpstream = false
+        attempt?.client?.readEnable()
+    }
+
+    func upstreamAboveHighWatermark() {
+        if !pausedDownstream { pausedDownstream = true; stream.cm.connection.readDisable() }
+    }
+
+    func upstreamBelowLowWatermark() {
+        if pausedDownstream { pausedDownstream = false; stream.cm.connection.readEnable() }
+    }
+
+    // MARK: - Hash keys
+
+    private func computeHashKey(_ policies: [HashPolicy], _ h: HeaderMap) -> UInt64? {
+        for p in policies {
+            switch p {
+            case .header(let name):
+                if let i = h.indices(of: name).first { return h.withValue(i) { fnv1a64($0) } }
+            case .cookie(let name):
+                for i in h.indices(of: .cookie) {
+                    if let v = cookieValue(h.value(at: i), name) { return fnv1a64(Array(v.utf8)) }
+                }
+            case .sourceIp:
+                if let r = stream.cm.context.remote { return fnv1a64(r.ipBytes) }
+            }
+        }
+        return nil
+    }
+
+    private func cookieValue(_ header: String, _ name: String) -> String? {
+        for part in header.split(separator: ";") {
+            let kv = part.trimmingCharacters(in: " ")
+            if kv.hasPrefix(name + "=") { return String(kv.dropFirst(name.count + 1)) }
+        }
+        return nil
+    }
+}
+
+extension StringProtocol {
+    /// The text without leading and trailing `c`.
+    func trimmingCharacters(in c: Character) -> String {
+        var s = Substring(self)
+        while s.first == c { s.removeFirst() }
+        while s.last == c { s.removeLast() }
+        return String(s)
+    }
+}
+
+/// How an upstream exchange broke.
+enum UpstreamResetKind { case connectionTermination, protocolError }
+
+/// One try of a request on one host: waits in the host's pool, then rides a client.
+final class UpstreamAttempt {
+    unowned(unsafe) let router: Router
+    unowned(unsafe) let pool: HostPool
+    let cluster: WorkerCluster
+    let host: Int
+    private(set) var client: Http1Client?
+    var queued: PoolRequestID?
+    private let startMs = monotonicMs()
+    private var settled = false
+    private var gone = false
+
+    init(router: Router, pool: HostPool, cluster: WorkerCluster, host: Int) {
+        self.router = router; self.pool = pool; self.cluster = cluster; self.host = host
+    }
+
+    func attached(_ c: Http1Client) {
+        queued = nil
+        if gone { pool.pool.requestFinished(c.id); return }
+        client = c
+        router.attemptAttached(self, c)
+    }
+
+    func poolFailed(_ reason: PoolFailureReason) {
+        queued = nil
+        if gone { return }
+        router.attemptPoolFailed(self, reason)
+    }
+
+    func responseHeaders(_ h: HeaderMap, endStream: Bool) {
+        let status = h.first(.status).map { i in h.withValue(i) { v in v.reduce(0) { $0 * 10 + Int($1 &- 0x30) } } } ?? 502
+        router.attemptHeaders(self, h, status: status, endStream: endStream)
+    }
+
+    func responseData(_ d: Buffer, endStream: Bool) { router.attemptData(self, d, endStream: endStream) }
+    func responseTrailers(_ t: HeaderMap) { router.attemptTrailers(self, t) }
+
+    /// The client is done with this request (the response is whole): called before the last
+    /// piece is delivered.
+    func detach() {
+        client = nil
+        router.attemptComplete(self)
+    }
+
+    func upstreamReset(_ kind: UpstreamResetKind) {
+        client = nil
+        if gone { return }
+        router.attemptReset(self, kind)
+    }
+
+    func flushDownstream() { if !gone { router.stream.cm.flushOutput() } }
+
+    func upstreamAboveHighWatermark() { if !gone { router.upstreamAboveHighWatermark() } }
+    func upstreamBelowLowWatermark() { if !gone { router.upstreamBelowLowWatermark() } }
+
+    /// Stats of the try, once: `upstream_rq_time`.
+    func finished(_ slab: StatsSlab, _ stats: UpstreamRequestStats) {
+        if settled { return }
+        settled = true
+        slab.record(stats.rqTime, monotonicMs() &- startMs)
+    }
+
+    /// The router gave up on this try.
+    func cancel() {
+        gone = true
+        if let q = queued { queued = nil; pool.pool.cancel(q) }
+        if let c = client { client = nil; c.abandon() }
+    }
+}
