@@ -22,7 +22,8 @@ demo: release
 	./scripts/demo.sh
 
 ## Everything CI runs: unit tests, integration tests against the release binaries,
-## bounded fuzzing of the PROXY protocol parser and the config loader, and the
+## bounded fuzzing (PROXY protocol and ClientHello, config loader, HTTP/1.1 request and
+## response parsers), and the
 ## integration suite (fast subset) and unit tests again under ThreadSanitizer.
 test: deps unit integration fuzz tsan
 
@@ -46,6 +47,7 @@ tsan: deps
 	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan --product health-checker
 	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan --product lbtool
 	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan --product udp-proxy
+	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan --product http-proxy
 	PROXY_BIN_DIR=.build-tsan/debug PROXY_TSAN=1 $(PYTEST) -q -m "not heavy" Tests/IntegrationTests
 
 bench: release

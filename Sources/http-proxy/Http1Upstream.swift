@@ -140,6 +140,7 @@ final class HostPool: ConnectionPoolCallbacks {
     func poolClose(_ id: PoolConnectionID) {
         guard let c = client(id) else { return }
         clients[Int(id.slot)] = nil
+        worker.dispatcher.deferredRelease(c)  // it may be on the stack (Connection holds it unowned)
         c.closeQuietly()
     }
 
@@ -152,7 +153,10 @@ final class HostPool: ConnectionPoolCallbacks {
 
     /// A client's connection closed under the pool.
     func clientClosed(_ c: Http1Client) {
-        if client(c.id) === c { clients[Int(c.id.slot)] = nil }
+        if client(c.id) === c {
+            clients[Int(c.id.slot)] = nil
+            worker.dispatcher.deferredRelease(c)  // it is on the stack: freed after this event
+        }
         pool.connectionClosed(c.id)
     }
 }
@@ -200,10 +204,10 @@ final class Http1Client: ConnectionCallbacks {
         connectStartMs = monotonicMs()
         var tls: (TlsContext, TlsStats)?
         if let t = cs.config.tls { tls = (t.context, cs.stats.tls) }
-        let (conn, _) = Connection.connect(worker: worker, to: pool.address, bufferLimit: 1 << 20, callbacks: self, tls: tls,
-                                           clear: [], serverName: nil)
+        let (conn, err) = Connection.connect(worker: worker, to: pool.address, bufferLimit: 1 << 20, callbacks: self, tls: tls,
+                                             clear: [], serverName: nil)
         guard let conn else {
-            connectFailed(timeout: false)
+            connectFailed(timeout: false, local: isLocalConnectError(err))
             return
         }
         connection = conn
@@ -214,11 +218,11 @@ final class Http1Client: ConnectionCallbacks {
         t.arm(ms: cs.config.connectTimeoutMs)
     }
 
-    private func connectFailed(timeout: Bool) {
+    private func connectFailed(timeout: Bool, local: Bool = false) {
         guard !closed else { return }
         closed = true
         timer?.cancel()
-        cluster.hostConnectFailed(host, timeout: timeout)
+        cluster.hostConnectFailed(host, timeout: timeout, outlier: !local)
         cluster.hostClosed(host, worker.stats)
         if let c = connection { c.callbacks = nil; c.close(); connection = nil }
         pool.pool.connectFailed(id, timeout ? .timeout : .failed)

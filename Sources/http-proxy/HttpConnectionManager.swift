@@ -362,6 +362,8 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
             e.responseHeaders = s.responseHeaders
             for l in logs { l.log(e) }
         }
+        // The stream's own methods are usually on the stack here: it dies after this event.
+        worker.dispatcher.deferredRelease(s)
         stream = nil
     }
 

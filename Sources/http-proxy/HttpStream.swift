@@ -43,10 +43,18 @@ final class HttpStream {
     private(set) var encoders: [HttpEncoderFilter] = []
     let router: Router
 
-    // Decode-side iteration: the filter that stopped (index), what it holds back.
-    private var decodeStoppedAt = -1
-    private var decodeHeadersPending = false
+    // Decode-side iteration (Envoy's semantics): a filter that stops the headers still gets
+    // the body (the router forwards it as it comes); filters after it get neither until it
+    // continues, so the stream buffers the body for them meanwhile.
+    /// Filters that have seen the request headers (0...headersSeen-1).
+    private var headersSeen = 0
+    /// The filter holding the headers back, -1 when none.
+    private var headersStoppedAt = -1
+    /// The filter that asked for the body to be buffered (`stopIterationAndBuffer`), -1 when none.
+    private var dataStoppedAt = -1
+    /// Body held for the filters from `bufferFrom` on, and whether the stream's end is in it.
     private var decodeBuffer: Buffer?
+    private var bufferFrom = 0
     private var decodeEndPending = false
     private var decodeTrailersPending = false
     /// The request was fully received from the client (end of stream seen by the codec).
@@ -100,9 +108,9 @@ final class HttpStream {
         var i = start
         while i < decoders.count {
             if done { return }
-            if decoders[i].decodeHeaders(requestHeaders, endStream: endStream && decodeBuffer == nil && !decodeTrailersPending) == .stopIteration {
-                decodeStoppedAt = i
-                decodeHeadersPending = true
+            headersSeen = i + 1
+            if decoders[i].decodeHeaders(requestHeaders, endStream: endStream) == .stopIteration {
+                headersStoppedAt = i
                 return
             }
             i += 1
@@ -112,33 +120,35 @@ final class HttpStream {
     func decodeData(_ data: Buffer, endStream: Bool) {
         if endStream { requestComplete = true }
         info.bytesReceived &+= UInt64(data.count)
-        if decodeStoppedAt >= 0 {
-            bufferDecoded(data, endStream: endStream)
+        if dataStoppedAt >= 0 {
+            bufferDecoded(data, endStream: endStream, from: dataStoppedAt + 1)
             return
         }
         runDecodeData(data, from: 0, endStream: endStream)
     }
 
+    /// Body to the filters from `start` that have seen the headers; what is left for filters
+    /// that have not is buffered.
     private func runDecodeData(_ data: Buffer, from start: Int, endStream: Bool) {
         var i = start
-        while i < decoders.count {
+        while i < headersSeen {
             if done { return }
             switch decoders[i].decodeData(data, endStream: endStream) {
             case .continue: i += 1
             case .stopIterationAndBuffer:
-                decodeStoppedAt = i
-                bufferDecoded(data, endStream: endStream)
+                dataStoppedAt = i
+                bufferDecoded(data, endStream: endStream, from: i + 1)
                 return
             case .stopIterationNoBuffer:
-                decodeStoppedAt = i
-                if endStream { decodeEndPending = true }
                 return
             }
         }
+        if i < decoders.count && !done { bufferDecoded(data, endStream: endStream, from: i) }
     }
 
-    private func bufferDecoded(_ data: Buffer, endStream: Bool) {
+    private func bufferDecoded(_ data: Buffer, endStream: Bool, from: Int) {
         let b = decodeBuffer ?? Buffer(pool: worker.blocks)
+        if decodeBuffer == nil { bufferFrom = from }
         decodeBuffer = b
         b.moveAll(from: data)
         if endStream { decodeEndPending = true }
@@ -151,7 +161,7 @@ final class HttpStream {
     func decodeTrailers(_ trailers: HeaderMap) {
         requestComplete = true
         requestTrailers = trailers
-        if decodeStoppedAt >= 0 { decodeTrailersPending = true; return }
+        if dataStoppedAt >= 0 || headersStoppedAt >= 0 { decodeTrailersPending = true; return }
         runDecodeTrailers(from: 0)
     }
 
@@ -160,38 +170,36 @@ final class HttpStream {
         var i = start
         while i < decoders.count {
             if done { return }
-            if decoders[i].decodeTrailers(t) == .stopIteration { decodeStoppedAt = i; decodeTrailersPending = true; return }
+            if decoders[i].decodeTrailers(t) == .stopIteration { dataStoppedAt = i; decodeTrailersPending = true; return }
             i += 1
         }
     }
 
-    /// A filter that stopped the request resumes it: held headers, then buffered body and
-    /// trailers go to the filters after it.
+    /// A filter that stopped the request resumes it: held headers go on to the filters after
+    /// it, then the buffered body and trailers.
     func continueDecoding() {
-        guard decodeStoppedAt >= 0, !done else { return }
-        let from = decodeStoppedAt + 1
-        decodeStoppedAt = -1
-        if decodeHeadersPending {
-            decodeHeadersPending = false
+        guard !done else { return }
+        if headersStoppedAt >= 0 {
+            let from = headersStoppedAt + 1
+            headersStoppedAt = -1
             let end = requestComplete && decodeBuffer == nil && !decodeTrailersPending
             runDecodeHeaders(from: from, endStream: end)
-            if decodeStoppedAt >= 0 || done { return }
+            if headersStoppedAt >= 0 || done { return }
+        } else if dataStoppedAt >= 0 {
+            dataStoppedAt = -1
+        } else {
+            return
         }
         if let b = decodeBuffer {
             decodeBuffer = nil
             let end = decodeEndPending && !decodeTrailersPending
             decodeEndPending = false
-            runDecodeData(b, from: from, endStream: end)
-            if decodeStoppedAt >= 0 || done { return }
-        } else if decodeEndPending && !decodeTrailersPending {
-            decodeEndPending = false
-            let empty = Buffer(pool: worker.blocks)
-            runDecodeData(empty, from: from, endStream: true)
-            if decodeStoppedAt >= 0 || done { return }
+            runDecodeData(b, from: bufferFrom, endStream: end)
+            if dataStoppedAt >= 0 || headersStoppedAt >= 0 || done { return }
         }
         if decodeTrailersPending {
             decodeTrailersPending = false
-            runDecodeTrailers(from: from)
+            runDecodeTrailers(from: 0)
         }
     }
 

@@ -12,7 +12,10 @@ final class Router: HttpDecoderFilter {
     private var forward: ForwardAction?
     private var cluster: WorkerCluster?
     private var cstats: UpstreamRequestStats?
-    private(set) var attempt: UpstreamAttempt?
+    private(set) var attempt: UpstreamAttempt? {
+        // A dropped attempt is usually on the stack (its client is calling it): freed after this event.
+        didSet { if let old = oldValue, old !== attempt { stream.worker.dispatcher.deferredRelease(old) } }
+    }
     private var attempted: [Int] = []
     private var retriesLeft = 0
     private var retriesDone = 0

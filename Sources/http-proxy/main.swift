@@ -20,10 +20,13 @@ struct HttpProxyCommand: ParsableCommand {
     var timeout: String?
     @Option(help: "With --listen: retry a failed request this many times on another host (5xx, reset, connect failure).")
     var retries: Int?
+    @Option(help: "With --listen: close pooled upstream connections unused this long (default 1h).")
+    var upstreamIdleTimeout: String?
 
     func run() throws {
-        if common.config != nil && (!route.isEmpty || tlsCert != nil || tlsKey != nil || timeout != nil || retries != nil) {
-            throw ValidationError("--route, --tls-cert/--tls-key, --timeout and --retries go with --listen; with --config set them in the file")
+        if common.config != nil && (!route.isEmpty || tlsCert != nil || tlsKey != nil || timeout != nil || retries != nil
+                                    || upstreamIdleTimeout != nil) {
+            throw ValidationError("--route, --tls-cert/--tls-key, --timeout, --retries and --upstream-idle-timeout go with --listen; with --config set them in the file")
         }
         if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
         let routes: FlagRoutes
@@ -40,6 +43,7 @@ struct HttpProxyCommand: ParsableCommand {
                 routes.block(defaultCluster: hasUpstream ? cluster : nil, timeout: timeout, retries: retries)
             },
             listenerFlags: listenerFlags,
+            clusterFlags: upstreamIdleTimeout.map { [("http_protocol_options", JSON.object([("idle_timeout", .string($0))]))] } ?? [],
             makeFactory: { HttpProxyFactory(listener: $0, block: $1, clusters: $2, store: $3) })
         binary.flagClusters = routes.clusters
         Server.main(options: common, binary: binary)

@@ -542,3 +542,42 @@ private final class FakeOwner: ConnectionPoolCallbacks {
     #expect(pool.machine.isIdle)
     #expect(pool.machine.stats[.cxActive] == 0)
 }
+
+/// An owner that retries a failed request at once, inside `poolFail` (allowed re-entrancy).
+private final class RetryingOwner: ConnectionPoolCallbacks {
+    typealias Waiter = String
+    var log: [String] = []
+    weak var pool: ConnectionPool<RetryingOwner, PoolCounters>?
+
+    func poolConnect(_ id: PoolConnectionID) { log.append("connect \(id)") }
+    func poolClose(_ id: PoolConnectionID) { log.append("close \(id)") }
+    func poolAttach(_ waiter: String, to id: PoolConnectionID, exclusive: Bool) { log.append("attach \(waiter) \(id)") }
+    func poolFail(_ waiter: String, _ reason: PoolFailureReason) {
+        log.append("fail \(waiter)")
+        if !waiter.hasSuffix("-retry") { _ = pool?.checkout(waiter + "-retry") }
+    }
+}
+
+@Test func aRetryInsidePoolFailNeverTakesAnotherRequestsNews() {
+    // Two requests wait on one connect (capacity 2); it fails; the owner retries each inside
+    // poolFail. The retry may reuse a slot the same batch freed: each request must still hear
+    // its own failure once, and the retries must be attached when a connect succeeds (this
+    // crashed with "attach for a request with no waiter" when waiters were kept by slot).
+    let dispatcher = Dispatcher(name: "pool-test")
+    let owner = RetryingOwner()
+    let pool = ConnectionPool(dispatcher: dispatcher, config: PoolConfig(expectedCapacity: 2, idleTimeoutMs: 5000),
+                              stats: PoolCounters(), callbacks: owner)
+    owner.pool = pool
+    _ = pool.checkout("A")
+    _ = pool.checkout("B")
+    pool.connectFailed(cx(0), .failed)
+    let fails = owner.log.filter { $0.hasPrefix("fail") }.sorted()
+    #expect(fails == ["fail A", "fail B"])
+    let connects = owner.log.filter { $0.hasPrefix("connect") }
+    owner.log.removeAll()
+    for c in connects.dropFirst() {
+        let id = c.dropFirst("connect cx".count).split(separator: ".")
+        pool.connected(PoolConnectionID(slot: Int32(id[0])!, generation: UInt32(id[1])!), capacity: 2)
+    }
+    #expect(owner.log.filter { $0.hasPrefix("attach") }.map { $0.split(separator: " ")[1] }.sorted() == ["A-retry", "B-retry"])
+}

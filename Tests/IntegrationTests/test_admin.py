@@ -4,6 +4,7 @@ when the admin endpoint is not on loopback, and drained listeners stay drained a
 import json
 import signal
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -76,6 +77,9 @@ def test_drained_listeners_stay_drained_across_sighup():
             with pytest.raises(urllib.error.HTTPError) as e:
                 p.get("/ready")
             assert e.value.code == 503
+            # The ready file says no listener is bound any more, before any reload.
+            ready = wait_for(lambda: (r := p.reread_ready()) and r["listeners"] == {} and r, what="ready file after drain")
+            assert ready["generation"] == 1
             held.sendall(b"still")
             assert recv_exact(held, 5) == b"still"
             held.close()
@@ -93,3 +97,25 @@ clusters:""", 1))
             assert ready["listeners"] == {}
             assert port_refuses(addr)
             assert p.proc.poll() is None
+
+
+def test_hostile_admin_queries_get_answers_not_crashes():
+    # Review of issue 8: "/stats?=" trapped on an empty key/value split (SIGILL), and a
+    # back-referencing filter froze the main thread for seconds (glibc ERE backtracks).
+    with Server(echo_handler) as up:
+        with Proxy("tcp-proxy", config=tcp_config([up.endpoint])) as p:
+            for q in ["/stats?=", "/ready?=", "/stats?&=&", "/stats?a==b", "/stats?%", "/clusters?=&=", "/stats?filter="]:
+                try:
+                    code = p.get(q)[0]
+                except urllib.error.HTTPError as e:
+                    code = e.code
+                assert code in (200, 400), q
+            with pytest.raises(urllib.error.HTTPError) as e:
+                p.get("/stats?filter=" + urllib.parse.quote("(.*)(.*)(.*)\\3\\2\\1zz"))
+            assert e.value.code == 400
+            with pytest.raises(urllib.error.HTTPError) as e:
+                p.get("/stats?filter=" + "a" * 300)
+            assert e.value.code == 400
+            assert p.get("/stats?filter=" + urllib.parse.quote("^server\\.live$"))[1].strip() == "server.live: 1"
+            assert p.proc.poll() is None
+            assert echo_once(p.addr()) == b"ping"

@@ -79,10 +79,7 @@ final class AdminServer {
         var query: [String: String] = [:]
         if let q = uri.firstIndex(of: "?") {
             path = String(uri[..<q])
-            for pair in uri[uri.index(after: q)...].split(separator: "&") {
-                let kv = pair.split(separator: "=", maxSplits: 1)
-                query[percentDecode(String(kv[0]))] = kv.count > 1 ? percentDecode(String(kv[1])) : ""
-            }
+            query = AdminServer.parseQuery(uri[uri.index(after: q)...])
         }
         let (code, type, body): (Int, String, String)
         if isPost && AdminServer.isCrossSite(req) {
@@ -108,6 +105,18 @@ final class AdminServer {
 
     /// Whether a request carries a browser's marks of coming from another site (see the type's
     /// comment): any `Origin`, or `Sec-Fetch-Site` other than `same-origin` and `none`.
+    /// `a=1&b&=c&d=` → ["a": "1", "b": "", "": "c", "d": ""]: every piece kept, nothing trusted
+    /// (an empty pair once split to nothing and trapped on `kv[0]`).
+    static func parseQuery(_ q: Substring) -> [String: String] {
+        var query: [String: String] = [:]
+        for pair in q.split(separator: "&") {
+            let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard let k = kv.first else { continue }
+            query[percentDecode(String(k))] = kv.count > 1 ? percentDecode(String(kv[1])) : ""
+        }
+        return query
+    }
+
     static func isCrossSite(_ req: OpaquePointer) -> Bool {
         let headers = evhttp_request_get_input_headers(req)
         if evhttp_find_header(headers, "Origin") != nil { return true }

@@ -3,13 +3,23 @@ import Glibc
 /// Renders a stats snapshot as Envoy does: text, JSON, Prometheus. Per-host stats live with
 /// their hosts (`HostStats`) and are shown by /clusters, not here.
 enum StatsFormat {
-    /// A POSIX extended regex filter (Envoy's `?filter=`).
+    /// A POSIX extended regex filter (Envoy's `?filter=`). The admin thread is the main
+    /// thread: a pattern that backtracks (glibc accepts back-references, `\1`, in ERE) could
+    /// freeze checks, reloads and drain, so back-references and long or deeply repeated
+    /// patterns are refused (400).
     final class Filter {
         private var re = regex_t()
+        private var compiled = false
+        static let maxLength = 256
         init?(_ pattern: String) {
+            let b = Array(pattern.utf8)
+            if b.count > Filter.maxLength { return nil }
+            for i in b.indices.dropLast() where b[i] == 0x5C && b[i + 1] >= 0x30 && b[i + 1] <= 0x39 { return nil }
+            if b.filter({ $0 == 0x2A || $0 == 0x2B || $0 == 0x7B }).count > 8 { return nil }
             if regcomp(&re, pattern, REG_EXTENDED | REG_NOSUB) != 0 { return nil }
+            compiled = true
         }
-        deinit { regfree(&re) }
+        deinit { if compiled { regfree(&re) } }
         func matches(_ s: String) -> Bool { regexec(&re, s, 0, nil, 0) == 0 }
     }
 

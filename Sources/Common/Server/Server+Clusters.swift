@@ -169,7 +169,8 @@ extension Server {
         } catch {
             // Keep the last good set: a half-written or broken file never empties a cluster.
             store.mainSlab.inc(rt.stats.updateFailure)
-            logger.error("endpoints file rejected, keeping the last good set: \(error)")
+            // A parser's message may quote the offending line: of a one-line 7 MB file, all of it.
+            logger.error("endpoints file rejected, keeping the last good set: \(clipped(error.description, 300))")
         }
     }
 
@@ -232,4 +233,9 @@ final class ClusterRuntime {
     init(config: ClusterConfig, endpoints: [EndpointConfig], stats: ClusterDiscoveryStats) {
         self.config = config; self.endpoints = endpoints; self.stats = stats
     }
+}
+
+/// `s` cut to at most `max` characters, marked when cut (log lines from untrusted input).
+func clipped(_ s: String, _ max: Int) -> String {
+    s.count <= max ? s : String(s.prefix(max)) + "... (\(s.utf8.count) bytes)"
 }

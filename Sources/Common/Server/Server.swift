@@ -288,6 +288,7 @@ public final class Server {
         for (_, b) in bound { b.exact?.stop() }
         bound.removeAll()
         for h in workerHandles { h.post { w in w.stopListening(); if drainSessions { w.drain() } } }
+        writeReadyFile()  // its `listeners` is now empty (docs/config.md)
     }
 
     func checkDrain() {

@@ -38,7 +38,10 @@ public final class ConnectionPool<Callbacks: ConnectionPoolCallbacks, Stats: Poo
     /// An action loop is running further up the stack.
     private var running = false
     /// Waiters of queued requests, by request slot.
-    private var waiters: [Callbacks.Waiter?] = []
+    /// Keyed by the full id, not the slot: a batch may free a slot and the owner's retry (run
+    /// inside an earlier action of the same batch) may get it back before the batch names the
+    /// old request; by slot alone the old request's news went to the new one (review of issue 8).
+    private var waiters: [PoolRequestID: Callbacks.Waiter] = [:]
     /// Idle timers by connection slot (created once per slot), and the generation each was armed for.
     private var timers: [Timer?] = []
     private var timerGenerations: [UInt32] = []
@@ -59,11 +62,7 @@ public final class ConnectionPool<Callbacks: ConnectionPoolCallbacks, Stats: Poo
     /// returns, when a connect fails at once); `cancel` withdraws it. `.failed`: refused now.
     public func checkout(_ waiter: Callbacks.Waiter, exclusive: Bool = false) -> PoolCheckoutResult {
         let result = machine.checkout(exclusive: exclusive, nowMs: monotonicMs(), into: &actions)
-        if case .queued(let r) = result {
-            let slot = Int(r.slot)
-            while waiters.count <= slot { waiters.append(nil) }
-            waiters[slot] = waiter
-        }
+        if case .queued(let r) = result { waiters[r] = waiter }
         run()
         return result
     }
@@ -72,7 +71,7 @@ public final class ConnectionPool<Callbacks: ConnectionPoolCallbacks, Stats: Poo
     @discardableResult
     public func cancel(_ id: PoolRequestID) -> Bool {
         guard machine.cancel(id) else { return false }
-        waiters[Int(id.slot)] = nil
+        waiters[id] = nil
         return true
     }
 
@@ -153,13 +152,7 @@ public final class ConnectionPool<Callbacks: ConnectionPoolCallbacks, Stats: Poo
         running = false
     }
 
-    private func takeWaiter(_ r: PoolRequestID) -> Callbacks.Waiter? {
-        let slot = Int(r.slot)
-        guard slot < waiters.count else { return nil }
-        let w = waiters[slot]
-        waiters[slot] = nil
-        return w
-    }
+    private func takeWaiter(_ r: PoolRequestID) -> Callbacks.Waiter? { waiters.removeValue(forKey: r) }
 
     private func armTimer(_ c: PoolConnectionID, ms: UInt64) {
         let slot = Int(c.slot)

@@ -1,3 +1,4 @@
+import Glibc
 /// Opens one upstream connection for one downstream (or, later, for a pool): the shared upstream
 /// path of every binary (Envoy's upstream connect in tcp_proxy and its connection pools).
 ///
@@ -153,7 +154,8 @@ public final class HostConnector: ConnectionCallbacks {
     /// The attempt on `host` failed (every attempt has a host: it is set before connecting).
     private func failed(errno: Int32, timeout: Bool) {
         let cs = cluster.snapshot
-        cluster.hostConnectFailed(host, timeout: timeout)
+        // Out of descriptors or ports is this process's trouble, not the host's: no outlier strike.
+        cluster.hostConnectFailed(host, timeout: timeout, outlier: !isLocalConnectError(errno))
         if let c = connection { c.callbacks = nil; c.close(); connection = nil }
         releaseHost()
         if !callbacks.upstreamStillWanted { return giveUp("DC") }  // the client left: no retry, nothing exceeded
@@ -218,4 +220,10 @@ public protocol HostConnectorCallbacks: AnyObject {
     func onUpstreamFailed(flags: String)
     /// False once the downstream went away: no retry is started for nobody.
     var upstreamStillWanted: Bool { get }
+}
+
+/// Errors of `socket()`/`connect()` that say this process or machine is out of something
+/// (descriptors, buffers, local ports), not that the host failed: they must not eject hosts.
+public func isLocalConnectError(_ e: Int32) -> Bool {
+    e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM || e == EADDRNOTAVAIL || e == EAGAIN
 }

@@ -1,0 +1,392 @@
+"""http-proxy (HTTP/1.1) against real clients (curl, Python's http.client, raw sockets) and
+real origins (Python's http.server; raw-socket upstreams for broken ones)."""
+
+import hashlib
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import threading
+
+import pytest
+from harness import Proxy, Server, connect, wait_for
+from http_peers import Origin, pattern, read_response
+
+IDLE = ["--upstream-idle-timeout", "1s"]  # pooled connections close before the leak check
+
+
+def proxy_for(*origins, args=()):
+    ups = ",".join(o.endpoint for o in origins)
+    return Proxy("http-proxy", args=["--listen", "127.0.0.1:0", "--upstream", ups, "--workers", "1",
+                                     "--admin", "127.0.0.1:0", *IDLE, *args])
+
+
+def http_config(http_block, clusters):
+    """A one-listener config: `http_block` (YAML lines under `http:`, 6 spaces in) and
+    `clusters` ({name: endpoint}), each pool closing idle connections after 1s."""
+    cl = "".join(f"""  - name: {n}
+    endpoints: [{e}]
+    http_protocol_options: {{ idle_timeout: 1s }}
+""" for n, e in clusters.items())
+    return f"""admin: {{ address: 127.0.0.1:0 }}
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    http:
+{http_block}
+clusters:
+{cl}"""
+
+
+def client(p):
+    host, port = p.addr()
+    return http.client.HTTPConnection(host, port, timeout=10)
+
+
+def hp(p):
+    """The proxy's listener as host:port."""
+    host, port = p.addr()
+    return f"{host}:{port}"
+
+
+def curl(*args):
+    r = subprocess.run(["curl", "-sS", "--max-time", "20", *args], capture_output=True, timeout=30)
+    return r.returncode, r.stdout, r.stderr.decode()
+
+
+def test_get_head_post_bodies_arrive_byte_exact():
+    with Origin() as o, proxy_for(o) as p:
+        c = client(p)
+        # A 1 MiB download (Content-Length), then a chunked one with trailers, on one connection.
+        c.request("GET", "/size/1048576")
+        r = c.getresponse()
+        assert r.status == 200 and r.read() == pattern(1048576)
+        c.request("GET", "/chunked/300000?trailers")
+        r = c.getresponse()
+        assert r.getheader("transfer-encoding") == "chunked" and r.read() == pattern(300000)
+        c.request("HEAD", "/size/5000")
+        r = c.getresponse()
+        assert r.status == 200 and r.getheader("content-length") == "5000" and r.read() == b""
+        # Uploads: Content-Length and chunked, checked at the origin.
+        body = pattern(1048576, seed=3)
+        c.request("POST", "/echo", body=body, headers={"Content-Type": "application/octet-stream"})
+        info = json.loads(c.getresponse().read())
+        assert info["body_len"] == len(body) and info["body_sha256"] == hashlib.sha256(body).hexdigest()
+        assert not info["chunked"]
+        c.request("PUT", "/echo", body=iter([body[:100000], body[100000:]]), encode_chunked=True)
+        info = json.loads(c.getresponse().read())
+        assert info["chunked"] and info["body_sha256"] == hashlib.sha256(body).hexdigest()
+        c.close()
+        assert p.stat("http.main.downstream_rq_2xx") == 5
+        # curl too, with its own framing.
+        rc, out, err = curl("-X", "POST", "--data-binary", "@-", f"http://{hp(p)}/echo")
+        assert rc == 0, err
+
+
+def test_trailers_and_chunked_download_reach_curl():
+    with Origin() as o, proxy_for(o) as p:
+        rc, out, err = curl("-D", "-", "--raw", f"http://{hp(p)}/chunked/50000?trailers")
+        assert rc == 0, err
+        assert b"x-checksum: " + hashlib.sha256(pattern(50000)).hexdigest().encode() in out.lower()
+
+
+def test_keep_alive_hundred_requests_reuse_one_upstream_connection():
+    with Origin() as o, proxy_for(o) as p:
+        c = client(p)
+        for i in range(100):
+            c.request("GET", f"/n/{i}")
+            r = c.getresponse()
+            assert r.status == 200 and json.loads(r.read())["path"] == f"/n/{i}"
+        c.close()
+        assert p.stat("http.main.downstream_cx_total") == 1
+        assert p.stat("cluster.upstream.upstream_cx_total") == 1
+        assert p.stat("cluster.upstream.upstream_rq_total") == 100
+
+
+def test_pipelined_requests_are_answered_in_order():
+    with Origin() as o, proxy_for(o) as p:
+        s = connect(p.addr())
+        s.sendall(b"".join(b"GET /p/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(10)))
+        f = s.makefile("rb")
+        paths = [json.loads(read_response(f)[2])["path"] for _ in range(10)]
+        assert paths == [f"/p/{i}" for i in range(10)]
+        f.close()
+        s.close()
+
+
+def test_expect_100_continue_gets_continue_then_the_response():
+    with Origin() as o, proxy_for(o) as p:
+        s = connect(p.addr())
+        s.sendall(b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"HTTP/1.1 100")
+        assert f.readline() == b"\r\n"
+        s.sendall(b"hello")
+        status, _, body = read_response(f)
+        assert status == 200 and json.loads(body)["body_len"] == 5
+        assert "expect" not in json.loads(body)["headers"]
+        f.close()
+        s.close()
+
+
+def test_http10_client_gets_http10_answer_and_close():
+    with Origin() as o, proxy_for(o) as p:
+        s = connect(p.addr())
+        s.sendall(b"GET /x HTTP/1.0\r\n\r\n")
+        f = s.makefile("rb")
+        line = f.readline()
+        assert line.startswith(b"HTTP/1.0 200")
+        rest = f.read()  # the proxy closes after the response
+        assert b"connection: close" in rest.lower()
+        f.close()
+        s.close()
+
+
+def test_hop_by_hop_headers_are_removed_and_forwarding_headers_added():
+    with Origin() as o, proxy_for(o) as p:
+        s = connect(p.addr())
+        s.sendall(b"GET /h HTTP/1.1\r\nHost: example\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n"
+                  b"Keep-Alive: timeout=5\r\nTE: trailers\r\nX-Forwarded-For: 10.1.1.1\r\nX-Request-Id: abc-123\r\n\r\n")
+        status, headers, body = read_response(s)
+        h = json.loads(body)["headers"]
+        for gone in ("x-secret", "keep-alive", "te"):
+            assert gone not in h, gone
+        assert h["host"] == "example"
+        assert h["x-forwarded-for"] == "10.1.1.1, 127.0.0.1"
+        assert h["x-forwarded-proto"] == "http"
+        # An external request id is replaced at the edge (use_remote_address, Envoy's default).
+        assert h["x-request-id"] != "abc-123" and len(h["x-request-id"]) == 36
+        s.close()
+
+
+# Each case: (request bytes, expected status, counter). The origin must never see a request.
+SMUGGLING = [
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG", 400,
+     "content_length_and_transfer_encoding"),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nContent-Length: 5\r\n\r\nhello!", 400, "conflicting_content_length"),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\nhello", 400, "invalid_content_length"),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400, "invalid_transfer_encoding"),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400, "whitespace_before_colon"),
+    (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "transfer_encoding_http10"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n", 400, "obs_fold"),
+    (b"GET / HTTP/1.1\r\n Host: x\r\n\r\n", 400, "whitespace_before_first_header"),
+    (b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n", 400, "bare_lf"),
+    (b"GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n", 400, "bare_cr"),
+    (b"GET / HTTP/1.1\r\nHost: x\x00\r\n\r\n", 400, "nul_byte"),
+    (b"GET / HTTP/1.1\r\n\r\n", 400, "missing_host"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "duplicate_host"),
+    (b"G\x01T / HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_method"),
+    (b"GET /a\x7fb HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_target"),
+    (b"GET / HTTP/3.0\r\nHost: x\r\n\r\n", 505, "unsupported_version"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431, "headers_too_large"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n", 431, "too_many_headers"),
+]
+
+
+@pytest.mark.parametrize("raw,status,counter", SMUGGLING, ids=[c for _, _, c in SMUGGLING])
+def test_ambiguous_or_malformed_requests_are_refused_and_never_forwarded(raw, status, counter):
+    with Origin() as o, proxy_for(o) as p:
+        s = connect(p.addr())
+        s.sendall(raw)
+        st, headers, _ = read_response(s)
+        assert st == status
+        assert headers.get("connection") == "close"
+        s.close()
+        assert p.stat(f"http.main.http1.{counter}") == 1
+        assert o.paths() == []
+        # Nothing lost for the next client.
+        rc, out, err = curl(f"http://{hp(p)}/after")
+        assert rc == 0 and json.loads(out)["path"] == "/after", err
+
+
+def test_malformed_chunk_mid_body_closes_without_a_second_request():
+    with Origin() as o, proxy_for(o) as p:
+        s = connect(p.addr())
+        # A chunk size with garbage, followed by what would be a smuggled request.
+        s.sendall(b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+                  b"zz\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.settimeout(10)
+        data = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+        s.close()
+        assert p.stat("http.main.http1.invalid_chunk_size") == 1
+        assert "/smuggled" not in o.paths()
+
+
+def garbage_upstream(c, server):
+    c.recv(65536)
+    c.sendall(b"HTTP/1.1 2OO OK\r\nContent-Length: 2\r\n\r\nhi")
+
+
+def truncating_upstream(c, server):
+    c.recv(65536)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000)
+    c.shutdown(socket.SHUT_RDWR)
+
+
+def truncating_chunked_upstream(c, server):
+    c.recv(65536)
+    c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n" + b"y" * 4096 + b"\r\n")
+    c.shutdown(socket.SHUT_RDWR)
+
+
+def test_garbage_status_line_from_upstream_is_a_502():
+    with Server(garbage_upstream) as up, proxy_for(up) as p:
+        s = connect(p.addr())
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            st, _, body = read_response(s)
+        except ConnectionError:
+            raise AssertionError(f"{p.stats()} {p.stderr()}")
+        assert st == 502 and b"2OO" not in body
+        s.close()
+        assert p.stat("cluster.upstream.http1.invalid_status_line") == 1
+
+
+@pytest.mark.parametrize("handler", [truncating_upstream, truncating_chunked_upstream], ids=["length", "chunked"])
+def test_truncated_upstream_body_is_never_delivered_as_complete(handler):
+    with Server(handler) as up, proxy_for(up) as p:
+        s = connect(p.addr())
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with pytest.raises(ConnectionError):
+            read_response(s)
+        s.close()
+        assert p.stat("http.main.rq_reset_after_downstream_response_started") == 1
+
+
+def test_direct_response_redirect_routes_and_virtual_hosts():
+    with Origin("api") as api, Origin("web") as web:
+        cfg = http_config("""      virtual_hosts:
+        - name: api
+          domains: [api.example.com]
+          routes:
+            - match: { prefix: /v1/ }
+              cluster: api
+              prefix_rewrite: /internal/
+            - match: { path: /ping }
+              direct_response: { status: 200, body: "pong" }
+        - name: rest
+          domains: ["*"]
+          routes:
+            - match: { prefix: /old/ }
+              redirect: { prefix_rewrite: /new/, response_code: 308 }
+            - match: { prefix: /, headers: [{ name: x-canary, exact: "1" }] }
+              cluster: api
+            - match: { prefix: / }
+              cluster: web""", {"api": api.endpoint, "web": web.endpoint})
+        with Proxy("http-proxy", config=cfg) as p:
+            base = f"http://{hp(p)}"
+            rc, out, _ = curl("-H", "Host: api.example.com", base + "/v1/users?id=3")
+            assert json.loads(out)["origin"] == "api" and json.loads(out)["path"] == "/internal/users?id=3"
+            rc, out, _ = curl("-H", "Host: api.example.com", base + "/ping")
+            assert out == b"pong"
+            rc, out, _ = curl("-H", "Host: api.example.com", "-o", "/dev/null", "-w", "%{http_code}", base + "/nothing")
+            assert out == b"404"
+            rc, out, _ = curl("-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", base + "/old/page?q=1")
+            assert out.decode().startswith("308 ") and out.decode().endswith("/new/page?q=1")
+            rc, out, _ = curl("-H", "X-Canary: 1", base + "/x")
+            assert json.loads(out)["origin"] == "api"
+            rc, out, _ = curl(base + "/x")
+            assert json.loads(out)["origin"] == "web"
+            assert p.stat("http.main.no_route") == 1
+            assert p.stat("http.main.rq_redirect") == 1
+            assert p.stat("http.main.rq_direct_response") == 1
+
+
+def test_retry_on_503_gives_the_client_200_and_counts_the_retry():
+    with Origin("a") as o, proxy_for(o, args=["--retries", "1"]) as p:
+        rc, out, err = curl("-o", "/dev/null", "-w", "%{http_code}", f"http://{hp(p)}/flaky/1")
+        assert out == b"200", err
+        assert p.stat("cluster.upstream.upstream_rq_retry") == 1
+        assert p.stat("cluster.upstream.upstream_rq_503") == 1
+        assert p.stat("cluster.upstream.upstream_rq_200") == 1
+
+
+def test_connect_failure_gives_503_with_uf_and_nothing_stays_open():
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))
+    port = refused.getsockname()[1]
+    refused.close()
+    with Proxy("http-proxy", args=["--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{port}", "--workers", "1",
+                                   "--admin", "127.0.0.1:0"]) as p:
+        rc, out, _ = curl("-o", "/dev/null", "-w", "%{http_code}", f"http://{hp(p)}/")
+        assert out == b"503"
+        assert p.stat("cluster.upstream.upstream_cx_connect_fail") >= 1
+
+
+def slow_upstream(c, server):
+    c.recv(65536)
+    server.results.setdefault("ev", threading.Event()).wait(20)
+
+
+def test_route_timeout_gives_504():
+    with Server(slow_upstream) as up, proxy_for(up, args=["--timeout", "300ms"]) as p:
+        try:
+            rc, out, _ = curl("-o", "/dev/null", "-w", "%{http_code}", f"http://{hp(p)}/")
+            assert out == b"504"
+            assert p.stat("cluster.upstream.upstream_rq_timeout") == 1
+        finally:
+            up.results.setdefault("ev", threading.Event()).set()
+
+
+def test_slowloris_is_cut_at_the_headers_timeout():
+    with Origin() as o:
+        cfg = http_config("""      request_headers_timeout: 500ms
+      routes: [{ match: { prefix: / }, cluster: web }]""", {"web": o.endpoint})
+        with Proxy("http-proxy", config=cfg) as p:
+            s = connect(p.addr())
+            s.sendall(b"GET / HTTP/1.1\r\nHo")
+            # A byte at a time, never finishing: the proxy closes within the timeout.
+            s.settimeout(10)
+
+            def closed():
+                try:
+                    s.sendall(b"s")
+                    return s.recv(1, socket.MSG_DONTWAIT) == b""
+                except BlockingIOError:
+                    return False
+                except OSError:
+                    return True
+            wait_for(closed, timeout=10, interval=0.1, what="the headers timeout")
+            s.close()
+            assert p.stat("http.main.downstream_rq_header_timeout") == 1
+            assert o.paths() == []
+
+
+def test_health_check_filter_answers_and_fails_with_the_admin():
+    with Origin() as o:
+        cfg = http_config("""      http_filters: [{ name: health_check, path: /healthz }]
+      routes: [{ match: { prefix: / }, cluster: web }]""", {"web": o.endpoint})
+        with Proxy("http-proxy", config=cfg) as p:
+            code = lambda: curl("-o", "/dev/null", "-w", "%{http_code}", f"http://{hp(p)}/healthz")[1]
+            assert code() == b"200"
+            assert p.post("/healthcheck/fail")[0] == 200
+            assert code() == b"503"
+            assert p.post("/healthcheck/ok")[0] == 200
+            assert code() == b"200"
+            assert o.paths() == []
+
+
+def test_sigterm_drains_keep_alive_clients_with_connection_close():
+    with Origin() as o, proxy_for(o) as p:
+        s = connect(p.addr())
+        f = s.makefile("rb")
+        s.sendall(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(f)[0] == 200
+        # A request in flight when draining starts is answered with Connection: close.
+        p.allow_open_at_end("the proxy exits during the test")
+        s.sendall(b"GET /two HTTP/1.1\r\nHost: x\r\n")
+        p.signal(signal.SIGTERM)
+        s.sendall(b"\r\n")
+        st, headers, _ = read_response(f)
+        assert st == 200 and headers.get("connection") == "close"
+        assert f.read() == b""
+        f.close()
+        s.close()
+        assert p.wait(timeout=20) == 0
