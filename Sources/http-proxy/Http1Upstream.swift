@@ -187,13 +187,18 @@ final class Http1Client: ConnectionCallbacks {
     private var chunked: ChunkedDecoder?
     private var requestHead = false
     private var requestConnect = false
+    /// Response body pieces on their way to the attempt.
     private let scratch: Buffer
+    /// Request bytes being framed for the socket. Never `scratch`: a response's last piece may
+    /// still be there when the pool hands this connection the next request.
+    private let requestOut: Buffer
     /// The request was completely written (so the connection may be reused).
     private var requestSent = false
 
     init(pool: HostPool, id: PoolConnectionID, cluster: WorkerCluster, host: Int) {
         self.pool = pool; self.id = id; self.cluster = cluster; self.host = host
         scratch = Buffer(pool: pool.worker.blocks)
+        requestOut = Buffer(pool: pool.worker.blocks)
     }
 
     private var worker: Worker { pool.worker }
@@ -258,10 +263,10 @@ final class Http1Client: ConnectionCallbacks {
         // A body of unknown length goes chunked.
         if hasBody && !contentLength { headers.set(.transferEncoding, "chunked") }
         sendChunked = hasBody && !contentLength
-        Http1Encoder.writeRequestHead(headers, into: scratch)
+        Http1Encoder.writeRequestHead(headers, into: requestOut)
         if sendChunked { headers.remove(.transferEncoding) }
         if endStream { requestSent = true }
-        connection?.write(scratch, endStream: false)
+        connection?.write(requestOut, endStream: false)
     }
 
     private var sendChunked = false
@@ -271,12 +276,12 @@ final class Http1Client: ConnectionCallbacks {
         guard let c = connection, !requestSent else { data.release(); return }
         if sendChunked {
             if !data.isEmpty {
-                Http1Encoder.writeChunkHeader(data.count, into: scratch)
-                scratch.moveAll(from: data)
-                Http1Encoder.writeChunkEnd(into: scratch)
+                Http1Encoder.writeChunkHeader(data.count, into: requestOut)
+                requestOut.moveAll(from: data)
+                Http1Encoder.writeChunkEnd(into: requestOut)
             }
-            if endStream { Http1Encoder.writeLastChunk(trailers: nil, into: scratch) }
-            c.write(scratch, endStream: false)
+            if endStream { Http1Encoder.writeLastChunk(trailers: nil, into: requestOut) }
+            c.write(requestOut, endStream: false)
         } else {
             c.write(data, endStream: false)
         }
@@ -285,7 +290,7 @@ final class Http1Client: ConnectionCallbacks {
 
     func sendTrailers(_ t: HeaderMap) {
         guard let c = connection, !requestSent else { return }
-        if sendChunked { Http1Encoder.writeLastChunk(trailers: t, into: scratch); c.write(scratch, endStream: false) }
+        if sendChunked { Http1Encoder.writeLastChunk(trailers: t, into: requestOut); c.write(requestOut, endStream: false) }
         requestSent = true
     }
 

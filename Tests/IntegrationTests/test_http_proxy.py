@@ -390,3 +390,43 @@ def test_sigterm_drains_keep_alive_clients_with_connection_close():
         f.close()
         s.close()
         assert p.wait(timeout=20) == 0
+
+
+def test_concurrent_clients_sharing_few_pooled_connections_get_their_own_responses():
+    # More clients than upstream connections: requests queue in the pool and are handed a
+    # connection the moment the response before them completes. Each client checks that it got
+    # its own answer, byte-exact, and the origin sees only well-formed requests. (A response's
+    # last piece once shared a buffer with the next request's head: the origin got body bytes
+    # in front of a request line and answered 400.)
+    with Origin() as o:
+        cfg = http_config("""      routes: [{ match: { prefix: / }, cluster: web }]""", {"web": o.endpoint})
+        cfg = cfg.replace("    http_protocol_options:", "    circuit_breakers: { max_connections: 2 }\n    http_protocol_options:")
+        with Proxy("http-proxy", config=cfg) as p:
+            errors = []
+
+            def run(n):
+                try:
+                    c = client(p)
+                    for i in range(40):
+                        if i % 3 == 0:
+                            body = pattern(1000 + n * 37 + i, seed=n)
+                            c.request("POST", f"/echo/{n}/{i}", body=body)
+                            info = json.loads(c.getresponse().read())
+                            assert info["path"] == f"/echo/{n}/{i}" and info["body_sha256"] == hashlib.sha256(body).hexdigest()
+                        else:
+                            c.request("GET", f"/size/{128 + n}")
+                            r = c.getresponse()
+                            assert r.status == 200 and r.read() == pattern(128 + n), (n, i)
+                    c.close()
+                except Exception as e:  # reported below with the thread's number
+                    errors.append((n, repr(e)))
+
+            threads = [threading.Thread(target=run, args=(n,)) for n in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert errors == []
+            assert p.stat("cluster.web.upstream_rq_4xx") == 0
+            assert p.stat("cluster.web.upstream_cx_total") <= 4
+            assert p.stat("cluster.web.upstream_rq_pending_total") > 8
