@@ -38,16 +38,32 @@ final class HttpWorkerState: WorkerExtension {
         return s
     }
 
+    /// Per cluster slot: the cluster view the index below was built for, and its hosts' pools
+    /// by host index (an array index per request instead of hashing an address).
+    private var byIndex: [(view: ObjectIdentifier?, pools: [HostPool?])] = []
+
     /// The pool for host `host` of `cluster` (made on first use).
     func pool(_ cluster: WorkerCluster, host: Int, stats: UpstreamRequestStats) -> HostPool {
         let slot = cluster.snapshot.slot
-        let address = cluster.snapshot.hosts[host].address
-        if let p = pools[slot]?[address] {
+        while byIndex.count <= slot { byIndex.append((nil, [])) }
+        let view = ObjectIdentifier(cluster)
+        if byIndex[slot].view != view {
+            byIndex[slot] = (view, [HostPool?](repeating: nil, count: cluster.snapshot.hosts.count))
+        }
+        if let p = byIndex[slot].pools[host] {
             p.lastPick = (cluster, host)
             return p
         }
-        let p = HostPool(worker: worker, address: address, cluster: cluster, host: host, stats: stats)
-        pools[slot, default: [:]][address] = p
+        let address = cluster.snapshot.hosts[host].address
+        let p: HostPool
+        if let existing = pools[slot]?[address] {
+            existing.lastPick = (cluster, host)
+            p = existing
+        } else {
+            p = HostPool(worker: worker, address: address, cluster: cluster, host: host, stats: stats)
+            pools[slot, default: [:]][address] = p
+        }
+        byIndex[slot].pools[host] = p
         return p
     }
 
@@ -64,6 +80,7 @@ final class HttpWorkerState: WorkerExtension {
                 if pool.isIdle { keep.removeValue(forKey: address) }
             }
             pools[slot] = keep.isEmpty ? nil : keep
+            if slot < byIndex.count { byIndex[slot] = (nil, []) }  // rebuilt on the next pick
         }
     }
 }
@@ -360,9 +377,7 @@ final class Http1Client: ConnectionCallbacks {
                         return
                     }
                     headersDone = true
-                    for k in [KnownHeader.connection, .keepAlive, .proxyConnection, .transferEncoding, .te, .upgrade, .trailer] {
-                        h.remove(k)
-                    }
+                    h.removeHopByHop()
                     for t in head.connectionTokens { h.remove(t) }
                     switch head.framing {
                     case .length(let n): bodyLeft = n; chunked = nil

@@ -1,6 +1,8 @@
 import Common
 import Glibc
 
+private let xRequestIdName: StaticString = "x-request-id"
+
 /// The HTTP connection manager for one downstream HTTP/1.1 connection (Envoy's
 /// HttpConnectionManager with its HTTP/1 server codec): the terminal read filter.
 ///
@@ -51,9 +53,13 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     private var headersDeadline: UInt64 = 0
     private var requestDeadline: UInt64 = 0
 
+    /// The worker's http state (pools, random numbers), looked up once per connection.
+    unowned(unsafe) let workerState: HttpWorkerState
+
     init(factory: HttpProxyFactory, worker: Worker, connection: Connection, context: DownstreamContext) {
         self.factory = factory
         self.worker = worker
+        self.workerState = HttpWorkerState.of(worker)
         self.connection = connection
         self.context = context
         parser = Http1HeadParser(maxHeadBytes: factory.settings.maxRequestHeadersBytes, maxHeaders: factory.settings.maxHeadersCount)
@@ -135,9 +141,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         worker.stats.inc(stats.downstreamRqHttp1Total)
         worker.stats.inc(stats.downstreamRqActive)
         // RFC 9110 7.6.1: these describe this hop only.
-        for k in [KnownHeader.connection, .keepAlive, .proxyConnection, .transferEncoding, .te, .upgrade, .trailer, .http2Settings] {
-            headers.remove(k)
-        }
+        headers.removeHopByHop()
         for t in head.connectionTokens { headers.remove(t) }
         if head.expectContinue {
             headers.remove(.expect)
@@ -170,17 +174,12 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     private lazy var remoteIp: String? = context.remote?.host
 
     /// A random number from the worker's generator.
-    func nextRandom() -> UInt64 { HttpWorkerState.of(worker).rng.next() }
+    func nextRandom() -> UInt64 { workerState.rng.next() }
 
     /// X-Forwarded-For, X-Forwarded-Proto, X-Request-Id and Via (docs/http-proxy.md).
     private func addForwardingHeaders(_ h: HeaderMap) {
-        if settings.useRemoteAddress, let ip = remoteIp {
-            if let i = h.first(.xForwardedFor) {
-                let v = h.value(at: i)
-                h.set(.xForwardedFor, v.isEmpty ? ip : v + ", " + ip)
-            } else {
-                h.add(.xForwardedFor, ip)
-            }
+        if settings.useRemoteAddress, var ip = remoteIp {
+            ip.withUTF8 { h.appendToList(.xForwardedFor, UnsafeRawBufferPointer($0)) }
             h.set(.xForwardedProto, connection.tlsVersion != nil ? "https" : "http")
         } else if !h.has(.xForwardedProto) {
             h.add(.xForwardedProto, connection.tlsVersion != nil ? "https" : "http")
@@ -189,7 +188,10 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
             let keep = h.first(.xRequestId).map { i in
                 (settings.preserveExternalRequestId || !settings.useRemoteAddress) && h.withValue(i) { RequestId.isValid($0) }
             } ?? false
-            if !keep { h.set(.xRequestId, RequestId.generate(&HttpWorkerState.of(worker).rng)) }
+            if !keep {
+                h.remove(.xRequestId)
+                RequestId.generate(&workerState.rng) { h.add(UnsafeRawBufferPointer(start: xRequestIdName.utf8Start, count: xRequestIdName.utf8CodeUnitCount), $0) }
+            }
         }
         if let via = settings.via { h.add(.via, (head.minorVersion == 0 ? "1.0 " : "1.1 ") + via) }
     }

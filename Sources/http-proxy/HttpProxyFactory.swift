@@ -72,21 +72,30 @@ final class HttpProxyFactory: FilterFactory {
 
 /// `X-Request-Id` values: a UUID v4 made here, or a client's kept when it looks sane.
 enum RequestId {
-    /// A random UUID (version 4).
-    static func generate(_ rng: inout FastRandom) -> String {
-        let hex: [UInt8] = Array("0123456789abcdef".utf8)
-        var out = [UInt8](repeating: 0x2D, count: 36)
-        var a = rng.next(), b = rng.next()
-        var j = 0
-        for i in 0..<36 where i != 8 && i != 13 && i != 18 && i != 23 {
-            var nibble: UInt64
-            if j < 16 { nibble = a & 15; a >>= 4 } else { nibble = b & 15; b >>= 4 }
-            if i == 14 { nibble = 4 }  // version
-            if i == 19 { nibble = 8 | (nibble & 3) }  // variant
-            out[i] = hex[Int(nibble)]
-            j += 1
+    /// A random UUID (version 4), handed to `body` as bytes (no String per request).
+    static func generate(_ rng: inout FastRandom, _ body: (UnsafeRawBufferPointer) -> Void) {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 36) { out in
+            let hex: StaticString = "0123456789abcdef"
+            var a = rng.next(), b = rng.next()
+            var j = 0
+            for i in 0..<36 {
+                if i == 8 || i == 13 || i == 18 || i == 23 { out[i] = 0x2D; continue }
+                var nibble: UInt64
+                if j < 16 { nibble = a & 15; a >>= 4 } else { nibble = b & 15; b >>= 4 }
+                if i == 14 { nibble = 4 }  // version
+                if i == 19 { nibble = 8 | (nibble & 3) }  // variant
+                out[i] = hex.utf8Start[Int(nibble)]
+                j += 1
+            }
+            body(UnsafeRawBufferPointer(out))
         }
-        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// A random UUID (version 4) as a String (tests, logs).
+    static func generate(_ rng: inout FastRandom) -> String {
+        var s = ""
+        generate(&rng) { s = String(decoding: $0, as: UTF8.self) }
+        return s
     }
 
     /// 1 to 128 characters of letters, digits, `-`, `_`, `.`: anything else is replaced.

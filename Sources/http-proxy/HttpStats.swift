@@ -1,7 +1,7 @@
 import Common
 
 /// The connection manager's stats, `http.<stat_prefix>.*` (Envoy's names).
-struct HttpConnectionManagerStats: Sendable {
+final class HttpConnectionManagerStats: Sendable {
     let downstreamCxTotal: Counter
     let downstreamCxHttp1Total: Counter
     let downstreamCxActive: Gauge
@@ -70,7 +70,7 @@ struct HttpConnectionManagerStats: Sendable {
 
 /// Request-level stats of a cluster, `cluster.<name>.upstream_rq_*` (Envoy's names), resolved
 /// once per cluster per config generation.
-struct UpstreamRequestStats: Sendable {
+final class UpstreamRequestStats: Sendable {
     let rqCompleted: Counter
     /// `upstream_rq_1xx` ... `upstream_rq_5xx` by class.
     let rqByClass: [Counter]

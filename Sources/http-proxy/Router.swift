@@ -63,7 +63,8 @@ final class Router: HttpDecoderFilter {
             let scheme = h.value(.xForwardedProto) ?? "http"
             stream.sendLocalReply(rd.responseCode, "", flags: "", extraHeaders: [("location", r.redirectLocation(h, scheme: scheme))])
             return .stopIteration
-        case .forward(let f):
+        case .forward:
+            guard let f = r.forward else { return .stopIteration }
             forward = f
             let index = r.pickClusterIndex(random: stream.cm.nextRandom()) ?? 0
             cstats = factory.clusterStats[index]
@@ -73,7 +74,7 @@ final class Router: HttpDecoderFilter {
                 return .stopIteration
             }
             cluster = wc
-            HttpWorkerState.of(worker).requestStarted(wc.snapshot.slot)
+            stream.cm.workerState.requestStarted(wc.snapshot.slot)
             stream.info.clusterName = wc.snapshot.name
             for m in r.requestHeaderMutations { HeaderMutator.apply(m, to: h, stream: stream) }
             if let p = r.rewrittenPath(h) { h.set(.path, p) }
@@ -124,7 +125,7 @@ final class Router: HttpDecoderFilter {
 
     func onStreamDone() {
         abandonUpstream()
-        if let wc = cluster { HttpWorkerState.of(worker).requestEnded(wc.snapshot.slot) }
+        if let wc = cluster { stream.cm.workerState.requestEnded(wc.snapshot.slot) }
         if pausedDownstream { pausedDownstream = false; stream.cm.connection.readEnable() }
     }
 
@@ -140,7 +141,7 @@ final class Router: HttpDecoderFilter {
         let address = wc.snapshot.hosts[h].address
         stream.info.upstreamHost = address
         if case .auto = forward?.hostRewrite { stream.requestHeaders.set(.authority, address.description) }
-        let pool = HttpWorkerState.of(worker).pool(wc, host: h, stats: cstats)
+        let pool = stream.cm.workerState.pool(wc, host: h, stats: cstats)
         let a = UpstreamAttempt(router: self, pool: pool, cluster: wc, host: h)
         attempt = a
         if let p = retryPolicy, p.perTryTimeoutMs > 0 { perTryDeadline = monotonicMs() &+ p.perTryTimeoutMs }
@@ -299,7 +300,7 @@ final class Router: HttpDecoderFilter {
     private func takeRetrySlot() -> Bool {
         guard let wc = cluster else { return false }
         if holdsRetrySlot { return true }
-        let state = HttpWorkerState.of(worker)
+        let state = stream.cm.workerState
         let active = state.activeRequests(wc.snapshot.slot)
         let budget = max(3, active / 5)
         if state.retriesInFlight(wc.snapshot.slot) >= budget { return false }
@@ -312,7 +313,7 @@ final class Router: HttpDecoderFilter {
     private func releaseRetrySlot() {
         guard holdsRetrySlot, let wc = cluster else { return }
         holdsRetrySlot = false
-        HttpWorkerState.of(worker).retryEnded(wc.snapshot.slot)
+        stream.cm.workerState.retryEnded(wc.snapshot.slot)
         if wc.snapshot.config.maxRetries != nil { wc.snapshot.retries.release() }
     }
 

@@ -43,22 +43,25 @@ public enum KnownHeader: UInt8, CaseIterable, Sendable {
     /// A pseudo-header (`:method`, ...): never written as an HTTP/1.1 header line.
     public var isPseudo: Bool { rawValue <= KnownHeader.protocol.rawValue }
 
-    /// Names by length, for classifying a lowercase name with a length switch and one compare.
-    private static let byLength: [[KnownHeader]] = {
-        var t = [[KnownHeader]](repeating: [], count: 20)
-        for k in KnownHeader.allCases where k != .other { t[k.name.utf8.count].append(k) }
-        return t
-    }()
-    private static let nameBytes: [[UInt8]] = KnownHeader.allCases.map { Array($0.name.utf8) }
-
-    /// The known header `name` (already lowercase) is, or `.other`.
+    /// The known header `name` (already lowercase) is, or `.other`: a switch on the length and
+    /// one compare against a literal (no table behind a lazy global).
     @inline(__always)
     public static func classify(_ name: UnsafeRawBufferPointer) -> KnownHeader {
-        let n = name.count
-        if n >= byLength.count { return .other }
-        for k in byLength[n] {
-            let b = nameBytes[Int(k.rawValue)]
-            if b.withUnsafeBytes({ memcmp($0.baseAddress!, name.baseAddress!, n) }) == 0 { return k }
+        switch name.count {
+        case 2: if equalsLiteral(name, "te") { return .te }
+        case 3: if equalsLiteral(name, "via") { return .via }
+        case 4: if equalsLiteral(name, "host") { return .host }
+        case 5: if equalsLiteral(name, ":path") { return .path }
+        case 6: if equalsLiteral(name, "expect") { return .expect }; if equalsLiteral(name, "cookie") { return .cookie }
+        case 7: if equalsLiteral(name, ":method") { return .method }; if equalsLiteral(name, ":scheme") { return .scheme }; if equalsLiteral(name, ":status") { return .status }; if equalsLiteral(name, "trailer") { return .trailer }; if equalsLiteral(name, "upgrade") { return .upgrade }
+        case 9: if equalsLiteral(name, ":protocol") { return .protocol }
+        case 10: if equalsLiteral(name, ":authority") { return .authority }; if equalsLiteral(name, "connection") { return .connection }; if equalsLiteral(name, "keep-alive") { return .keepAlive }
+        case 12: if equalsLiteral(name, "x-request-id") { return .xRequestId }
+        case 14: if equalsLiteral(name, "content-length") { return .contentLength }; if equalsLiteral(name, "http2-settings") { return .http2Settings }
+        case 15: if equalsLiteral(name, "x-forwarded-for") { return .xForwardedFor }
+        case 16: if equalsLiteral(name, "proxy-connection") { return .proxyConnection }
+        case 17: if equalsLiteral(name, "transfer-encoding") { return .transferEncoding }; if equalsLiteral(name, "x-forwarded-proto") { return .xForwardedProto }
+        default: break
         }
         return .other
     }
@@ -86,7 +89,7 @@ public final class HeaderMap {
     /// In order of arrival or addition.
     public private(set) var entries: [HeaderEntry] = []
     /// First live entry per known header (index into `entries`), -1 when absent.
-    private var firstIndex = [Int32](repeating: -1, count: KnownHeader.allCases.count)
+    private var firstIndex = InlineArray<24, Int32>(repeating: -1)
     /// Bytes of live names and values (a limit check for header lists).
     public private(set) var byteCount = 0
     /// Live entries.
@@ -101,7 +104,7 @@ public final class HeaderMap {
     public func reset() {
         storage.removeAll(keepingCapacity: true)
         entries.removeAll(keepingCapacity: true)
-        for i in firstIndex.indices { firstIndex[i] = -1 }
+        for i in firstIndex.indices { firstIndex[i] = -1 }  // fixed size, no allocation
         byteCount = 0; count = 0
     }
 
@@ -183,6 +186,40 @@ public final class HeaderMap {
         while i < entries.count {
             if entries[i].known == k && !entries[i].removed { remove(at: i) }
             i += 1
+        }
+    }
+
+    /// Appends `", " + suffix` to the first `k` header's value (X-Forwarded-For), or adds the
+    /// header with `suffix` when absent: bytes only, no String.
+    public func appendToList(_ k: KnownHeader, _ suffix: UnsafeRawBufferPointer) {
+        guard let i = first(k) else {
+            let name = k.name
+            var n = name
+            n.withUTF8 { add(UnsafeRawBufferPointer($0), suffix) }
+            return
+        }
+        let e = entries[i]
+        let start = storage.count
+        storage.append(contentsOf: storage[Int(e.valueStart)..<Int(e.valueStart + e.valueLength)])
+        if e.valueLength > 0 { storage.append(0x2C); storage.append(0x20) }
+        storage.append(contentsOf: suffix)
+        let length = storage.count - start
+        // The entry keeps its place and name; only its value moves.
+        byteCount += length - Int(e.valueLength)
+        entries[i].valueStart = UInt32(start)
+        entries[i].valueLength = UInt32(length)
+    }
+
+    /// Removes the hop-by-hop headers of RFC 9110 7.6.1 (`connection`, `keep-alive`,
+    /// `proxy-connection`, `te`, `transfer-encoding`, `upgrade`, `trailer`, `http2-settings`):
+    /// one pass over the entries, no allocation. Names listed in `Connection` are the caller's.
+    public func removeHopByHop() {
+        for i in entries.indices where !entries[i].removed {
+            switch entries[i].known {
+            case .connection, .keepAlive, .proxyConnection, .te, .transferEncoding, .upgrade, .trailer, .http2Settings:
+                remove(at: i)
+            default: break
+            }
         }
     }
 

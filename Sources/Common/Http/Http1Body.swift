@@ -114,7 +114,7 @@ public struct ChunkedDecoder: Sendable {
             i += 1
             while i < l.count && (l[i] == 0x20 || l[i] == 0x09) { i += 1 }
             let ns = i
-            while i < l.count && HttpChars.token[Int(l[i])] { i += 1 }
+            while i < l.count && HttpChars.isToken(l[i]) { i += 1 }
             if i == ns { return .failure(.badChunkExtension) }
             var j = i
             while j < l.count && (l[j] == 0x20 || l[j] == 0x09) { j += 1 }
@@ -129,14 +129,14 @@ public struct ChunkedDecoder: Sendable {
                         if c == 0x22 { closed = true; i += 1; break }
                         if c == 0x5C {  // quoted-pair
                             i += 1
-                            if i >= l.count || !HttpChars.fieldValue[Int(l[i])] { return .failure(.badChunkExtension) }
-                        } else if !HttpChars.fieldValue[Int(c)] || c == 0x7F { return .failure(.badChunkExtension) }
+                            if i >= l.count || !HttpChars.isFieldValue(l[i]) { return .failure(.badChunkExtension) }
+                        } else if !HttpChars.isFieldValue(c) || c == 0x7F { return .failure(.badChunkExtension) }
                         i += 1
                     }
                     if !closed { return .failure(.badChunkExtension) }
                 } else {
                     let vs = i
-                    while i < l.count && HttpChars.token[Int(l[i])] { i += 1 }
+                    while i < l.count && HttpChars.isToken(l[i]) { i += 1 }
                     if i == vs { return .failure(.badChunkExtension) }
                 }
             }

@@ -100,31 +100,21 @@ public struct Http1Head: Sendable {
     public init() {}
 }
 
-/// Character classes of RFC 9110, one table lookup per byte.
+/// Character classes of RFC 9110 as arithmetic on constants: no table behind a lazy global
+/// (each access to one cost a `swift_once` check per byte in the profile).
 @usableFromInline enum HttpChars {
-    /// tchar: token characters.
-    @usableFromInline static let token: [Bool] = {
-        var t = [Bool](repeating: false, count: 256)
-        for c in UInt8(ascii: "0")...UInt8(ascii: "9") { t[Int(c)] = true }
-        for c in UInt8(ascii: "a")...UInt8(ascii: "z") { t[Int(c)] = true }
-        for c in UInt8(ascii: "A")...UInt8(ascii: "Z") { t[Int(c)] = true }
-        for c in "!#$%&'*+-.^_`|~".utf8 { t[Int(c)] = true }
-        return t
-    }()
+    /// tchar (token characters): a 128-bit set as two words.
+    @inline(__always) @usableFromInline static func isToken(_ c: UInt8) -> Bool {
+        if c < 64 { return (0x03ff_6cfa_0000_0000 as UInt64) >> UInt64(c) & 1 != 0 }
+        if c < 128 { return (0x57ff_ffff_c7ff_fffe as UInt64) >> UInt64(c - 64) & 1 != 0 }
+        return false
+    }
     /// field-vchar, SP and HTAB (obs-text included): what a field value may hold.
-    @usableFromInline static let fieldValue: [Bool] = {
-        var t = [Bool](repeating: false, count: 256)
-        for c in 0x21...0x7E { t[c] = true }
-        for c in 0x80...0xFF { t[c] = true }
-        t[0x20] = true; t[0x09] = true
-        return t
-    }()
+    @inline(__always) @usableFromInline static func isFieldValue(_ c: UInt8) -> Bool {
+        (c >= 0x20 && c != 0x7F) || c == 0x09
+    }
     /// What a request-target may hold: visible ASCII.
-    @usableFromInline static let target: [Bool] = {
-        var t = [Bool](repeating: false, count: 256)
-        for c in 0x21...0x7E { t[c] = true }
-        return t
-    }()
+    @inline(__always) @usableFromInline static func isTarget(_ c: UInt8) -> Bool { c &- 0x21 < 0x5E }
 }
 
 /// A strict HTTP/1.1 head parser (RFC 9112) that works in place on the connection's buffer.
@@ -227,14 +217,14 @@ public struct Http1HeadParser: Sendable {
         let n = b.count
         var i = 0
         // method
-        while i < n && HttpChars.token[Int(b[i])] { i += 1 }
+        while i < n && HttpChars.isToken(b[i]) { i += 1 }
         if i == 0 || i >= n { return .badMethod }
         if b[i] != 0x20 { return b[i] == 0x0D || b[i] == 0x09 ? .badRequestLine : .badMethod }
         let methodEnd = i
         i += 1
         // target
         let targetStart = i
-        while i < n && HttpChars.target[Int(b[i])] { i += 1 }
+        while i < n && HttpChars.isTarget(b[i]) { i += 1 }
         if i == targetStart || i >= n || b[i] != 0x20 { return i < n && b[i] == 0 ? .nul : .badTarget }
         let targetEnd = i
         i += 1
@@ -317,7 +307,7 @@ public struct Http1HeadParser: Sendable {
         // The reason phrase (may be empty, and the space before it may be missing).
         if b[i] == 0x20 {
             i += 1
-            while i < n && (HttpChars.fieldValue[Int(b[i])]) { i += 1 }
+            while i < n && (HttpChars.isFieldValue(b[i])) { i += 1 }
         }
         guard i + 1 < n, b[i] == 0x0D, b[i + 1] == 0x0A else { return b[i] == 0 ? .nul : .badStatusLine }
         let ss = headers.appendStorage(UnsafeRawBufferPointer(rebasing: b[(vEnd + 1)..<(vEnd + 4)]))
@@ -341,7 +331,7 @@ public struct Http1HeadParser: Sendable {
             lines += 1
             if lines > maxHeaders { return .tooManyHeaders }
             let nameStart = i
-            while i < n && HttpChars.token[Int(b[i])] { i += 1 }
+            while i < n && HttpChars.isToken(b[i]) { i += 1 }
             if i >= n { return .badHeaderName }
             if b[i] != 0x3A {
                 if b[i] == 0x20 || b[i] == 0x09 { return .whitespaceBeforeColon }
@@ -352,7 +342,7 @@ public struct Http1HeadParser: Sendable {
             i += 1
             while i < n && (b[i] == 0x20 || b[i] == 0x09) { i += 1 }
             let valueStart = i
-            while i < n && HttpChars.fieldValue[Int(b[i])] { i += 1 }
+            while i < n && HttpChars.isFieldValue(b[i]) { i += 1 }
             var valueEnd = i
             guard i + 1 < n else { return .badHeaderValue }
             if b[i] != 0x0D { return b[i] == 0 ? .nul : (b[i] == 0x0A ? .bareLF : .badHeaderValue) }

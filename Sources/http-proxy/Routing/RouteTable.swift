@@ -132,16 +132,16 @@ final class RouteEntry: Sendable {
          requestHeaders: HeaderMutation, responseHeaders: HeaderMutation,
          virtualHostRequestHeaders: HeaderMutation, virtualHostResponseHeaders: HeaderMutation) {
         self.name = name; self.virtualHostName = virtualHostName; self.match = match; self.action = action
+        if case .forward(let f) = action { forward = f } else { forward = nil }
         self.requestHeaders = requestHeaders
         self.responseHeaders = responseHeaders
         requestHeaderMutations = [requestHeaders, virtualHostRequestHeaders].filter { !$0.isEmpty }
         responseHeaderMutations = [responseHeaders, virtualHostResponseHeaders].filter { !$0.isEmpty }
     }
 
-    var forward: ForwardAction? {
-        if case .forward(let f) = action { return f }
-        return nil
-    }
+    /// The forward action, stored once (reading it out of `action` per request copied the
+    /// whole struct, with a retain per array in it).
+    let forward: ForwardAction?
 
     /// The cluster for one request: `random` (any 64-bit random) spread over the weights.
     /// An index into `RouteTable.clusterNames`, resolved by the factory to a slot once per
