@@ -430,3 +430,132 @@ def test_concurrent_clients_sharing_few_pooled_connections_get_their_own_respons
             assert p.stat("cluster.web.upstream_rq_4xx") == 0
             assert p.stat("cluster.web.upstream_cx_total") <= 4
             assert p.stat("cluster.web.upstream_rq_pending_total") > 8
+
+
+def test_wrk_and_h2load_h1_get_only_2xx():
+    with Origin() as o, proxy_for(o) as p:
+        r = subprocess.run(["wrk", "-t1", "-c8", "-d2s", f"http://{hp(p)}/size/128"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert "Non-2xx" not in r.stdout and "Socket errors" not in r.stdout, r.stdout
+        done = int(r.stdout.split(" requests in")[0].split()[-1])
+        assert done > 100
+        r = subprocess.run(["h2load", "--h1", "-n", "2000", "-c", "10", f"http://{hp(p)}/size/1000"],
+                           capture_output=True, text=True, timeout=60)
+        assert "2000 succeeded, 0 failed, 0 errored" in r.stdout, r.stdout
+        # Every request the tools sent was answered and counted (wrk's last in-flight ones too).
+        wait_for(lambda: p.stat("http.main.downstream_rq_2xx") == p.stat("http.main.downstream_rq_total"),
+                 what="every request answered 2xx")
+
+
+@pytest.mark.heavy
+def test_a_100_mib_download_arrives_byte_exact_with_bounded_memory():
+    size = 100 << 20
+    with Origin() as o, proxy_for(o) as p:
+        base = p.rss_kib()
+        s = connect(p.addr())
+        s.sendall(b"GET /size/%d HTTP/1.1\r\nHost: x\r\n\r\n" % size)
+        s.settimeout(30)
+        # Read nothing for a while: the origin keeps sending, the proxy must push back rather
+        # than buffer the body (flow control from the client's socket to the origin's).
+        peak = 0
+        deadline = __import__("time").monotonic() + 1.5
+        while __import__("time").monotonic() < deadline:
+            peak = max(peak, p.rss_kib())
+        f = s.makefile("rb")
+        status, headers, body = read_response(f, timeout=60)
+        f.close()
+        s.close()
+        assert status == 200 and len(body) == size
+        assert hashlib.sha256(body).digest() == hashlib.sha256(pattern(size)).digest()
+        peak = max(peak, p.rss_kib())
+        assert peak - base < 32 << 10, f"RSS grew {peak - base} KiB for a 100 MiB body"
+
+
+@pytest.mark.heavy
+def test_weighted_clusters_split_within_tolerance():
+    with Origin("a") as a, Origin("b") as b:
+        cfg = http_config("""      routes:
+        - match: { prefix: / }
+          weighted_clusters: [{ name: a, weight: 30 }, { name: b, weight: 70 }]""", {"a": a.endpoint, "b": b.endpoint})
+        with Proxy("http-proxy", config=cfg) as p:
+            r = subprocess.run(["h2load", "--h1", "-n", "10000", "-c", "8", f"http://{hp(p)}/w"],
+                               capture_output=True, text=True, timeout=120)
+            assert "10000 succeeded" in r.stdout, r.stdout
+            na, nb = len(a.paths()), len(b.paths())
+            assert na + nb == 10000
+            assert abs(na / 10000 - 0.30) < 0.03, (na, nb)
+
+
+def test_sighup_with_changed_routes_under_load_drops_nothing():
+    with Origin("a") as a:
+        cfg = http_config("""      routes: [{ match: { prefix: / }, cluster: a }]""", {"a": a.endpoint})
+        with Proxy("http-proxy", config=cfg) as p:
+            errors, done = [], [0]
+            stop = threading.Event()
+
+            def load():
+                c = client(p)
+                while not stop.is_set():
+                    try:
+                        c.request("GET", "/x")
+                        r = c.getresponse()
+                        body = r.read()
+                        if r.status != 200:
+                            errors.append((r.status, body))
+                        done[0] += 1
+                    except Exception as e:  # any failure is the test's failure
+                        errors.append(repr(e))
+                        c = client(p)
+                c.close()
+
+            threads = [threading.Thread(target=load) for _ in range(4)]
+            for t in threads:
+                t.start()
+            wait_for(lambda: done[0] > 200, timeout=30, what="load running")
+            with open(p.config_path, "w") as f:
+                f.write(cfg.replace("      routes: [{ match: { prefix: / }, cluster: a }]",
+                                    "      routes:\n        - match: { path: /new }\n          direct_response: { status: 200, body: new }\n"
+                                    "        - match: { prefix: / }\n          cluster: a"))
+            p.signal(signal.SIGHUP)
+            p.wait_stat("server.reload_success", lambda v: v == 1)
+            before = done[0]
+            wait_for(lambda: done[0] > before + 200, timeout=30, what="load after the reload")
+            stop.set()
+            for t in threads:
+                t.join(30)
+            assert errors == []
+            assert curl(f"http://{hp(p)}/new")[1] == b"new"
+
+
+@pytest.mark.heavy
+def test_ten_thousand_idle_keep_alive_connections_on_one_worker():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 20000
+    if hard < want:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {want}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    n = 10000
+    with Origin() as o, proxy_for(o) as p:
+        # One request first, so the pool's connection and the worker's tables exist.
+        assert curl(f"http://{hp(p)}/size/10")[0] == 0
+        base = p.rss_kib()
+        clients = []
+        try:
+            for i in range(n):
+                s = connect(p.addr())
+                s.sendall(b"GET /size/10 HTTP/1.1\r\nHost: x\r\n\r\n")
+                clients.append(s)
+                if len(clients) % 20 == 0:  # a few at a time: the origin's backlog is small
+                    for c in clients[-20:]:
+                        assert read_response(c.makefile("rb"))[0] == 200
+            p.wait_stat("http.main.downstream_cx_active", lambda v: v == n, timeout=60)
+            p.wait_stat("http.main.downstream_rq_completed", lambda v: v == n + 1, timeout=60)
+            per_conn = (p.rss_kib() - base) * 1024 / n
+            print(f"\nmemory per idle keep-alive HTTP/1.1 connection: {per_conn:.0f} bytes (RSS delta over {n})")
+            with open("/tmp/http-idle-conn-bytes.txt", "w") as f:
+                f.write(f"{per_conn:.0f}\n")
+            assert per_conn < 16384
+        finally:
+            for c in clients:
+                c.close()
