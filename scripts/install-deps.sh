@@ -41,4 +41,8 @@ fi
 if ! python3 -c "import grpc, grpc_health.v1.health" >/dev/null 2>&1; then
   python3 -m pip install -q grpcio grpcio-health-checking >/dev/null 2>&1
 fi
+# websockets: a real WebSocket client and server for http-proxy's Upgrade tests.
+if ! python3 -c "import websockets" >/dev/null 2>&1; then
+  python3 -m pip install -q websockets >/dev/null 2>&1
+fi
 echo "install-deps: ok"

@@ -204,6 +204,8 @@ final class Http1Client: ConnectionCallbacks {
     private var chunked: ChunkedDecoder?
     private var requestHead = false
     private var requestConnect = false
+    /// The request asked to upgrade the connection (WebSocket): a 101 makes it a tunnel.
+    private var requestUpgrade = false
     /// Response body pieces on their way to the attempt.
     private let scratch: Buffer
     /// Request bytes being framed for the socket. Never `scratch`: a response's last piece may
@@ -277,6 +279,7 @@ final class Http1Client: ConnectionCallbacks {
         parser.reset()
         requestHead = headers.first(.method).map { headers.valueEqualsIgnoringCase($0, "HEAD") } ?? false
         requestConnect = false
+        requestUpgrade = headers.has(.upgrade)
         // A body of unknown length goes chunked.
         if hasBody && !contentLength { headers.set(.transferEncoding, "chunked") }
         sendChunked = hasBody && !contentLength
@@ -371,9 +374,14 @@ final class Http1Client: ConnectionCallbacks {
                     parser.reset()
                     if head.status < 200 && head.status != 101 { continue }  // 100 Continue & co: not forwarded
                     if head.framing == .tunnel {
-                        // Upgrades and CONNECT are not proxied yet: the upstream agreed to
-                        // something the client cannot get.
-                        responseFailed(a, reset: false)
+                        // Only an upgrade the client asked for becomes a tunnel; a 101 nobody
+                        // asked for is the upstream's error.
+                        guard head.status == 101 && requestUpgrade && head.upgrade, let conn = connection else {
+                            worker.stats.inc(pool.stats.cxProtocolError)
+                            responseFailed(a, reset: false)
+                            return
+                        }
+                        becomeTunnel(a, h, conn)
                         return
                     }
                     headersDone = true
@@ -481,6 +489,25 @@ final class Http1Client: ConnectionCallbacks {
         }
         a.detach()
         deliver()
+    }
+
+    /// A 101: the connection leaves the pool for good and becomes one side of a relay owned by
+    /// the downstream's connection manager, which settles this host's accounting when the
+    /// tunnel ends (`UpstreamTunnel.release`). Bytes after the 101 stay in its read buffer.
+    private func becomeTunnel(_ a: UpstreamAttempt, _ h: HeaderMap, _ conn: Connection) {
+        let upgrade = h.first(.upgrade).map { h.value(at: $0) } ?? ""
+        h.removeHopByHop()
+        for t in head.connectionTokens { h.remove(t) }
+        h.add(.upgrade, upgrade)
+        h.add(.connection, "upgrade")
+        attempt = nil
+        connection = nil
+        closed = true
+        timer?.cancel()
+        conn.callbacks = nil
+        pool.clientClosed(self)
+        a.detach()
+        a.responseTunnel(h, UpstreamTunnel(connection: conn, cluster: cluster, host: host))
     }
 
     /// The upstream broke the exchange: a reset (closed early) or an invalid response.

@@ -16,7 +16,7 @@ private let xRequestIdName: StaticString = "x-request-id"
 /// response before them is complete (reading pauses when that buffer is full). Keep-alive
 /// follows the request (version, `Connection`), the response's framing and draining.
 /// One timer per connection serves every deadline (headers, request, idle, route timeout).
-final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSession {
+final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSession, RelayOwner {
     let factory: HttpProxyFactory
     unowned(unsafe) let worker: Worker
     let connection: Connection
@@ -141,8 +141,14 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         worker.stats.inc(stats.downstreamRqHttp1Total)
         worker.stats.inc(stats.downstreamRqActive)
         // RFC 9110 7.6.1: these describe this hop only.
+        // An upgrade request keeps its Upgrade header and says so to the upstream.
+        let upgrade = head.upgrade ? headers.first(.upgrade).map { headers.value(at: $0) } : nil
         headers.removeHopByHop()
         for t in head.connectionTokens { headers.remove(t) }
+        if let upgrade {
+            headers.add(.upgrade, upgrade)
+            headers.add(.connection, "upgrade")
+        }
         if head.expectContinue {
             headers.remove(.expect)
             if head.framing != .none {
@@ -154,6 +160,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         let s = HttpStream(cm: self, headers: headers, router: Router(factory: factory))
         s.router.stream = s
         s.info.protocolName = head.minorVersion == 0 ? "HTTP/1.0" : "HTTP/1.1"
+        s.isUpgrade = upgrade != nil
         stream = s
         switch head.framing {
         case .length(let n): bodyLeft = n; chunked = nil; requestBodyDone = false
@@ -252,6 +259,13 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
 
     func encodeHeaders(_ s: HttpStream, _ h: HeaderMap, endStream: Bool) {
         let status = s.info.responseCode
+        if s.tunnel != nil {
+            // The 101 as the upstream gave it (Upgrade and `Connection: upgrade` kept).
+            if let via = settings.via { h.add(.via, "1.1 " + via) }
+            Http1Encoder.writeResponseHead(h, status: status, minorVersion: head.minorVersion, into: out)
+            flushOutput()
+            return
+        }
         let isHead = s.requestHeaders.first(.method).map { s.requestHeaders.valueEqualsIgnoringCase($0, "HEAD") } ?? false
         responseNoBody = isHead || status == 204 || status == 304 || status < 200
         responseChunked = false
@@ -310,6 +324,12 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
 
     /// The stream's response is complete.
     func streamComplete(_ s: HttpStream) {
+        if let t = s.tunnel, s.isUpgrade, connection.state == .open {
+            s.tunnel = nil
+            settle(s)
+            startTunnel(t)
+            return
+        }
         settle(s)
         if !s.requestComplete { worker.stats.inc(stats.downstreamRqResponseBeforeRqComplete) }
         if !responseKeepAlive || !s.requestComplete || closing {
@@ -367,6 +387,35 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         // The stream's own methods are usually on the stack here: it dies after this event.
         worker.dispatcher.deferredRelease(s)
         stream = nil
+    }
+
+    // MARK: - Tunnels (Upgrade)
+
+    /// The relay that replaced HTTP on this connection after a 101, and its upstream side.
+    private var relay: Relay?
+    private var tunnelUpstream: UpstreamTunnel?
+
+    /// Both connections become a byte relay (Common's `Relay`): the client's bytes go to the
+    /// upstream as they are, and back. `stream_idle_timeout` bounds a silent tunnel.
+    private func startTunnel(_ t: UpstreamTunnel) {
+        worker.stats.inc(stats.downstreamCxUpgradesTotal)
+        worker.stats.inc(stats.downstreamCxUpgradesActive)
+        headersDeadline = 0
+        requestDeadline = 0
+        tunnelUpstream = t
+        let r = Relay(a: connection, b: t.connection, owner: self)
+        relay = r
+        if settings.streamIdleTimeoutMs > 0 { armDeadline(monotonicMs() &+ settings.streamIdleTimeoutMs, if: true) }
+        r.start()
+    }
+
+    func relayFinished(_ r: Relay) {
+        worker.stats.dec(stats.downstreamCxUpgradesActive)
+        tunnelUpstream?.release(worker.stats)
+        tunnelUpstream = nil
+        worker.dispatcher.deferredRelease(r)
+        relay = nil
+        finish()
     }
 
     // MARK: - Errors and closing
@@ -445,6 +494,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     }
 
     func forceClose() {
+        if let r = relay { r.close(); return }
         if let s = stream, !s.done { s.reset(flags: "") }
         closeConnection()
     }
@@ -482,6 +532,16 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         armedAt = 0
         if finished { return }
         let now = monotonicMs()
+        if let r = relay {
+            let d = r.lastActivityMs &+ settings.streamIdleTimeoutMs
+            if now >= d {
+                worker.stats.inc(stats.downstreamRqIdleTimeout)
+                r.close()
+            } else {
+                armDeadline(d, if: true)
+            }
+            return
+        }
         var next = UInt64.max
         func consider(_ d: UInt64) { if d > 0 && d < next { next = d } }
         if headersDeadline > 0 {

@@ -11,6 +11,8 @@ final class HttpConnectionManagerStats: Sendable {
     let downstreamCxProtocolError: Counter
     let downstreamCxIdleTimeout: Counter
     let downstreamCxDrainClose: Counter
+    let downstreamCxUpgradesTotal: Counter
+    let downstreamCxUpgradesActive: Gauge
     let downstreamRqTotal: Counter
     let downstreamRqHttp1Total: Counter
     let downstreamRqActive: Gauge
@@ -45,6 +47,8 @@ final class HttpConnectionManagerStats: Sendable {
         downstreamCxProtocolError = store.counter(p + "downstream_cx_protocol_error")
         downstreamCxIdleTimeout = store.counter(p + "downstream_cx_idle_timeout")
         downstreamCxDrainClose = store.counter(p + "downstream_cx_drain_close")
+        downstreamCxUpgradesTotal = store.counter(p + "downstream_cx_upgrades_total")
+        downstreamCxUpgradesActive = store.gauge(p + "downstream_cx_upgrades_active")
         downstreamRqTotal = store.counter(p + "downstream_rq_total")
         downstreamRqHttp1Total = store.counter(p + "downstream_rq_http1_total")
         downstreamRqActive = store.gauge(p + "downstream_rq_active")

@@ -75,6 +75,11 @@ final class HttpStream {
     private(set) var done = false
     /// The route `timeout` (0: none) the router armed, as a deadline on the CM's timer.
     var routeDeadlineMs: UInt64 = 0
+    /// Set when the upstream accepted an upgrade: after the 101, the connection manager turns
+    /// both connections into a relay.
+    var tunnel: UpstreamTunnel?
+    /// The client asked to upgrade (`Connection: upgrade` with `Upgrade`).
+    var isUpgrade = false
 
     init(cm: HttpConnectionManager, headers: HeaderMap, router: Router) {
         self.cm = cm
@@ -377,6 +382,7 @@ final class HttpStream {
     private func finish() {
         if done { return }
         done = true
+        if !responseComplete, let t = tunnel { tunnel = nil; t.release(worker.stats) }
         for d in decoders { d.onStreamDone() }
         decodeBuffer = nil
         encodeBuffer = nil

@@ -207,6 +207,15 @@ final class Router: HttpDecoderFilter {
         stream.encodeHeaders(h, endStream: endStream)
     }
 
+    /// The upstream agreed to the upgrade: the 101 goes to the client, then both connections
+    /// become a relay (the connection manager takes `t` over).
+    func attemptTunnel(_ a: UpstreamAttempt, _ h: HeaderMap, _ t: UpstreamTunnel) {
+        guard attempt === a, !stream.responseStarted else { t.release(nil); return }
+        if let r = route { for m in r.responseHeaderMutations { HeaderMutator.apply(m, to: h, stream: stream) } }
+        stream.tunnel = t
+        stream.encodeHeaders(h, endStream: true)
+    }
+
     func attemptData(_ a: UpstreamAttempt, _ data: Buffer, endStream: Bool) {
         guard attempt === a else { data.release(); return }
         stream.encodeData(data, endStream: endStream)
@@ -459,6 +468,10 @@ final class UpstreamAttempt {
     }
 
     func responseData(_ d: Buffer, endStream: Bool) { router.attemptData(self, d, endStream: endStream) }
+    func responseTunnel(_ h: HeaderMap, _ t: UpstreamTunnel) {
+        if gone { t.release(nil); return }
+        router.attemptTunnel(self, h, t)
+    }
     func responseTrailers(_ t: HeaderMap) { router.attemptTrailers(self, t) }
 
     /// The client is done with this request (the response is whole): called before the last
@@ -491,5 +504,27 @@ final class UpstreamAttempt {
         gone = true
         if let q = queued { queued = nil; pool.pool.cancel(q) }
         if let c = client { client = nil; c.abandon() }
+    }
+}
+
+/// An upstream connection that left its pool to carry a tunnel (after a 101), with the host
+/// accounting it still holds.
+final class UpstreamTunnel {
+    let connection: Connection
+    let cluster: WorkerCluster
+    let host: Int
+    private var released = false
+
+    init(connection: Connection, cluster: WorkerCluster, host: Int) {
+        self.connection = connection; self.cluster = cluster; self.host = host
+    }
+
+    /// The tunnel ended (or never started): closes the connection if still open and settles
+    /// the host's connection accounting, once. `slab`: the worker's (nil: the connection's own).
+    func release(_ slab: StatsSlab?) {
+        if released { return }
+        released = true
+        if connection.state != .closed { connection.callbacks = nil; connection.close() }
+        cluster.hostClosed(host, slab ?? connection.worker.stats)
     }
 }

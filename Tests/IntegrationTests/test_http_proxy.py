@@ -559,3 +559,60 @@ def test_ten_thousand_idle_keep_alive_connections_on_one_worker():
         finally:
             for c in clients:
                 c.close()
+
+
+def test_websocket_through_the_proxy_with_real_client_and_server():
+    # A real WebSocket server and client (the websockets package): after the 101 the proxy
+    # relays frames both ways; several connections at once, each writing and reading
+    # concurrently, repeated, then a clean close. The upgrade is counted and nothing stays open.
+    from websockets.sync.client import connect as ws_connect
+    from websockets.sync.server import serve
+
+    def echo(ws):
+        for msg in ws:
+            ws.send(msg)
+
+    with serve(echo, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.socket.getsockname()[1]
+        with Proxy("http-proxy", args=["--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{port}", "--workers", "1",
+                                       "--admin", "127.0.0.1:0", *IDLE]) as p:
+            errors = []
+
+            def run(n):
+                try:
+                    with ws_connect(f"ws://{hp(p)}/chat/{n}", open_timeout=10, close_timeout=10) as ws:
+                        got = []
+                        reader = threading.Thread(target=lambda: got.extend(ws.recv(timeout=20) for _ in range(50)))
+                        reader.start()
+                        sent = [pattern(1000 + 997 * i, seed=n * 100 + i) for i in range(50)]
+                        for m in sent:
+                            ws.send(m)
+                        reader.join(30)
+                        assert got == sent, f"stream {n}: {len(got)} of {len(sent)} echoed right"
+                except Exception as e:  # reported with the stream's number
+                    errors.append((n, repr(e)))
+
+            threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert errors == []
+            assert p.stat("http.main.downstream_cx_upgrades_total") == 4
+            wait_for(lambda: p.stat("http.main.downstream_cx_upgrades_active") == 0, what="tunnels closed")
+        server.shutdown()
+
+
+def unsolicited_101_upstream(c, server):
+    c.recv(65536)
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nxx")
+
+
+def test_an_upgrade_nobody_asked_for_is_a_502():
+    with Server(unsolicited_101_upstream) as up, proxy_for(up) as p:
+        s = connect(p.addr())
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        st, _, _ = read_response(s)
+        assert st == 502
+        s.close()
