@@ -480,6 +480,7 @@ final class Http1Client: ConnectionCallbacks {
     /// this very pool).
     private func complete(_ a: UpstreamAttempt, _ deliver: () -> Void) {
         attempt = nil
+        resumeReading()
         let reusable = head.keepAlive && requestSent && head.framing != .close && connection?.readBuffer.isEmpty != false
         if !reusable {
             if !head.keepAlive { worker.stats.inc(pool.stats.pool.counters[PoolCounter.cxCloseNotify.rawValue]) }
@@ -543,7 +544,18 @@ final class Http1Client: ConnectionCallbacks {
     func onAboveWriteBufferHighWatermark(_ c: Connection) { attempt?.upstreamAboveHighWatermark() }
     func onBelowWriteBufferLowWatermark(_ c: Connection) { attempt?.upstreamBelowLowWatermark() }
 
-    /// Pause or resume reading the response (the client is slow).
-    func readDisable() { connection?.readDisable() }
-    func readEnable() { connection?.readEnable() }
+    /// Pause or resume reading the response (the client is slow). Counted, so that the
+    /// connection never goes back to the pool still paused by a finished request.
+    private var pausedByAttempt = 0
+    func readDisable() {
+        guard let c = connection else { return }
+        pausedByAttempt += 1
+        c.readDisable()
+    }
+    func readEnable() {
+        guard pausedByAttempt > 0, let c = connection else { return }
+        pausedByAttempt -= 1
+        c.readEnable()
+    }
+    private func resumeReading() { while pausedByAttempt > 0 { readEnable() } }
 }

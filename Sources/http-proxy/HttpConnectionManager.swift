@@ -17,12 +17,17 @@ private let xRequestIdName: StaticString = "x-request-id"
 /// follows the request (version, `Connection`), the response's framing and draining.
 /// One timer per connection serves every deadline (headers, request, idle, route timeout).
 final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSession, RelayOwner {
-    let factory: HttpProxyFactory
+    /// The listener's factory (settings, route table, filters) of the newest config generation
+    /// this connection has seen: a reload changes it for the next request (`refreshFactory`).
+    private(set) var factory: HttpProxyFactory
     unowned(unsafe) let worker: Worker
     let connection: Connection
     var context: DownstreamContext
     private var settings: HttpSettings { factory.settings }
     private var stats: HttpConnectionManagerStats { factory.stats }
+    /// Connection gauges stay with the generation that counted them up (a reload may rename the
+    /// stat prefix).
+    private let cxStats: HttpConnectionManagerStats
 
     private var parser: Http1HeadParser
     /// The current request's head facts.
@@ -60,6 +65,9 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         self.factory = factory
         self.worker = worker
         self.workerState = HttpWorkerState.of(worker)
+        seenSnapshot = worker.snapshot.map { ObjectIdentifier($0) }
+        cxStats = factory.stats
+        chainIndex = context.listener.factories.firstIndex { ($0 as AnyObject) === factory } ?? 0
         self.connection = connection
         self.context = context
         parser = Http1HeadParser(maxHeadBytes: factory.settings.maxRequestHeadersBytes, maxHeaders: factory.settings.maxHeadersCount)
@@ -71,10 +79,10 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     // MARK: - ReadFilter
 
     func onNewConnection() -> FilterStatus {
-        worker.stats.inc(stats.downstreamCxTotal)
-        worker.stats.inc(stats.downstreamCxHttp1Total)
-        worker.stats.inc(stats.downstreamCxActive)
-        worker.stats.inc(stats.downstreamCxHttp1Active)
+        worker.stats.inc(cxStats.downstreamCxTotal)
+        worker.stats.inc(cxStats.downstreamCxHttp1Total)
+        worker.stats.inc(cxStats.downstreamCxActive)
+        worker.stats.inc(cxStats.downstreamCxHttp1Active)
         timer = Timer(worker.dispatcher) { [unowned self] in onTimer() }
         if worker.draining { draining = true }
         armDeadline(lastActivityMs &+ settings.idleTimeoutMs, if: settings.idleTimeoutMs > 0)
@@ -97,6 +105,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         while !closing && connection.state == .open {
             if stream == nil {
                 if buffer.isEmpty { break }
+                refreshFactory()
                 let headers = HeaderMap()
                 switch parser.parseRequest(buffer.readable, headers: headers, head: &head) {
                 case .incomplete:
@@ -133,6 +142,26 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
             }
         }
         if connection.readEOF && stream == nil && buffer.isEmpty && !closing { closeConnection() }
+    }
+
+    /// The worker's config snapshot last looked at, and this connection's filter chain in it.
+    private var seenSnapshot: ObjectIdentifier?
+    private let chainIndex: Int
+
+    /// Requests on a connection opened before a reload use the new route table, filters and
+    /// settings (Envoy's route config provider): one pointer compare per request, a lookup by
+    /// listener name only when the worker's snapshot changed. A listener the reload removed
+    /// keeps its old generation (its connections drain).
+    private func refreshFactory() {
+        guard let snap = worker.snapshot else { return }
+        let id = ObjectIdentifier(snap)
+        if id == seenSnapshot { return }
+        seenSnapshot = id
+        guard let r = snap.listeners[context.listener.name], chainIndex < r.factories.count,
+              let f = r.factories[chainIndex] as? HttpProxyFactory, f !== factory else { return }
+        factory = f
+        parser.maxHeadBytes = f.settings.maxRequestHeadersBytes
+        parser.maxHeaders = f.settings.maxHeadersCount
     }
 
     /// A request head arrived: hop-by-hop headers go, forwarding headers come, the stream starts.
@@ -270,8 +299,10 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         responseNoBody = isHead || status == 204 || status == 304 || status < 200
         responseChunked = false
         responseKeepAlive = head.keepAlive && !draining
-        // Hop-by-hop headers of the response (the upstream codec removed the upstream's).
+        // Hop-by-hop headers of the response (the upstream codec removed the upstream's), and
+        // a length on a response that can have no body (1xx, 204).
         h.remove(.connection); h.remove(.transferEncoding); h.remove(.keepAlive); h.remove(.proxyConnection)
+        if status < 200 || status == 204 { h.remove(.contentLength) }
         if !h.has(.contentLength) && !responseNoBody {
             if endStream {
                 h.add(.contentLength, "0")
@@ -398,8 +429,8 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     /// Both connections become a byte relay (Common's `Relay`): the client's bytes go to the
     /// upstream as they are, and back. `stream_idle_timeout` bounds a silent tunnel.
     private func startTunnel(_ t: UpstreamTunnel) {
-        worker.stats.inc(stats.downstreamCxUpgradesTotal)
-        worker.stats.inc(stats.downstreamCxUpgradesActive)
+        worker.stats.inc(cxStats.downstreamCxUpgradesTotal)
+        worker.stats.inc(cxStats.downstreamCxUpgradesActive)
         headersDeadline = 0
         requestDeadline = 0
         tunnelUpstream = t
@@ -410,7 +441,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     }
 
     func relayFinished(_ r: Relay) {
-        worker.stats.dec(stats.downstreamCxUpgradesActive)
+        worker.stats.dec(cxStats.downstreamCxUpgradesActive)
         tunnelUpstream?.release(worker.stats)
         tunnelUpstream = nil
         worker.dispatcher.deferredRelease(r)
@@ -507,10 +538,10 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         timer?.cancel()
         if let s = stream { s.downstreamReset(); settle(s) }
         let st = worker.stats
-        st.dec(stats.downstreamCxActive)
-        st.dec(stats.downstreamCxHttp1Active)
-        st.add(stats.downstreamCxRxBytesTotal, Int(connection.bytesRead))
-        st.add(stats.downstreamCxTxBytesTotal, Int(connection.bytesWritten))
+        st.dec(cxStats.downstreamCxActive)
+        st.dec(cxStats.downstreamCxHttp1Active)
+        st.add(cxStats.downstreamCxRxBytesTotal, Int(connection.bytesRead))
+        st.add(cxStats.downstreamCxTxBytesTotal, Int(connection.bytesWritten))
         connection.callbacks = nil
         if connection.state != .closed { connection.close() }
         worker.downstreamClosed(context)

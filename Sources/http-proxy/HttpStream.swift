@@ -166,17 +166,31 @@ final class HttpStream {
     func decodeTrailers(_ trailers: HeaderMap) {
         requestComplete = true
         requestTrailers = trailers
-        if dataStoppedAt >= 0 || headersStoppedAt >= 0 { decodeTrailersPending = true; return }
-        runDecodeTrailers(from: 0)
+        // Trailers go as far as the body went: to every filter that saw the headers (the router,
+        // which stopped them to forward them itself, included), or only up to the filters a
+        // buffered body waits for; the rest get them when iteration resumes.
+        let upTo = dataStoppedAt >= 0 || decodeBuffer != nil ? bufferFrom : headersSeen
+        runDecodeTrailers(from: 0, upTo: upTo)
     }
 
-    private func runDecodeTrailers(from start: Int) {
+    private var trailersFrom = 0
+
+    private func runDecodeTrailers(from start: Int, upTo: Int) {
         guard let t = requestTrailers else { return }
         var i = start
-        while i < decoders.count {
+        while i < upTo {
             if done { return }
-            if decoders[i].decodeTrailers(t) == .stopIteration { dataStoppedAt = i; decodeTrailersPending = true; return }
+            if decoders[i].decodeTrailers(t) == .stopIteration {
+                dataStoppedAt = i
+                decodeTrailersPending = true
+                trailersFrom = i + 1
+                return
+            }
             i += 1
+        }
+        if i < decoders.count {
+            decodeTrailersPending = true
+            trailersFrom = i
         }
     }
 
@@ -204,7 +218,7 @@ final class HttpStream {
         }
         if decodeTrailersPending {
             decodeTrailersPending = false
-            runDecodeTrailers(from: 0)
+            runDecodeTrailers(from: trailersFrom, upTo: headersSeen)
         }
     }
 

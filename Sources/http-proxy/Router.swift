@@ -141,6 +141,8 @@ final class Router: HttpDecoderFilter {
         let address = wc.snapshot.hosts[h].address
         stream.info.upstreamHost = address
         if case .auto = forward?.hostRewrite { stream.requestHeaders.set(.authority, address.description) }
+        // HTTP/1.0 may come without Host; HTTP/1.1 upstreams need one: the host's address.
+        if !stream.requestHeaders.has(.authority) { stream.requestHeaders.add(.authority, address.description) }
         let pool = stream.cm.workerState.pool(wc, host: h, stats: cstats)
         let a = UpstreamAttempt(router: self, pool: pool, cluster: wc, host: h)
         attempt = a
@@ -200,8 +202,9 @@ final class Router: HttpDecoderFilter {
             if retry(on: nil) { return }
         }
         if retriesDone > 0 { worker.stats.inc(cstats.rqRetrySuccess) }
+        // The response is the one the client gets: no per-try deadline from here on.
         perTryDeadline = 0
-        updateDeadline()
+        if endStream { responseDone() } else { updateDeadline() }
         if let r = route { for m in r.responseHeaderMutations { HeaderMutator.apply(m, to: h, stream: stream) } }
         if factory.settings.alwaysSetRequestIdInResponse, let id = stream.requestHeaders.value(.xRequestId) { h.set(.xRequestId, id) }
         stream.encodeHeaders(h, endStream: endStream)
@@ -218,23 +221,30 @@ final class Router: HttpDecoderFilter {
 
     func attemptData(_ a: UpstreamAttempt, _ data: Buffer, endStream: Bool) {
         guard attempt === a else { data.release(); return }
+        if endStream { responseDone() }
         stream.encodeData(data, endStream: endStream)
     }
 
     func attemptTrailers(_ a: UpstreamAttempt, _ t: HeaderMap) {
         guard attempt === a else { return }
+        responseDone()
         stream.encodeTrailers(t)
     }
 
-    /// The response is complete (called before its last piece is delivered).
+    /// The upstream finished its response (called before its last piece is delivered, which
+    /// may still be a retriable 5xx): stats only; deadlines and the retry slot stay until the
+    /// client's response is decided (`responseDone`). `attempt` stays set for that last piece.
     func attemptComplete(_ a: UpstreamAttempt) {
         guard attempt === a, let cstats else { return }
         a.finished(worker.stats, cstats)
         worker.stats.inc(cstats.rqCompleted)
+    }
+
+    /// The response the client gets is complete: no deadline left, the retry slot goes back.
+    private func responseDone() {
         globalDeadline = 0
         perTryDeadline = 0
         stream.routeDeadlineMs = 0
-        // `attempt` stays: the response's last piece is delivered right after this.
         releaseRetrySlot()
     }
 

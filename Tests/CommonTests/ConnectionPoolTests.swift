@@ -410,6 +410,25 @@ private let http2 = PoolConfig(expectedCapacity: 100, idleTimeoutMs: 60_000)
     b.expectGaugesZero()
 }
 
+@Test func aPoolWithNoConnectionOpensOneEvenWhenOthersHoldTheLimit() {
+    // Worker a holds the cluster's only connection (idle); worker b's pool has none. b's
+    // request must not wait for a connection that a will never give back.
+    let connections = SharedCount()
+    let config = PoolConfig(expectedCapacity: 1, idleTimeoutMs: nil, maxConnections: PoolBreaker(count: connections, limit: 1))
+    let a = Harness(config)
+    let b = Harness(config)
+    #expect(a.checkout() == (.queued(rq(0)), [.connect(cx(0))]))
+    #expect(a.connected(cx(0), capacity: 1) == [.attach(rq(0), to: cx(0), exclusive: false)])
+    #expect(a.finished(cx(0)) == [])
+    #expect(b.checkout() == (.queued(rq(0)), [.connect(cx(0))]))
+    #expect(connections.current == 2)
+    // A second connection for b is refused: it has one.
+    #expect(b.checkout() == (.queued(rq(1)), []))
+    #expect(b.stats[.cxOverflow] == 1)
+    #expect(b.connected(cx(0), capacity: 1) == [.attach(rq(0), to: cx(0), exclusive: false)])
+    #expect(b.finished(cx(0)) == [.attach(rq(1), to: cx(0), exclusive: false)])
+}
+
 // MARK: - Connect failure, GOAWAY, peer close
 
 @Test func connectFailureFailsQueuedRequestsOtherConnectsCannotTake() {

@@ -218,3 +218,29 @@ private func dechunk(_ text: String, step: Int) -> (String, [(String, String)], 
     Http1Encoder.writeResponseHead(rh, status: 503, minorVersion: 0, into: r)
     #expect(String(decoding: r.readable, as: UTF8.self) == "HTTP/1.0 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
 }
+
+@Test func reviewFindingsOnTheCodec() {
+    // Invalid Host values are refused, valid ones (IPv6 literal, port) pass.
+    #expect(requestError("GET / HTTP/1.1\r\nHost: a b\r\n\r\n") == .badHost)
+    #expect(requestError("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n") == .badHost)
+    #expect(request("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").0 != .error(.badHost))
+    // The head limit counts every byte of the head, the last LF included.
+    let head = "GET / HTTP/1.1\r\nHost: h\r\nX: "
+    let fill = 1024 - head.utf8.count - 4
+    let exact = head + String(repeating: "a", count: fill) + "\r\n\r\n"
+    #expect(exact.utf8.count == 1024)
+    #expect(request(exact, maxBytes: 1024).0 == .complete(consumed: 1024))
+    #expect(request(head + String(repeating: "a", count: fill + 1) + "\r\n\r\n", maxBytes: 1024).0 == .error(.headersTooLarge))
+    // A Content-Length with leading zeros goes on written plainly.
+    let (_, h, hd) = request("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0003\r\n\r\n")
+    #expect(hd.framing == .length(3) && h.value(.contentLength) == "3")
+    // Status codes beyond 599 are not HTTP.
+    #expect(response("HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n").0 == .error(.badStatusLine))
+}
+
+@Test func xForwardedForLinesJoinBeforeTheClientIsAppended() {
+    let (_, h, _) = request("GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\n\r\n")
+    Array("127.0.0.1".utf8).withUnsafeBytes { h.appendToList(.xForwardedFor, $0) }
+    #expect(h.indices(of: .xForwardedFor).count == 1)
+    #expect(h.value(.xForwardedFor) == "6.6.6.6, 7.7.7.7, 127.0.0.1")
+}

@@ -616,3 +616,88 @@ def test_an_upgrade_nobody_asked_for_is_a_502():
         st, _, _ = read_response(s)
         assert st == 502
         s.close()
+
+
+def test_chunked_request_with_trailers_reaches_the_origin_whole():
+    # Review of issue 9: a request trailer was held for the router forever (504 at the timeout).
+    with Origin() as o, proxy_for(o, args=["--timeout", "5s"]) as p:
+        s = connect(p.addr())
+        s.sendall(b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: ok\r\n\r\n")
+        st, _, body = read_response(s)
+        assert st == 200 and json.loads(body)["body_len"] == 3 and json.loads(body)["chunked"]
+        s.close()
+
+
+def test_connections_opened_before_a_reload_use_the_new_routes():
+    # Review of issue 9: an open keep-alive connection kept the old route table, so a reload
+    # that renamed a cluster turned all its requests into 503s.
+    with Origin("a") as a, Origin("b") as b:
+        cfg = http_config("""      routes: [{ match: { prefix: / }, cluster: a }]""", {"a": a.endpoint})
+        with Proxy("http-proxy", config=cfg) as p:
+            c = client(p)
+            c.request("GET", "/1")
+            assert json.loads(c.getresponse().read())["origin"] == "a"
+            with open(p.config_path, "w") as f:
+                f.write(http_config("""      routes: [{ match: { prefix: / }, cluster: b }]""", {"b": b.endpoint}))
+            p.signal(signal.SIGHUP)
+            p.wait_stat("server.reload_success", lambda v: v == 1)
+
+            def answered_by_b():
+                c.request("GET", "/2")
+                r = c.getresponse()
+                body = r.read()
+                assert r.status == 200, (r.status, body)
+                return json.loads(body)["origin"] == "b"
+            wait_for(answered_by_b, what="the old connection routed by the new table")
+            c.close()
+
+
+def always_503_then_close(c, server):
+    while True:
+        d = c.recv(65536)
+        if not d:
+            return
+        c.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+
+
+def hang_upstream(c, server):
+    c.recv(65536)
+    server.results.setdefault("ev", threading.Event()).wait(20)
+
+
+def test_a_retry_after_a_bodyless_503_keeps_the_route_timeout():
+    # Review of issue 9: the first try's completion cleared the route deadline before the retry
+    # was decided, so a retry to a host that hangs hung the client past the timeout.
+    with Server(always_503_then_close) as bad, Server(hang_upstream) as hang:
+        cfg = http_config("""      routes:
+        - match: { prefix: / }
+          cluster: c
+          timeout: 1s
+          retry_policy: { retry_on: 5xx, num_retries: 1 }""", {"c": f"{bad.endpoint}, {hang.endpoint}"})
+        cfg = cfg.replace("    http_protocol_options:", "    lb_policy: round_robin\n    http_protocol_options:")
+        try:
+            with Proxy("http-proxy", config=cfg) as p:
+                for _ in range(2):  # one of the two starts on the 503 host
+                    rc, out, _ = curl("-o", "/dev/null", "-w", "%{http_code}", f"http://{hp(p)}/")
+                    assert out in (b"504",), out
+                assert p.stat("cluster.c.upstream_rq_timeout") == 2
+        finally:
+            hang.results.setdefault("ev", threading.Event()).set()
+
+
+def test_http10_request_without_host_gets_one_upstream():
+    with Origin() as o, proxy_for(o) as p:
+        s = connect(p.addr())
+        s.sendall(b"GET /h10 HTTP/1.0\r\n\r\n")
+        st, _, body = read_response(s)
+        assert st == 200 and json.loads(body)["headers"]["host"] == o.endpoint
+        s.close()
+
+
+def test_duplicate_x_forwarded_for_lines_cannot_spoof_the_client():
+    with Origin() as o, proxy_for(o) as p:
+        s = connect(p.addr())
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\n\r\n")
+        st, _, body = read_response(s)
+        assert json.loads(body)["headers"]["x-forwarded-for"] == "6.6.6.6, 7.7.7.7, 127.0.0.1"
+        s.close()

@@ -189,8 +189,8 @@ public final class HeaderMap {
         }
     }
 
-    /// Appends `", " + suffix` to the first `k` header's value (X-Forwarded-For), or adds the
-    /// header with `suffix` when absent: bytes only, no String.
+    /// Joins every `k` line into one comma-separated value and appends `suffix`
+    /// (X-Forwarded-For), or adds the header with `suffix` when absent: bytes only, no String.
     public func appendToList(_ k: KnownHeader, _ suffix: UnsafeRawBufferPointer) {
         guard let i = first(k) else {
             let name = k.name
@@ -198,14 +198,26 @@ public final class HeaderMap {
             n.withUTF8 { add(UnsafeRawBufferPointer($0), suffix) }
             return
         }
-        let e = entries[i]
+        // Every line of the list joins into the first (a second X-Forwarded-For line must not
+        // keep a client-chosen address last), then the suffix.
         let start = storage.count
-        storage.append(contentsOf: storage[Int(e.valueStart)..<Int(e.valueStart + e.valueLength)])
-        if e.valueLength > 0 { storage.append(0x2C); storage.append(0x20) }
+        var j = i
+        while j < entries.count {
+            let e = entries[j]
+            if e.known == k && !e.removed {
+                if e.valueLength > 0 {
+                    if storage.count > start { storage.append(0x2C); storage.append(0x20) }
+                    storage.append(contentsOf: storage[Int(e.valueStart)..<Int(e.valueStart + e.valueLength)])
+                }
+                if j != i { remove(at: j) }
+            }
+            j += 1
+        }
+        if storage.count > start { storage.append(0x2C); storage.append(0x20) }
         storage.append(contentsOf: suffix)
         let length = storage.count - start
-        // The entry keeps its place and name; only its value moves.
-        byteCount += length - Int(e.valueLength)
+        // The first entry keeps its place and name; only its value moves.
+        byteCount += length - Int(entries[i].valueLength)
         entries[i].valueStart = UInt32(start)
         entries[i].valueLength = UInt32(length)
     }

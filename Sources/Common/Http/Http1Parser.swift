@@ -8,7 +8,7 @@ public enum Http1Error: Int, CaseIterable, Sendable, Error {
     case badStatusLine
     case bareLF, bareCR, nul, obsFold, whitespaceBeforeColon, whitespaceBeforeFirstHeader
     case badHeaderName, badHeaderValue
-    case missingHost, duplicateHost
+    case missingHost, duplicateHost, badHost
     case contentLengthAndTransferEncoding, badContentLength, conflictingContentLength
     case badTransferEncoding, transferEncodingHttp10
     case badChunkSize, chunkSizeOverflow, badChunkExtension, chunkLineTooLong, badChunkTerminator
@@ -35,6 +35,7 @@ public enum Http1Error: Int, CaseIterable, Sendable, Error {
         case .badHeaderValue: "invalid_header_value"
         case .missingHost: "missing_host"
         case .duplicateHost: "duplicate_host"
+        case .badHost: "invalid_host"
         case .contentLengthAndTransferEncoding: "content_length_and_transfer_encoding"
         case .badContentLength: "invalid_content_length"
         case .conflictingContentLength: "conflicting_content_length"
@@ -199,7 +200,7 @@ public struct Http1HeadParser: Sendable {
             guard let p = memchr(base + i, 0x0A, n - i) else { break }
             let lf = base.distance(to: UnsafeRawPointer(p))
             if lf == 0 || b[lf - 1] != 0x0D { return .error(.bareLF) }
-            if lf > maxHeadBytes { return .error(.headersTooLarge) }
+            if lf + 1 > maxHeadBytes { return .error(.headersTooLarge) }
             // An empty line: the CRLF right after the previous line's LF.
             if lf >= 3 && b[lf - 2] == 0x0A { return .complete(lf + 1) }
             if lf == 1 { return .error(.badRequestLine) }  // a head that starts with an empty line
@@ -284,6 +285,7 @@ public struct Http1HeadParser: Sendable {
             headers.remove(.host)
             headers.addEntry(nameStart: 0, nameLength: 0, valueStart: s, valueLength: len, known: .authority)
         }
+        if let a = headers.first(.authority), !headers.withValue(a, isValidAuthority) { return .badHost }
         if let e = requestFraming(headers, &head) { return e }
         return nil
     }
@@ -301,7 +303,7 @@ public struct Http1HeadParser: Sendable {
             if d > 9 { return .badStatusLine }
             status = status * 10 + Int(d)
         }
-        if status < 100 { return .badStatusLine }
+        if status < 100 || status > 599 { return .badStatusLine }
         head.status = status
         var i = vEnd + 4
         // The reason phrase (may be empty, and the space before it may be missing).
@@ -434,8 +436,12 @@ public struct Http1HeadParser: Sendable {
             if let value, value != v { return .failure(.conflictingContentLength) }
             value = v
         }
-        // Identical duplicates are one (RFC 9110 8.6): forward only the first.
+        // Identical duplicates are one (RFC 9110 8.6): forward only the first, written plainly
+        // (`0003` goes on as `3`, so no peer reads it another way).
         for i in lines.dropFirst() { h.remove(at: i) }
+        if let v = value, let first = lines.first, h.withValue(first, { $0.count > 1 && $0[0] == 0x30 }) {
+            h.set(.contentLength, String(v))
+        }
         return .success(value ?? 0)
     }
 
@@ -502,6 +508,20 @@ public struct Http1HeadParser: Sendable {
 
 private let slashLiteral: StaticString = "/"
 private var slashByte: UnsafeRawPointer { UnsafeRawPointer(slashLiteral.utf8Start) }
+
+/// RFC 3986 authority as a Host value: reg-name or IP literal characters and a port; no space,
+/// no userinfo, not empty.
+func isValidAuthority(_ v: UnsafeRawBufferPointer) -> Bool {
+    if v.isEmpty { return false }
+    for c in v {
+        let ok = (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A)
+            || c == 0x2D || c == 0x2E || c == 0x5F || c == 0x7E  // - . _ ~
+            || c == 0x21 || c == 0x24 || (c >= 0x26 && c <= 0x2C) || c == 0x3B || c == 0x3D  // sub-delims
+            || c == 0x25 || c == 0x3A || c == 0x5B || c == 0x5D  // % : [ ]
+        if !ok { return false }
+    }
+    return true
+}
 
 /// Whether `b` is exactly `literal`.
 @inline(__always)

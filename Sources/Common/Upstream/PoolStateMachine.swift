@@ -343,8 +343,14 @@ public struct PoolStateMachine<Stats: PoolStatsSink> {
     private mutating func openConnectionsIfNeeded(into actions: inout [PoolAction]) {
         while connectingCount < demand() {
             if let b = config.maxConnections, !b.count.tryAcquire(limit: b.limit) {
-                stats.count(.cxOverflow, 1)
-                return
+                // As Envoy: a pool with no connection at all opens one anyway. Otherwise, with
+                // the limit held by other workers' (or hosts') idle connections, its queue
+                // would wait for a connection that never comes (review of issue 9).
+                guard connectionCount == 0 else {
+                    stats.count(.cxOverflow, 1)
+                    return
+                }
+                _ = b.count.tryAcquire(limit: Int.max)
             }
             let c: Int
             if let f = freeConns.popLast() {
