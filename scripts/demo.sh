@@ -70,7 +70,54 @@ echo "== access log ($work/access.log):"
 sed 's/^/   /' "$work/access.log" | head -3
 cat <<MSG
 
+MSG
+
+# --- http-proxy: two web upstreams, two routes (the API route retries), one access log ---
+W1=$(port); W2=$(port)
+python3 scripts/demo_web.py web-1 "$W1" & pids+=($!)
+python3 scripts/demo_web.py web-2 "$W2" & pids+=($!)
+cat > "$work/http-proxy.yaml" <<YAML
+admin: { address: 127.0.0.1:0 }
+workers: 2
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    access_log: [ { path: $work/http-access.log, format: "%START_TIME% %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_HOST% %DURATION%ms\n" } ]
+    http:
+      http_filters: [ { name: health_check, path: /healthz } ]
+      routes:
+        - match: { prefix: /api/ }
+          cluster: api
+          timeout: 2s
+          retry_policy: { retry_on: "5xx,connect-failure", num_retries: 2 }
+        - match: { prefix: / }
+          cluster: site
+clusters:
+  - name: api
+    endpoints: [127.0.0.1:$W1, 127.0.0.1:$W2]
+  - name: site
+    endpoints: [127.0.0.1:$W1]
+YAML
+for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$W1/" && curl -s -o /dev/null "http://127.0.0.1:$W2/" && break; sleep 0.1; done
+"$BIN/http-proxy" --config "$work/http-proxy.yaml" --ready-file "$work/http-ready.json" 2> "$work/http-proxy.log" & pids+=($!)
+for _ in $(seq 100); do [ -s "$work/http-ready.json" ] && break; sleep 0.1; done
+HLISTEN=$(python3 -c "import json;print(json.load(open('$work/http-ready.json'))['listeners']['web'])")
+HADMIN=$(python3 -c "import json;print(json.load(open('$work/http-ready.json'))['admin'])")
+echo "== http-proxy on $HLISTEN: /api/ over web-1 and web-2 with retries, the rest to web-1"
+for path in /index.html /api/users /api/flaky /api/flaky /healthz; do
+  printf '   GET %-13s -> %s' "$path" "$(curl -s -w ' (%{http_code})' "http://$HLISTEN$path" | tr -d '\n')"
+  echo
+done
+echo "== retries so far: $(curl -s "http://$HADMIN/stats?filter=%5Ecluster.api.upstream_rq_retry%24")"
+sleep 1.2
+echo "== its access log ($work/http-access.log):"
+sed 's/^/   /' "$work/http-access.log" | head -5
+cat <<MSG
+
 Try it yourself while this runs (Ctrl-C to stop):
+   curl -v http://$HLISTEN/api/flaky          # a 503 retried into a 200 (see RESPONSE_FLAGS URX in the log)
+   curl http://$HLISTEN/healthz               # answered by the proxy; POST http://$HADMIN/healthcheck/fail flips it
+   curl "http://$HADMIN/stats?filter=%5Ehttp%7Cupstream_rq"   # http-proxy's stats
    nc 127.0.0.1 $LPORT                      # talk to alpha or beta through the proxy
    kill $PID_A                              # stop alpha: within a second the checker marks it down,
    cat $work/echo-endpoints.json            #   rewrites this file, and every connection goes to beta
@@ -80,6 +127,6 @@ Try it yourself while this runs (Ctrl-C to stop):
    curl http://$ADMIN/stats/prometheus
    curl http://$ADMIN/clusters
    kill -HUP $(python3 -c "import json;print(json.load(open('$work/ready.json'))['pid'])")   # reload $work/tcp-proxy.yaml
-   Docs: README.md, docs/tcp-proxy.md, docs/health-checker.md, docs/config.md
+   Docs: README.md, docs/tcp-proxy.md, docs/http-proxy.md, docs/health-checker.md, docs/config.md
 MSG
 if [ -n "${DEMO_SECONDS:-}" ]; then sleep "$DEMO_SECONDS"; else wait; fi

@@ -701,3 +701,63 @@ def test_duplicate_x_forwarded_for_lines_cannot_spoof_the_client():
         st, _, body = read_response(s)
         assert json.loads(body)["headers"]["x-forwarded-for"] == "6.6.6.6, 7.7.7.7, 127.0.0.1"
         s.close()
+
+
+def test_per_try_timeout_retries_on_another_host():
+    with Server(hang_upstream) as hang, Origin("ok") as ok:
+        cfg = http_config("""      routes:
+        - match: { prefix: / }
+          cluster: c
+          timeout: 10s
+          retry_policy: { retry_on: 5xx, num_retries: 1, per_try_timeout: 300ms }""", {"c": f"{hang.endpoint}, {ok.endpoint}"})
+        try:
+            with Proxy("http-proxy", config=cfg) as p:
+                for _ in range(2):  # one of the two starts on the host that hangs
+                    rc, out, _ = curl("-o", "/dev/null", "-w", "%{http_code}", f"http://{hp(p)}/")
+                    assert out == b"200"
+                timeouts = p.stat("cluster.c.upstream_rq_per_try_timeout")
+                assert timeouts >= 1 and p.stat("cluster.c.upstream_rq_retry") == timeouts
+        finally:
+            hang.results.setdefault("ev", threading.Event()).set()
+
+
+def test_the_retry_budget_stops_a_retry_storm_when_every_host_fails():
+    # Every host answers 503. With 3 retries allowed per request, 40 concurrent requests would
+    # make 120 retries; the budget (20% of active requests, at least 3 in flight) refuses most,
+    # and every client still gets its answer (the 503) at once.
+    with Server(always_503_then_close) as a, Server(always_503_then_close) as b:
+        cfg = http_config("""      routes:
+        - match: { prefix: / }
+          cluster: c
+          retry_policy: { retry_on: 5xx, num_retries: 3, retry_back_off: { base_interval: 200ms, max_interval: 400ms } }""",
+                          {"c": f"{a.endpoint}, {b.endpoint}"})
+        with Proxy("http-proxy", config=cfg) as p:
+            codes = []
+
+            def one():
+                codes.append(curl("-o", "/dev/null", "-w", "%{http_code}", f"http://{hp(p)}/")[1])
+            threads = [threading.Thread(target=one) for _ in range(40)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert codes == [b"503"] * 40
+            assert p.stat("cluster.c.upstream_rq_retry_overflow") > 0
+            assert p.stat("cluster.c.upstream_rq_retry") < 120
+
+
+def start_then_die_upstream(c, server):
+    c.recv(65536)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"z" * 1000)
+    c.shutdown(socket.SHUT_RDWR)
+
+
+def test_no_retry_once_the_response_started():
+    with Server(start_then_die_upstream) as up, proxy_for(up, args=["--retries", "2"]) as p:
+        s = connect(p.addr())
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with pytest.raises(ConnectionError):
+            read_response(s)
+        s.close()
+        assert p.stat("cluster.upstream.upstream_rq_retry") == 0
+        assert up.connections == 1
