@@ -508,7 +508,8 @@ final class Http1Client: ConnectionCallbacks {
         conn.callbacks = nil
         pool.clientClosed(self)
         a.detach()
-        a.responseTunnel(h, UpstreamTunnel(connection: conn, cluster: cluster, host: host))
+        let (cluster, host) = (self.cluster, self.host)
+        a.responseTunnel(h, UpstreamTunnel(connection: conn) { slab in cluster.hostClosed(host, slab ?? conn.worker.stats) })
     }
 
     /// The upstream broke the exchange: a reset (closed early) or an invalid response.

@@ -190,6 +190,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         s.router.stream = s
         s.info.protocolName = head.minorVersion == 0 ? "HTTP/1.0" : "HTTP/1.1"
         s.isUpgrade = upgrade != nil
+        s.isConnect = head.isConnect
         stream = s
         switch head.framing {
         case .length(let n): bodyLeft = n; chunked = nil; requestBodyDone = false
@@ -355,7 +356,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
 
     /// The stream's response is complete.
     func streamComplete(_ s: HttpStream) {
-        if let t = s.tunnel, s.isUpgrade, connection.state == .open {
+        if let t = s.tunnel, s.isUpgrade || s.isConnect, connection.state == .open {
             s.tunnel = nil
             settle(s)
             startTunnel(t)
@@ -433,6 +434,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         worker.stats.inc(cxStats.downstreamCxUpgradesActive)
         headersDeadline = 0
         requestDeadline = 0
+        if pausedForPipeline { pausedForPipeline = false; connection.readEnable() }
         tunnelUpstream = t
         let r = Relay(a: connection, b: t.connection, owner: self)
         relay = r

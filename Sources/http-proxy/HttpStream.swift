@@ -78,8 +78,9 @@ final class HttpStream {
     /// Set when the upstream accepted an upgrade: after the 101, the connection manager turns
     /// both connections into a relay.
     var tunnel: UpstreamTunnel?
-    /// The client asked to upgrade (`Connection: upgrade` with `Upgrade`).
+    /// The client asked to upgrade (`Connection: upgrade` with `Upgrade`), or sent CONNECT.
     var isUpgrade = false
+    var isConnect = false
 
     init(cm: HttpConnectionManager, headers: HeaderMap, router: Router) {
         self.cm = cm

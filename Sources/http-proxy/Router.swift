@@ -76,6 +76,10 @@ final class Router: HttpDecoderFilter {
             cluster = wc
             stream.cm.workerState.requestStarted(wc.snapshot.slot)
             stream.info.clusterName = wc.snapshot.name
+            if case .connect = r.match.path {
+                startConnectTermination(wc)
+                return .stopIteration
+            }
             for m in r.requestHeaderMutations { HeaderMutator.apply(m, to: h, stream: stream) }
             if let p = r.rewrittenPath(h) { h.set(.path, p) }
             if case .literal(let host) = f.hostRewrite { h.set(.authority, host) }
@@ -127,6 +131,34 @@ final class Router: HttpDecoderFilter {
         abandonUpstream()
         if let wc = cluster { stream.cm.workerState.requestEnded(wc.snapshot.slot) }
         if pausedDownstream { pausedDownstream = false; stream.cm.connection.readEnable() }
+    }
+
+    // MARK: - CONNECT termination
+
+    private var terminator: ConnectTerminator?
+
+    private func startConnectTermination(_ wc: WorkerCluster) {
+        let t = ConnectTerminator(router: self)
+        terminator = t
+        let cm = stream.cm
+        t.start(worker: worker, cluster: wc, settings: HostConnector.Settings(
+            hashKey: hashKey, maxAttempts: 1 + (forward?.retryPolicy?.numRetries ?? 0),
+            bufferLimit: cm.factory.settings.bufferLimit, source: cm.context.remote))
+    }
+
+    /// The TCP connection to the host is up: `200` to the client, then the relay.
+    func connectTunnelReady(_ c: Connection, _ t: ConnectTerminator) {
+        guard !stream.done, !stream.responseStarted else { t.release(remoteClosed: false); return }
+        stream.info.upstreamHost = t.hostAddress
+        let h = HeaderMap()
+        h.add(":status", "200")
+        stream.tunnel = UpstreamTunnel(connection: c) { _ in t.release(remoteClosed: false) }
+        stream.encodeHeaders(h, endStream: true)
+    }
+
+    func connectTunnelFailed(_ flags: String) {
+        terminator = nil
+        stream.sendLocalReply(503, "upstream connect error", flags: flags)
     }
 
     // MARK: - Attempts
@@ -374,6 +406,9 @@ final class Router: HttpDecoderFilter {
     /// the queue; a request on a connection closes it (its response would be out of step).
     func abandonUpstream() {
         retryTimer?.cancel()
+        // A CONNECT still connecting gives its connection back; one that became a tunnel is
+        // the connection manager's now (released when the relay ends).
+        if let t = terminator, stream.tunnel == nil { terminator = nil; t.release(remoteClosed: false) }
         if let a = attempt {
             attempt = nil
             if let cstats { a.finished(worker.stats, cstats) }
@@ -517,24 +552,62 @@ final class UpstreamAttempt {
     }
 }
 
-/// An upstream connection that left its pool to carry a tunnel (after a 101), with the host
-/// accounting it still holds.
+/// An upstream connection that carries a tunnel (after a 101, or a terminated CONNECT), with
+/// the accounting it still holds: `release` settles it once the tunnel ends.
 final class UpstreamTunnel {
     let connection: Connection
-    let cluster: WorkerCluster
-    let host: Int
-    private var released = false
+    private var onRelease: ((StatsSlab?) -> Void)?
 
-    init(connection: Connection, cluster: WorkerCluster, host: Int) {
-        self.connection = connection; self.cluster = cluster; self.host = host
+    init(connection: Connection, onRelease: @escaping (StatsSlab?) -> Void) {
+        self.connection = connection
+        self.onRelease = onRelease
     }
 
     /// The tunnel ended (or never started): closes the connection if still open and settles
-    /// the host's connection accounting, once. `slab`: the worker's (nil: the connection's own).
+    /// its accounting, once. `slab`: the worker's (nil: the connection's own).
     func release(_ slab: StatsSlab?) {
-        if released { return }
-        released = true
+        guard let r = onRelease else { return }
+        onRelease = nil
         if connection.state != .closed { connection.callbacks = nil; connection.close() }
-        cluster.hostClosed(host, slab ?? connection.worker.stats)
+        r(slab)
+    }
+}
+
+/// CONNECT termination (Envoy's `connect_config`): a TCP connection to a host of the route's
+/// cluster through the shared `HostConnector` (pick, breakers, connect timeout, TLS, outlier
+/// accounting); once it is up the client gets `200` and both connections become a relay.
+final class ConnectTerminator: HostConnectorCallbacks {
+    unowned(unsafe) let router: Router
+    private var connector: HostConnector?
+    private var timer: Timer?
+
+    init(router: Router) { self.router = router }
+
+    func start(worker: Worker, cluster: WorkerCluster, settings: HostConnector.Settings) {
+        let t = Timer(worker.dispatcher) { [unowned self] in connector?.connectTimedOut() }
+        timer = t
+        let k = HostConnector(worker: worker, cluster: cluster, settings: settings, timer: t, callbacks: self)
+        connector = k
+        k.start()
+    }
+
+    var hostAddress: SocketAddress? { connector?.hostAddress }
+
+    var upstreamStillWanted: Bool { !router.stream.done }
+
+    func onUpstreamConnected(_ connection: Connection) {
+        timer?.cancel()
+        router.connectTunnelReady(connection, self)
+    }
+
+    func onUpstreamFailed(flags: String) {
+        timer?.cancel()
+        router.connectTunnelFailed(flags)
+    }
+
+    /// Gives the connection and its accounting back (idempotent).
+    func release(remoteClosed: Bool) {
+        timer?.cancel()
+        connector?.release(remoteClosed: remoteClosed)
     }
 }

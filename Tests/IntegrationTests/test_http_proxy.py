@@ -761,3 +761,65 @@ def test_no_retry_once_the_response_started():
         s.close()
         assert p.stat("cluster.upstream.upstream_rq_retry") == 0
         assert up.connections == 1
+
+
+def test_connect_is_terminated_into_a_tcp_tunnel_to_an_echo():
+    # CONNECT termination: the proxy connects to a host of the route's cluster (plain TCP),
+    # answers 200, and relays. Several tunnels at once, each writing and reading concurrently.
+    from harness import echo_handler
+    with Server(echo_handler) as echo, Origin("web") as web:
+        cfg = http_config("""      routes:
+        - match: { connect_matcher: {} }
+          cluster: echo
+        - match: { prefix: / }
+          cluster: web""", {"echo": echo.endpoint, "web": web.endpoint})
+        with Proxy("http-proxy", config=cfg) as p:
+            errors = []
+
+            def tunnel(n):
+                try:
+                    s = connect(p.addr())
+                    s.sendall(b"CONNECT echo.internal:7 HTTP/1.1\r\nHost: echo.internal:7\r\n\r\n")
+                    f = s.makefile("rb")
+                    assert f.readline().startswith(b"HTTP/1.1 200"), n
+                    while f.readline() not in (b"\r\n", b""):
+                        pass
+                    data = pattern(300000, seed=n)
+                    got = bytearray()
+
+                    def read():
+                        while len(got) < len(data):
+                            d = f.read1(65536)
+                            if not d:
+                                break
+                            got.extend(d)
+                    r = threading.Thread(target=read)
+                    r.start()
+                    s.sendall(data)
+                    r.join(30)
+                    assert bytes(got) == data, f"tunnel {n}: {len(got)} of {len(data)} bytes back"
+                    f.close()
+                    s.close()
+                except Exception as e:  # reported with the tunnel's number
+                    errors.append((n, repr(e)))
+
+            threads = [threading.Thread(target=tunnel, args=(n,)) for n in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert errors == []
+            assert p.stat("http.main.downstream_cx_upgrades_total") == 4
+            # The same listener still routes ordinary requests; CONNECT is matched only by its route.
+            rc, out, _ = curl(f"http://{hp(p)}/x")
+            assert json.loads(out)["origin"] == "web"
+            wait_for(lambda: p.stat("http.main.downstream_cx_upgrades_active") == 0, what="tunnels closed")
+
+
+def test_connect_without_a_connect_route_is_a_404():
+    with Origin() as o, proxy_for(o) as p:
+        s = connect(p.addr())
+        s.sendall(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        st, _, _ = read_response(s)
+        assert st == 404 and o.paths() == []
+        s.close()

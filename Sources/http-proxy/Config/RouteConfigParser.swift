@@ -134,14 +134,17 @@ struct RouteConfigParser {
 
     private static func match(_ v: ConfigValue) throws(ConfigError) -> RouteMatch {
         let m = try v.mapping()
-        let kinds = ["prefix", "path", "safe_regex", "regex"].filter { m.keys.contains($0) }
+        let kinds = ["prefix", "path", "safe_regex", "regex", "connect_matcher"].filter { m.keys.contains($0) }
         guard kinds.count == 1 else {
             throw ConfigError("\(v.path).\(kinds.count > 1 ? kinds[1] : "prefix")",
-                              kinds.isEmpty ? "missing one of prefix, path, safe_regex" : "give one of \(kinds.joined(separator: ", ")), not several")
+                              kinds.isEmpty ? "missing one of prefix, path, safe_regex, connect_matcher" : "give one of \(kinds.joined(separator: ", ")), not several")
         }
         let pv = try m.required(kinds[0])
         let path: PathMatch
         switch kinds[0] {
+        case "connect_matcher":
+            try pv.mapping().finish()  // `{}`: nothing to configure
+            path = .connect
         case "prefix":
             let s = try pv.string()
             guard s.isEmpty || s.hasPrefix("/") else { throw pv.fail("a prefix starts with /") }

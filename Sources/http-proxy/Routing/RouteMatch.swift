@@ -122,6 +122,9 @@ struct QueryMatcher: Sendable {
 
 /// How a route matches the path (without its query string).
 enum PathMatch: Sendable {
+    /// `connect_matcher: {}`: CONNECT requests only (they have no path). Path matchers never
+    /// match a CONNECT.
+    case connect
     case prefix([UInt8])
     case path([UInt8])
     /// The whole path must match.
@@ -141,7 +144,11 @@ struct RouteMatch: Sendable {
     /// Whether the request matches. `path` and `query` are the `:path` value split at the
     /// first `?` (query without the `?`, nil when there is none).
     func matches(_ h: HeaderMap, path p: UnsafeRawBufferPointer, query: UnsafeRawBufferPointer?) -> Bool {
+        let isConnect = h.first(.method).map { h.withValue($0) { equalsLiteral($0, "CONNECT") } } ?? false
+        if case .connect = path { if !isConnect { return false } } else if isConnect { return false }
         switch path {
+        case .connect:
+            break
         case .prefix(let b):
             guard p.count >= b.count && bytesEqual(p, at: 0, b, ignoreCase: !caseSensitive) else { return false }
         case .path(let b):
@@ -165,6 +172,7 @@ struct RouteMatch: Sendable {
     var dump: JSON {
         var f: [(String, JSON)] = []
         switch path {
+        case .connect: f.append(("connect_matcher", .object([])))
         case .prefix(let b): f.append(("prefix", .string(String(decoding: b, as: UTF8.self))))
         case .path(let b): f.append(("path", .string(String(decoding: b, as: UTF8.self))))
         case .regex(let r): f.append(("safe_regex", .string(r.pattern)))

@@ -191,7 +191,7 @@ final class RouteEntry: Sendable {
     private func matchedPrefixLength(pathLength: Int) -> Int {
         switch match.path {
         case .prefix(let b): return min(b.count, pathLength)
-        case .path, .regex: return pathLength
+        case .path, .regex, .connect: return pathLength
         }
     }
 
