@@ -213,6 +213,8 @@ final class Http1Client: ConnectionCallbacks {
     private let requestOut: Buffer
     /// The request was completely written (so the connection may be reused).
     private var requestSent = false
+    /// The map the response head being parsed goes into (one per response, not per read).
+    private var parsing: HeaderMap?
 
     init(pool: HostPool, id: PoolConnectionID, cluster: WorkerCluster, host: Int) {
         self.pool = pool; self.id = id; self.cluster = cluster; self.host = host
@@ -358,7 +360,8 @@ final class Http1Client: ConnectionCallbacks {
                     if eof { responseFailed(a, reset: true) }
                     return
                 }
-                let h = HeaderMap()
+                let h = parsing ?? HeaderMap()
+                parsing = h
                 switch parser.parseResponse(buffer.readable, headers: h, head: &head, requestWasHead: requestHead,
                                             requestWasConnect: requestConnect) {
                 case .incomplete:
@@ -372,6 +375,7 @@ final class Http1Client: ConnectionCallbacks {
                 case .complete(let consumed):
                     buffer.drain(consumed)
                     parser.reset()
+                    parsing = nil
                     if head.status < 200 && head.status != 101 { continue }  // 100 Continue & co: not forwarded
                     if head.framing == .tunnel {
                         // Only an upgrade the client asked for becomes a tunnel; a 101 nobody

@@ -47,6 +47,8 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     /// Reused for each piece of request body handed to the stream.
     private let bodyScratch: Buffer
     private var processing = false
+    /// The map the request head being parsed goes into.
+    private var parsing: HeaderMap?
     private var closing = false
     private var pausedForPipeline = false
     private var draining = false
@@ -106,7 +108,9 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
             if stream == nil {
                 if buffer.isEmpty { break }
                 refreshFactory()
-                let headers = HeaderMap()
+                // One map per request, kept across incomplete parses (not one per read).
+                let headers = parsing ?? HeaderMap()
+                parsing = headers
                 switch parser.parseRequest(buffer.readable, headers: headers, head: &head) {
                 case .incomplete:
                     // Slowloris: the headers timeout runs from the first byte of a head.
@@ -124,6 +128,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
                 case .complete(let consumed):
                     buffer.drain(consumed)
                     headersDeadline = 0
+                    parsing = nil
                     startStream(headers)
                 }
             } else if !requestBodyDone {

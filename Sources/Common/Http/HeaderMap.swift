@@ -65,6 +65,28 @@ public enum KnownHeader: UInt8, CaseIterable, Sendable {
         }
         return .other
     }
+
+    /// `classify` for a name as it arrived (any case): no lowercased copy needed first.
+    @inline(__always)
+    public static func classifyIgnoringCase(_ name: UnsafeRawBufferPointer) -> KnownHeader {
+        switch name.count {
+        case 2: if equalsLiteralIgnoringCase(name, "te") { return .te }
+        case 3: if equalsLiteralIgnoringCase(name, "via") { return .via }
+        case 4: if equalsLiteralIgnoringCase(name, "host") { return .host }
+        case 5: if equalsLiteralIgnoringCase(name, ":path") { return .path }
+        case 6: if equalsLiteralIgnoringCase(name, "expect") { return .expect }; if equalsLiteralIgnoringCase(name, "cookie") { return .cookie }
+        case 7: if equalsLiteralIgnoringCase(name, ":method") { return .method }; if equalsLiteralIgnoringCase(name, ":scheme") { return .scheme }; if equalsLiteralIgnoringCase(name, ":status") { return .status }; if equalsLiteralIgnoringCase(name, "trailer") { return .trailer }; if equalsLiteralIgnoringCase(name, "upgrade") { return .upgrade }
+        case 9: if equalsLiteralIgnoringCase(name, ":protocol") { return .protocol }
+        case 10: if equalsLiteralIgnoringCase(name, ":authority") { return .authority }; if equalsLiteralIgnoringCase(name, "connection") { return .connection }; if equalsLiteralIgnoringCase(name, "keep-alive") { return .keepAlive }
+        case 12: if equalsLiteralIgnoringCase(name, "x-request-id") { return .xRequestId }
+        case 14: if equalsLiteralIgnoringCase(name, "content-length") { return .contentLength }; if equalsLiteralIgnoringCase(name, "http2-settings") { return .http2Settings }
+        case 15: if equalsLiteralIgnoringCase(name, "x-forwarded-for") { return .xForwardedFor }
+        case 16: if equalsLiteralIgnoringCase(name, "proxy-connection") { return .proxyConnection }
+        case 17: if equalsLiteralIgnoringCase(name, "transfer-encoding") { return .transferEncoding }; if equalsLiteralIgnoringCase(name, "x-forwarded-proto") { return .xForwardedProto }
+        default: break
+        }
+        return .other
+    }
 }
 
 /// One header: offsets of its name and value in the map's storage.
@@ -116,6 +138,19 @@ public final class HeaderMap {
         let at = storage.count
         storage.append(contentsOf: bytes)
         return at
+    }
+
+    /// Lowercases the names of entries `from...` in place, in one pass over the store (an
+    /// HTTP/1.1 block copied in as it arrived).
+    public func lowercaseNames(fromEntry first: Int) {
+        guard first < entries.count else { return }
+        entries.withUnsafeBufferPointer { es in
+            storage.withUnsafeMutableBufferPointer { p in
+                for e in es[first...] where e.nameLength > 0 {
+                    for i in Int(e.nameStart)..<Int(e.nameStart + e.nameLength) where p[i] &- 0x41 < 26 { p[i] |= 0x20 }
+                }
+            }
+        }
     }
 
     /// Lowercases `length` bytes of the store at `start` (names of an HTTP/1.1 block).

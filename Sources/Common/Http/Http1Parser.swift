@@ -325,10 +325,15 @@ public struct Http1HeadParser: Sendable {
         let n = b.count
         let block = UnsafeRawBufferPointer(rebasing: b[from..<n])
         let base = headers.appendStorage(block) - from  // storage offset of b[0]
+        let firstEntry = headers.entries.count
         var i = from
         var lines = 0
         while i < n {
-            if b[i] == 0x0D { return i + 2 == n ? nil : .badHeaderName }  // the empty line ends the head
+            if b[i] == 0x0D {  // the empty line ends the head
+                if i + 2 != n { return .badHeaderName }
+                headers.lowercaseNames(fromEntry: firstEntry)
+                return nil
+            }
             if b[i] == 0x20 || b[i] == 0x09 { return lines == 0 ? .whitespaceBeforeFirstHeader : .obsFold }
             lines += 1
             if lines > maxHeaders { return .tooManyHeaders }
@@ -350,14 +355,9 @@ public struct Http1HeadParser: Sendable {
             if b[i] != 0x0D { return b[i] == 0 ? .nul : (b[i] == 0x0A ? .bareLF : .badHeaderValue) }
             if b[i + 1] != 0x0A { return .bareCR }
             while valueEnd > valueStart && (b[valueEnd - 1] == 0x20 || b[valueEnd - 1] == 0x09) { valueEnd -= 1 }
-            headers.lowercaseStorage(start: base + nameStart, length: nameEnd - nameStart)
-            var known: KnownHeader?
-            if hostAsAuthority && nameEnd - nameStart == 4 {
-                let k = headers.storage.withUnsafeBytes {
-                    KnownHeader.classify(UnsafeRawBufferPointer(rebasing: $0[(base + nameStart)..<(base + nameEnd)]))
-                }
-                if k == .host { known = .authority }
-            }
+            // Classified from the bytes as they came (any case); lowercased in one pass at the end.
+            var known = KnownHeader.classifyIgnoringCase(UnsafeRawBufferPointer(rebasing: b[nameStart..<nameEnd]))
+            if hostAsAuthority && known == .host { known = .authority }
             headers.addEntry(nameStart: base + nameStart, nameLength: nameEnd - nameStart,
                              valueStart: base + valueStart, valueLength: valueEnd - valueStart, known: known)
             i += 2
