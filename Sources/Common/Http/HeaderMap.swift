@@ -43,10 +43,13 @@ public enum KnownHeader: UInt8, CaseIterable, Sendable {
     /// A pseudo-header (`:method`, ...): never written as an HTTP/1.1 header line.
     public var isPseudo: Bool { rawValue <= KnownHeader.protocol.rawValue }
 
-    /// The known header `name` (already lowercase) is, or `.other`: a switch on the length and
-    /// one compare against a literal (no table behind a lazy global).
+    /// The known header `name` is (lowercase, or any case with `ignoringCase`), or `.other`: a
+    /// switch on the length and one compare against a literal (no table behind a lazy global).
     @inline(__always)
-    public static func classify(_ name: UnsafeRawBufferPointer) -> KnownHeader {
+    public static func classify(_ name: UnsafeRawBufferPointer, ignoringCase: Bool = false) -> KnownHeader {
+        @inline(__always) func equalsLiteral(_ b: UnsafeRawBufferPointer, _ l: StaticString) -> Bool {
+            ignoringCase ? equalsLiteralIgnoringCase(b, l) : Common.equalsLiteral(b, l)
+        }
         switch name.count {
         case 2: if equalsLiteral(name, "te") { return .te }
         case 3: if equalsLiteral(name, "via") { return .via }
@@ -66,27 +69,6 @@ public enum KnownHeader: UInt8, CaseIterable, Sendable {
         return .other
     }
 
-    /// `classify` for a name as it arrived (any case): no lowercased copy needed first.
-    @inline(__always)
-    public static func classifyIgnoringCase(_ name: UnsafeRawBufferPointer) -> KnownHeader {
-        switch name.count {
-        case 2: if equalsLiteralIgnoringCase(name, "te") { return .te }
-        case 3: if equalsLiteralIgnoringCase(name, "via") { return .via }
-        case 4: if equalsLiteralIgnoringCase(name, "host") { return .host }
-        case 5: if equalsLiteralIgnoringCase(name, ":path") { return .path }
-        case 6: if equalsLiteralIgnoringCase(name, "expect") { return .expect }; if equalsLiteralIgnoringCase(name, "cookie") { return .cookie }
-        case 7: if equalsLiteralIgnoringCase(name, ":method") { return .method }; if equalsLiteralIgnoringCase(name, ":scheme") { return .scheme }; if equalsLiteralIgnoringCase(name, ":status") { return .status }; if equalsLiteralIgnoringCase(name, "trailer") { return .trailer }; if equalsLiteralIgnoringCase(name, "upgrade") { return .upgrade }
-        case 9: if equalsLiteralIgnoringCase(name, ":protocol") { return .protocol }
-        case 10: if equalsLiteralIgnoringCase(name, ":authority") { return .authority }; if equalsLiteralIgnoringCase(name, "connection") { return .connection }; if equalsLiteralIgnoringCase(name, "keep-alive") { return .keepAlive }
-        case 12: if equalsLiteralIgnoringCase(name, "x-request-id") { return .xRequestId }
-        case 14: if equalsLiteralIgnoringCase(name, "content-length") { return .contentLength }; if equalsLiteralIgnoringCase(name, "http2-settings") { return .http2Settings }
-        case 15: if equalsLiteralIgnoringCase(name, "x-forwarded-for") { return .xForwardedFor }
-        case 16: if equalsLiteralIgnoringCase(name, "proxy-connection") { return .proxyConnection }
-        case 17: if equalsLiteralIgnoringCase(name, "transfer-encoding") { return .transferEncoding }; if equalsLiteralIgnoringCase(name, "x-forwarded-proto") { return .xForwardedProto }
-        default: break
-        }
-        return .other
-    }
 }
 
 /// One header: offsets of its name and value in the map's storage.

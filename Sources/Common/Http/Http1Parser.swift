@@ -356,7 +356,7 @@ public struct Http1HeadParser: Sendable {
             if b[i + 1] != 0x0A { return .bareCR }
             while valueEnd > valueStart && (b[valueEnd - 1] == 0x20 || b[valueEnd - 1] == 0x09) { valueEnd -= 1 }
             // Classified from the bytes as they came (any case); lowercased in one pass at the end.
-            var known = KnownHeader.classifyIgnoringCase(UnsafeRawBufferPointer(rebasing: b[nameStart..<nameEnd]))
+            var known = KnownHeader.classify(UnsafeRawBufferPointer(rebasing: b[nameStart..<nameEnd]), ignoringCase: true)
             if hostAsAuthority && known == .host { known = .authority }
             headers.addEntry(nameStart: base + nameStart, nameLength: nameEnd - nameStart,
                              valueStart: base + valueStart, valueLength: valueEnd - valueStart, known: known)
