@@ -176,7 +176,10 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         worker.stats.inc(stats.downstreamRqActive)
         // RFC 9110 7.6.1: these describe this hop only.
         // An upgrade request keeps its Upgrade header and says so to the upstream.
-        let upgrade = head.upgrade ? headers.first(.upgrade).map { headers.value(at: $0) } : nil
+        // Only WebSocket is let through (Envoy's default upgrade_configs); any other Upgrade
+        // token is dropped with the other hop-by-hop headers and the request goes as a plain one.
+        let upgrade = head.upgrade && head.minorVersion == 1
+            ? headers.first(.upgrade).flatMap { i in headers.valueEqualsIgnoringCase(i, "websocket") ? headers.value(at: i) : nil } : nil
         headers.removeHopByHop()
         for t in head.connectionTokens { headers.remove(t) }
         if let upgrade {
@@ -500,6 +503,8 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     }
 
     private func closeConnection() {
+        // With a tunnel, both sides close through the relay, which settles its accounting.
+        if let r = relay { r.close(); return }
         if closing && connection.state == .closed { return }
         closing = true
         connection.close()
@@ -524,6 +529,9 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
 
     func onDrain() {
         draining = true
+        // A tunnel is a relay now: like tcp-proxy's, it runs until its peers finish or
+        // drain_timeout ends it (forceClose).
+        if relay != nil { return }
         // An idle keep-alive connection closes now; a busy one answers with Connection: close.
         if stream == nil && connection.readBuffer.isEmpty {
             worker.stats.inc(stats.downstreamCxDrainClose)
@@ -571,6 +579,8 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         if finished { return }
         let now = monotonicMs()
         if let r = relay {
+            // Only stream_idle_timeout applies to a tunnel (0: none); other deadlines are gone.
+            if settings.streamIdleTimeoutMs == 0 { return }
             let d = r.lastActivityMs &+ settings.streamIdleTimeoutMs
             if now >= d {
                 worker.stats.inc(stats.downstreamRqIdleTimeout)

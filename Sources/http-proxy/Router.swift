@@ -152,6 +152,7 @@ final class Router: HttpDecoderFilter {
         stream.info.upstreamHost = t.hostAddress
         let h = HeaderMap()
         h.add(":status", "200")
+        responseDone()
         stream.tunnel = UpstreamTunnel(connection: c) { _ in t.release(remoteClosed: false) }
         stream.encodeHeaders(h, endStream: true)
     }
@@ -247,6 +248,7 @@ final class Router: HttpDecoderFilter {
     func attemptTunnel(_ a: UpstreamAttempt, _ h: HeaderMap, _ t: UpstreamTunnel) {
         guard attempt === a, !stream.responseStarted else { t.release(nil); return }
         if let r = route { for m in r.responseHeaderMutations { HeaderMutator.apply(m, to: h, stream: stream) } }
+        responseDone()  // no route deadline over a tunnel
         stream.tunnel = t
         stream.encodeHeaders(h, endStream: true)
     }

@@ -823,3 +823,71 @@ def test_connect_without_a_connect_route_is_a_404():
         st, _, _ = read_response(s)
         assert st == 404 and o.paths() == []
         s.close()
+
+
+def ws_echo_server():
+    from websockets.sync.server import serve
+
+    def echo(ws):
+        for msg in ws:
+            ws.send(msg)
+    server = serve(echo, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_tunnels_outlive_route_and_idle_deadlines_and_keep_relaying_through_a_drain():
+    # Review of issue 9: with stream_idle_timeout 0 the route timeout (1s here) killed busy
+    # tunnels, and a graceful drain cut them at once (leaving gauges up). A tunnel is a relay:
+    # only stream_idle_timeout or drain_timeout ends it.
+    from websockets.sync.client import connect as ws_connect
+    server = ws_echo_server()
+    try:
+        port = server.socket.getsockname()[1]
+        cfg = http_config("""      stream_idle_timeout: 0s
+      idle_timeout: 1s
+      routes: [{ match: { prefix: / }, cluster: ws, timeout: 1s }]""", {"ws": f"127.0.0.1:{port}"})
+        cfg = cfg.replace("workers: 1", "workers: 1\ndrain_timeout: 20s")
+        with Proxy("http-proxy", config=cfg) as p:
+            p.allow_open_at_end("the proxy exits during the test")
+            with ws_connect(f"ws://{hp(p)}/t", open_timeout=10) as ws:
+                start = __import__("time").monotonic()
+                while __import__("time").monotonic() - start < 2.5:
+                    ws.send("ping")
+                    assert ws.recv(timeout=5) == "ping"
+                assert p.post("/drain_listeners?graceful")[0] == 200
+                for _ in range(5):
+                    ws.send("still")
+                    assert ws.recv(timeout=5) == "still"
+            wait_for(lambda: p.stat("http.main.downstream_cx_upgrades_active") == 0, what="the tunnel to close")
+            assert p.stat("cluster.ws.upstream_cx_active") == 0
+            assert p.stat("http.main.downstream_rq_idle_timeout") == 0
+    finally:
+        server.shutdown()
+
+
+def test_connect_with_a_body_or_a_bad_port_is_refused():
+    from harness import echo_handler
+    with Server(echo_handler) as echo:
+        cfg = http_config("""      routes: [{ match: { connect_matcher: {} }, cluster: echo }]""", {"echo": echo.endpoint})
+        with Proxy("http-proxy", config=cfg) as p:
+            for raw, counter in [(b"CONNECT e:7 HTTP/1.1\r\nHost: e:7\r\nContent-Length: 5\r\n\r\nabcde", "connect_with_body"),
+                                 (b"CONNECT e:7 HTTP/1.1\r\nHost: e:7\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "connect_with_body"),
+                                 (b"CONNECT e:99999 HTTP/1.1\r\nHost: e:99999\r\n\r\n", "invalid_target"),
+                                 (b"CONNECT e: HTTP/1.1\r\nHost: e\r\n\r\n", "invalid_target")]:
+                s = connect(p.addr())
+                s.sendall(raw)
+                assert read_response(s)[0] == 400, raw
+                s.close()
+                assert p.stat(f"http.main.http1.{counter}") >= 1
+            assert echo.connections == 0
+
+
+def test_only_websocket_upgrades_are_forwarded():
+    with Origin() as o, proxy_for(o) as p:
+        s = connect(p.addr())
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+        st, _, body = read_response(s)
+        h = json.loads(body)["headers"]
+        assert st == 200 and "upgrade" not in h and "http2-settings" not in h
+        s.close()

@@ -10,7 +10,7 @@ public enum Http1Error: Int, CaseIterable, Sendable, Error {
     case badHeaderName, badHeaderValue
     case missingHost, duplicateHost, badHost
     case contentLengthAndTransferEncoding, badContentLength, conflictingContentLength
-    case badTransferEncoding, transferEncodingHttp10
+    case badTransferEncoding, transferEncodingHttp10, connectWithBody
     case badChunkSize, chunkSizeOverflow, badChunkExtension, chunkLineTooLong, badChunkTerminator
     case badTrailer, trailersTooLarge
 
@@ -41,6 +41,7 @@ public enum Http1Error: Int, CaseIterable, Sendable, Error {
         case .conflictingContentLength: "conflicting_content_length"
         case .badTransferEncoding: "invalid_transfer_encoding"
         case .transferEncodingHttp10: "transfer_encoding_http10"
+        case .connectWithBody: "connect_with_body"
         case .badChunkSize: "invalid_chunk_size"
         case .chunkSizeOverflow: "chunk_size_overflow"
         case .badChunkExtension: "invalid_chunk_extension"
@@ -246,8 +247,11 @@ public struct Http1HeadParser: Sendable {
         headers.addEntry(nameStart: 0, nameLength: 0, valueStart: ms, valueLength: method.count, known: .method)
         var authorityFromTarget: (Int, Int)?
         if head.isConnect {
-            // authority-form only: host:port.
-            if target.first == 0x2F || target.contains(0x2F) || !target.contains(0x3A) { return .badTarget }
+            // authority-form only: host:port, the port 1-65535.
+            guard let colon = target.lastIndex(of: 0x3A), colon > 0, !target.contains(0x2F) else { return .badTarget }
+            let port = target[(colon + 1)...]
+            guard !port.isEmpty, port.count <= 5, port.allSatisfy({ $0 &- 0x30 < 10 }),
+                  let p = Int(String(decoding: port, as: UTF8.self)), p >= 1, p <= 65535 else { return .badTarget }
             let s = headers.appendStorage(target)
             authorityFromTarget = (s, target.count)
         } else if target[0] == 0x2F {
@@ -386,7 +390,11 @@ public struct Http1HeadParser: Sendable {
         if let e = h.first(.expect), h.valueEqualsIgnoringCase(e, "100-continue"), head.minorVersion == 1 {
             head.expectContinue = true
         }
-        if head.isConnect { head.framing = .none }
+        // CONNECT has no content (RFC 9110 9.3.6): framing bytes would become tunnel bytes.
+        if head.isConnect {
+            if head.framing != .none || !te.isEmpty { return .connectWithBody }
+            head.framing = .none
+        }
         return nil
     }
 
@@ -467,7 +475,7 @@ public struct Http1HeadParser: Sendable {
             }
         }
         head.keepAlive = head.minorVersion == 1 ? !close : (keepAlive && !close)
-        head.upgrade = upgrade && h.has(.upgrade)
+        head.upgrade = upgrade && h.has(.upgrade) && head.minorVersion == 1  // HTTP/1.0 ignores Upgrade (RFC 9110 7.8)
     }
 
     // MARK: - Pieces
