@@ -227,6 +227,7 @@ final class Router: HttpDecoderFilter {
         guard attempt === a, let cstats else { return }
         let host = cluster?.snapshot.hosts[a.host]
         if status >= 500 { host?.outlier?.failure() } else { host?.outlier?.success() }
+        a.count(status >= 500 ? .rqError : .rqSuccess, worker.stats)
         cstats.countCode(status, worker.stats)
         if shouldRetry(status: status) {
             if !endStream { a.client?.abandon() }
@@ -288,6 +289,7 @@ final class Router: HttpDecoderFilter {
         a.finished(worker.stats, cstats)
         attempt = nil
         cluster?.snapshot.hosts[a.host].outlier?.failure()
+        a.count(.rqError, worker.stats)
         worker.stats.inc(cstats.rqRxReset)
         if !stream.responseStarted {
             if kind == .connectionTermination && retry(on: .reset) { return }
@@ -387,6 +389,7 @@ final class Router: HttpDecoderFilter {
         guard let cstats else { return }
         if globalDeadline > 0 && now >= globalDeadline {
             worker.stats.inc(cstats.rqTimeout)
+            attempt?.count(.rqTimeout, worker.stats)
             abandonUpstream()
             stream.sendLocalReply(504, "upstream request timeout", flags: "UT")
             return
@@ -394,6 +397,7 @@ final class Router: HttpDecoderFilter {
         if perTryDeadline > 0 && now >= perTryDeadline {
             perTryDeadline = 0
             worker.stats.inc(cstats.rqPerTryTimeout)
+            attempt?.count(.rqTimeout, worker.stats)
             abandonUpstream()
             if !stream.responseStarted && retry(on: nil) { updateDeadline(); return }
             stream.sendLocalReply(504, "upstream request timeout", flags: "UT")
@@ -500,6 +504,11 @@ final class UpstreamAttempt {
         queued = nil
         if gone { pool.pool.requestFinished(c.id); return }
         client = c
+        // The host's request stats (/clusters): this try is on its way to it.
+        let hs = cluster.snapshot.hosts[host].stats
+        hs.inc(.rqTotal, router.stream.worker.stats)
+        hs.inc(.rqActive, router.stream.worker.stats)
+        onHost = true
         router.attemptAttached(self, c)
     }
 
@@ -539,11 +548,20 @@ final class UpstreamAttempt {
     func upstreamAboveHighWatermark() { if !gone { router.upstreamAboveHighWatermark() } }
     func upstreamBelowLowWatermark() { if !gone { router.upstreamBelowLowWatermark() } }
 
-    /// Stats of the try, once: `upstream_rq_time`.
+    /// Whether this try counted itself on the host (`rq_active` to undo).
+    private var onHost = false
+
+    /// Stats of the try, once: `upstream_rq_time`, and the host's `rq_active` back down.
     func finished(_ slab: StatsSlab, _ stats: UpstreamRequestStats) {
         if settled { return }
         settled = true
         slab.record(stats.rqTime, monotonicMs() &- startMs)
+        if onHost { cluster.snapshot.hosts[host].stats.dec(.rqActive, slab) }
+    }
+
+    /// The try's outcome on the host: `rq_success`, `rq_error` (5xx, reset) or `rq_timeout`.
+    func count(_ f: HostStats.Field, _ slab: StatsSlab) {
+        if onHost { cluster.snapshot.hosts[host].stats.inc(f, slab) }
     }
 
     /// The router gave up on this try.

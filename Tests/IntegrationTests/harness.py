@@ -37,7 +37,7 @@ def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
 #     `upstream_cx_active`, pool `upstream_rq_active` / `upstream_rq_pending_active`, udp
 #     `downstream_sess_active`, ...) and `server.total_connections`;
 #   - /clusters: each cluster's breaker counts `cx_open`, `rq_pending_open`, `rq_retry_open`
-#     and each host's `cx_active`.
+#     and each host's `cx_active` and `rq_active`.
 # Not counted: gauges that describe state rather than open things (`membership_*`,
 # `server.concurrency`, `server.days_until_*`, `*_buffered`, `health_check.healthy`, ...),
 # `outlier_detection.ejections_active` (an ejection is state that outlives connections), and
@@ -175,8 +175,8 @@ class Proxy:
             body = ""
         for line in body.splitlines():
             parts = line.split("::")
-            if len(parts) == 4 and parts[2] in BREAKER_COUNTS + ("cx_active",) and parts[3] not in ("", "0"):
-                if parts[2] == "cx_active" or parts[1] == "default_priority":
+            if len(parts) == 4 and parts[2] in BREAKER_COUNTS + ("cx_active", "rq_active") and parts[3] not in ("", "0"):
+                if parts[2] in ("cx_active", "rq_active") or parts[1] == "default_priority":
                     out[f"clusters:{parts[0]}::{parts[1]}::{parts[2]}"] = int(parts[3])
         return out
 

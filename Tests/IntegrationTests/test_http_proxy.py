@@ -103,6 +103,11 @@ def test_keep_alive_hundred_requests_reuse_one_upstream_connection():
         assert p.stat("http.main.downstream_cx_total") == 1
         assert p.stat("cluster.upstream.upstream_cx_total") == 1
         assert p.stat("cluster.upstream.upstream_rq_total") == 100
+        # The host's own request stats in /clusters (Envoy's rq_total, rq_success, rq_active).
+        clusters = p.get("/clusters")[1]
+        assert f"upstream::{o.endpoint}::rq_total::100" in clusters
+        assert f"upstream::{o.endpoint}::rq_success::100" in clusters
+        assert f"upstream::{o.endpoint}::rq_active::0" in clusters
 
 
 def test_pipelined_requests_are_answered_in_order():

@@ -232,6 +232,10 @@ final class AdminServer {
                 lines += "\(name)::\(a)::cx_active::\(active)\n"
                 lines += "\(name)::\(a)::cx_connect_fail::\(fail)\n"
                 lines += "\(name)::\(a)::cx_total::\(total)\n"
+                // Request stats (http-proxy's router counts them; 0 for the L4 binaries).
+                for f in [HostStats.Field.rqActive, .rqError, .rqSuccess, .rqTimeout, .rqTotal] {
+                    lines += "\(name)::\(a)::\(f.name)::\(h.stats.value(f))\n"
+                }
                 let flags = h.ejected ? "/failed_outlier_check" : h.healthy ? "healthy" : "/failed_active_hc"
                 lines += "\(name)::\(a)::health_flags::\(flags)\n"
                 let last = server.lastCheck(cluster: name, address: h.address)
@@ -244,7 +248,10 @@ final class AdminServer {
                     ("address", .string(a)), ("weight", .int(Int64(h.weight))),
                     ("health_status", .string(h.healthy ? "HEALTHY" : "UNHEALTHY")),
                     ("last_check", .string(last.map { "\($0.code) \($0.detail)" } ?? "")),
-                    ("stats", .object([("cx_total", .int(total)), ("cx_active", .int(active)), ("cx_connect_fail", .int(fail))])),
+                    ("stats", .object([("cx_total", .int(total)), ("cx_active", .int(active)), ("cx_connect_fail", .int(fail)),
+                                       ("rq_total", .int(h.stats.value(.rqTotal))), ("rq_active", .int(h.stats.value(.rqActive))),
+                                       ("rq_error", .int(h.stats.value(.rqError))), ("rq_success", .int(h.stats.value(.rqSuccess))),
+                                       ("rq_timeout", .int(h.stats.value(.rqTimeout)))])),
                 ]))
             }
             jclusters.append(.object([("name", .string(name)), ("lb_policy", .string(c.config.lbPolicy.rawValue)),
