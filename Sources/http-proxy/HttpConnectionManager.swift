@@ -197,6 +197,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         let s = HttpStream(cm: self, headers: headers, router: Router(factory: factory))
         s.router.stream = s
         s.info.protocolName = head.minorVersion == 0 ? "HTTP/1.0" : "HTTP/1.1"
+        if !settings.useRemoteAddress || settings.xffNumTrustedHops > 0 { s.info.trustedClient = trustedClient(headers) }
         s.isUpgrade = upgrade != nil
         s.isConnect = head.isConnect
         stream = s
@@ -239,6 +240,20 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
             }
         }
         if let via = settings.via { h.add(.via, (head.minorVersion == 0 ? "1.0 " : "1.1 ") + via) }
+    }
+
+    /// The client address Envoy calls "trusted": with `use_remote_address` the entry
+    /// `xff_num_trusted_hops` places left of the peer this proxy appended to X-Forwarded-For;
+    /// without it, that many places from the right of the list the client sent. Falls back to the
+    /// socket peer when the list is shorter or the entry is not an IP. Drives
+    /// `%DOWNSTREAM_REMOTE_ADDRESS%` (logs, header values) and `hash_policy: source_ip`.
+    private func trustedClient(_ h: HeaderMap) -> SocketAddress? {
+        guard let i = h.first(.xForwardedFor) else { return nil }
+        let entries = h.value(at: i).split(separator: ",").map { $0.trimmingCharacters(in: " ") }
+        let index = entries.count - 1 - settings.xffNumTrustedHops
+        guard index >= 0 else { return nil }
+        let ip = entries[index]
+        return try? SocketAddress.parse(ip.contains(":") ? "[\(ip)]:0" : "\(ip):0")
     }
 
     /// Hands the next piece of request body to the stream. False when more bytes are needed.
@@ -408,7 +423,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
             var e = AccessLogEntry()
             e.startWallMs = s.info.startWallMs
             e.durationMs = monotonicMs() &- s.info.startMs
-            e.downstreamRemote = context.remote
+            e.downstreamRemote = s.info.trustedClient ?? context.remote
             e.downstreamLocal = context.local
             e.upstreamHost = s.info.upstreamHost
             e.cluster = s.info.clusterName

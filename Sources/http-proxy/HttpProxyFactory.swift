@@ -131,7 +131,7 @@ enum HeaderMutator {
             switch p {
             case .literal(let l): out += l
             case .downstreamRemoteAddress(let withPort):
-                if let r = s.cm.context.remote { out += withPort ? r.description : r.host }
+                if let r = s.info.trustedClient ?? s.cm.context.remote { out += withPort ? r.description : r.host }
             case .downstreamLocalAddress(let withPort):
                 if let l = s.cm.context.local { out += withPort ? l.description : l.host }
             case .requestHeader(let name): out += s.requestHeaders.value(name) ?? ""

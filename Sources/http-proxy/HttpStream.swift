@@ -8,6 +8,8 @@ struct StreamInfo {
     /// Envoy's response flags (UH, UF, UT, UO, NR, DC, URX, UC, LR, ...), comma-separated.
     var responseFlags = ""
     var upstreamHost: SocketAddress?
+    /// The client as `X-Forwarded-For` and `xff_num_trusted_hops` say (nil: the socket peer).
+    var trustedClient: SocketAddress?
     var clusterName = ""
     var bytesReceived: UInt64 = 0
     var bytesSent: UInt64 = 0

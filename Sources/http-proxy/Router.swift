@@ -456,7 +456,7 @@ final class Router: HttpDecoderFilter {
                     if let v = cookieValue(h.value(at: i), name) { return fnv1a64(Array(v.utf8)) }
                 }
             case .sourceIp:
-                if let r = stream.cm.context.remote { return fnv1a64(r.ipBytes) }
+                if let r = stream.info.trustedClient ?? stream.cm.context.remote { return fnv1a64(r.ipBytes) }
             }
         }
         return nil

@@ -896,3 +896,23 @@ def test_only_websocket_upgrades_are_forwarded():
         h = json.loads(body)["headers"]
         assert st == 200 and "upgrade" not in h and "http2-settings" not in h
         s.close()
+
+
+@pytest.mark.parametrize("use_remote,hops,xff,client", [
+    ("true", 0, "9.9.9.9", "127.0.0.1"),          # the edge default: the socket peer
+    ("true", 1, "9.9.9.9", "9.9.9.9"),            # one trusted proxy in front: the entry before it
+    ("true", 3, "9.9.9.9", "127.0.0.1"),          # list too short: the peer
+    ("false", 0, "1.1.1.1, 2.2.2.2", "2.2.2.2"),  # behind a trusted tier: rightmost entry
+    ("false", 1, "1.1.1.1, 2.2.2.2", "1.1.1.1"),
+])
+def test_xff_num_trusted_hops_picks_the_client_address(use_remote, hops, xff, client):
+    with Origin() as o:
+        cfg = http_config(f"""      use_remote_address: {use_remote}
+      xff_num_trusted_hops: {hops}
+      http_filters:
+        - name: header_mutation
+          request_headers_to_add: [{{ header: {{ key: x-client, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" }} }}]
+      routes: [{{ match: {{ prefix: / }}, cluster: web }}]""", {"web": o.endpoint})
+        with Proxy("http-proxy", config=cfg) as p:
+            rc, out, _ = curl("-H", f"X-Forwarded-For: {xff}", f"http://{hp(p)}/")
+            assert json.loads(out)["headers"]["x-client"] == client
