@@ -12,10 +12,7 @@ struct HttpProxyCommand: ParsableCommand {
 
     @Option(name: .long, help: "With --listen: send paths starting with PREFIX to these upstreams (PREFIX=host:port,...; repeatable, first match wins; --upstream takes the rest).")
     var route: [String] = []
-    @Option(help: "With --listen: terminate TLS with this PEM certificate chain (and --tls-key).")
-    var tlsCert: String?
-    @Option(help: "With --listen: the PEM private key for --tls-cert.")
-    var tlsKey: String?
+    @OptionGroup var tls: TlsListenerOptions
     @Option(help: "With --listen: the upstream response timeout of every route (default 15s, 0 = none).")
     var timeout: String?
     @Option(help: "With --listen: retry a failed request this many times on another host (5xx, reset, connect failure).")
@@ -24,17 +21,13 @@ struct HttpProxyCommand: ParsableCommand {
     var upstreamIdleTimeout: String?
 
     func run() throws {
-        if common.config != nil && (!route.isEmpty || tlsCert != nil || tlsKey != nil || timeout != nil || retries != nil
+        if common.config != nil && (!route.isEmpty || tls.isSet || timeout != nil || retries != nil
                                     || upstreamIdleTimeout != nil) {
             throw ValidationError("--route, --tls-cert/--tls-key, --timeout, --retries and --upstream-idle-timeout go with --listen; with --config set them in the file")
         }
-        if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
         let routes: FlagRoutes
         do { routes = try flagRoutes(routeFlags: route) } catch { throw ValidationError(error.description) }
-        var listenerFlags: [(String, JSON)] = []
-        if let tlsCert, let tlsKey {
-            listenerFlags.append(("tls", .object([("cert", .string(tlsCert)), ("key", .string(tlsKey))])))
-        }
+        let listenerFlags = try tls.listenerFlags()
         let hasUpstream = common.upstream != nil
         let timeout = self.timeout, retries = self.retries
         var binary = ProxyBinary(

@@ -18,21 +18,15 @@ struct TcpProxyCommand: ParsableCommand {
     var proxyProtocol: String?
     @Option(help: "With --listen: send a PROXY protocol header upstream: v1 or v2.")
     var sendProxyProtocol: String?
-    @Option(help: "With --listen: terminate TLS with this PEM certificate chain (and --tls-key).")
-    var tlsCert: String?
-    @Option(help: "With --listen: the PEM private key for --tls-cert.")
-    var tlsKey: String?
+    @OptionGroup var tls: TlsListenerOptions
 
     func run() throws {
         if common.config != nil && (idleTimeout != nil || maxConnectAttempts != nil || proxyProtocol != nil || sendProxyProtocol != nil
-                                    || tlsCert != nil || tlsKey != nil) {
+                                    || tls.isSet) {
             throw ValidationError("--idle-timeout, --max-connect-attempts, --proxy-protocol, --send-proxy-protocol and --tls-cert/--tls-key go with --listen; with --config set them in the file")
         }
-        if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
         var listenerFlags: [(String, JSON)] = proxyProtocol.map { [("proxy_protocol", JSON.string($0))] } ?? []
-        if let tlsCert, let tlsKey {
-            listenerFlags.append(("tls", .object([("cert", .string(tlsCert)), ("key", .string(tlsKey))])))
-        }
+        listenerFlags += try tls.listenerFlags()
         let idle = idleTimeout, attempts = maxConnectAttempts
         let binary = ProxyBinary(
             blockParser: TcpProxyConfig.blockParser,

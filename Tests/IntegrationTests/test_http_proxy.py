@@ -40,6 +40,15 @@ clusters:
 {cl}"""
 
 
+def concurrently(fn, n, timeout=60):
+    """Runs fn(0) ... fn(n-1) on n threads at once and re-raises the first failure here (a
+    thread's assertion fails the test; nothing is caught and dropped)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(n) as pool:
+        for f in [pool.submit(fn, i) for i in range(n)]:
+            f.result(timeout)
+
+
 def client(p):
     host, port = p.addr()
     return http.client.HTTPConnection(host, port, timeout=10)
@@ -407,31 +416,22 @@ def test_concurrent_clients_sharing_few_pooled_connections_get_their_own_respons
         cfg = http_config("""      routes: [{ match: { prefix: / }, cluster: web }]""", {"web": o.endpoint})
         cfg = cfg.replace("    http_protocol_options:", "    circuit_breakers: { max_connections: 2 }\n    http_protocol_options:")
         with Proxy("http-proxy", config=cfg) as p:
-            errors = []
 
             def run(n):
-                try:
-                    c = client(p)
-                    for i in range(40):
-                        if i % 3 == 0:
-                            body = pattern(1000 + n * 37 + i, seed=n)
-                            c.request("POST", f"/echo/{n}/{i}", body=body)
-                            info = json.loads(c.getresponse().read())
-                            assert info["path"] == f"/echo/{n}/{i}" and info["body_sha256"] == hashlib.sha256(body).hexdigest()
-                        else:
-                            c.request("GET", f"/size/{128 + n}")
-                            r = c.getresponse()
-                            assert r.status == 200 and r.read() == pattern(128 + n), (n, i)
-                    c.close()
-                except Exception as e:  # reported below with the thread's number
-                    errors.append((n, repr(e)))
+                c = client(p)
+                for i in range(40):
+                    if i % 3 == 0:
+                        body = pattern(1000 + n * 37 + i, seed=n)
+                        c.request("POST", f"/echo/{n}/{i}", body=body)
+                        info = json.loads(c.getresponse().read())
+                        assert info["path"] == f"/echo/{n}/{i}" and info["body_sha256"] == hashlib.sha256(body).hexdigest()
+                    else:
+                        c.request("GET", f"/size/{128 + n}")
+                        r = c.getresponse()
+                        assert r.status == 200 and r.read() == pattern(128 + n), (n, i)
+                c.close()
 
-            threads = [threading.Thread(target=run, args=(n,)) for n in range(8)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(60)
-            assert errors == []
+            concurrently(run, 8)
             assert p.stat("cluster.web.upstream_rq_4xx") == 0
             assert p.stat("cluster.web.upstream_cx_total") <= 4
             assert p.stat("cluster.web.upstream_rq_pending_total") > 8
@@ -495,40 +495,37 @@ def test_sighup_with_changed_routes_under_load_drops_nothing():
     with Origin("a") as a:
         cfg = http_config("""      routes: [{ match: { prefix: / }, cluster: a }]""", {"a": a.endpoint})
         with Proxy("http-proxy", config=cfg) as p:
-            errors, done = [], [0]
+            from concurrent.futures import ThreadPoolExecutor
+            statuses, done = [], [0]
             stop = threading.Event()
 
             def load():
                 c = client(p)
                 while not stop.is_set():
-                    try:
-                        c.request("GET", "/x")
-                        r = c.getresponse()
-                        body = r.read()
-                        if r.status != 200:
-                            errors.append((r.status, body))
-                        done[0] += 1
-                    except Exception as e:  # any failure is the test's failure
-                        errors.append(repr(e))
-                        c = client(p)
+                    c.request("GET", "/x")  # a reset or a dropped connection raises: the test fails
+                    r = c.getresponse()
+                    body = r.read()
+                    if r.status != 200:
+                        statuses.append((r.status, body))
+                    done[0] += 1
                 c.close()
 
-            threads = [threading.Thread(target=load) for _ in range(4)]
-            for t in threads:
-                t.start()
-            wait_for(lambda: done[0] > 200, timeout=30, what="load running")
-            with open(p.config_path, "w") as f:
-                f.write(cfg.replace("      routes: [{ match: { prefix: / }, cluster: a }]",
-                                    "      routes:\n        - match: { path: /new }\n          direct_response: { status: 200, body: new }\n"
-                                    "        - match: { prefix: / }\n          cluster: a"))
-            p.signal(signal.SIGHUP)
-            p.wait_stat("server.reload_success", lambda v: v == 1)
-            before = done[0]
-            wait_for(lambda: done[0] > before + 200, timeout=30, what="load after the reload")
-            stop.set()
-            for t in threads:
-                t.join(30)
-            assert errors == []
+            with ThreadPoolExecutor(4) as pool:
+                loads = [pool.submit(load) for _ in range(4)]
+                running = lambda n: done[0] > n or any(f.done() for f in loads)
+                wait_for(lambda: running(200), timeout=30, what="load running")
+                with open(p.config_path, "w") as f:
+                    f.write(cfg.replace("      routes: [{ match: { prefix: / }, cluster: a }]",
+                                        "      routes:\n        - match: { path: /new }\n          direct_response: { status: 200, body: new }\n"
+                                        "        - match: { prefix: / }\n          cluster: a"))
+                p.signal(signal.SIGHUP)
+                p.wait_stat("server.reload_success", lambda v: v == 1)
+                before = done[0]
+                wait_for(lambda: running(before + 200), timeout=30, what="load after the reload")
+                stop.set()
+                for f in loads:
+                    f.result(30)
+            assert statuses == []
             assert curl(f"http://{hp(p)}/new")[1] == b"new"
 
 
@@ -582,28 +579,19 @@ def test_websocket_through_the_proxy_with_real_client_and_server():
         port = server.socket.getsockname()[1]
         with Proxy("http-proxy", args=["--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{port}", "--workers", "1",
                                        "--admin", "127.0.0.1:0", *IDLE]) as p:
-            errors = []
 
             def run(n):
-                try:
-                    with ws_connect(f"ws://{hp(p)}/chat/{n}", open_timeout=10, close_timeout=10) as ws:
-                        got = []
-                        reader = threading.Thread(target=lambda: got.extend(ws.recv(timeout=20) for _ in range(50)))
-                        reader.start()
-                        sent = [pattern(1000 + 997 * i, seed=n * 100 + i) for i in range(50)]
-                        for m in sent:
-                            ws.send(m)
-                        reader.join(30)
-                        assert got == sent, f"stream {n}: {len(got)} of {len(sent)} echoed right"
-                except Exception as e:  # reported with the stream's number
-                    errors.append((n, repr(e)))
+                with ws_connect(f"ws://{hp(p)}/chat/{n}", open_timeout=10, close_timeout=10) as ws:
+                    got = []
+                    reader = threading.Thread(target=lambda: got.extend(ws.recv(timeout=20) for _ in range(50)))
+                    reader.start()
+                    sent = [pattern(1000 + 997 * i, seed=n * 100 + i) for i in range(50)]
+                    for m in sent:
+                        ws.send(m)
+                    reader.join(30)
+                    assert got == sent, f"stream {n}: {len(got)} of {len(sent)} echoed right"
 
-            threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(60)
-            assert errors == []
+            concurrently(run, 4)
             assert p.stat("http.main.downstream_cx_upgrades_total") == 4
             wait_for(lambda: p.stat("http.main.downstream_cx_upgrades_active") == 0, what="tunnels closed")
         server.shutdown()
@@ -779,41 +767,32 @@ def test_connect_is_terminated_into_a_tcp_tunnel_to_an_echo():
         - match: { prefix: / }
           cluster: web""", {"echo": echo.endpoint, "web": web.endpoint})
         with Proxy("http-proxy", config=cfg) as p:
-            errors = []
 
             def tunnel(n):
-                try:
-                    s = connect(p.addr())
-                    s.sendall(b"CONNECT echo.internal:7 HTTP/1.1\r\nHost: echo.internal:7\r\n\r\n")
-                    f = s.makefile("rb")
-                    assert f.readline().startswith(b"HTTP/1.1 200"), n
-                    while f.readline() not in (b"\r\n", b""):
-                        pass
-                    data = pattern(300000, seed=n)
-                    got = bytearray()
+                s = connect(p.addr())
+                s.sendall(b"CONNECT echo.internal:7 HTTP/1.1\r\nHost: echo.internal:7\r\n\r\n")
+                f = s.makefile("rb")
+                assert f.readline().startswith(b"HTTP/1.1 200"), n
+                while f.readline() not in (b"\r\n", b""):
+                    pass
+                data = pattern(300000, seed=n)
+                got = bytearray()
 
-                    def read():
-                        while len(got) < len(data):
-                            d = f.read1(65536)
-                            if not d:
-                                break
-                            got.extend(d)
-                    r = threading.Thread(target=read)
-                    r.start()
-                    s.sendall(data)
-                    r.join(30)
-                    assert bytes(got) == data, f"tunnel {n}: {len(got)} of {len(data)} bytes back"
-                    f.close()
-                    s.close()
-                except Exception as e:  # reported with the tunnel's number
-                    errors.append((n, repr(e)))
+                def read():
+                    while len(got) < len(data):
+                        d = f.read1(65536)
+                        if not d:
+                            break
+                        got.extend(d)
+                r = threading.Thread(target=read)
+                r.start()
+                s.sendall(data)
+                r.join(30)
+                assert bytes(got) == data, f"tunnel {n}: {len(got)} of {len(data)} bytes back"
+                f.close()
+                s.close()
 
-            threads = [threading.Thread(target=tunnel, args=(n,)) for n in range(4)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(60)
-            assert errors == []
+            concurrently(tunnel, 4)
             assert p.stat("http.main.downstream_cx_upgrades_total") == 4
             # The same listener still routes ordinary requests; CONNECT is matched only by its route.
             rc, out, _ = curl(f"http://{hp(p)}/x")

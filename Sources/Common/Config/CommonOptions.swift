@@ -38,3 +38,24 @@ public struct CommonOptions: ParsableArguments {
 
     public init() {}
 }
+
+/// `--tls-cert`/`--tls-key` for the binaries that terminate TLS on a flag-built listener
+/// (tcp-proxy, http-proxy): one definition of the flags, their pairing and the `tls` key.
+public struct TlsListenerOptions: ParsableArguments {
+    @Option(help: "With --listen: terminate TLS with this PEM certificate chain (and --tls-key).")
+    public var tlsCert: String?
+    @Option(help: "With --listen: the PEM private key for --tls-cert.")
+    public var tlsKey: String?
+
+    public init() {}
+
+    /// Either flag was given.
+    public var isSet: Bool { tlsCert != nil || tlsKey != nil }
+
+    /// The listener's `tls` key, or nothing; both flags or neither.
+    public func listenerFlags() throws -> [(String, JSON)] {
+        if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
+        guard let tlsCert, let tlsKey else { return [] }
+        return [("tls", .object([("cert", .string(tlsCert)), ("key", .string(tlsKey))]))]
+    }
+}

@@ -8,7 +8,7 @@ import Glibc
 /// Matching uses one small match data block per thread (a pthread key, created on a thread's
 /// first match, freed when the thread ends): no allocation per match. The compiled code and
 /// the match context are read-only after `init`, which PCRE2 allows to share across threads.
-final class Regex8: @unchecked Sendable {
+final class Regex8: @unchecked Sendable {  // C boundary: PCRE2 code and match context are read-only after init; match data is per thread
     /// Longest pattern accepted (config text is untrusted too).
     static let maxPatternLength = 4096
     /// PCRE2's match limit (backtracking steps, also honoured by the JIT): a pathological
@@ -122,12 +122,9 @@ final class Regex8: @unchecked Sendable {
         return out
     }
 
-    /// A valid pointer for an empty subject (never written: safe to share).
-    nonisolated(unsafe) private static let emptySubject: UnsafePointer<UInt8> = {
-        let p = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
-        p.initialize(to: 0)
-        return UnsafePointer(p)
-    }()
+    /// A valid pointer for an empty subject: a static literal (never written, Sendable).
+    private static let emptyLiteral: StaticString = ""
+    private static var emptySubject: UnsafePointer<UInt8> { emptyLiteral.utf8Start }
 
     /// One match data block per thread (one ovector pair: a match only needs to be found).
     private static let matchDataKey: pthread_key_t = {
@@ -140,7 +137,7 @@ final class Regex8: @unchecked Sendable {
 
     private static func threadMatchData() -> OpaquePointer {
         if let p = pthread_getspecific(matchDataKey) { return OpaquePointer(p) }
-        guard let md = pcre2_match_data_create_8(1, nil) else { fatalError("pcre2: out of memory") }
+        guard let md = pcre2_match_data_create_8(1, nil) else { preconditionFailure("out of memory") }
         pthread_setspecific(matchDataKey, UnsafeRawPointer(md))
         return md
     }

@@ -143,8 +143,8 @@ struct RouteMatch: Sendable {
 
     /// Whether the request matches. `path` and `query` are the `:path` value split at the
     /// first `?` (query without the `?`, nil when there is none).
-    func matches(_ h: HeaderMap, path p: UnsafeRawBufferPointer, query: UnsafeRawBufferPointer?) -> Bool {
-        let isConnect = h.first(.method).map { h.withValue($0) { equalsLiteral($0, "CONNECT") } } ?? false
+    /// `isConnect`: the request is a CONNECT (found once per request by the route table).
+    func matches(_ h: HeaderMap, path p: UnsafeRawBufferPointer, query: UnsafeRawBufferPointer?, isConnect: Bool) -> Bool {
         if case .connect = path { if !isConnect { return false } } else if isConnect { return false }
         switch path {
         case .connect:

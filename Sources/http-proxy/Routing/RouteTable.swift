@@ -362,8 +362,9 @@ final class RouteTable: Sendable {
     func route(_ h: HeaderMap) -> RouteEntry? {
         guard let vh = virtualHostIndex(h) else { return nil }
         let routes = virtualHosts[vh].routes
+        let isConnect = h.first(.method).map { h.withValue($0) { equalsLiteral($0, "CONNECT") } } ?? false
         return withPathAndQuery(h) { p, q in
-            for r in routes where r.match.matches(h, path: p, query: q) { return r }
+            for r in routes where r.match.matches(h, path: p, query: q, isConnect: isConnect) { return r }
             return nil
         }
     }
