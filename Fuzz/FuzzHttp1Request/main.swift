@@ -51,18 +51,23 @@ func checkChunked(_ bytes: UnsafeRawBufferPointer, from consumed: Int, _ head: H
         let rest = UnsafeRawBufferPointer(rebasing: bytes[consumed...])
         var d1 = ChunkedDecoder()
         var body1: [UInt8] = []
-        let r1 = d1.decode(rest, trailers: HeaderMap()) { body1 += $0 }
+        var t1: HeaderMap?
+        let r1 = d1.decode(rest, trailers: &t1) { body1 += $0 }
         var d2 = ChunkedDecoder()
         var body2: [UInt8] = []
         var pending: [UInt8] = []
         var r2 = ChunkedDecoder.Result.more(consumed: 0)
+        var t2: HeaderMap?
         for b in rest {
             pending.append(b)
-            r2 = pending.withUnsafeBytes { d2.decode($0, trailers: HeaderMap()) { body2 += $0 } }
+            r2 = pending.withUnsafeBytes { d2.decode($0, trailers: &t2) { body2 += $0 } }
             if case .more(let c) = r2 { pending.removeFirst(c) } else { break }
         }
         switch (r1, r2) {
-        case (.done, .done): precondition(body1 == body2, "chunked body differs by piece size")
+        case (.done, .done):
+            precondition(body1 == body2, "chunked body differs by piece size")
+            let text = { (t: HeaderMap?) in (t?.pairs ?? []).map { $0.0 + ": " + $0.1 } }
+            precondition(text(t1) == text(t2), "chunked trailers differ by piece size")
         case (.error(let a), .error(let b)): precondition(a == b, "chunked error differs by piece size")
         case (.more, .more): precondition(body1 == body2, "chunked prefix differs by piece size")
         default: preconditionFailure("chunked result differs by piece size: \(r1) vs \(r2)")

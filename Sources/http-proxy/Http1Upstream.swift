@@ -202,6 +202,8 @@ final class Http1Client: ConnectionCallbacks {
     private var headersDone = false
     private var bodyLeft: UInt64 = 0
     private var chunked: ChunkedDecoder?
+    /// Trailers of the chunked response body being read (they may span reads).
+    private var responseTrailers: HeaderMap?
     private var requestHead = false
     private var requestConnect = false
     /// The request asked to upgrade the connection (WebSocket): a 101 makes it a tunnel.
@@ -393,7 +395,7 @@ final class Http1Client: ConnectionCallbacks {
                     for t in head.connectionTokens { h.remove(t) }
                     switch head.framing {
                     case .length(let n): bodyLeft = n; chunked = nil
-                    case .chunked: chunked = ChunkedDecoder()
+                    case .chunked: chunked = ChunkedDecoder(); responseTrailers = nil
                     default: break
                     }
                     let end = head.framing == .none
@@ -423,9 +425,8 @@ final class Http1Client: ConnectionCallbacks {
             return false
         case .chunked:
             guard var d = chunked else { return false }
-            let t = HeaderMap()
             let s = scratch
-            let r = d.decode(buffer.readable, trailers: t) { s.append($0) }
+            let r = d.decode(buffer.readable, trailers: &responseTrailers) { s.append($0) }
             chunked = d
             switch r {
             case .error(let e):
@@ -441,7 +442,8 @@ final class Http1Client: ConnectionCallbacks {
                 return false
             case .done(let consumed):
                 buffer.drain(consumed)
-                if t.count > 0 {
+                if let t = responseTrailers {
+                    responseTrailers = nil
                     if !s.isEmpty { a.responseData(s, endStream: false) }
                     s.release()
                     complete(a) { a.responseTrailers(t) }

@@ -37,6 +37,8 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     /// The request body still to read (Content-Length), or the chunked decoder.
     private var bodyLeft: UInt64 = 0
     private var chunked: ChunkedDecoder?
+    /// Trailers of the chunked request body being read (they may span reads).
+    private var requestTrailers: HeaderMap?
     private var requestBodyDone = true
     /// Response framing toward the client.
     private var responseChunked = false
@@ -203,7 +205,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         stream = s
         switch head.framing {
         case .length(let n): bodyLeft = n; chunked = nil; requestBodyDone = false
-        case .chunked: chunked = ChunkedDecoder(); requestBodyDone = false
+        case .chunked: chunked = ChunkedDecoder(); requestTrailers = nil; requestBodyDone = false
         default: requestBodyDone = true
         }
         if !requestBodyDone && settings.requestTimeoutMs > 0 {
@@ -260,10 +262,8 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     private func decodeBody(_ buffer: Buffer) -> Bool {
         guard let s = stream else { return false }
         if var d = chunked {
-            var trailers: HeaderMap?
-            let t = HeaderMap()
             let scratch = bodyScratch
-            let r = d.decode(buffer.readable, trailers: t) { scratch.append($0) }
+            let r = d.decode(buffer.readable, trailers: &requestTrailers) { scratch.append($0) }
             chunked = d
             switch r {
             case .error(let e):
@@ -281,8 +281,8 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
                 buffer.drain(consumed)
                 requestBodyDone = true
                 requestDeadline = 0
-                if t.count > 0 { trailers = t }
-                if let trailers {
+                if let trailers = requestTrailers {
+                    requestTrailers = nil
                     if !scratch.isEmpty { s.decodeData(scratch, endStream: false) }
                     scratch.release()
                     s.decodeTrailers(trailers)

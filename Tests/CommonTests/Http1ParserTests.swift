@@ -154,7 +154,7 @@ private func requestError(_ text: String) -> Http1Error? {
 /// Decodes `chunks` fed in pieces of `step` bytes; returns the body and the trailers or the error.
 private func dechunk(_ text: String, step: Int) -> (String, [(String, String)], Http1Error?) {
     var d = ChunkedDecoder()
-    let trailers = HeaderMap()
+    var trailers: HeaderMap?
     var body: [UInt8] = []
     var pending: [UInt8] = []
     let input = Array(text.utf8)
@@ -163,16 +163,16 @@ private func dechunk(_ text: String, step: Int) -> (String, [(String, String)], 
         let n = min(step, input.count - fed)
         pending += input[fed..<(fed + n)]
         fed += n
-        let r = pending.withUnsafeBytes { d.decode($0, trailers: trailers) { body += $0 } }
+        let r = pending.withUnsafeBytes { d.decode($0, trailers: &trailers) { body += $0 } }
         switch r {
         case .error(let e): return ("", [], e)
         case .more(let c): pending.removeFirst(c)
         case .done(let c):
             pending.removeFirst(c)
-            return (String(decoding: body, as: UTF8.self), trailers.pairs, nil)
+            return (String(decoding: body, as: UTF8.self), trailers?.pairs ?? [], nil)
         }
     }
-    return (String(decoding: body, as: UTF8.self), trailers.pairs, .badChunkTerminator)
+    return (String(decoding: body, as: UTF8.self), trailers?.pairs ?? [], .badChunkTerminator)
 }
 
 @Test func chunkedBodiesDecodeInAnyPieces() {

@@ -34,8 +34,9 @@ public struct ChunkedDecoder: Sendable {
     }
 
     /// Consumes what it can of `b`, calling `onData` for body bytes; trailers go to `trailers`
-    /// (lowercase names, framing headers dropped).
-    public mutating func decode(_ b: UnsafeRawBufferPointer, trailers: HeaderMap?, onData: (UnsafeRawBufferPointer) -> Void) -> Result {
+    /// (made on the first one kept; lowercase names, framing headers dropped). The caller keeps
+    /// `trailers` across calls: trailer lines can arrive in several reads.
+    public mutating func decode(_ b: UnsafeRawBufferPointer, trailers: inout HeaderMap?, onData: (UnsafeRawBufferPointer) -> Void) -> Result {
         var i = 0
         let n = b.count
         while i < n {
@@ -79,7 +80,7 @@ public struct ChunkedDecoder: Sendable {
                 if trailerLines > maxTrailers { return .error(.trailersTooLarge) }
                 // One line, validated like a header line (the same rules, the same parser).
                 let line = UnsafeRawBufferPointer(rebasing: b[i...(lf)])
-                if let e = ChunkedDecoder.addTrailer(line, to: trailers) { return .error(e) }
+                if let e = ChunkedDecoder.addTrailer(line, to: &trailers) { return .error(e) }
                 i = lf + 1
             case .done:
                 return .done(consumed: i)
@@ -153,19 +154,21 @@ public struct ChunkedDecoder: Sendable {
 
     /// Validates one trailer line (`name: value\r\n`) and adds it unless it is a framing or
     /// routing header a trailer must not carry (RFC 9110 6.5.1).
-    static func addTrailer(_ line: UnsafeRawBufferPointer, to trailers: HeaderMap?) -> Http1Error? {
+    static func addTrailer(_ line: UnsafeRawBufferPointer, to trailers: inout HeaderMap?) -> Http1Error? {
         let scratch = HeaderMap()
         // The line plus an empty line is a header block of one line.
         var block = [UInt8](line)
         block.append(contentsOf: [0x0D, 0x0A])
         let e = block.withUnsafeBytes { Http1HeadParser.parseHeaderLines($0, from: 0, headers: scratch, maxHeaders: 1, hostAsAuthority: false) }
         if let e { return e == .whitespaceBeforeFirstHeader ? .obsFold : (e == .tooManyHeaders ? .badTrailer : e) }
-        guard let trailers, let i = scratch.entries.indices.first else { return nil }
+        guard let i = scratch.entries.indices.first else { return nil }
         switch scratch.entries[i].known {
         case .contentLength, .transferEncoding, .host, .authority, .connection, .te, .trailer, .keepAlive, .upgrade: return nil
         default: break
         }
-        scratch.withName(i) { n in scratch.withValue(i) { v in trailers.add(n, v) } }
+        let t = trailers ?? HeaderMap()
+        trailers = t
+        scratch.withName(i) { n in scratch.withValue(i) { v in t.add(n, v) } }
         return nil
     }
 }
