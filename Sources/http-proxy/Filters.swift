@@ -45,8 +45,10 @@ struct HeaderMutationFilterFactory: HttpFilterFactory {
     var name: String { "header_mutation" }
 
     func create(stream: HttpStream) -> (HttpDecoderFilter?, HttpEncoderFilter?) {
-        let f = HeaderMutationFilter(config: config, stream: stream)
-        return (config.request.isEmpty ? nil : f, config.response.isEmpty ? nil : f)
+        var c = config
+        if case .headerMutation(let o)? = stream.filterOverride(name) { c = o }
+        let f = HeaderMutationFilter(config: c, stream: stream)
+        return (c.request.isEmpty ? nil : f, c.response.isEmpty ? nil : f)
     }
 }
 
@@ -58,6 +60,8 @@ final class HeaderMutationFilter: HttpDecoderFilter, HttpEncoderFilter {
 
     func decodeHeaders(_ headers: HeaderMap, endStream: Bool) -> FilterHeadersStatus {
         HeaderMutator.apply(config.request, to: headers, stream: stream)
+        // Routes may match on what was just added or removed.
+        stream.clearRouteCache()
         return .continue
     }
 

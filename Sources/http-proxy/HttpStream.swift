@@ -92,9 +92,36 @@ final class HttpStream {
         info.startWallMs = wallMs()
     }
 
-    /// Installs the configured filters (the router last).
+    /// The route for the request headers as they are now, found once and kept (Envoy's
+    /// cached route); `clearRouteCache()` makes the next reader look again, for filters that
+    /// change headers routes match on. The table is the router's (the generation the stream
+    /// started in), so cluster indexes stay valid across a reload.
+    var route: RouteEntry? {
+        if !routeResolved {
+            cachedRoute = router.factory.routeTable.route(requestHeaders)
+            routeResolved = true
+        }
+        return cachedRoute
+    }
+    private var cachedRoute: RouteEntry?
+    private var routeResolved = false
+
+    func clearRouteCache() {
+        routeResolved = false
+        cachedRoute = nil
+    }
+
+    /// This stream's route's `typed_per_filter_config` for a filter, if any.
+    func filterOverride(_ name: String) -> FilterOverride? {
+        router.factory.routeTable.hasFilterOverrides ? route?.filterOverrides.find(name) : nil
+    }
+
+    /// Installs the configured filters (the router last), leaving out those the route
+    /// disables. The route is resolved first only when some route has overrides.
     func installFilters(_ factories: [HttpFilterFactory]) {
+        let overrides = router.factory.routeTable.hasFilterOverrides ? route?.filterOverrides : nil
         for f in factories {
+            if let o = overrides, o.isDisabled(f.name) { continue }
             let (d, e) = f.create(stream: self)
             if let d { decoders.append(d) }
             if let e { encoders.append(e) }

@@ -47,7 +47,7 @@ final class Router: HttpDecoderFilter {
     func decodeHeaders(_ h: HeaderMap, endStream: Bool) -> FilterHeadersStatus {
         hasBody = !endStream
         requestComplete = endStream
-        guard let r = factory.routeTable.route(h) else {
+        guard let r = stream.route else {
             worker.stats.inc(factory.stats.noRoute)
             stream.sendLocalReply(404, "no route", flags: "NR")
             return .stopIteration

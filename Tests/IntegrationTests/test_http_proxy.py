@@ -88,7 +88,8 @@ def test_get_head_post_bodies_arrive_byte_exact():
         info = json.loads(c.getresponse().read())
         assert info["chunked"] and info["body_sha256"] == hashlib.sha256(body).hexdigest()
         c.close()
-        assert p.stat("http.main.downstream_rq_2xx") == 5
+        # Counted when the stream settles, just after its last bytes are written.
+        wait_for(lambda: p.stat("http.main.downstream_rq_2xx") == 5, what="5 responses counted")
         # curl too, with its own framing.
         rc, out, err = curl("-X", "POST", "--data-binary", "@-", f"http://{hp(p)}/echo")
         assert rc == 0, err
@@ -621,6 +622,51 @@ def test_chunked_request_with_trailers_reaches_the_origin_whole():
         s.close()
 
 
+def trailer_pieces_upstream(c, server):
+    """For each whole chunked request with its trailer on the connection, answers chunked with
+    the last chunk, each trailer line and the final CRLF in separate segments."""
+    import time
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    data = b""
+    while True:
+        while b"x-t: ok\r\n\r\n" not in data.lower():
+            got = c.recv(65536)
+            if not got:
+                return
+            data += got
+        end = data.lower().index(b"x-t: ok\r\n\r\n") + len(b"x-t: ok\r\n\r\n")
+        server.results.setdefault("requests", []).append(data[:end])
+        data = data[end:]
+        c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        for piece in (b"0\r\n", b"X-Sum: 1\r\n", b"X-More: 2\r\n", b"\r\n"):
+            time.sleep(0.02)  # shapes the input into separate reads; nothing waits on it
+            c.sendall(piece)
+
+
+def test_trailers_split_across_reads_are_kept_both_ways():
+    # Found under load: a trailer line read apart from the last chunk was dropped.
+    import time
+    with Server(trailer_pieces_upstream) as up, proxy_for(up) as p:
+        for _ in range(3):
+            s = connect(p.addr())
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(b"POST /t HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+            for piece in (b"0\r\n", b"X-T: ok\r\n", b"\r\n"):
+                time.sleep(0.02)  # separate reads at the proxy
+                s.sendall(piece)
+            raw = b""
+            # Until the last chunk and the empty line after the trailers (or the proxy closes).
+            while not (b"\r\n0\r\n" in raw and raw.endswith(b"\r\n\r\n")):
+                got = s.recv(65536)
+                if not got:
+                    break
+                raw += got
+            s.close()
+            assert b"hello" in raw and b"x-sum: 1\r\n" in raw.lower() and b"x-more: 2\r\n" in raw.lower(), raw
+        assert all(b"abc" in r and b"x-t: ok" in r.lower() for r in up.results["requests"])
+        assert len(up.results["requests"]) == 3
+
+
 def test_connections_opened_before_a_reload_use_the_new_routes():
     # Review of issue 9: an open keep-alive connection kept the old route table, so a reload
     # that renamed a cluster turned all its requests into 503s.
@@ -895,3 +941,60 @@ def test_xff_num_trusted_hops_picks_the_client_address(use_remote, hops, xff, cl
         with Proxy("http-proxy", config=cfg) as p:
             rc, out, _ = curl("-H", f"X-Forwarded-For: {xff}", f"http://{hp(p)}/")
             assert json.loads(out)["headers"]["x-client"] == client
+
+
+def test_per_route_filter_overrides_disable_or_replace_listener_filters():
+    """`typed_per_filter_config`: a route that disables health_check passes /healthz to the
+    origin; a virtual host that disables header_mutation sends requests without its headers
+    (its routes inherit that, merged with their own entries);
+    a route with its own header_mutation settings uses those instead of the listener's."""
+    with Origin() as o:
+        cfg = http_config("""      http_filters:
+        - { name: health_check, path: /healthz }
+        - name: header_mutation
+          request_headers_to_add: [{ header: { key: x-listener, value: "yes" } }]
+          response_headers_to_add: [{ header: { key: x-listener-resp, value: "yes" } }]
+      virtual_hosts:
+        - name: plain
+          domains: [plain.example]
+          typed_per_filter_config: { header_mutation: { disabled: true } }
+          routes:
+            - match: { path: /healthz }
+              cluster: web
+              typed_per_filter_config: { health_check: { disabled: true } }
+            - { match: { prefix: / }, cluster: web }
+        - name: main
+          domains: ["*"]
+          routes:
+            - match: { prefix: /own/ }
+              cluster: web
+              typed_per_filter_config:
+                header_mutation: { request_headers_to_add: [{ header: { key: x-route, value: "%REQ(:PATH)%" } }] }
+            - { match: { prefix: / }, cluster: web }""", {"web": o.endpoint})
+        with Proxy("http-proxy", config=cfg) as p:
+            def get(path, host=None):
+                c = client(p)
+                c.request("GET", path, headers={"Host": host} if host else {})
+                r = c.getresponse()
+                body = r.read()
+                c.close()
+                return r.status, dict((k.lower(), v) for k, v in r.getheaders()), body
+
+            for i in range(3):  # the same connection manager serves routes with and without overrides
+                st, h, _ = get("/healthz")
+                assert st == 200 and o.paths().count("/healthz") == i  # answered by the filter
+                st, h, body = get("/x")
+                seen = json.loads(body)["headers"]
+                assert seen.get("x-listener") == "yes" and "x-route" not in seen and h.get("x-listener-resp") == "yes"
+                st, h, body = get("/x", host="plain.example")
+                seen = json.loads(body)["headers"]
+                assert "x-listener" not in seen and "x-listener-resp" not in h
+                st, h, body = get("/own/a")
+                seen = json.loads(body)["headers"]
+                assert seen.get("x-route") == "/own/a" and "x-listener" not in seen and "x-listener-resp" not in h
+                # The plain host's /healthz route disables the health check: the origin answers.
+                st, h, body = get("/healthz", host="plain.example")
+                assert st == 200 and json.loads(body)["path"] == "/healthz"
+            assert o.paths().count("/healthz") == 3
+            dump = json.loads(p.get("/config_dump")[1])
+            assert "typed_per_filter_config" in json.dumps(dump)

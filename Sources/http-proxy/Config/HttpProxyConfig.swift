@@ -20,6 +20,14 @@ enum HttpFilterConfig: Sendable {
     case healthCheck(HealthCheckFilterConfig)
     case headerMutation(HeaderMutationFilterConfig)
 
+    /// The name filters go by in config and in `typed_per_filter_config`.
+    var name: String {
+        switch self {
+        case .healthCheck: "health_check"
+        case .headerMutation: "header_mutation"
+        }
+    }
+
     var dump: JSON {
         switch self {
         case .healthCheck(let h):
@@ -114,6 +122,10 @@ struct HttpProxyConfig: ListenerFilterConfig {
                 }
                 c.httpFilters.append(f)
             }
+        }
+        let configured = Set(c.httpFilters.map(\.name))
+        for (path, name) in routes.filterReferences where !configured.contains(name) {
+            throw ConfigError(path, "no filter named \"\(name)\" in this listener's http_filters (configured: \(configured.isEmpty ? "none" : configured.sorted().joined(separator: ", ")))")
         }
         return c
     }

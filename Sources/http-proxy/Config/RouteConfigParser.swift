@@ -8,8 +8,12 @@ struct RouteConfigParser {
     private var clusterNames: [String] = []
     private var clusterIndex: [String: Int] = [:]
     private var references: [(path: String, name: String)] = []
+    /// Every `typed_per_filter_config` entry, with its key path (each must name a filter of
+    /// the listener's `http_filters`; checked by the block parser).
+    private var filterReferences: [(path: String, name: String)] = []
 
-    static func parse(_ m: ConfigMap) throws(ConfigError) -> (table: RouteTable, references: [(path: String, name: String)]) {
+    static func parse(_ m: ConfigMap) throws(ConfigError) -> (table: RouteTable, references: [(path: String, name: String)],
+                                                             filterReferences: [(path: String, name: String)]) {
         var p = RouteConfigParser()
         var hosts: [VirtualHost] = []
         switch (m.optional("virtual_hosts"), m.optional("routes")) {
@@ -32,14 +36,15 @@ struct RouteConfigParser {
         case (nil, let r?):
             let noHeaders = HeaderMutation()
             hosts = [VirtualHost(name: "default", domains: ["*"],
-                                 routes: try p.routes(r, virtualHost: "default", vhRequest: noHeaders, vhResponse: noHeaders, vhRetry: nil),
+                                 routes: try p.routes(r, virtualHost: "default", vhRequest: noHeaders, vhResponse: noHeaders, vhRetry: nil,
+                                                      vhFilters: FilterOverrides()),
                                  requestHeaders: noHeaders, responseHeaders: noHeaders, retryPolicy: nil)]
         case (_?, _?):
             throw ConfigError(m.path + ".routes", "give either virtual_hosts or routes (one virtual host for every domain), not both")
         case (nil, nil):
             throw ConfigError(m.path + ".virtual_hosts", "missing required key (or routes)")
         }
-        return (RouteTable(virtualHosts: hosts, clusterNames: p.clusterNames), p.references)
+        return (RouteTable(virtualHosts: hosts, clusterNames: p.clusterNames), p.references, p.filterReferences)
     }
 
     private mutating func virtualHost(_ v: ConfigValue) throws(ConfigError) -> VirtualHost {
@@ -60,9 +65,11 @@ struct RouteConfigParser {
         let req = try HeaderMutation.parse(m, side: "request")
         let resp = try HeaderMutation.parse(m, side: "response")
         let retry = try m.optional("retry_policy").map { (r) throws(ConfigError) in try RouteConfigParser.retryPolicy(r) }
-        let routes = try routes(try m.required("routes"), virtualHost: name, vhRequest: req, vhResponse: resp, vhRetry: retry)
+        let filters = try filterOverrides(m)
+        let routes = try routes(try m.required("routes"), virtualHost: name, vhRequest: req, vhResponse: resp, vhRetry: retry, vhFilters: filters)
         try m.finish()
-        return VirtualHost(name: name, domains: domains, routes: routes, requestHeaders: req, responseHeaders: resp, retryPolicy: retry)
+        return VirtualHost(name: name, domains: domains, routes: routes, requestHeaders: req, responseHeaders: resp, retryPolicy: retry,
+                           filterOverrides: filters)
     }
 
     /// `*`, `*suffix`, `prefix*` (one wildcard, at an end) or an exact host[:port].
@@ -79,18 +86,19 @@ struct RouteConfigParser {
     }
 
     private mutating func routes(_ v: ConfigValue, virtualHost: String, vhRequest: HeaderMutation, vhResponse: HeaderMutation,
-                                 vhRetry: RetryPolicy?) throws(ConfigError) -> [RouteEntry] {
+                                 vhRetry: RetryPolicy?, vhFilters: FilterOverrides) throws(ConfigError) -> [RouteEntry] {
         let items = try v.list()
         if items.isEmpty { throw v.fail("at least one route is needed") }
         var out: [RouteEntry] = []
         for (i, item) in items.enumerated() {
-            out.append(try route(item, index: i, virtualHost: virtualHost, vhRequest: vhRequest, vhResponse: vhResponse, vhRetry: vhRetry))
+            out.append(try route(item, index: i, virtualHost: virtualHost, vhRequest: vhRequest, vhResponse: vhResponse, vhRetry: vhRetry,
+                                 vhFilters: vhFilters))
         }
         return out
     }
 
     private mutating func route(_ v: ConfigValue, index: Int, virtualHost: String, vhRequest: HeaderMutation,
-                                vhResponse: HeaderMutation, vhRetry: RetryPolicy?) throws(ConfigError) -> RouteEntry {
+                                vhResponse: HeaderMutation, vhRetry: RetryPolicy?, vhFilters: FilterOverrides) throws(ConfigError) -> RouteEntry {
         let m = try v.mapping()
         let name = try m.optional("name")?.string() ?? "route_\(index)"
         let match = try RouteConfigParser.match(try m.required("match"))
@@ -125,9 +133,41 @@ struct RouteConfigParser {
         let entry = RouteEntry(name: name, virtualHostName: virtualHost, match: match, action: action,
                                requestHeaders: try HeaderMutation.parse(m, side: "request"),
                                responseHeaders: try HeaderMutation.parse(m, side: "response"),
-                               virtualHostRequestHeaders: vhRequest, virtualHostResponseHeaders: vhResponse)
+                               virtualHostRequestHeaders: vhRequest, virtualHostResponseHeaders: vhResponse,
+                               filterOverrides: try filterOverrides(m), virtualHostFilterOverrides: vhFilters)
         try m.finish()
         return entry
+    }
+
+    /// `typed_per_filter_config: {<filter name>: {disabled: true} | <the filter's own keys>}`
+    /// on a virtual host or route. Only `header_mutation` has keys to override (its
+    /// `request_headers_to_add`, ...); any filter can be disabled.
+    private mutating func filterOverrides(_ m: ConfigMap) throws(ConfigError) -> FilterOverrides {
+        guard let v = m.optional("typed_per_filter_config") else { return FilterOverrides() }
+        let fm = try v.mapping()
+        var out = FilterOverrides()
+        for name in fm.keys {
+            guard let item = fm.optional(name) else { continue }
+            let im = try item.mapping()
+            filterReferences.append((item.path, name))
+            if let d = im.optional("disabled") {
+                guard try d.bool() else { throw d.fail("only `disabled: true` has a meaning (leave the entry out to keep the filter)") }
+                try im.finish()
+                out.entries.append((name, .disabled))
+                continue
+            }
+            switch name {
+            case "header_mutation":
+                let hm = HeaderMutationFilterConfig(request: try HeaderMutation.parse(im, side: "request"),
+                                                    response: try HeaderMutation.parse(im, side: "response"))
+                try im.finish()
+                out.entries.append((name, .headerMutation(hm)))
+            default:
+                throw item.fail("\(name) has no per-route settings; only `disabled: true`")
+            }
+        }
+        try fm.finish()
+        return out
     }
 
     // MARK: - match

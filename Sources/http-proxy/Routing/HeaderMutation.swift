@@ -8,7 +8,8 @@ enum HeaderValuePart: Sendable, Equatable {
     case downstreamRemoteAddress(withPort: Bool)
     /// `%DOWNSTREAM_LOCAL_ADDRESS%` or `..._WITHOUT_PORT`.
     case downstreamLocalAddress(withPort: Bool)
-    /// `%REQ(name)%`: the request's first `name` header (lowercase), empty when absent.
+    /// `%REQ(name)%`: the request's first `name` header (lowercase; `:path`, `:method`,
+    /// `:authority`, `:scheme` too), empty when absent.
     case requestHeader(String)
     /// `%UPSTREAM_HOST%`: the picked host's `ip:port` (empty before one is picked).
     case upstreamHost
@@ -58,8 +59,11 @@ enum HeaderValuePart: Sendable, Equatable {
         default:
             guard cmd.hasPrefix("REQ("), cmd.hasSuffix(")") else { return nil }
             let name = String(cmd.dropFirst(4).dropLast())
-            guard isHeaderName(name) else { return nil }
-            return .requestHeader(name.lowercased())
+            let lower = name.lowercased()
+            // Envoy's pseudo-header names work too (`%REQ(:PATH)%`): HTTP/1.1 requests carry them
+            // in the header map as HTTP/2 ones will.
+            guard isHeaderName(name) || [":path", ":method", ":authority", ":scheme"].contains(lower) else { return nil }
+            return .requestHeader(lower)
         }
     }
 

@@ -113,6 +113,51 @@ enum RouteAction: Sendable {
     case directResponse(status: Int, body: String)
 }
 
+/// A virtual host's or route's `typed_per_filter_config` entry for one filter (Envoy's
+/// per-route filter config): switch the filter off for the route, or give it other settings.
+enum FilterOverride: Sendable {
+    /// `{disabled: true}`: the filter is not installed for streams on this route.
+    case disabled
+    /// `header_mutation`'s own keys: these mutations replace the listener-level ones.
+    case headerMutation(HeaderMutationFilterConfig)
+
+    var dump: JSON {
+        switch self {
+        case .disabled: return .object([("disabled", .bool(true))])
+        case .headerMutation(let m):
+            var f: [(String, JSON)] = []
+            m.request.dump(side: "request", into: &f)
+            m.response.dump(side: "response", into: &f)
+            return .object(f)
+        }
+    }
+}
+
+/// Filter overrides by filter name (a handful at most: a list, searched in order).
+struct FilterOverrides: Sendable {
+    var entries: [(name: String, override: FilterOverride)] = []
+
+    var isEmpty: Bool { entries.isEmpty }
+
+    func find(_ name: String) -> FilterOverride? { entries.first { $0.name == name }?.override }
+
+    func isDisabled(_ name: String) -> Bool {
+        if case .disabled? = find(name) { return true }
+        return false
+    }
+
+    /// `more` (the more specific level) wins per filter name.
+    func merged(with more: FilterOverrides) -> FilterOverrides {
+        var out = more
+        for e in entries where more.find(e.name) == nil { out.entries.append(e) }
+        return out
+    }
+
+    func dump(into f: inout [(String, JSON)]) {
+        if !isEmpty { f.append(("typed_per_filter_config", .object(entries.map { ($0.name, $0.override.dump) }))) }
+    }
+}
+
 /// A compiled route: its match, its action, and the header mutations to apply (route level
 /// first, then its virtual host's, as Envoy). Immutable; shared by every worker.
 final class RouteEntry: Sendable {
@@ -127,11 +172,18 @@ final class RouteEntry: Sendable {
     /// out). The router applies these.
     let requestHeaderMutations: [HeaderMutation]
     let responseHeaderMutations: [HeaderMutation]
+    /// The route's own `typed_per_filter_config`, and the one in force: the virtual host's
+    /// merged under the route's.
+    let ownFilterOverrides: FilterOverrides
+    let filterOverrides: FilterOverrides
 
     init(name: String, virtualHostName: String, match: RouteMatch, action: RouteAction,
          requestHeaders: HeaderMutation, responseHeaders: HeaderMutation,
-         virtualHostRequestHeaders: HeaderMutation, virtualHostResponseHeaders: HeaderMutation) {
+         virtualHostRequestHeaders: HeaderMutation, virtualHostResponseHeaders: HeaderMutation,
+         filterOverrides: FilterOverrides = FilterOverrides(), virtualHostFilterOverrides: FilterOverrides = FilterOverrides()) {
         self.name = name; self.virtualHostName = virtualHostName; self.match = match; self.action = action
+        ownFilterOverrides = filterOverrides
+        self.filterOverrides = virtualHostFilterOverrides.merged(with: filterOverrides)
         if case .forward(let f) = action { forward = f } else { forward = nil }
         self.requestHeaders = requestHeaders
         self.responseHeaders = responseHeaders
@@ -272,6 +324,7 @@ final class RouteEntry: Sendable {
         }
         requestHeaders.dump(side: "request", into: &f)
         responseHeaders.dump(side: "response", into: &f)
+        ownFilterOverrides.dump(into: &f)
         return .object(f)
     }
 }
@@ -303,11 +356,13 @@ struct VirtualHost: Sendable {
     let requestHeaders: HeaderMutation
     let responseHeaders: HeaderMutation
     let retryPolicy: RetryPolicy?
+    var filterOverrides = FilterOverrides()
 
     var dump: JSON {
         var f: [(String, JSON)] = [("name", .string(name)), ("domains", .array(domains.map { .string($0) }))]
         requestHeaders.dump(side: "request", into: &f)
         responseHeaders.dump(side: "response", into: &f)
+        filterOverrides.dump(into: &f)
         if let r = retryPolicy { f.append(("retry_policy", r.dump)) }
         f.append(("routes", .array(routes.map(\.dump))))
         return .object(f)
@@ -333,6 +388,9 @@ final class RouteTable: Sendable {
     /// `www.example.*` as the part before `*`, longest first.
     private let prefixes: [(prefix: [UInt8], vhost: Int)]
     private let catchAll: Int?
+    /// Some virtual host or route has `typed_per_filter_config`: streams then resolve their
+    /// route before installing filters.
+    let hasFilterOverrides: Bool
 
     /// Builds the domain index. Duplicate domains are refused by the parser before this.
     init(virtualHosts: [VirtualHost], clusterNames: [String]) {
@@ -356,6 +414,7 @@ final class RouteTable: Sendable {
         self.prefixes = prefixes.enumerated().sorted { ($0.element.prefix.count, -$0.offset) > ($1.element.prefix.count, -$1.offset) }.map(\.element)
         self.exact = exact
         self.catchAll = catchAll
+        hasFilterOverrides = virtualHosts.contains { vh in vh.routes.contains { !$0.filterOverrides.isEmpty } }
     }
 
     /// The route for a request, or nil (no virtual host or no route matches: a 404, `NR`).
