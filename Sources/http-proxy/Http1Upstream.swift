@@ -282,7 +282,7 @@ final class Http1Client: ConnectionCallbacks {
         headersDone = false
         parser.reset()
         requestHead = headers.first(.method).map { headers.valueEqualsIgnoringCase($0, "HEAD") } ?? false
-        requestConnect = false
+        requestConnect = headers.first(.method).map { headers.withValue($0) { equalsLiteral($0, "CONNECT") } } ?? false
         requestUpgrade = headers.has(.upgrade)
         // A body of unknown length goes chunked.
         if hasBody && !contentLength { headers.set(.transferEncoding, "chunked") }
@@ -380,9 +380,10 @@ final class Http1Client: ConnectionCallbacks {
                     parsing = nil
                     if head.status < 200 && head.status != 101 { continue }  // 100 Continue & co: not forwarded
                     if head.framing == .tunnel {
-                        // Only an upgrade the client asked for becomes a tunnel; a 101 nobody
-                        // asked for is the upstream's error.
-                        guard head.status == 101 && requestUpgrade && head.upgrade, let conn = connection else {
+                        // Only an upgrade the client asked for becomes a tunnel (a 101 nobody
+                        // asked for is the upstream's error), or a 2xx to a forwarded CONNECT.
+                        let agreed = head.status == 101 ? requestUpgrade && head.upgrade : requestConnect
+                        guard agreed, let conn = connection else {
                             worker.stats.inc(pool.stats.cxProtocolError)
                             responseFailed(a, reset: false)
                             return
@@ -502,11 +503,16 @@ final class Http1Client: ConnectionCallbacks {
     /// the downstream's connection manager, which settles this host's accounting when the
     /// tunnel ends (`UpstreamTunnel.release`). Bytes after the 101 stay in its read buffer.
     private func becomeTunnel(_ a: UpstreamAttempt, _ h: HeaderMap, _ conn: Connection) {
-        let upgrade = h.first(.upgrade).map { h.value(at: $0) } ?? ""
+        let upgrade = h.first(.upgrade).map { h.value(at: $0) }
         h.removeHopByHop()
         for t in head.connectionTokens { h.remove(t) }
-        h.add(.upgrade, upgrade)
-        h.add(.connection, "upgrade")
+        if head.status == 101, let upgrade {
+            h.add(.upgrade, upgrade)
+            h.add(.connection, "upgrade")
+        } else {
+            // A 2xx to CONNECT has no content (RFC 9110 9.3.6): a length would mislead the client.
+            h.remove(.contentLength)
+        }
         attempt = nil
         connection = nil
         closed = true

@@ -338,6 +338,8 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
             }
         }
         if !s.requestComplete { responseKeepAlive = false }  // the rest of the request cannot be found
+        // A refused CONNECT: bytes the client sent ahead for the tunnel must not be read as a request.
+        if s.isConnect { responseKeepAlive = false }
         if draining && head.keepAlive { worker.stats.inc(stats.downstreamCxDrainClose) }
         if !responseKeepAlive {
             h.add(.connection, "close")

@@ -76,7 +76,7 @@ final class Router: HttpDecoderFilter {
             cluster = wc
             stream.cm.workerState.requestStarted(wc.snapshot.slot)
             stream.info.clusterName = wc.snapshot.name
-            if case .connect = r.match.path {
+            if case .connect = r.match.path, !f.forwardConnect {
                 startConnectTermination(wc)
                 return .stopIteration
             }

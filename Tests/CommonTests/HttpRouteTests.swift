@@ -284,8 +284,42 @@ private func routed(_ t: RouteTable, _ h: HeaderMap) -> String? { t.route(h)?.na
     #expect(error("routes: [{ match: { safe_regex: /a }, prefix_rewrite: /b, cluster: a }]").hasPrefix(r + "routes[0].prefix_rewrite: prefix_rewrite needs a prefix or path match"))
     #expect(error("routes: [{ match: { prefix: / }, cluster: a, regex_rewrite: { pattern: a, substitution: \"\\\\2\" } }]").hasPrefix(r + "routes[0].regex_rewrite.substitution: bad substitution"))
     #expect(error("routes: [{ match: { prefix: / }, cluster: a, request_headers_to_remove: [\":path\"] }]").hasPrefix(r + "routes[0].request_headers_to_remove[0]: \":path\" cannot be added or removed"))
+    #expect(error("routes: [{ match: { prefix: / }, cluster: a, typed_per_filter_config: { health_check: { disabled: true } } }]")
+        .hasPrefix(r + "routes[0].typed_per_filter_config.health_check: no filter named \"health_check\" in this listener's http_filters (configured: none)"))
+    #expect(error("http_filters: [{ name: health_check }]\nroutes: [{ match: { prefix: / }, cluster: a, typed_per_filter_config: { health_check: { path: /x } } }]")
+        .hasPrefix(r + "routes[0].typed_per_filter_config.health_check: health_check has no per-route settings"))
+    #expect(error("http_filters: [{ name: header_mutation }]\nroutes: [{ match: { prefix: / }, cluster: a, typed_per_filter_config: { header_mutation: { disabled: false } } }]")
+        .hasPrefix(r + "routes[0].typed_per_filter_config.header_mutation.disabled: only `disabled: true`"))
+    #expect(error("http_filters: [{ name: header_mutation }]\nroutes: [{ match: { prefix: / }, cluster: a, typed_per_filter_config: { header_mutation: { colour: red } } }]")
+        .hasPrefix(r + "routes[0].typed_per_filter_config.header_mutation.colour: unknown key"))
+    #expect(error("routes: [{ match: { prefix: / }, cluster: a, connect_mode: forward }]").hasPrefix(r + "routes[0].connect_mode: only for routes with a connect_matcher"))
+    #expect(error("routes: [{ match: { connect_matcher: {} }, cluster: a, connect_mode: tunnel }]").hasPrefix(r + "routes[0].connect_mode: \"tunnel\" is not one of"))
+    #expect(error("routes: [{ match: { connect_matcher: {} }, cluster: a, prefix_rewrite: /x }]").hasPrefix(r + "routes[0].prefix_rewrite: a CONNECT has no path to rewrite"))
     let long = String(repeating: "a", count: 5000)
     #expect(error("routes: [{ match: { safe_regex: \"\(long)\" }, cluster: a }]").hasPrefix(r + "routes[0].match.safe_regex: bad regex: pattern longer than 4096"))
+}
+
+/// `typed_per_filter_config`: the route's entry wins over its virtual host's per filter name,
+/// and the table knows whether any route has one (streams then resolve routes early).
+@Test func httpRouteFilterOverridesMerge() throws {
+    let t = try table("""
+        http_filters: [{ name: health_check }, { name: header_mutation, request_headers_to_add: [{ header: { key: x-l, value: "1" } }] }]
+        virtual_hosts:
+          - name: v
+            domains: ["*"]
+            typed_per_filter_config: { health_check: { disabled: true }, header_mutation: { disabled: true } }
+            routes:
+              - { match: { prefix: /own }, cluster: a, typed_per_filter_config: { header_mutation: { request_headers_to_add: [{ header: { key: x-r, value: "2" } }] } } }
+              - { match: { prefix: / }, cluster: a }
+        """)
+    #expect(t.hasFilterOverrides)
+    let own = try #require(t.route(request("/own")))
+    #expect(own.filterOverrides.isDisabled("health_check"))
+    guard case .headerMutation(let m)? = own.filterOverrides.find("header_mutation") else { Issue.record("no override"); return }
+    #expect(!m.request.isEmpty && m.response.isEmpty)
+    let rest = try #require(t.route(request("/x")))
+    #expect(rest.filterOverrides.isDisabled("health_check") && rest.filterOverrides.isDisabled("header_mutation"))
+    #expect(try !table("routes: [{ match: { prefix: / }, cluster: a }]").hasFilterOverrides)
 }
 
 @Test func httpRouteRegexEngine() async throws {

@@ -802,6 +802,34 @@ def test_no_retry_once_the_response_started():
         assert up.connections == 1
 
 
+def tunnel_roundtrip(addr, n, size=300000):
+    """CONNECT through the proxy at `addr`, expect a 200, then write `size` bytes while reading
+    them back (the far end is an echo) and check them."""
+    s = connect(addr)
+    s.sendall(b"CONNECT echo.internal:7 HTTP/1.1\r\nHost: echo.internal:7\r\n\r\n")
+    f = s.makefile("rb")
+    status = f.readline()
+    assert status.startswith(b"HTTP/1.1 200"), (n, status)
+    while f.readline() not in (b"\r\n", b""):
+        pass
+    data = pattern(size, seed=n)
+    got = bytearray()
+
+    def read():
+        while len(got) < len(data):
+            d = f.read1(65536)
+            if not d:
+                break
+            got.extend(d)
+    r = threading.Thread(target=read)
+    r.start()
+    s.sendall(data)
+    r.join(30)
+    assert bytes(got) == data, f"tunnel {n}: {len(got)} of {len(data)} bytes back"
+    f.close()
+    s.close()
+
+
 def test_connect_is_terminated_into_a_tcp_tunnel_to_an_echo():
     # CONNECT termination: the proxy connects to a host of the route's cluster (plain TCP),
     # answers 200, and relays. Several tunnels at once, each writing and reading concurrently.
@@ -813,37 +841,49 @@ def test_connect_is_terminated_into_a_tcp_tunnel_to_an_echo():
         - match: { prefix: / }
           cluster: web""", {"echo": echo.endpoint, "web": web.endpoint})
         with Proxy("http-proxy", config=cfg) as p:
-
-            def tunnel(n):
-                s = connect(p.addr())
-                s.sendall(b"CONNECT echo.internal:7 HTTP/1.1\r\nHost: echo.internal:7\r\n\r\n")
-                f = s.makefile("rb")
-                assert f.readline().startswith(b"HTTP/1.1 200"), n
-                while f.readline() not in (b"\r\n", b""):
-                    pass
-                data = pattern(300000, seed=n)
-                got = bytearray()
-
-                def read():
-                    while len(got) < len(data):
-                        d = f.read1(65536)
-                        if not d:
-                            break
-                        got.extend(d)
-                r = threading.Thread(target=read)
-                r.start()
-                s.sendall(data)
-                r.join(30)
-                assert bytes(got) == data, f"tunnel {n}: {len(got)} of {len(data)} bytes back"
-                f.close()
-                s.close()
-
-            concurrently(tunnel, 4)
+            concurrently(lambda n: tunnel_roundtrip(p.addr(), n), 4)
             assert p.stat("http.main.downstream_cx_upgrades_total") == 4
             # The same listener still routes ordinary requests; CONNECT is matched only by its route.
             rc, out, _ = curl(f"http://{hp(p)}/x")
             assert json.loads(out)["origin"] == "web"
             wait_for(lambda: p.stat("http.main.downstream_cx_upgrades_active") == 0, what="tunnels closed")
+
+
+def test_connect_is_forwarded_to_an_upstream_proxy_tier():
+    # connect_mode: forward: the edge sends the CONNECT itself to its cluster (here a second
+    # http-proxy that terminates it) and relays after that proxy's 200. Tunnels run at once,
+    # curl's proxy tunnel (-p -x) works through both tiers, and a CONNECT the inner tier
+    # refuses reaches the client as that refusal, with the connection closed.
+    from harness import echo_handler
+    with Server(echo_handler) as echo, Origin("web") as web:
+        inner_cfg = http_config("""      virtual_hosts:
+        - name: tunnels
+          domains: ["echo.internal:7"]
+          routes: [{ match: { connect_matcher: {} }, cluster: echo }]
+        - name: web
+          domains: ["web.internal:80"]
+          routes: [{ match: { connect_matcher: {} }, cluster: web }]""", {"echo": echo.endpoint, "web": web.endpoint})
+        with Proxy("http-proxy", config=inner_cfg) as inner:
+            edge_cfg = http_config("""      routes:
+        - match: { connect_matcher: {} }
+          cluster: inner
+          connect_mode: forward""", {"inner": hp(inner)})
+            with Proxy("http-proxy", config=edge_cfg) as edge:
+                for _ in range(2):
+                    concurrently(lambda n: tunnel_roundtrip(edge.addr(), n), 4)
+                rc, out, err = curl("-p", "-x", f"http://{hp(edge)}", "http://web.internal:80/size/200000")
+                assert rc == 0 and out == pattern(200000), err
+                # No virtual host for this authority at the inner tier: its 404 comes back.
+                s = connect(edge.addr())
+                s.sendall(b"CONNECT nowhere.internal:9 HTTP/1.1\r\nHost: nowhere.internal:9\r\n\r\nearly bytes")
+                st, h, _ = read_response(s)
+                assert st == 404 and h.get("connection") == "close"
+                assert s.recv(100) == b""  # closed: the early bytes were not read as a request
+                s.close()
+                assert edge.stat("http.main.downstream_cx_upgrades_total") == 9
+                assert inner.stat("http.main.downstream_cx_upgrades_total") == 9
+                wait_for(lambda: edge.stat("http.main.downstream_cx_upgrades_active") == 0, what="edge tunnels closed")
+                wait_for(lambda: inner.stat("http.main.downstream_cx_upgrades_active") == 0, what="inner tunnels closed")
 
 
 def test_connect_without_a_connect_route_is_a_404():

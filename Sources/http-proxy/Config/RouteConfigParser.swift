@@ -109,7 +109,7 @@ struct RouteConfigParser {
                                                  : "give one action, not \(actionKeys.joined(separator: " and "))")
         }
         let forwardOnly = ["prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "timeout",
-                           "idle_timeout", "retry_policy", "hash_policy"]
+                           "idle_timeout", "retry_policy", "hash_policy", "connect_mode"]
         let action: RouteAction
         switch actionKeys[0] {
         case "redirect":
@@ -324,6 +324,7 @@ struct RouteConfigParser {
         var f = ForwardAction(clusters: clusters, totalWeight: total)
         let pr = m.optional("prefix_rewrite"), rr = m.optional("regex_rewrite")
         if pr != nil && rr != nil { throw ConfigError(m.path + ".regex_rewrite", "give either prefix_rewrite or regex_rewrite, not both") }
+        if case .connect = match.path, let v = pr ?? rr { throw v.fail("a CONNECT has no path to rewrite") }
         if let pr {
             if case .regex = match.path { throw pr.fail("prefix_rewrite needs a prefix or path match (use regex_rewrite)") }
             let s = try pr.string()
@@ -356,6 +357,10 @@ struct RouteConfigParser {
         f.retryPolicy = try m.optional("retry_policy").map { (r) throws(ConfigError) in try RouteConfigParser.retryPolicy(r) } ?? vhRetry
         if let h = m.optional("hash_policy") {
             for item in try h.list() { f.hashPolicy.append(try RouteConfigParser.hashPolicy(item)) }
+        }
+        if let c = m.optional("connect_mode") {
+            guard case .connect = match.path else { throw c.fail("only for routes with a connect_matcher") }
+            f.forwardConnect = try c.oneOf(["terminate", "forward"]) == "forward"
         }
         return f
     }

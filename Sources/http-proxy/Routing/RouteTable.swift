@@ -92,6 +92,10 @@ struct ForwardAction: Sendable {
     /// The route's `retry_policy`, else its virtual host's; nil = no retries.
     var retryPolicy: RetryPolicy?
     var hashPolicy: [HashPolicy] = []
+    /// `connect_mode: forward` on a `connect_matcher` route: the CONNECT request itself goes
+    /// to the cluster (an upstream HTTP proxy), and its 2xx turns both connections into a
+    /// relay. The default, `terminate`, opens a TCP connection to the host and answers 200.
+    var forwardConnect = false
 }
 
 /// `redirect`.
@@ -306,6 +310,7 @@ final class RouteEntry: Sendable {
             case .auto: f.append(("auto_host_rewrite", .bool(true)))
             }
             f.append(("timeout", .string(formatDuration(a.timeoutMs))))
+            if case .connect = match.path { f.append(("connect_mode", .string(a.forwardConnect ? "forward" : "terminate"))) }
             if let i = a.idleTimeoutMs { f.append(("idle_timeout", .string(formatDuration(i)))) }
             if let r = a.retryPolicy { f.append(("retry_policy", r.dump)) }
             if !a.hashPolicy.isEmpty { f.append(("hash_policy", .array(a.hashPolicy.map(\.dump)))) }
