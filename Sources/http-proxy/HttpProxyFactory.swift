@@ -75,19 +75,31 @@ enum RequestId {
     /// A random UUID (version 4), handed to `body` as bytes (no String per request).
     static func generate(_ rng: inout FastRandom, _ body: (UnsafeRawBufferPointer) -> Void) {
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 36) { out in
-            let hex: StaticString = "0123456789abcdef"
-            var a = rng.next(), b = rng.next()
-            var j = 0
-            for i in 0..<36 {
-                if i == 8 || i == 13 || i == 18 || i == 23 { out[i] = 0x2D; continue }
-                var nibble: UInt64
-                if j < 16 { nibble = a & 15; a >>= 4 } else { nibble = b & 15; b >>= 4 }
-                if i == 14 { nibble = 4 }  // version
-                if i == 19 { nibble = 8 | (nibble & 3) }  // variant
-                out[i] = hex.utf8Start[Int(nibble)]
-                j += 1
-            }
+            let p = out.baseAddress!
+            let a = rng.next(), b = rng.next()
+            // 8-4-4-4-12 hex digits: the version nibble is 4, the variant's top bits are 10.
+            hex(a >> 32, 8, p)
+            p[8] = 0x2D
+            hex(a >> 16, 4, p + 9)
+            p[13] = 0x2D
+            hex(0x4000 | (a & 0x0FFF), 4, p + 14)
+            p[18] = 0x2D
+            hex(0x8000 | (b >> 48 & 0x3FFF), 4, p + 19)
+            p[23] = 0x2D
+            hex(b, 12, p + 24)
             body(UnsafeRawBufferPointer(out))
+        }
+    }
+
+    /// The low `n` nibbles of `v` as lowercase hex at `p`.
+    @inline(__always) private static func hex(_ v: UInt64, _ n: Int, _ p: UnsafeMutablePointer<UInt8>) {
+        var v = v
+        var i = n - 1
+        while i >= 0 {
+            let d = UInt8(truncatingIfNeeded: v & 15)
+            p[i] = d < 10 ? 0x30 + d : 0x57 + d
+            v >>= 4
+            i -= 1
         }
     }
 

@@ -365,3 +365,20 @@ private func routed(_ t: RouteTable, _ h: HeaderMap) -> String? { t.route(h)?.na
     #expect(c2.routeTable.route(request("/static/x"))?.pickCluster(random: 1) == "route_1")
     #expect(c2.routeTable.route(request("/other")) == nil)
 }
+
+/// Generated `X-Request-Id`s are UUID v4 text (8-4-4-4-12 lowercase hex, version 4, variant
+/// 10xx) and do not repeat.
+@Test func httpRequestIdIsUuidV4() {
+    var rng = FastRandom(seed: 42)
+    var seen = Set<String>()
+    let hex = Set("0123456789abcdef")
+    for _ in 0..<2000 {
+        let id = RequestId.generate(&rng)
+        let parts = id.split(separator: "-", omittingEmptySubsequences: false).map(String.init)
+        #expect(parts.map(\.count) == [8, 4, 4, 4, 12], "\(id)")
+        #expect(parts.joined().allSatisfy { hex.contains($0) }, "\(id)")
+        #expect(parts[2].first == "4" && "89ab".contains(parts[3].first ?? "x"), "\(id)")
+        seen.insert(id)
+    }
+    #expect(seen.count == 2000)
+}

@@ -115,6 +115,25 @@ public struct Http1Head: Sendable {
     @inline(__always) @usableFromInline static func isFieldValue(_ c: UInt8) -> Bool {
         (c >= 0x20 && c != 0x7F) || c == 0x09
     }
+    /// Skips 8 bytes at a time while none is a control byte (< 0x20) or DEL; stops at the word
+    /// holding one (the CR that ends a value, an HTAB, a bad byte) or near the end, where the
+    /// byte loop goes on. SWAR: `(w - 0x20…) & ~w & 0x80…` flags a byte under 0x20 (obs-text,
+    /// ≥ 0x80, is never flagged); the same test on `w ^ 0x7F…` flags DEL. A borrow can flag a
+    /// byte above a real hit, never without one, so a flagged word only means "look closer".
+    @inline(__always) @usableFromInline static func skipPlainValueBytes(_ b: UnsafeRawBufferPointer, from start: Int) -> Int {
+        guard let base = b.baseAddress else { return start }
+        var i = start
+        let n = b.count
+        while i + 8 <= n {
+            let w = base.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            let control = (w &- 0x2020_2020_2020_2020) & ~w
+            let x = w ^ 0x7F7F_7F7F_7F7F_7F7F
+            let del = (x &- 0x0101_0101_0101_0101) & ~x
+            if (control | del) & 0x8080_8080_8080_8080 != 0 { break }
+            i += 8
+        }
+        return i
+    }
     /// What a request-target may hold: visible ASCII.
     @inline(__always) @usableFromInline static func isTarget(_ c: UInt8) -> Bool { c &- 0x21 < 0x5E }
 }
@@ -353,6 +372,7 @@ public struct Http1HeadParser: Sendable {
             i += 1
             while i < n && (b[i] == 0x20 || b[i] == 0x09) { i += 1 }
             let valueStart = i
+            i = HttpChars.skipPlainValueBytes(b, from: i)
             while i < n && HttpChars.isFieldValue(b[i]) { i += 1 }
             var valueEnd = i
             guard i + 1 < n else { return .badHeaderValue }

@@ -321,7 +321,7 @@ struct RouteConfigParser {
         }
         let total = clusters.reduce(0) { $0 + $1.weight }
         if total == 0 { throw ConfigError(m.path + ".weighted_clusters", "the weights add up to 0") }
-        var f = ForwardAction(clusters: clusters, totalWeight: total)
+        let f = ForwardAction(clusters: clusters, totalWeight: total)
         let pr = m.optional("prefix_rewrite"), rr = m.optional("regex_rewrite")
         if pr != nil && rr != nil { throw ConfigError(m.path + ".regex_rewrite", "give either prefix_rewrite or regex_rewrite, not both") }
         if case .connect = match.path, let v = pr ?? rr { throw v.fail("a CONNECT has no path to rewrite") }

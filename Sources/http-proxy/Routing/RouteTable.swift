@@ -76,9 +76,20 @@ struct RouteCluster: Sendable {
 }
 
 /// A route's forwarding to a cluster (`cluster` or `weighted_clusters`) and its options.
-struct ForwardAction: Sendable {
+///
+/// A class, not a struct: the router keeps it per request, and a struct this size was copied
+/// (a retain per array and optional in it) several times per request. Its fields are set only
+/// by the config parser, before the route table is published to workers; nothing writes
+/// them afterwards, which is why the unchecked Sendable holds.
+final class ForwardAction: @unchecked Sendable {
     let clusters: [RouteCluster]
     let totalWeight: Int
+
+    init(clusters: [RouteCluster], totalWeight: Int) {
+        self.clusters = clusters
+        self.totalWeight = totalWeight
+    }
+
     /// `prefix_rewrite`: replaces the matched prefix (or the whole path of a `path` match).
     var prefixRewrite: [UInt8]?
     /// `regex_rewrite`: every match in the path replaced (PCRE2 substitution syntax, converted
