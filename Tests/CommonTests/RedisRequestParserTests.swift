@@ -159,7 +159,7 @@ private func parseByteByByte(_ bytes: [UInt8]) -> [(RespRequestParser.Result, [[
     #expect(Array(out.readable) == Array("*3\r\n$3\r\nset\r\n$3\r\na b\r\n$2\r\n'c\r\n".utf8))
 }
 
-@Test func byteByByteEqualsOneShot() {
+@Test func requestParserByteByByteEqualsOneShot() {
     let stream = Array(("*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n*0\r\nPING\r\nECHO \"x y\"\n\r\n*1\r\n$4\r\nPING\r\n"
                         + "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n0123456789\r\n*1\r\n$2\r\nabXY").utf8)
     // One shot per request, draining as we go.
