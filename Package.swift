@@ -61,6 +61,8 @@ let package = Package(
         .executableTarget(name: "FuzzConfig", dependencies: ["Common"], path: "Fuzz/FuzzConfig", swiftSettings: swiftSettings),
         .executableTarget(name: "FuzzHttp1Request", dependencies: ["Common"], path: "Fuzz/FuzzHttp1Request", swiftSettings: swiftSettings),
         .executableTarget(name: "FuzzHttp1Response", dependencies: ["Common"], path: "Fuzz/FuzzHttp1Response", swiftSettings: swiftSettings),
+        .executableTarget(name: "FuzzRespRequest", dependencies: ["Common", "RedisProtocol"], path: "Fuzz/FuzzRespRequest", swiftSettings: swiftSettings),
+        .executableTarget(name: "FuzzRespReply", dependencies: ["Common", "RedisProtocol"], path: "Fuzz/FuzzRespReply", swiftSettings: swiftSettings),
         .testTarget(name: "CommonTests", dependencies: ["Common", "TcpProxy", "HttpProxy", "RedisProxy", "RedisProtocol"], swiftSettings: swiftSettings),
     ]
 )
