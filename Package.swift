@@ -49,7 +49,10 @@ let package = Package(
         .executableTarget(name: "TcpProxy", dependencies: ["Common"], path: "Sources/tcp-proxy", swiftSettings: swiftSettings),
         .executableTarget(name: "UdpProxy", dependencies: ["Common"], path: "Sources/udp-proxy", swiftSettings: swiftSettings),
         .executableTarget(name: "HttpProxy", dependencies: ["Common", "CPcre2"], path: "Sources/http-proxy", swiftSettings: swiftSettings),
-        .executableTarget(name: "RedisProxy", dependencies: ["Common"], path: "Sources/redis-proxy", swiftSettings: swiftSettings),
+        // redis-proxy's protocol layer (RESP parsing, command table, reply reader) is a library so
+        // the fuzz harnesses can link it; it lives under the binary's folder.
+        .target(name: "RedisProtocol", dependencies: ["Common", "CHiredis"], path: "Sources/redis-proxy/Protocol", swiftSettings: swiftSettings),
+        .executableTarget(name: "RedisProxy", dependencies: ["Common", "RedisProtocol"], path: "Sources/redis-proxy", exclude: ["Protocol"], swiftSettings: swiftSettings),
         .executableTarget(name: "HealthChecker", dependencies: ["Common"], path: "Sources/health-checker", swiftSettings: swiftSettings),
         // Load-balancer placement and microbenchmarks (benchmarks/RESULTS.md; not a test).
         .executableTarget(name: "lbtool", dependencies: ["Common"], path: "benchmarks/lbtool", swiftSettings: swiftSettings),
@@ -58,6 +61,8 @@ let package = Package(
         .executableTarget(name: "FuzzConfig", dependencies: ["Common"], path: "Fuzz/FuzzConfig", swiftSettings: swiftSettings),
         .executableTarget(name: "FuzzHttp1Request", dependencies: ["Common"], path: "Fuzz/FuzzHttp1Request", swiftSettings: swiftSettings),
         .executableTarget(name: "FuzzHttp1Response", dependencies: ["Common"], path: "Fuzz/FuzzHttp1Response", swiftSettings: swiftSettings),
-        .testTarget(name: "CommonTests", dependencies: ["Common", "TcpProxy", "HttpProxy"], swiftSettings: swiftSettings),
+        .executableTarget(name: "FuzzRespRequest", dependencies: ["Common", "RedisProtocol"], path: "Fuzz/FuzzRespRequest", swiftSettings: swiftSettings),
+        .executableTarget(name: "FuzzRespReply", dependencies: ["Common", "RedisProtocol"], path: "Fuzz/FuzzRespReply", swiftSettings: swiftSettings),
+        .testTarget(name: "CommonTests", dependencies: ["Common", "TcpProxy", "HttpProxy", "RedisProxy", "RedisProtocol"], swiftSettings: swiftSettings),
     ]
 )

@@ -14,7 +14,8 @@ toolset=$(mktemp)
 trap 'rm -f "$toolset"' EXIT
 printf '{ "schemaVersion": "1.0", "linker": { "path": "%s" } }\n' "$lld" > "$toolset"
 
-targets=(FuzzListenerFilters:listener_filters FuzzConfig:config FuzzHttp1Request:http1_request FuzzHttp1Response:http1_response)
+targets=(FuzzListenerFilters:listener_filters FuzzConfig:config FuzzHttp1Request:http1_request FuzzHttp1Response:http1_response
+         FuzzRespRequest:resp_request FuzzRespReply:resp_reply)
 for t in "${targets[@]}"; do
   product=${t%%:*}
   swift build --scratch-path "$scratch" --toolset "$toolset" \

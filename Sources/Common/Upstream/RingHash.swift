@@ -53,15 +53,10 @@ public func md5(_ bytes: [UInt8]) -> [UInt8] {
     return out
 }
 
-/// twemproxy's `fnv1a_64` key hash (a 32-bit FNV-1a with the 64-bit constants truncated),
-/// for keys to land where nutcracker's `hash: fnv1a_64` puts them.
+/// twemproxy's `fnv1a_64` key hash (see `TwemproxyHash`), for keys to land where nutcracker's
+/// `hash: fnv1a_64` puts them.
 public func twemproxyFnv1a64(_ key: [UInt8]) -> UInt32 {
-    var h: UInt32 = 0x84222325  // (uint32_t) 0xcbf29ce484222325
-    for b in key {
-        h ^= UInt32(bitPattern: Int32(Int8(bitPattern: b)))  // C's signed char, as twemproxy reads it
-        h = h &* 0x000001b3  // (uint32_t) 0x100000001b3
-    }
-    return h
+    key.withUnsafeBytes { TwemproxyHash.fnv1a_64.hash($0) }
 }
 
 /// Ring hash balancing over a ketama ring. Without a hash key it picks a random point.
