@@ -48,6 +48,7 @@ tsan: deps
 	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan --product lbtool
 	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan --product udp-proxy
 	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan --product http-proxy
+	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan --product redis-proxy
 	PROXY_BIN_DIR=.build-tsan/debug PROXY_TSAN=1 $(PYTEST) -q -m "not heavy" Tests/IntegrationTests
 
 bench: release

@@ -45,4 +45,9 @@ fi
 if ! python3 -c "import websockets" >/dev/null 2>&1; then
   python3 -m pip install -q websockets >/dev/null 2>&1
 fi
+# redis-py: the client most Python users put in front of redis-proxy (it sends CLIENT SETINFO
+# on connect, pipelines, and probes HELLO).
+if ! python3 -c "import redis" >/dev/null 2>&1; then
+  python3 -m pip install -q redis >/dev/null 2>&1
+fi
 echo "install-deps: ok"

@@ -1,0 +1,87 @@
+import Common
+import RedisProtocol
+
+/// redis-proxy's counters for one listener block (Envoy's names under `redis.<prefix>.`).
+final class RedisProxyStats: Sendable {
+    let downstreamCxTotal: Counter
+    let downstreamCxActive: Gauge
+    let downstreamCxProtocolError: Counter
+    let downstreamRqTotal: Counter
+    let downstreamRqActive: Gauge
+    let downstreamRqSuccess: Counter
+    let downstreamRqError: Counter
+    let downstreamRqUnsupported: Counter
+    let downstreamRqUnknown: Counter
+    let downstreamRqNoUpstream: Counter
+    let downstreamRqCrossSlot: Counter
+    let downstreamAuthFailed: Counter
+    let downstreamRqTime: Histogram
+    let upstreamCxTotal: Counter
+    let upstreamCxConnectFail: Counter
+    let upstreamRqTimeout: Counter
+    let upstreamProtocolError: Counter
+    let upstreamAuthFailed: Counter
+    let upstreamEjected: Counter
+    /// Request parse errors by kind (`downstream_cx_protocol_error.<reason>`).
+    let protocolErrors: [String: Counter]
+
+    init(store: StatsStore, prefix: String) {
+        let p = "redis.\(prefix)."
+        downstreamCxTotal = store.counter(p + "downstream_cx_total")
+        downstreamCxActive = store.gauge(p + "downstream_cx_active")
+        downstreamCxProtocolError = store.counter(p + "downstream_cx_protocol_error")
+        downstreamRqTotal = store.counter(p + "downstream_rq_total")
+        downstreamRqActive = store.gauge(p + "downstream_rq_active")
+        downstreamRqSuccess = store.counter(p + "downstream_rq_success")
+        downstreamRqError = store.counter(p + "downstream_rq_error")
+        downstreamRqUnsupported = store.counter(p + "downstream_rq_unsupported_command")
+        downstreamRqUnknown = store.counter(p + "downstream_rq_unknown_command")
+        downstreamRqNoUpstream = store.counter(p + "downstream_rq_no_upstream")
+        downstreamRqCrossSlot = store.counter(p + "downstream_rq_cross_slot")
+        downstreamAuthFailed = store.counter(p + "downstream_auth_failed")
+        downstreamRqTime = store.histogram(p + "downstream_rq_time")
+        upstreamCxTotal = store.counter(p + "upstream_cx_total")
+        upstreamCxConnectFail = store.counter(p + "upstream_cx_connect_fail")
+        upstreamRqTimeout = store.counter(p + "upstream_rq_timeout")
+        upstreamProtocolError = store.counter(p + "upstream_cx_protocol_error")
+        upstreamAuthFailed = store.counter(p + "upstream_auth_failed")
+        upstreamEjected = store.counter(p + "upstream_host_ejected")
+        var pe: [String: Counter] = [:]
+        for e: RespRequestError in [.invalidMultibulkLength, .tooBigMultibulkCount, .tooBigBulkCount, .expectedDollar(0), .invalidBulkLength,
+                                    .unauthenticatedMultibulkLength, .unauthenticatedBulkLength, .tooBigInlineRequest, .unbalancedQuotes,
+                                    .missingCRLF, .requestTooLarge] {
+            pe[e.statName] = store.counter(p + "downstream_cx_protocol_error." + e.statName)
+        }
+        protocolErrors = pe
+    }
+}
+
+/// Builds redis sessions for one listener in one config generation.
+final class RedisProxyFactory: FilterFactory {
+    let config: RedisProxyConfig
+    let stats: RedisProxyStats
+    let clusterSlot: Int
+    /// Shard connections are shared by listener blocks with the same cluster and upstream
+    /// auth, and survive reloads that keep them.
+    let upstreamKey: String
+
+    init(listener: ListenerConfig, block: any ListenerFilterConfig, clusters: [String: ClusterSnapshot], store: StatsStore) {
+        guard let c = block as? RedisProxyConfig else { preconditionFailure("redis-proxy listener without a redis block") }
+        config = c
+        stats = RedisProxyStats(store: store, prefix: c.statPrefix)
+        clusterSlot = clusters[c.cluster]?.slot ?? Int.max
+        upstreamKey = [c.cluster, c.upstreamAuthUsername ?? "", c.upstreamAuthPassword ?? "", String(c.serverConnections),
+                       c.hash.rawValue, c.distribution.rawValue, String(c.autoEjectHosts)].joined(separator: "\u{0}")
+    }
+
+    func createFilters(worker: Worker, connection: Connection, context: DownstreamContext) {
+        let shards = RedisWorkerState.of(worker).shards(worker, self)
+        let s = RedisSession(factory: self, shards: shards, worker: worker, connection: connection, context: context)
+        connection.readFilters = [s]
+        connection.callbacks = s
+        worker.track(s)
+        worker.stats.inc(stats.downstreamCxTotal)
+        worker.stats.inc(stats.downstreamCxActive)
+        if !connection.readBuffer.isEmpty || connection.readEOF { _ = s.onData(connection.readBuffer, endStream: connection.readEOF) }
+    }
+}

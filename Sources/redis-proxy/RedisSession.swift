@@ -1,0 +1,564 @@
+import Common
+import RedisProtocol
+
+/// The reply to one client request, filled by one or more upstream replies (a split MGET, a
+/// fan-out) and merged. Slots leave the session's FIFO in request order, so a client's
+/// replies keep its order even when its requests went to different shards.
+final class ReplySlot {
+    enum Merge {
+        /// One upstream request: its reply as it came.
+        case forward
+        /// MGET split per key: an array of each key's reply (an error stays in its element).
+        case array
+        /// DEL, UNLINK, EXISTS, TOUCH per key, DBSIZE per shard: the sum (the first error wins).
+        case sum
+        /// MSET per key, FLUSHALL/FLUSHDB/SCRIPT FLUSH per shard: `+OK` (the first error wins).
+        case allOK
+        /// KEYS per shard: the arrays' elements together.
+        case concat
+        /// SCRIPT LOAD per shard: the one reply they all gave (else the first error).
+        case same
+    }
+
+    weak var session: RedisSession?
+    let merge: Merge
+    private(set) var done = false
+    private var partsLeft: Int
+    /// The finished reply.
+    private(set) var bytes: [UInt8] = []
+    private var parts: [[UInt8]] = []
+    private var sum: Int64 = 0
+    private var concatCount = 0
+    private var firstError: [UInt8]?
+    let startMs: UInt64
+
+    init(session: RedisSession, merge: Merge, parts: Int) {
+        self.session = session
+        self.merge = merge
+        partsLeft = parts
+        if merge == .array || merge == .same { self.parts = Array(repeating: [], count: parts) }
+        startMs = monotonicMs()
+    }
+
+    /// A reply made by the proxy itself.
+    init(session: RedisSession, local: [UInt8]) {
+        self.session = session
+        merge = .forward
+        partsLeft = 0
+        bytes = local
+        done = true
+        startMs = 0
+    }
+
+    var isError: Bool { bytes.first == UInt8(ascii: "-") }
+
+    func partReplied(_ part: Int, _ reply: UnsafeRawBufferPointer, _ r: RespReply) {
+        guard !done else { return }
+        switch merge {
+        case .forward: bytes = Array(reply)
+        case .array, .same: parts[part] = Array(reply)
+        case .sum:
+            if r.isError { if firstError == nil { firstError = Array(reply) } } else if r.type == .integer { sum &+= r.integer }
+            else if firstError == nil { firstError = Array("-ERR redis-proxy: unexpected reply from a shard\r\n".utf8) }
+        case .allOK:
+            if r.isError || r.type != .status { if firstError == nil { firstError = Array(reply) } }
+        case .concat:
+            if r.isError || r.type != .array {
+                if firstError == nil { firstError = r.isError ? Array(reply) : Array("-ERR redis-proxy: unexpected reply from a shard\r\n".utf8) }
+            } else if let nl = reply.firstIndex(of: 0x0A) {
+                concatCount += r.elementCount
+                bytes += reply[(nl + 1)...]
+            }
+        }
+        partDone()
+    }
+
+    func partFailed(_ part: Int, _ error: UnsafeRawBufferPointer) {
+        guard !done else { return }
+        switch merge {
+        case .forward: bytes = Array(error)
+        case .array, .same: parts[part] = Array(error)
+        case .sum, .allOK, .concat: if firstError == nil { firstError = Array(error) }
+        }
+        partDone()
+    }
+
+    private func partDone() {
+        partsLeft -= 1
+        guard partsLeft == 0 else { return }
+        switch merge {
+        case .forward: break
+        case .array:
+            bytes = Array("*\(parts.count)\r\n".utf8)
+            for p in parts { bytes += p }
+        case .sum: bytes = firstError ?? Array(":\(sum)\r\n".utf8)
+        case .allOK: bytes = firstError ?? Array("+OK\r\n".utf8)
+        case .concat: bytes = firstError ?? (Array("*\(concatCount)\r\n".utf8) + bytes)
+        case .same:
+            if let e = parts.first(where: { $0.first == UInt8(ascii: "-") }) { bytes = e }
+            else if parts.allSatisfy({ $0 == parts[0] }) { bytes = parts[0] }
+            else { bytes = Array("-ERR redis-proxy: the shards gave different replies\r\n".utf8) }
+        }
+        parts = []
+        done = true
+        session?.slotDone()
+    }
+}
+
+/// One client connection: parses requests (RESP2 arrays and inline commands), answers what the
+/// proxy answers itself, sends the rest to the key's shard (split per key or fanned out where
+/// the command needs it), and returns replies in the client's order.
+///
+/// ```
+/// client ─► RespRequestParser ─► command table ─┬─► local reply (PING, AUTH, CLIENT, HELLO, ...)
+///                                               ├─► ShardSet.shard(key) ─► ShardConnection (pipelined)
+///                                               └─► split / fan-out ─► several ShardConnections
+/// client ◄── slots in request order ◄── ReplySlot (merge) ◄── replies matched in FIFO order
+/// ```
+final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
+    let factory: RedisProxyFactory
+    let shards: ShardSet
+    unowned(unsafe) let worker: Worker
+    let connection: Connection
+    let context: DownstreamContext
+    private var parser: RespRequestParser
+    private var slots: [ReplySlot] = []
+    private var slotHead = 0
+    private var authenticated: Bool
+    private var clientName: [UInt8]?
+    private var closing = false
+    private var finished = false
+    private var paused = false
+    private var draining = false
+    private let out: Buffer
+
+    init(factory: RedisProxyFactory, shards: ShardSet, worker: Worker, connection: Connection, context: DownstreamContext) {
+        self.factory = factory
+        self.shards = shards
+        self.worker = worker
+        self.connection = connection
+        self.context = context
+        parser = RespRequestParser(limits: factory.config.limits)
+        authenticated = factory.config.downstreamAuthPasswords.isEmpty
+        parser.unauthenticated = !authenticated
+        out = Buffer(pool: worker.blocks)
+    }
+
+    private var stats: RedisProxyStats { factory.stats }
+    private var inFlight: Int { slots.count - slotHead }
+
+    // MARK: - Requests
+
+    func onData(_ buffer: Buffer, endStream: Bool) -> FilterStatus {
+        guard !closing else { buffer.drain(buffer.count); return .stopIteration }
+        dispatchingData = true
+        defer { dispatchingData = false }
+        while !closing {
+            if inFlight >= factory.config.maxPipeline {
+                if !paused { paused = true; connection.readDisable() }
+                break
+            }
+            let input = buffer.readable
+            switch parser.parse(input) {
+            case .incomplete:
+                if endStream { closing = true }
+                dispatchingData = false
+                flushReplies()
+                return .stopIteration
+            case .ignored(let n):
+                buffer.drain(n)
+            case .error(let e):
+                worker.stats.inc(stats.downstreamCxProtocolError)
+                if let c = stats.protocolErrors[e.statName] { worker.stats.inc(c) }
+                addLocal(e.reply)
+                buffer.drain(buffer.count)
+                closing = true
+            case .request(let r):
+                handle(r, input)
+                buffer.drain(r.range.upperBound)
+            }
+        }
+        dispatchingData = false
+        flushReplies()
+        return .stopIteration
+    }
+
+    private func argument(_ i: Int, _ input: UnsafeRawBufferPointer) -> [UInt8] {
+        parser.withArgument(i, in: input) { Array($0) }
+    }
+
+    private func handle(_ r: RespRequest, _ input: UnsafeRawBufferPointer) {
+        worker.stats.inc(stats.downstreamRqTotal)
+        let n = r.argCount
+        guard let id = parser.withArgument(0, in: input, { RedisCommands.lookup($0) }) else {
+            worker.stats.inc(stats.downstreamRqUnknown)
+            addLocal(RedisCommands.unknownCommandReply(argCount: n) { argument($0, input) })
+            return
+        }
+        var cmd = id
+        if case .container = id.kind {
+            guard n >= 2 else { addLocal(id.wrongArityReply); return }
+            guard let sub = parser.withArgument(1, in: input, { RedisCommands.lookup(subcommand: $0, of: id) }) else {
+                addLocal(RedisCommands.unknownSubcommandReply(argument(1, input), of: id))
+                return
+            }
+            cmd = sub
+        }
+        guard cmd.arityAccepts(n) else { addLocal(cmd.wrongArityReply); return }
+        if !authenticated && !["auth", "hello", "quit"].contains(cmd.name) {
+            addLocal(Array("-NOAUTH Authentication required.\r\n".utf8))
+            return
+        }
+        switch cmd.kind {
+        case .local:
+            local(cmd, n, input)
+        case .anyShard:
+            guard let shard = shards.anyShard() else { return noUpstream() }
+            forward(r, input, shard: shard)
+        case .single(let k):
+            guard k < n else { addLocal(cmd.wrongArityReply); return }
+            guard let shard = parser.withArgument(k, in: input, { shards.shard(forKey: $0) }) else { return noUpstream() }
+            forward(r, input, shard: shard)
+        case .eval:
+            let numkeys = parser.withArgument(2, in: input) { Int(String(decoding: $0, as: UTF8.self)) } ?? -1
+            guard numkeys >= 0, numkeys <= n - 3 else {
+                addLocal(Array((numkeys < 0 ? "-ERR value is not an integer or out of range\r\n"
+                                            : "-ERR Number of keys can't be greater than number of args\r\n").utf8))
+                return
+            }
+            let pick = numkeys == 0 ? (shards.anyShard().map { .shard($0) } ?? .none) : sameShard(Array(3..<(3 + numkeys)), input)
+            forward(r, input, pick)
+        case .sameShard(let first, let last, let step):
+            let end = last < 0 ? n + last : last
+            guard first < n, end >= first else { addLocal(cmd.wrongArityReply); return }
+            forward(r, input, sameShard(Array(stride(from: first, through: end, by: step)), input))
+        case .sameShardNumkeys(let countAt, let firstKey):
+            let count = parser.withArgument(countAt, in: input) { Int(String(decoding: $0, as: UTF8.self)) } ?? -1
+            guard count > 0, firstKey + count <= n else { addLocal(Array("-ERR numkeys should be greater than 0\r\n".utf8)); return }
+            var keys = Array(firstKey..<(firstKey + count))
+            if firstKey > countAt + 1 { keys.insert(1, at: 0) }  // a destination key before the count
+            forward(r, input, sameShard(keys, input))
+        case .split(let step, let merge):
+            split(cmd, n, step: step, merge: merge, input)
+        case .fanOut(let f):
+            fanOut(r, input, f, cmd)
+        case .transaction, .blocking, .pubsub, .unsupported, .container, .local:
+            worker.stats.inc(stats.downstreamRqUnsupported)
+            addLocal(cmd.unsupportedReply)
+        case .closeSilently:
+            closing = true
+            connection.close()
+            finish()
+        }
+    }
+
+    /// Where a multi-key command can go.
+    private enum ShardPick { case shard(Int), none, cross }
+
+    /// The one shard of every key at `indices`: `.none` when a key's shard is not live,
+    /// `.cross` when they differ (Redis Cluster's CROSSSLOT rule).
+    private func sameShard(_ indices: [Int], _ input: UnsafeRawBufferPointer) -> ShardPick {
+        var shard: Int?
+        for i in indices {
+            guard let s = parser.withArgument(i, in: input, { shards.shard(forKey: $0) }) else { return .none }
+            if let prev = shard, prev != s { return .cross }
+            shard = s
+        }
+        return shard.map { .shard($0) } ?? .none
+    }
+
+    private func forward(_ r: RespRequest, _ input: UnsafeRawBufferPointer, _ pick: ShardPick) {
+        switch pick {
+        case .shard(let s): forward(r, input, shard: s)
+        case .none: noUpstream()
+        case .cross: crossSlot()
+        }
+    }
+
+    private func noUpstream() {
+        worker.stats.inc(stats.downstreamRqNoUpstream)
+        addLocal(Array("-ERR redis-proxy: no upstream host\r\n".utf8))
+    }
+
+    private func crossSlot() {
+        worker.stats.inc(stats.downstreamRqCrossSlot)
+        addLocal(Array("-CROSSSLOT Keys in request don't hash to the same shard\r\n".utf8))
+    }
+
+    private func deadline() -> UInt64 {
+        factory.config.opTimeoutMs == 0 ? 0 : monotonicMs() &+ factory.config.opTimeoutMs
+    }
+
+    /// The whole request to one shard, as the client's bytes (inline requests re-encoded).
+    private func forward(_ r: RespRequest, _ input: UnsafeRawBufferPointer, shard: Int) {
+        let slot = ReplySlot(session: self, merge: .forward, parts: 1)
+        addSlot(slot)
+        let op = RedisOp(slot: slot, part: 0, deadlineMs: deadline())
+        guard let c = shards.connection(forShard: shard) else {
+            ShardFailure.connectFailed.reply.withUnsafeBytes { slot.partFailed(0, $0) }
+            return
+        }
+        let p = parser
+        c.send(op) { b in
+            if r.isInline { p.writeMultibulk(argCount: r.argCount, in: input, into: b) }
+            else { b.append(UnsafeRawBufferPointer(rebasing: input[r.range])) }
+        }
+    }
+
+    /// MGET/DEL/UNLINK/EXISTS/TOUCH per key, MSET per pair (as Envoy splits them), merged.
+    private func split(_ cmd: RedisCommandID, _ n: Int, step: Int, merge: RedisMerge, _ input: UnsafeRawBufferPointer) {
+        let count = (n - 1) / step
+        let m: ReplySlot.Merge = switch merge { case .arrayInKeyOrder: .array; case .integerSum: .sum; case .ok: .allOK }
+        let slot = ReplySlot(session: self, merge: m, parts: count)
+        addSlot(slot)
+        let verb: [UInt8] = merge == .arrayInKeyOrder ? Array("GET".utf8) : (merge == .ok ? Array("SET".utf8) : Array(cmd.name.uppercased().utf8))
+        let dl = deadline()
+        for part in 0..<count {
+            let k = 1 + part * step
+            let shard = parser.withArgument(k, in: input) { shards.shard(forKey: $0) }
+            guard let shard, let c = shards.connection(forShard: shard) else {
+                let e = shard == nil ? Array("-ERR redis-proxy: no upstream host\r\n".utf8) : ShardFailure.connectFailed.reply
+                e.withUnsafeBytes { slot.partFailed(part, $0) }
+                continue
+            }
+            let p = parser
+            c.send(RedisOp(slot: slot, part: part, deadlineMs: dl)) { b in
+                RespWriter.arrayHeader(step + 1, into: b)
+                RespWriter.bulk(verb, into: b)
+                for j in 0..<step { p.withArgument(k + j, in: input) { RespWriter.bulk($0, into: b) } }
+            }
+        }
+    }
+
+    /// Commands for every shard (FLUSHALL, DBSIZE, KEYS, SCRIPT LOAD/FLUSH), merged.
+    private func fanOut(_ r: RespRequest, _ input: UnsafeRawBufferPointer, _ f: RedisFanOut, _ cmd: RedisCommandID) {
+        let m: ReplySlot.Merge
+        switch f {
+        case .allOK: m = .allOK
+        case .integerSum: m = .sum
+        case .arrayConcat: m = .concat
+        case .sameReply: m = .same
+        case .scan, .info, .arrayAllTrue, .firstNonNil:
+            // Cursor encoding, INFO aggregation and per-element merges come with the next increment.
+            worker.stats.inc(stats.downstreamRqUnsupported)
+            addLocal(cmd.unsupportedReply)
+            return
+        }
+        let count = shards.shardCount
+        guard count > 0 else { return noUpstream() }
+        let slot = ReplySlot(session: self, merge: m, parts: count)
+        addSlot(slot)
+        let dl = deadline()
+        let p = parser
+        for shard in 0..<count {
+            guard let c = shards.connection(forShard: shard) else {
+                ShardFailure.connectFailed.reply.withUnsafeBytes { slot.partFailed(shard, $0) }
+                continue
+            }
+            c.send(RedisOp(slot: slot, part: shard, deadlineMs: dl)) { b in
+                if r.isInline { p.writeMultibulk(argCount: r.argCount, in: input, into: b) }
+                else { b.append(UnsafeRawBufferPointer(rebasing: input[r.range])) }
+            }
+        }
+    }
+
+    // MARK: - Commands the proxy answers
+
+    private func local(_ cmd: RedisCommandID, _ n: Int, _ input: UnsafeRawBufferPointer) {
+        let arg = { (i: Int) in self.argument(i, input) }
+        func lower(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self).lowercased() }
+        switch cmd.name {
+        case "ping":
+            addLocal(n == 1 ? Array("+PONG\r\n".utf8) : bulk(arg(1)))
+        case "echo":
+            addLocal(bulk(arg(1)))
+        case "quit":
+            addLocal(Array("+OK\r\n".utf8))
+            closing = true
+        case "select":
+            addLocal(Array((arg(1) == Array("0".utf8) ? "+OK\r\n" : "-ERR DB index is out of range (redis-proxy serves database 0)\r\n").utf8))
+        case "command":
+            if n >= 2 && lower(arg(1)) == "count" { addLocal(Array(":\(RedisCommands.all.count)\r\n".utf8)) }
+            else { addLocal(Array("*0\r\n".utf8)) }
+        case "client|setname", "client|setinfo":
+            if cmd.name == "client|setname" {
+                let name = arg(2)
+                if name.contains(where: { $0 <= 0x20 || $0 >= 0x7F }) {
+                    addLocal(Array("-ERR Client names cannot contain spaces, newlines or special characters.\r\n".utf8))
+                    return
+                }
+                clientName = name.isEmpty ? nil : name
+            }
+            addLocal(Array("+OK\r\n".utf8))
+        case "client|getname":
+            addLocal(clientName.map(bulk) ?? Array("$-1\r\n".utf8))
+        case "client|id":
+            addLocal(Array(":\(context.connectionId)\r\n".utf8))
+        case "auth":
+            auth(user: n == 3 ? arg(1) : nil, password: arg(n - 1))
+        case "hello":
+            hello(n, arg)
+        default:
+            worker.stats.inc(stats.downstreamRqUnsupported)
+            addLocal(cmd.unsupportedReply)
+        }
+    }
+
+    private func bulk(_ b: [UInt8]) -> [UInt8] { Array("$\(b.count)\r\n".utf8) + b + [0x0D, 0x0A] }
+
+    /// AUTH [username] password against `downstream_auth_passwords` (and the username when one
+    /// is configured; "default" otherwise, as Redis's ACL default user).
+    @discardableResult
+    private func auth(user: [UInt8]?, password: [UInt8], reply: Bool = true) -> Bool {
+        let c = factory.config
+        guard !c.downstreamAuthPasswords.isEmpty else {
+            if reply {
+                addLocal(Array("-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n".utf8))
+            }
+            return false
+        }
+        let userOK = user.map { String(decoding: $0, as: UTF8.self) == (c.downstreamAuthUsername ?? "default") } ?? (c.downstreamAuthUsername == nil)
+        let passOK = c.downstreamAuthPasswords.contains { constantTimeEqual(Array($0.utf8), password) }
+        if userOK && passOK {
+            authenticated = true
+            parser.unauthenticated = false
+            if reply { addLocal(Array("+OK\r\n".utf8)) }
+            return true
+        }
+        worker.stats.inc(stats.downstreamAuthFailed)
+        if reply { addLocal(Array("-WRONGPASS invalid username-password pair or user is disabled.\r\n".utf8)) }
+        return false
+    }
+
+    /// HELLO [2 [AUTH user pass] [SETNAME name]]: RESP2 only until RESP3 comes (`-NOPROTO`).
+    private func hello(_ n: Int, _ arg: (Int) -> [UInt8]) {
+        if n >= 2 {
+            let v = String(decoding: arg(1), as: UTF8.self)
+            guard let proto = Int(v) else { addLocal(Array("-ERR Protocol version is not an integer or out of range\r\n".utf8)); return }
+            guard proto == 2 else { addLocal(Array("-NOPROTO unsupported protocol version\r\n".utf8)); return }
+        }
+        var i = 2
+        while i < n {
+            let opt = String(decoding: arg(i), as: UTF8.self).lowercased()
+            if opt == "auth" && i + 2 < n {
+                if !auth(user: arg(i + 1), password: arg(i + 2), reply: false) {
+                    addLocal(Array("-WRONGPASS invalid username-password pair or user is disabled.\r\n".utf8))
+                    return
+                }
+                i += 3
+            } else if opt == "setname" && i + 1 < n {
+                clientName = arg(i + 1)
+                i += 2
+            } else {
+                addLocal(Array("-ERR Syntax error in HELLO option '\(opt)'\r\n".utf8))
+                return
+            }
+        }
+        guard authenticated else {
+            addLocal(Array("-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n".utf8))
+            return
+        }
+        var b = Array("*14\r\n".utf8)
+        for s in ["server", "redis", "version", "7.0.0", "proto"] { b += bulk(Array(s.utf8)) }
+        b += Array(":2\r\n".utf8)
+        b += bulk(Array("id".utf8)) + Array(":\(context.connectionId)\r\n".utf8)
+        for s in ["mode", "proxy", "role", "master", "modules"] { b += bulk(Array(s.utf8)) }
+        b += Array("*0\r\n".utf8)
+        addLocal(b)
+    }
+
+    // MARK: - Replies in order
+
+    private func addLocal(_ bytes: [UInt8]) {
+        addSlot(ReplySlot(session: self, local: bytes))
+    }
+
+    private func addSlot(_ s: ReplySlot) {
+        slots.append(s)
+        worker.stats.inc(stats.downstreamRqActive)
+    }
+
+    /// A slot finished. Inside this session's own read the flush comes at its end; otherwise
+    /// (a shard's reply) the shard set flushes every touched session once its read is done, so
+    /// replies that arrive together leave in one write.
+    func slotDone() {
+        if dispatchingData || flushQueued { return }
+        flushQueued = true
+        shards.queueFlush(self)
+    }
+
+    private var dispatchingData = false
+    var flushQueued = false
+
+    /// Writes every finished slot at the head of the FIFO, in order.
+    func flushReplies() {
+        flushQueued = false
+        guard !finished else { return }
+        var wrote = false
+        while slotHead < slots.count && slots[slotHead].done {
+            let s = slots[slotHead]
+            slotHead += 1
+            s.bytes.withUnsafeBytes { out.append($0) }
+            worker.stats.dec(stats.downstreamRqActive)
+            worker.stats.inc(s.isError ? stats.downstreamRqError : stats.downstreamRqSuccess)
+            if s.startMs > 0 { worker.stats.record(stats.downstreamRqTime, monotonicMs() &- s.startMs) }
+            wrote = true
+        }
+        if slotHead > 64 && slotHead * 2 > slots.count { slots.removeFirst(slotHead); slotHead = 0 }
+        if wrote { connection.write(out, endStream: false) }
+        if paused && inFlight < factory.config.maxPipeline / 2 + 1 && !closing {
+            paused = false
+            connection.readEnable()
+        }
+        if (closing || draining) && inFlight == 0 && connection.state != .closed {
+            closing = true
+            connection.closeAfterFlush()
+            finish()
+        }
+    }
+
+    // MARK: - Connection events
+
+    func onConnected(_ connection: Connection) {}
+    func onConnectFailed(_ connection: Connection, errno: Int32) {}
+    func onData(_ connection: Connection, _ buffer: Buffer, endStream: Bool) {}
+    func onClose(_ connection: Connection, remote: Bool) { finish() }
+    func onAboveWriteBufferHighWatermark(_ connection: Connection) {
+        // A client that does not read its replies stops being read from.
+        connection.readDisable()
+    }
+    func onBelowWriteBufferLowWatermark(_ connection: Connection) { connection.readEnable() }
+
+    func forceClose() {
+        connection.close()
+        finish()
+    }
+
+    func onDrain() {
+        draining = true
+        flushReplies()
+    }
+
+    private func finish() {
+        if finished { return }
+        finished = true
+        // Slots still waiting keep their place in the shards' FIFOs; their replies are dropped.
+        for s in slots[slotHead...] {
+            s.session = nil
+            worker.stats.dec(stats.downstreamRqActive)
+        }
+        slots = []
+        slotHead = 0
+        out.release()
+        worker.stats.dec(stats.downstreamCxActive)
+        worker.downstreamClosed(context)
+        worker.untrack(self)
+    }
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    var diff = UInt8(a.count == b.count ? 0 : 1)
+    for i in 0..<max(a.count, b.count) { diff |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0) }
+    return diff == 0
+}

@@ -1,0 +1,432 @@
+import Common
+import RedisProtocol
+
+/// One request sent to a shard, waiting for its reply in that connection's FIFO. The reply
+/// goes to `slot` (part `part` of it); a slot whose client left still takes its replies, so
+/// the connection's reply order stays matched.
+final class RedisOp {
+    let slot: ReplySlot
+    let part: Int
+    let deadlineMs: UInt64
+
+    init(slot: ReplySlot, part: Int, deadlineMs: UInt64) { self.slot = slot; self.part = part; self.deadlineMs = deadlineMs }
+}
+
+/// The shards of one cluster on one worker, as one listener block sees them (auth and
+/// distribution are the block's): their pipelined connections, the key distribution, and
+/// twemproxy's ejection state.
+final class ShardSet {
+    unowned(unsafe) let worker: Worker
+    let key: String
+    private(set) var factory: RedisProxyFactory
+    private(set) var snapshot: ClusterSnapshot?
+    /// Per host index: `server_connections` connections, used round-robin.
+    private var connections: [[ShardConnection?]] = []
+    private var nextConnection: [Int] = []
+    /// Connections beyond a smaller `server_connections` after a reload: they close once the
+    /// replies they wait for are in.
+    private var retiring: [ShardConnection] = []
+    /// Per host: consecutive failures and, with `auto_eject_hosts`, ejected until (ms).
+    private var failures: [Int] = []
+    private var ejectedUntil: [UInt64] = []
+    private var ring: KetamaRing?
+    private var modula: TwemproxyModula?
+    /// Modula slot order → host index.
+    private var modulaOrder: [Int] = []
+    private var random: TwemproxyRandom?
+    var rng: FastRandom
+
+    init(worker: Worker, key: String, factory: RedisProxyFactory) {
+        self.worker = worker
+        self.key = key
+        self.factory = factory
+        rng = FastRandom(seed: UInt64(truncatingIfNeeded: worker.index &+ 1) &* 0x9E37_79B9_7F4A_7C15 ^ monotonicMs())
+        refresh()
+    }
+
+    /// A new config generation's factory with the same upstream identity.
+    func adopt(_ f: RedisProxyFactory) {
+        factory = f
+        refresh()
+    }
+
+    /// The worker's current view of the cluster: hosts that left lose their connections
+    /// (their waiting requests get errors); the distribution is rebuilt.
+    func refresh() {
+        let snap = worker.cluster(slot: factory.clusterSlot)?.snapshot
+        let oldHosts = snapshot?.hosts.map(\.address) ?? []
+        let newHosts = snap?.hosts.map(\.address) ?? []
+        if oldHosts != newHosts {
+            var conns: [[ShardConnection?]] = []
+            var fails: [Int] = [], ejected: [UInt64] = []
+            for a in newHosts {
+                if let i = oldHosts.firstIndex(of: a) {
+                    conns.append(connections[i]); fails.append(failures[i]); ejected.append(ejectedUntil[i])
+                } else {
+                    conns.append(Array(repeating: nil, count: factory.config.serverConnections))
+                    fails.append(0); ejected.append(0)
+                }
+            }
+            for (i, a) in oldHosts.enumerated() where !newHosts.contains(a) {
+                for c in connections[i] { c?.fail(.hostGone) }
+            }
+            connections = conns
+            failures = fails
+            ejectedUntil = ejected
+            nextConnection = Array(repeating: 0, count: newHosts.count)
+        }
+        for i in connections.indices where connections[i].count != factory.config.serverConnections {
+            let keep = connections[i].prefix(factory.config.serverConnections)
+            for case let c? in connections[i].dropFirst(factory.config.serverConnections) {
+                retiring.append(c)
+                c.closeWhenIdle()
+            }
+            connections[i] = Array(keep) + Array(repeating: nil, count: factory.config.serverConnections - keep.count)
+        }
+        snapshot = snap
+        rebuildDistribution()
+        if factory.config.preconnect {
+            for h in connections.indices { for j in connections[h].indices where connections[h][j] == nil { _ = connection(h, j) } }
+        }
+    }
+
+    private func rebuildDistribution() {
+        guard let s = snapshot else { ring = nil; modula = nil; random = nil; return }
+        let now = monotonicMs()
+        let eject = factory.config.autoEjectHosts
+        // Without auto_eject_hosts every shard keeps its keys, up or down (twemproxy's default:
+        // no key moves, so no data splits between shards).
+        let live = s.hosts.indices.map { i in !eject || (s.hosts[i].healthy && ejectedUntil[i] <= now) }
+        switch factory.config.distribution {
+        case .ketama:
+            ring = KetamaRing(hosts: s.hosts.enumerated().map { i, h in
+                Host(address: h.address, weight: h.weight, hashKey: h.hashKey, healthy: live[i], stats: h.stats)
+            })
+        case .modula:
+            // nutcracker sorts its servers by name before building the modula table (its
+            // config check sorts them to find duplicates): shorter names first, then bytewise;
+            // a server's name is its `name` or "host:port". Measured against nutcracker 0.5.0.
+            modulaOrder = s.hosts.indices.sorted { a, b in
+                let x = Array(s.hosts[a].hashKey.utf8), y = Array(s.hosts[b].hashKey.utf8)
+                return x.count != y.count ? x.count < y.count : x.lexicographicallyPrecedes(y)
+            }
+            modula = TwemproxyModula(weights: modulaOrder.map { s.hosts[$0].weight }, live: modulaOrder.map { live[$0] })
+        case .random: random = TwemproxyRandom(count: s.hosts.count, live: live)
+        }
+    }
+
+    /// The shard (host index) for a key; nil when none is live.
+    func shard(forKey key: UnsafeRawBufferPointer) -> Int? {
+        if let t = factory.config.hashTag { return shard(hash: factory.config.hash.poolHash(t.hashedPart(of: key))) }
+        return shard(hash: factory.config.hash.poolHash(key))
+    }
+
+    func shard(hash: UInt32) -> Int? {
+        if factory.config.autoEjectHosts, let i = ejectedUntil.firstIndex(where: { $0 != 0 && $0 <= monotonicMs() }) {
+            ejectedUntil[i] = 0  // server_retry_timeout passed: back in the distribution
+            rebuildDistribution()
+        }
+        switch factory.config.distribution {
+        case .ketama: return ring?.lookup(hash)
+        case .modula: return modula?.lookup(hash).map { modulaOrder[$0] }
+        case .random: return random?.pick(&rng)
+        }
+    }
+
+    /// Any live shard (commands without a key: TIME, EVAL with no keys).
+    func anyShard() -> Int? {
+        guard let s = snapshot, !s.hosts.isEmpty else { return nil }
+        return shard(hash: UInt32(truncatingIfNeeded: rng.next()))
+    }
+
+    var shardCount: Int { snapshot?.hosts.count ?? 0 }
+
+    /// A connection to `host` (round-robin over `server_connections`), opened on demand.
+    func connection(forShard host: Int) -> ShardConnection? {
+        guard host < connections.count else { return nil }
+        let j = nextConnection[host]
+        nextConnection[host] = (j + 1) % connections[host].count
+        return connection(host, j)
+    }
+
+    private func connection(_ host: Int, _ j: Int) -> ShardConnection? {
+        if let c = connections[host][j], !c.closed { return c }
+        guard let s = snapshot, host < s.hosts.count else { return nil }
+        let c = ShardConnection(shards: self, host: host, address: s.hosts[host].address)
+        c.connect()
+        if c.closed { return nil }  // the connect failed at once (counted)
+        connections[host][j] = c
+        return c
+    }
+
+    /// A connection reports a failure (connect error, reset, timeout): counts toward ejection.
+    func hostFailed(_ host: Int, address: SocketAddress) {
+        guard host < failures.count, snapshot?.hosts[host].address == address else { return }
+        failures[host] += 1
+        if factory.config.autoEjectHosts && failures[host] >= factory.config.serverFailureLimit && ejectedUntil[host] == 0 {
+            ejectedUntil[host] = monotonicMs() &+ max(factory.config.serverRetryTimeoutMs, 1)
+            failures[host] = 0
+            worker.stats.inc(factory.stats.upstreamEjected)
+            rebuildDistribution()
+        }
+    }
+
+    func hostSucceeded(_ host: Int, address: SocketAddress) {
+        guard host < failures.count, snapshot?.hosts[host].address == address else { return }
+        failures[host] = 0
+    }
+
+    func forget(_ c: ShardConnection) {
+        retiring.removeAll { $0 === c }
+        guard c.host < connections.count else { return }
+        for j in connections[c.host].indices where connections[c.host][j] === c { connections[c.host][j] = nil }
+    }
+
+    /// Sessions with finished replies, written once the current upstream read is processed.
+    private var flushQueue: [RedisSession] = []
+
+    func queueFlush(_ s: RedisSession) { flushQueue.append(s) }
+
+    func flushQueued() {
+        while !flushQueue.isEmpty {
+            let q = flushQueue
+            flushQueue = []
+            for s in q { s.flushReplies() }
+        }
+    }
+
+    func closeAll() {
+        for row in connections { for c in row { c?.fail(.hostGone) } }
+        connections = connections.map { Array(repeating: nil, count: $0.count) }
+    }
+}
+
+/// Per-worker redis-proxy state: shard sets by upstream identity (cluster + auth), kept across
+/// reloads so connections survive them.
+final class RedisWorkerState: WorkerExtension {
+    private var sets: [String: ShardSet] = [:]
+
+    static func of(_ worker: Worker) -> RedisWorkerState {
+        if let s = worker.extensionState as? RedisWorkerState { return s }
+        let s = RedisWorkerState()
+        worker.extensionState = s
+        return s
+    }
+
+    func shards(_ worker: Worker, _ factory: RedisProxyFactory) -> ShardSet {
+        if let s = sets[factory.upstreamKey] {
+            if s.factory !== factory { s.adopt(factory) }
+            return s
+        }
+        let s = ShardSet(worker: worker, key: factory.upstreamKey, factory: factory)
+        sets[factory.upstreamKey] = s
+        return s
+    }
+
+    func clustersChanged(_ worker: Worker) {
+        for s in sets.values { s.refresh() }
+    }
+}
+
+/// Why the requests waiting on an upstream connection got an error instead of a reply.
+enum ShardFailure {
+    case connectFailed, closed, protocolError, timeout, hostGone
+
+    var reply: [UInt8] {
+        switch self {
+        case .connectFailed: Array("-ERR redis-proxy: cannot connect to the shard\r\n".utf8)
+        case .closed: Array("-ERR redis-proxy: the shard closed the connection\r\n".utf8)
+        case .protocolError: Array("-ERR redis-proxy: protocol error from the shard\r\n".utf8)
+        case .timeout: Array("-ERR redis-proxy: upstream timeout\r\n".utf8)
+        case .hostGone: Array("-ERR redis-proxy: the shard left the cluster\r\n".utf8)
+        }
+    }
+}
+
+/// One pipelined connection to a shard: requests are written as they come (several clients'
+/// requests share it), replies are matched to them in order with hiredis's reader and the
+/// reply bytes handed to each request's slot. A timeout, a protocol error or a close fails
+/// every request still waiting, and the connection is dropped: later replies could not be
+/// matched any more.
+final class ShardConnection: ConnectionCallbacks {
+    unowned(unsafe) let shards: ShardSet
+    let host: Int
+    let address: SocketAddress
+    private var connection: Connection?
+    private var connected = false
+    private(set) var closed = false
+    /// Requests written (or queued while connecting) and not answered yet, oldest first.
+    private var queue: [RedisOp] = []
+    private var head = 0
+    /// Requests waiting for the connection to come up.
+    private let pendingOut: Buffer
+    private let reader = RespReplyReader()
+    /// Bytes at the front of the read buffer already fed to the reader.
+    private var fed = 0
+    /// The AUTH reply still to come (it is not any client's).
+    private var authPending = false
+    private var timer: Timer?
+    private var timerAt: UInt64 = 0
+
+    init(shards: ShardSet, host: Int, address: SocketAddress) {
+        self.shards = shards
+        self.host = host
+        self.address = address
+        pendingOut = Buffer(pool: shards.worker.blocks)
+    }
+
+    private var factory: RedisProxyFactory { shards.factory }
+    private var worker: Worker { shards.worker }
+    var waiting: Int { queue.count - head }
+
+    func connect() {
+        let (c, err) = Connection.connect(worker: worker, to: address, bufferLimit: 1 << 20, callbacks: self)
+        guard let c else {
+            _ = err
+            closed = true
+            shards.hostFailed(host, address: address)
+            worker.stats.inc(factory.stats.upstreamCxConnectFail)
+            return
+        }
+        connection = c
+        worker.stats.inc(factory.stats.upstreamCxTotal)
+        if let p = factory.config.upstreamAuthPassword {
+            var args: [[UInt8]] = [Array("AUTH".utf8)]
+            if let u = factory.config.upstreamAuthUsername { args.append(Array(u.utf8)) }
+            args.append(Array(p.utf8))
+            RespWriter.arrayHeader(args.count, into: pendingOut)
+            for a in args { RespWriter.bulk(a, into: pendingOut) }
+            authPending = true
+        }
+    }
+
+    /// Queues one request: `write` appends its bytes to `out` (the connection's, or the
+    /// pending buffer while connecting).
+    func send(_ op: RedisOp, _ write: (Buffer) -> Void) {
+        queue.append(op)
+        if connected, let c = connection {
+            let b = Buffer(pool: worker.blocks)
+            write(b)
+            c.write(b, endStream: false)
+        } else {
+            write(pendingOut)
+        }
+        armTimer(op.deadlineMs)
+    }
+
+    func onConnected(_ connection: Connection) {
+        connected = true
+        shards.hostSucceeded(host, address: address)
+        if !pendingOut.isEmpty { connection.write(pendingOut, endStream: false) }
+    }
+
+    func onConnectFailed(_ connection: Connection, errno: Int32) {
+        worker.stats.inc(factory.stats.upstreamCxConnectFail)
+        fail(.connectFailed)
+    }
+
+    func onData(_ connection: Connection, _ buffer: Buffer, endStream: Bool) {
+        defer { shards.flushQueued() }
+        let all = buffer.readable
+        if all.count > fed { reader.feed(UnsafeRawBufferPointer(rebasing: all[fed...])) }
+        fed = all.count
+        while true {
+            switch reader.next() {
+            case .incomplete:
+                if endStream { fail(.closed) }
+                return
+            case .error:
+                worker.stats.inc(factory.stats.upstreamProtocolError)
+                fail(.protocolError)
+                return
+            case .reply(let r):
+                let bytes = UnsafeRawBufferPointer(rebasing: buffer.readable[0..<r.length])
+                if authPending {
+                    authPending = false
+                    if r.isError {
+                        worker.stats.inc(factory.stats.upstreamAuthFailed)
+                        buffer.drain(r.length); fed -= r.length
+                        fail(.closed)
+                        return
+                    }
+                } else if head < queue.count {
+                    let op = queue[head]
+                    head += 1
+                    if head > 64 && head * 2 > queue.count { queue.removeFirst(head); head = 0 }
+                    op.slot.partReplied(op.part, bytes, r)
+                } else {
+                    // A reply nobody asked for: the stream can no longer be trusted.
+                    worker.stats.inc(factory.stats.upstreamProtocolError)
+                    buffer.drain(r.length); fed -= r.length
+                    fail(.protocolError)
+                    return
+                }
+                buffer.drain(r.length)
+                fed -= r.length
+                if closed { return }
+                if retiring && waiting == 0 { fail(.hostGone); return }
+            }
+        }
+    }
+
+    func onClose(_ connection: Connection, remote: Bool) {
+        self.connection = nil
+        fail(.closed)
+    }
+
+    func onAboveWriteBufferHighWatermark(_ connection: Connection) {}
+    func onBelowWriteBufferLowWatermark(_ connection: Connection) {}
+
+    /// Every waiting request gets the error; the connection is closed and forgotten.
+    func fail(_ why: ShardFailure) {
+        if closed { return }
+        closed = true
+        timer?.cancel()
+        if why != .hostGone { shards.hostFailed(host, address: address) }
+        let c = connection
+        connection = nil
+        c?.callbacks = nil
+        c?.close(abort: true)
+        shards.forget(self)
+        let ops = queue[head...]
+        queue = []
+        head = 0
+        let err = why.reply
+        for (n, op) in ops.enumerated() {
+            let e = n == 0 && why == .timeout ? err : (why == .timeout ? ShardFailure.closed.reply : err)
+            e.withUnsafeBytes { op.slot.partFailed(op.part, $0) }
+        }
+        worker.dispatcher.deferredRelease(self)
+        shards.flushQueued()
+    }
+
+    /// Fewer connections per shard after a reload: this one goes once its replies are in.
+    func closeWhenIdle() {
+        retiring = true
+        if waiting == 0 { fail(.hostGone) }
+    }
+    private var retiring = false
+
+    // MARK: - op_timeout
+
+    private func armTimer(_ deadline: UInt64) {
+        guard deadline > 0, timerAt == 0 || deadline < timerAt else { return }
+        if timer == nil { timer = Timer(worker.dispatcher) { [unowned(unsafe) self] in self.onTimer() } }
+        timerAt = deadline
+        let now = monotonicMs()
+        timer?.arm(ms: deadline > now ? deadline - now : 0)
+    }
+
+    private func onTimer() {
+        timerAt = 0
+        guard !closed else { return }
+        let now = monotonicMs()
+        // Deadlines grow along the FIFO (one op_timeout per block), so the head decides.
+        if head < queue.count, queue[head].deadlineMs > 0, queue[head].deadlineMs <= now {
+            worker.stats.inc(factory.stats.upstreamRqTimeout)
+            fail(.timeout)
+            return
+        }
+        if let next = queue[head...].first(where: { $0.deadlineMs > 0 })?.deadlineMs { armTimer(next) }
+    }
+}

@@ -1,0 +1,383 @@
+"""redis-proxy against real redis-server shards, nutcracker (twemproxy) for key placement,
+redis-py and raw sockets as clients."""
+
+import socket
+import threading
+
+import pytest
+import redis
+from harness import Proxy, Server, connect, wait_for
+from redis_peers import Nutcracker, RedisServer, resp
+
+
+def config(shards, block="", hash_keys=None, admin=True):
+    """One redis listener over `shards` (RedisServer or endpoint strings), extra block lines."""
+    eps = ""
+    for i, s in enumerate(shards):
+        ep = s if isinstance(s, str) else s.endpoint
+        key = f", hash_key: {hash_keys[i]}" if hash_keys else ""
+        eps += f"      - {{ address: \"{ep}\"{key} }}\n"
+    return f"""{"admin: { address: 127.0.0.1:0 }" if admin else ""}
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    redis:
+      cluster: shards
+{block}
+clusters:
+  - name: shards
+    endpoints:
+{eps}"""
+
+
+class RedisProxy(Proxy):
+    """redis-proxy; the redis-py clients made by `client` are closed before the leak check."""
+
+    def __init__(self, **kw):
+        self.clients = []
+        super().__init__("redis-proxy", **kw)
+
+    def stop(self, check_leaks=True):
+        for c in self.clients:
+            c.close()
+        self.clients = []
+        super().stop(check_leaks)
+
+
+def client(p, **kw):
+    """redis-py 8 speaks RESP3 by default (HELLO 3); the proxy is RESP2 until RESP3 comes, so
+    clients say protocol=2 (docs/redis-proxy.md)."""
+    host, port = p.addr()
+    c = redis.Redis(host=host, port=port, socket_timeout=10, protocol=2, **kw)
+    p.clients.append(c)
+    return c
+
+
+class Raw:
+    """A raw client socket and a reader on it; `close` closes both (a reader left open keeps
+    the socket's descriptor, and the proxy would see the client as still connected)."""
+
+    def __init__(self, p):
+        self.sock = connect(p.addr())
+        self.reader = self.sock.makefile("rb")
+
+    def sendall(self, data):
+        self.sock.sendall(data)
+
+    def send(self, data):
+        return self.sock.send(data)
+
+    def recv(self, n):
+        return self.sock.recv(n)
+
+    def close(self):
+        self.reader.close()
+        self.sock.close()
+
+
+def raw(p):
+    r = Raw(p)
+    return r, r.reader
+
+
+def read_reply(f):
+    """One RESP2 reply from a reader, as Python values (errors as ('ERR', text))."""
+    line = f.readline()
+    if not line:
+        raise ConnectionError("closed")
+    t, rest = line[:1], line[1:-2]
+    if t == b"+":
+        return rest.decode()
+    if t == b"-":
+        return ("ERR", rest.decode())
+    if t == b":":
+        return int(rest)
+    if t == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        return data[:-2]
+    if t == b"*":
+        n = int(rest)
+        return None if n < 0 else [read_reply(f) for _ in range(n)]
+    raise AssertionError(f"bad reply line {line!r}")
+
+
+@pytest.fixture(scope="module")
+def shards():
+    with RedisServer() as a, RedisServer() as b, RedisServer() as c:
+        yield [a, b, c]
+
+
+@pytest.fixture(autouse=True)
+def flush(shards):
+    for s in shards:
+        s.client().flushall()
+
+
+def where(shards, key):
+    return [i for i, s in enumerate(shards) if s.client().exists(key)]
+
+
+def test_keys_spread_over_shards_and_split_commands_merge(shards):
+    with RedisProxy(config=config(shards)) as p:
+        r = client(p)
+        keys = [f"key:{i}" for i in range(300)]
+        for k in keys:
+            assert r.set(k, k.upper())
+        # Each key on exactly one shard, and spread (twemproxy's 32-bit fnv1a_64 on ketama can
+        # leave a shard nearly empty for similar keys, as nutcracker does: not asserted even).
+        placed = [where(shards, k) for k in keys]
+        assert all(len(w) == 1 for w in placed)
+        assert len({w[0] for w in placed}) >= 2
+        assert [r.get(k) for k in keys[:20]] == [k.upper().encode() for k in keys[:20]]
+        # MGET in key order across shards, a missing key as nil.
+        assert r.mget(keys + ["nope"]) == [k.upper().encode() for k in keys] + [None]
+        assert r.exists(*keys[:50], "nope") == 50
+        assert r.mset({f"m:{i}": str(i) for i in range(40)})
+        assert r.mget([f"m:{i}" for i in range(40)]) == [str(i).encode() for i in range(40)]
+        assert r.delete(*keys[:100], "nope") == 100
+        assert r.dbsize() == 240
+        assert sorted(r.keys("m:*")) == sorted(f"m:{i}".encode() for i in range(40))
+        assert r.touch(*keys[100:110]) == 10
+        assert r.unlink(*keys[100:110]) == 10
+        # Single-key commands of several types reach the key's shard.
+        assert r.hset("h", mapping={"a": "1", "b": "2"}) == 2 and r.hgetall("h") == {b"a": b"1", b"b": b"2"}
+        assert r.rpush("l", 1, 2, 3) == 3 and r.lrange("l", 0, -1) == [b"1", b"2", b"3"]
+        assert r.incrby("n", 5) == 5 and r.incr("n") == 6
+        assert r.eval("return redis.call('get', KEYS[1])", 1, "n") == b"6"
+        assert p.stat("redis.main.downstream_rq_total") > 0
+
+
+def test_keys_land_where_nutcracker_put_them(shards):
+    # The same servers and names under nutcracker and under redis-proxy: keys written through
+    # nutcracker are found through the proxy, for ketama and modula and two hash functions.
+    names = ["alpha", "beta", "gamma"]
+    for hash_fn, dist in [("fnv1a_64", "ketama"), ("murmur", "modula"), ("md5", "ketama")]:
+        for s in shards:
+            s.client().flushall()
+        servers = [f"{s.endpoint}:1 {n}" for s, n in zip(shards, names)]
+        with Nutcracker(servers, hash=hash_fn, distribution=dist, hash_tag="{}") as nc:
+            keys = [f"user:{i}" for i in range(200)] + [f"{{tag}}:{i}" for i in range(20)] + ["\u00e9t\u00e9:x", "k\u00ff"]
+            # Raw RESP: nutcracker closes the connection on redis-py's CLIENT SETINFO.
+            s = socket.create_connection(("127.0.0.1", nc.port), timeout=10)
+            f = s.makefile("rb")
+            s.sendall(b"".join(resp("SET", k.encode(), "v") for k in keys))
+            assert [read_reply(f) for _ in keys] == ["OK"] * len(keys)
+            f.close()
+            s.close()
+            block = f"      hash: {hash_fn}\n      distribution: {dist}\n      hash_tag: \"{{}}\""
+            with RedisProxy(config=config(shards, block, hash_keys=names)) as p:
+                r = client(p)
+                got = r.mget(keys)
+                assert got == [b"v"] * len(keys), f"{hash_fn}/{dist}: {got.count(None)} keys not found"
+                # Hash tags keep a tag's keys together.
+                assert len({tuple(where(shards, f"{{tag}}:{i}")) for i in range(20)}) == 1
+
+
+def test_many_pipelining_clients_get_their_own_replies_in_order(shards):
+    with RedisProxy(config=config(shards)) as p:
+
+        def run(n):
+            r = client(p)
+            for rnd in range(5):
+                pipe = r.pipeline(transaction=False)
+                for i in range(200):
+                    k = f"c{n}:k{i}"
+                    pipe.set(k, f"{n}-{rnd}-{i}")
+                    pipe.get(k)
+                    pipe.incr(f"c{n}:counter")
+                pipe.mget([f"c{n}:k{i}" for i in range(0, 200, 7)])
+                out = pipe.execute()
+                for i in range(200):
+                    assert out[3 * i] is True
+                    assert out[3 * i + 1] == f"{n}-{rnd}-{i}".encode()
+                    assert out[3 * i + 2] == rnd * 200 + i + 1
+                assert out[-1] == [f"{n}-{rnd}-{i}".encode() for i in range(0, 200, 7)]
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(8)]
+        errors = []
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+        assert p.stat("redis.main.downstream_rq_error") == 0, p.stats()
+        # Several clients share the shards' pipelined connections: 3 shards, one each.
+        assert p.stat("redis.main.upstream_cx_total") == 3
+        assert not errors
+
+
+def test_inline_commands_and_a_raw_pipeline_written_byte_by_byte(shards):
+    with RedisProxy(config=config(shards)) as p:
+        s, f = raw(p)
+        # What telnet users type, with quotes; then a pipeline split at every byte.
+        s.sendall(b'SET "a key" "hello world"\r\nGET "a key"\r\nPING\r\n')
+        assert read_reply(f) == "OK" and read_reply(f) == b"hello world" and read_reply(f) == "PONG"
+        data = resp("SET", "x", "1") + resp("INCR", "x") + resp("MGET", "x", "a key", "y") + resp("ECHO", "done")
+        for b in data:
+            s.send(bytes([b]))
+        assert read_reply(f) == "OK" and read_reply(f) == 2
+        assert read_reply(f) == [b"2", b"hello world", None] and read_reply(f) == b"done"
+        s.close()
+
+
+def test_commands_the_proxy_answers_and_what_it_refuses_keep_the_connection(shards):
+    with RedisProxy(config=config(shards)) as p:
+        s, f = raw(p)
+
+        def ask(*args):
+            s.sendall(resp(*args))
+            return read_reply(f)
+
+        assert ask("PING") == "PONG" and ask("PING", "hi") == b"hi" and ask("ECHO", "x y") == b"x y"
+        assert ask("SELECT", "0") == "OK" and ask("SELECT", "3")[0] == "ERR"
+        assert ask("CLIENT", "SETNAME", "me") == "OK" and ask("CLIENT", "GETNAME") == b"me"
+        assert ask("CLIENT", "SETINFO", "LIB-NAME", "x") == "OK" and isinstance(ask("CLIENT", "ID"), int)
+        assert ask("HELLO", "3") == ("ERR", "NOPROTO unsupported protocol version")
+        hello = ask("HELLO", "2")
+        assert hello[hello.index(b"proto") + 1] == 2
+        assert ask("COMMAND", "COUNT") > 200
+        assert ask("TIME")[0].isdigit()
+        assert ask("SUBSCRIBE", "ch") == ("ERR", "ERR unsupported command 'subscribe'")
+        assert ask("BLPOP", "l", "0") == ("ERR", "ERR unsupported command 'blpop'")
+        assert ask("MULTI") == ("ERR", "ERR unsupported command 'multi'")
+        assert ask("NOSUCH", "a")[1].startswith("ERR unknown command 'NOSUCH'")
+        assert ask("GET") == ("ERR", "ERR wrong number of arguments for 'get' command")
+        assert ask("CLIENT", "NOSUCH")[1].startswith("ERR unknown subcommand")
+        # Keys on two shards: refused as Redis Cluster would; a hash tag keeps them together.
+        names = [f"name-{i}-{i * 7919}" for i in range(40)]
+        for n in names:
+            assert ask("SET", n, "1") == "OK"
+        other = next(n for n in names if where(shards, n) != where(shards, names[0]))
+        assert ask("RENAME", names[0], other)[1].startswith("CROSSSLOT")
+        assert ask("SET", "{t}a", "1") == "OK" and ask("RENAME", "{t}a", "{t}b") == "OK"
+        assert ask("GET", "{t}b") == b"1"
+        assert ask("PING") == "PONG"  # still open after every refusal
+        assert ask("QUIT") == "OK"
+        assert s.recv(10) == b""
+        s.close()
+        assert p.stat("redis.main.downstream_rq_unsupported_command") == 3
+        assert p.stat("redis.main.downstream_rq_cross_slot") == 1
+
+
+def test_redis_py_with_downstream_and_upstream_auth():
+    with RedisServer(password="up-secret") as a, RedisServer(password="up-secret") as b:
+        block = '      downstream_auth_passwords: ["s3cret", "other"]\n      auth_password: up-secret'
+        with RedisProxy(config=config([a, b], block)) as p:
+            s, f = raw(p)
+            s.sendall(resp("GET", "k"))
+            assert read_reply(f) == ("ERR", "NOAUTH Authentication required.")
+            s.sendall(resp("AUTH", "wrong"))
+            assert read_reply(f)[1].startswith("WRONGPASS")
+            s.sendall(resp("AUTH", "default", "other") + resp("SET", "k", "v") + resp("GET", "k"))
+            assert read_reply(f) == "OK" and read_reply(f) == "OK" and read_reply(f) == b"v"
+            s.close()
+            r = client(p, password="s3cret")  # redis-py: AUTH, then CLIENT SETINFO on connect
+            assert r.ping() and r.get("k") == b"v"
+            assert p.stat("redis.main.downstream_auth_failed") == 1
+            assert p.stat("redis.main.upstream_auth_failed") == 0
+
+
+def test_protocol_errors_close_only_that_client(shards):
+    with RedisProxy(config=config(shards, "      max_bulk_length: 1MiB")) as p:
+        good = client(p)
+        assert good.set("g", "1")
+        for bad, reason in [(b"*abc\r\n", "invalid multibulk length"), (b"*1\r\n$2000000\r\n", "invalid bulk length"),
+                            (b"*1\r\nfoo\r\n", "expected '$', got 'f'"), (b'GET "unclosed\r\n', "unbalanced quotes")]:
+            s, f = raw(p)
+            s.sendall(resp("PING") + bad)
+            assert read_reply(f) == "PONG"
+            err = read_reply(f)
+            assert err[0] == "ERR" and reason in err[1], err
+            assert s.recv(10) == b""  # closed after the error
+            s.close()
+        assert good.get("g") == b"1"
+        assert p.stat("redis.main.downstream_cx_protocol_error") == 4
+
+
+def silent_shard(c, server):
+    """Reads requests, never answers (a hung Redis)."""
+    c.settimeout(30)
+    try:
+        while c.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
+def test_op_timeout_fails_requests_on_a_hung_shard_and_recycles_its_connection():
+    with RedisServer() as good, Server(silent_shard) as hung:
+        cfg = config([good, hung.endpoint], "      op_timeout: 300ms\n      distribution: modula")
+        with RedisProxy(config=cfg) as p:
+            s, f = raw(p)
+            keys = [f"k{i}" for i in range(20)]
+            s.sendall(b"".join(resp("SET", k, "v") for k in keys))
+            replies = [read_reply(f) for _ in keys]
+            hung_keys = [k for k, rep in zip(keys, replies) if rep != "OK"]
+            assert hung_keys and len(hung_keys) < len(keys)
+            assert all(rep == "OK" or (rep[0] == "ERR" and "redis-proxy" in rep[1]) for rep in replies)
+            assert any("timeout" in rep[1] for rep in replies if rep != "OK")
+            assert p.stat("redis.main.upstream_rq_timeout") >= 1
+            # The good shard's keys still work; the hung one's get a fresh connection (and time out again).
+            ok_key = next(k for k in keys if k not in hung_keys)
+            s.sendall(resp("GET", ok_key))
+            assert read_reply(f) == b"v"
+            s.close()
+            wait_for(lambda: hung.connections >= 2 or p.stat("redis.main.upstream_cx_total") >= 2, what="reconnect")
+
+
+def test_a_down_shard_gives_errors_and_no_key_moves_unless_auto_eject(shards):
+    # murmur spreads these short keys better than twemproxy's 32-bit fnv1a_64 does.
+    with RedisServer() as a, RedisServer() as b:
+        with RedisProxy(config=config([a, b], "      hash: murmur")) as p:
+            r = client(p)
+            keys = [f"d{i}" for i in range(60)]
+            r.mset({k: "1" for k in keys})
+            on_b = [k for k in keys if where([a, b], k) == [1]]
+            assert on_b and len(on_b) < len(keys)
+            b.stop()
+            s, f = raw(p)
+            s.sendall(b"".join(resp("GET", k) for k in keys))
+            got = dict(zip(keys, [read_reply(f) for _ in keys]))
+            assert all(got[k][0] == "ERR" for k in on_b)
+            assert all(got[k] == b"1" for k in keys if k not in on_b)
+            s.close()
+    with RedisServer() as a, RedisServer() as b:
+        block = "      hash: murmur\n      auto_eject_hosts: true\n      server_failure_limit: 1\n      server_retry_timeout: 60s"
+        with RedisProxy(config=config([a, b], block)) as p:
+            r = client(p)
+            keys = [f"e{i}" for i in range(60)]
+            r.mset({k: "1" for k in keys})
+            on_b = [k for k in keys if where([a, b], k) == [1]]
+            assert on_b and len(on_b) < len(keys)
+            b.stop()
+            s, f = raw(p)
+            # The shard's close (or the first request that fails on it) counts as the one
+            # failure that ejects it.
+            s.sendall(resp("GET", on_b[0]))
+            first = read_reply(f)
+            assert first is None or first[0] == "ERR"
+            wait_for(lambda: p.stat("redis.main.upstream_host_ejected") == 1, what="ejection")
+            # b's keys now go to a: writable again (their old values are on the dead shard).
+            s.sendall(resp("SET", on_b[0], "2") + resp("GET", on_b[0]))
+            assert read_reply(f) == "OK" and read_reply(f) == b"2"
+            assert a.client().get(on_b[0]) == b"2"
+            s.close()
+
+
+def test_flags_form_and_validate():
+    import subprocess
+    from harness import BIN_DIR
+    import os
+    exe = os.path.join(BIN_DIR, "redis-proxy")
+    with RedisServer() as a:
+        with RedisProxy(args=["--listen", "127.0.0.1:0", "--upstream", a.endpoint, "--hash", "murmur",
+                                        "--distribution", "modula", "--workers", "1"]) as p:
+            r = client(p)
+            assert r.set("x", "1") and r.get("x") == b"1"
+    r = subprocess.run([exe, "--validate", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--hash", "sha1"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "hash" in r.stderr and "fnv1a_64" in r.stderr, r.stderr
