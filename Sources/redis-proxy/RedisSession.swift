@@ -40,6 +40,14 @@ final class ReplySlot {
         startMs = monotonicMs()
     }
 
+    /// Takes `parts` replies and drops them (a transaction's `+OK`/`+QUEUED`).
+    init(discarding parts: Int) {
+        session = nil
+        merge = .sum
+        partsLeft = parts
+        startMs = 0
+    }
+
     /// A reply made by the proxy itself.
     init(session: RedisSession, local: [UInt8]) {
         self.session = session
@@ -192,23 +200,27 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         let n = r.argCount
         guard let id = parser.withArgument(0, in: input, { RedisCommands.lookup($0) }) else {
             worker.stats.inc(stats.downstreamRqUnknown)
+            txn?.failed = true
             addLocal(RedisCommands.unknownCommandReply(argCount: n) { argument($0, input) })
             return
         }
         var cmd = id
         if case .container = id.kind {
-            guard n >= 2 else { addLocal(id.wrongArityReply); return }
+            guard n >= 2 else { txn?.failed = true; addLocal(id.wrongArityReply); return }
             guard let sub = parser.withArgument(1, in: input, { RedisCommands.lookup(subcommand: $0, of: id) }) else {
+                txn?.failed = true
                 addLocal(RedisCommands.unknownSubcommandReply(argument(1, input), of: id))
                 return
             }
             cmd = sub
         }
-        guard cmd.arityAccepts(n) else { addLocal(cmd.wrongArityReply); return }
+        guard cmd.arityAccepts(n) else { txn?.failed = true; addLocal(cmd.wrongArityReply); return }
         if !authenticated && !["auth", "hello", "quit"].contains(cmd.name) {
             addLocal(Array("-NOAUTH Authentication required.\r\n".utf8))
             return
         }
+        if case .transaction = cmd.kind { return transaction(cmd, input) }
+        if let t = txn { return queue(r, cmd, n, input, t) }
         switch cmd.kind {
         case .local:
             local(cmd, n, input)
@@ -242,7 +254,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             split(cmd, n, step: step, merge: merge, input)
         case .fanOut(let f):
             fanOut(r, input, f, cmd)
-        case .transaction, .blocking, .pubsub, .unsupported, .container, .local:
+        case .blocking, .pubsub, .unsupported, .container, .local, .transaction:
             worker.stats.inc(stats.downstreamRqUnsupported)
             addLocal(cmd.unsupportedReply)
         case .closeSilently:
@@ -360,6 +372,112 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
                 else { b.append(UnsafeRawBufferPointer(rebasing: input[r.range])) }
             }
         }
+    }
+
+    // MARK: - Transactions
+
+    /// MULTI ... EXEC on one shard. The proxy queues the commands itself (`+QUEUED`, after
+    /// checking each one's keys are on the transaction's shard) and at EXEC writes MULTI, the
+    /// commands and EXEC to that shard in one go on one connection: Redis runs a connection's
+    /// commands in order, so nothing of another client comes between them, and only EXEC's
+    /// reply goes back. A command on another shard (or one the proxy cannot queue) fails the
+    /// transaction as Redis fails one with a bad command: EXEC answers `-EXECABORT` and nothing
+    /// reaches any shard. WATCH needs a connection of its own between WATCH and EXEC, which
+    /// shared pipelines cannot give: it is refused for now.
+    final class Transaction {
+        var shard: Int?
+        let commands: Buffer
+        var count = 0
+        var failed = false
+        init(_ b: Buffer) { commands = b }
+    }
+    private var txn: Transaction?
+
+    private func transaction(_ cmd: RedisCommandID, _ input: UnsafeRawBufferPointer) {
+        switch cmd.name {
+        case "multi":
+            if txn != nil { addLocal(Array("-ERR MULTI calls can not be nested\r\n".utf8)); return }
+            txn = Transaction(Buffer(pool: worker.blocks))
+            addLocal(Array("+OK\r\n".utf8))
+        case "discard":
+            guard let t = txn else { addLocal(Array("-ERR DISCARD without MULTI\r\n".utf8)); return }
+            t.commands.release()
+            txn = nil
+            addLocal(Array("+OK\r\n".utf8))
+        case "exec":
+            guard let t = txn else { addLocal(Array("-ERR EXEC without MULTI\r\n".utf8)); return }
+            txn = nil
+            if t.failed {
+                t.commands.release()
+                addLocal(Array("-EXECABORT Transaction discarded because of previous errors.\r\n".utf8))
+                return
+            }
+            if t.count == 0 { t.commands.release(); addLocal(Array("*0\r\n".utf8)); return }
+            guard let shard = t.shard ?? shards.anyShard(), let c = shards.connection(forShard: shard) else {
+                t.commands.release()
+                return noUpstream()
+            }
+            let slot = ReplySlot(session: self, merge: .forward, parts: 1)
+            addSlot(slot)
+            let dl = deadline()
+            // MULTI's and each command's `+OK`/`+QUEUED` go to a slot nobody reads.
+            let ignored = ReplySlot(discarding: t.count + 1)
+            c.send(RedisOp(slot: ignored, part: 0, deadlineMs: dl)) { RespWriter.arrayHeader(1, into: $0); RespWriter.bulk(Array("MULTI".utf8), into: $0) }
+            for i in 0..<t.count {
+                c.send(RedisOp(slot: ignored, part: i + 1, deadlineMs: dl)) { b in if i == 0 { b.moveAll(from: t.commands) } }
+            }
+            c.send(RedisOp(slot: slot, part: 0, deadlineMs: dl)) { RespWriter.arrayHeader(1, into: $0); RespWriter.bulk(Array("EXEC".utf8), into: $0) }
+        case "unwatch":
+            addLocal(Array("+OK\r\n".utf8))
+        default:  // watch
+            worker.stats.inc(stats.downstreamRqUnsupported)
+            txn?.failed = true
+            addLocal(cmd.unsupportedReply)
+        }
+    }
+
+    /// A command inside MULTI: checked, kept for EXEC, answered `+QUEUED`.
+    private func queue(_ r: RespRequest, _ cmd: RedisCommandID, _ n: Int, _ input: UnsafeRawBufferPointer, _ t: Transaction) {
+        var keys: [Int] = []
+        switch cmd.kind {
+        case .single(let k): keys = [k]
+        case .eval:
+            let numkeys = parser.withArgument(2, in: input) { Int(String(decoding: $0, as: UTF8.self)) } ?? -1
+            if numkeys > 0 && numkeys <= n - 3 { keys = Array(3..<(3 + numkeys)) }
+        case .sameShard(let first, let last, let step):
+            let end = last < 0 ? n + last : last
+            if first < n && end >= first { keys = Array(stride(from: first, through: end, by: step)) }
+        case .sameShardNumkeys(let countAt, let firstKey):
+            let count = parser.withArgument(countAt, in: input) { Int(String(decoding: $0, as: UTF8.self)) } ?? 0
+            if count > 0 && firstKey + count <= n { keys = Array(firstKey..<(firstKey + count)) + (firstKey > countAt + 1 ? [1] : []) }
+        case .split(let step, _): keys = Array(stride(from: 1, to: n, by: step))
+        case .anyShard: keys = []
+        default:
+            t.failed = true
+            worker.stats.inc(stats.downstreamRqUnsupported)
+            addLocal(Array("-ERR redis-proxy: '\(cmd.name)' cannot be part of a transaction\r\n".utf8))
+            return
+        }
+        for k in keys {
+            guard let s = parser.withArgument(k, in: input, { shards.shard(forKey: $0) }) else {
+                t.failed = true
+                return noUpstream()
+            }
+            if let ts = t.shard, ts != s {
+                t.failed = true
+                return crossSlot()
+            }
+            t.shard = s
+        }
+        if t.commands.count + r.range.count > factory.config.limits.maxRequestBytes {
+            t.failed = true
+            addLocal(Array("-ERR redis-proxy: transaction too large\r\n".utf8))
+            return
+        }
+        if r.isInline { parser.writeMultibulk(argCount: n, in: input, into: t.commands) }
+        else { t.commands.append(UnsafeRawBufferPointer(rebasing: input[r.range])) }
+        t.count += 1
+        addLocal(Array("+QUEUED\r\n".utf8))
     }
 
     // MARK: - Commands the proxy answers
@@ -542,6 +660,8 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
     private func finish() {
         if finished { return }
         finished = true
+        txn?.commands.release()
+        txn = nil
         // Slots still waiting keep their place in the shards' FIFOs; their replies are dropped.
         for s in slots[slotHead...] {
             s.session = nil

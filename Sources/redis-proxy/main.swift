@@ -10,6 +10,8 @@ struct RedisProxyCommand: ParsableCommand {
 
     @OptionGroup var common: CommonOptions
 
+    @Option(help: "Read twemproxy's nutcracker.yml instead of --config: each pool becomes a listener and a cluster, keys placed as nutcracker places them.")
+    var twemproxy: String?
     @Option(help: "With --listen: twemproxy's key hash (default fnv1a_64).")
     var hash: String?
     @Option(help: "With --listen: ketama (default), modula or random.")
@@ -23,8 +25,11 @@ struct RedisProxyCommand: ParsableCommand {
         if common.config != nil && (hash != nil || distribution != nil || hashTag != nil || opTimeout != nil) {
             throw ValidationError("--hash, --distribution, --hash-tag and --op-timeout go with --listen; with --config set them in the file")
         }
+        if let t = twemproxy, common.config != nil || common.listen != nil || common.upstream != nil {
+            throw ValidationError("--twemproxy \(t) replaces --config and --listen/--upstream; give one of them")
+        }
         let (hash, distribution, hashTag, opTimeout) = (self.hash, self.distribution, self.hashTag, self.opTimeout)
-        let binary = ProxyBinary(
+        var binary = ProxyBinary(
             blockParser: RedisProxyConfig.blockParser,
             flagBlock: { cluster in
                 var f: [(String, JSON)] = [("cluster", .string(cluster))]
@@ -35,6 +40,9 @@ struct RedisProxyCommand: ParsableCommand {
                 return f
             },
             makeFactory: { RedisProxyFactory(listener: $0, block: $1, clusters: $2, store: $3) })
+        if let path = twemproxy {
+            binary.configFromFlags = { try TwemproxyConfig.translate(path: path) }
+        }
         Server.main(options: common, binary: binary)
     }
 }

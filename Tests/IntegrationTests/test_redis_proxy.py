@@ -45,10 +45,10 @@ class RedisProxy(Proxy):
         super().stop(check_leaks)
 
 
-def client(p, **kw):
+def client(p, listener="main", **kw):
     """redis-py 8 speaks RESP3 by default (HELLO 3); the proxy is RESP2 until RESP3 comes, so
     clients say protocol=2 (docs/redis-proxy.md)."""
-    host, port = p.addr()
+    host, port = p.addr(listener)
     c = redis.Redis(host=host, port=port, socket_timeout=10, protocol=2, **kw)
     p.clients.append(c)
     return c
@@ -381,3 +381,106 @@ def test_flags_form_and_validate():
     r = subprocess.run([exe, "--validate", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--hash", "sha1"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "hash" in r.stderr and "fnv1a_64" in r.stderr, r.stderr
+
+
+def test_transactions_on_one_shard_run_and_across_shards_apply_nothing(shards):
+    with RedisProxy(config=config(shards)) as p:
+        s, f = raw(p)
+
+        def ask(*args):
+            s.sendall(resp(*args))
+            return read_reply(f)
+
+        # One shard (a hash tag): queued by the proxy, run atomically by that shard.
+        assert ask("MULTI") == "OK"
+        assert ask("SET", "{u1}:a", "1") == "QUEUED" and ask("INCR", "{u1}:a") == "QUEUED"
+        assert ask("MGET", "{u1}:a", "{u1}:b") == "QUEUED"
+        assert ask("EXEC") == ["OK", 2, [b"2", None]]
+        # Keys on two shards: refused at the command, and EXEC applies nothing anywhere.
+        names = [f"t{i}" for i in range(40)]
+        assert ask("MULTI") == "OK" and ask("SET", names[0], "x") == "QUEUED"
+        refused = None
+        for n in names[1:]:
+            rep = ask("SET", n, "x")
+            if rep != "QUEUED":
+                refused = rep
+                break
+        assert refused and refused[1].startswith("CROSSSLOT"), refused
+        assert ask("EXEC") == ("ERR", "EXECABORT Transaction discarded because of previous errors.")
+        assert all(not where(shards, n) for n in names), "a refused transaction applied something"
+        # DISCARD, nesting, EXEC without MULTI, WATCH (needs a connection of its own).
+        assert ask("MULTI") == "OK" and ask("SET", "{u1}:c", "1") == "QUEUED" and ask("DISCARD") == "OK"
+        assert ask("GET", "{u1}:c") is None
+        assert ask("EXEC") == ("ERR", "ERR EXEC without MULTI")
+        assert ask("MULTI") == "OK" and ask("MULTI")[1] == "ERR MULTI calls can not be nested" and ask("DISCARD") == "OK"
+        assert ask("WATCH", "{u1}:a")[1] == "ERR unsupported command 'watch'"
+        s.close()
+        # redis-py's transactional pipeline, several clients at once, all on one tagged shard.
+        r = client(p)
+
+        def bump(n):
+            c = client(p)
+            for _ in range(50):
+                pipe = c.pipeline(transaction=True)
+                pipe.incr("{ctr}:n")
+                pipe.rpush("{ctr}:log", n)
+                assert len(pipe.execute()) == 2
+        threads = [threading.Thread(target=bump, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert r.get("{ctr}:n") == b"200" and r.llen("{ctr}:log") == 200
+
+
+@pytest.mark.parametrize("dist,hash_fn", [("ketama", "fnv1a_64"), ("modula", "murmur"), ("ketama", "hsieh")])
+def test_twemproxy_file_places_ten_thousand_keys_where_nutcracker_does(shards, dist, hash_fn, tmp_path):
+    # One nutcracker.yml (weighted, named and unnamed servers, a hash tag): nutcracker writes
+    # 10,000 keys, then `redis-proxy --twemproxy` on the same file reads every one back.
+    import os
+    import subprocess
+    from redis_peers import _free_port
+    port = _free_port()
+    servers = [f"{shards[0].endpoint}:1 one", f"{shards[1].endpoint}:2 two", f"{shards[2].endpoint}:1"]
+    path = tmp_path / "nutcracker.yml"
+    path.write_text(f"""pool_a:
+  listen: 127.0.0.1:{port}
+  hash: {hash_fn}
+  hash_tag: "{{}}"
+  distribution: {dist}
+  auto_eject_hosts: false
+  redis: true
+  timeout: 5000
+  server_retry_timeout: 2000
+  servers:
+""" + "".join(f"    - {s}\n" for s in servers))
+    keys = [f"k:{i}:{'x' * (i % 13)}" for i in range(9900)] + [f"{{grp{i % 7}}}:{i}" for i in range(100)]
+    nc = subprocess.Popen(["nutcracker", "-c", str(path), "-s", str(_free_port()), "-o", str(tmp_path / "log")],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from redis_peers import _ping
+        wait_for(lambda: _ping(port), timeout=20, what="nutcracker")
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        f = s.makefile("rb")
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i:i + 1000]
+            s.sendall(b"".join(resp("SET", k, k[::-1]) for k in chunk))
+            assert [read_reply(f) for _ in chunk] == ["OK"] * len(chunk)
+        f.close()
+        s.close()
+    finally:
+        nc.terminate()
+        nc.wait(10)
+    assert all(len(sh.keys()) > 0 for sh in shards)
+    with RedisProxy(args=["--twemproxy", str(path), "--admin", "127.0.0.1:0"]) as p:
+        r = client(p, "pool_a")
+        host, pport = p.addr("pool_a")
+        assert pport == port
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i:i + 1000]
+            assert r.mget(chunk) == [k[::-1].encode() for k in chunk], f"{dist}/{hash_fn}: keys not where nutcracker put them"
+    # A bad file names the twemproxy key.
+    path.write_text(path.read_text().replace(":2 two", ":0 two"))
+    exe = os.path.join(os.environ.get("PROXY_BIN_DIR", ".build/release"), "redis-proxy")
+    out = subprocess.run([exe, "--twemproxy", str(path), "--validate"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "pool_a.servers[1]" in out.stderr, out.stderr
