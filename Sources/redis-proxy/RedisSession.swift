@@ -139,6 +139,8 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
     private var paused = false
     private var draining = false
     private let out: Buffer
+    /// The read buffer's usual limit (the listener's buffer limit).
+    private let defaultReadLimit: Int
 
     init(factory: RedisProxyFactory, shards: ShardSet, worker: Worker, connection: Connection, context: DownstreamContext) {
         self.factory = factory
@@ -150,6 +152,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         authenticated = factory.config.downstreamAuthPasswords.isEmpty
         parser.unauthenticated = !authenticated
         out = Buffer(pool: worker.blocks)
+        defaultReadLimit = connection.readBufferLimit
     }
 
     private var stats: RedisProxyStats { factory.stats }
@@ -170,6 +173,12 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             switch parser.parse(input) {
             case .incomplete:
                 if endStream { closing = true }
+                // A request bigger than the read buffer's limit: read on until it is whole
+                // (up to max_request_bytes, which the parser enforces).
+                if buffer.count >= defaultReadLimit && connection.readBufferLimit == defaultReadLimit {
+                    connection.readBufferLimit = max(defaultReadLimit, factory.config.limits.maxRequestBytes + 64 * 1024)
+                    connection.continueReading()
+                }
                 dispatchingData = false
                 flushReplies()
                 return .stopIteration
@@ -184,6 +193,9 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             case .request(let r):
                 handle(r, input)
                 buffer.drain(r.range.upperBound)
+                if connection.readBufferLimit != defaultReadLimit && buffer.count < defaultReadLimit {
+                    connection.readBufferLimit = defaultReadLimit
+                }
             }
         }
         dispatchingData = false
@@ -627,6 +639,13 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         if paused && inFlight < factory.config.maxPipeline / 2 + 1 && !closing {
             paused = false
             connection.readEnable()
+            // Requests already read but not parsed when the pipeline filled: the connection
+            // delivers only after a new read (and reads nothing while its buffer is at the
+            // limit), so they are picked up here.
+            if !connection.readBuffer.isEmpty && !dispatchingData && connection.state == .open {
+                _ = onData(connection.readBuffer, endStream: connection.readEOF)
+                return
+            }
         }
         if (closing || draining) && inFlight == 0 && connection.state != .closed {
             closing = true

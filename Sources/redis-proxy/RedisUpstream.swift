@@ -289,6 +289,9 @@ final class ShardConnection: ConnectionCallbacks {
             return
         }
         connection = c
+        // A reply is forwarded once it is whole, so the read buffer must be able to hold the
+        // largest one the reader accepts.
+        c.readBufferLimit = reader.maxReplyBytes + 64 * 1024
         worker.stats.inc(factory.stats.upstreamCxTotal)
         if let p = factory.config.upstreamAuthPassword {
             var args: [[UInt8]] = [Array("AUTH".utf8)]

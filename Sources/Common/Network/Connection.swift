@@ -60,6 +60,11 @@ public final class Connection {
     /// Close once the write buffer is flushed (the other side of a relay went away).
     private var closeWhenFlushed = false
     private let highWatermark: Int
+    /// Most unconsumed bytes the read loop keeps in `readBuffer` before it pauses (default: the
+    /// buffer limit). A consumer that needs a whole message before it can use any of it (a
+    /// Redis request or reply) raises it for that message, up to its own limit, then calls
+    /// `continueReading`.
+    public var readBufferLimit: Int
     private let lowWatermark: Int
     /// Queued output past this closes the connection (8 × the buffer limit, at least 4 MiB):
     /// the bound on a connection's memory when a producer ignores the high watermark.
@@ -104,6 +109,7 @@ public final class Connection {
         self.readBuffer = Buffer(pool: worker.blocks)
         self.writeBuffer = Buffer(pool: worker.blocks)
         self.highWatermark = bufferLimit
+        self.readBufferLimit = bufferLimit
         self.lowWatermark = bufferLimit / 2
         register()
     }
@@ -131,6 +137,7 @@ public final class Connection {
         self.readBuffer = Buffer(pool: worker.blocks)
         self.writeBuffer = Buffer(pool: worker.blocks)
         self.highWatermark = bufferLimit
+        self.readBufferLimit = bufferLimit
         self.lowWatermark = bufferLimit / 2
         register()
     }
@@ -220,7 +227,7 @@ public final class Connection {
             }
             budget -= 1
             // Bytes a filter left unconsumed are bounded too; `continueReading` resumes.
-            if readBuffer.count >= highWatermark { return }
+            if readBuffer.count >= readBufferLimit { return }
             if bulk, tls == nil, let target = spliceTarget, readBuffer.isEmpty, target.canTakeSplice {
                 if !spliceOnce(into: target) { return }
                 continue
