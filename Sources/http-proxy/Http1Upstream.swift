@@ -10,6 +10,8 @@ final class HttpWorkerState: WorkerExtension {
 
     /// Random numbers for this worker (weighted clusters, request ids, retry jitter).
     var rng: FastRandom
+    /// X-Request-Id values (unpredictable, unlike `rng`).
+    let secureRandom = SecureRandom()
     /// Requests routed to each cluster slot, and retries in flight (the retry budget).
     private var active: [Int] = []
     private var retrying: [Int] = []

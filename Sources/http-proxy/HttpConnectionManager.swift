@@ -37,6 +37,9 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     /// The request body still to read (Content-Length), or the chunked decoder.
     private var bodyLeft: UInt64 = 0
     private var chunked: ChunkedDecoder?
+    /// The stream idle timeout in force: the listener's `stream_idle_timeout`, or the route's
+    /// `idle_timeout` once the router picked a route that has one (0: none).
+    var streamIdleMs: UInt64 = 0
     /// Trailers of the chunked request body being read (they may span reads).
     private var requestTrailers: HeaderMap?
     private var requestBodyDone = true
@@ -212,7 +215,8 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
             requestDeadline = s.info.startMs &+ settings.requestTimeoutMs
             armDeadline(requestDeadline, if: true)
         }
-        if settings.streamIdleTimeoutMs > 0 { armDeadline(lastActivityMs &+ settings.streamIdleTimeoutMs, if: true) }
+        streamIdleMs = settings.streamIdleTimeoutMs
+        if streamIdleMs > 0 { armDeadline(lastActivityMs &+ streamIdleMs, if: true) }
         s.installFilters(factory.filterFactories)
         s.decodeHeaders(endStream: requestBodyDone)
         flushOutput()
@@ -238,7 +242,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
             } ?? false
             if !keep {
                 h.remove(.xRequestId)
-                RequestId.generate(&workerState.rng) { h.add(UnsafeRawBufferPointer(start: xRequestIdName.utf8Start, count: xRequestIdName.utf8CodeUnitCount), $0) }
+                RequestId.generate(workerState.secureRandom) { h.add(UnsafeRawBufferPointer(start: xRequestIdName.utf8Start, count: xRequestIdName.utf8CodeUnitCount), $0) }
             }
         }
         if let via = settings.via { h.add(.via, (head.minorVersion == 0 ? "1.0 " : "1.1 ") + via) }
@@ -463,7 +467,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         tunnelUpstream = t
         let r = Relay(a: connection, b: t.connection, owner: self)
         relay = r
-        if settings.streamIdleTimeoutMs > 0 { armDeadline(monotonicMs() &+ settings.streamIdleTimeoutMs, if: true) }
+        if streamIdleMs > 0 { armDeadline(monotonicMs() &+ streamIdleMs, if: true) }
         r.start()
     }
 
@@ -597,8 +601,8 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         let now = monotonicMs()
         if let r = relay {
             // Only stream_idle_timeout applies to a tunnel (0: none); other deadlines are gone.
-            if settings.streamIdleTimeoutMs == 0 { return }
-            let d = r.lastActivityMs &+ settings.streamIdleTimeoutMs
+            if streamIdleMs == 0 { return }
+            let d = r.lastActivityMs &+ streamIdleMs
             if now >= d {
                 worker.stats.inc(stats.downstreamRqIdleTimeout)
                 r.close()
@@ -639,8 +643,8 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
                     if stream == nil || closing { return }
                 } else { consider(s.routeDeadlineMs) }
             }
-            if settings.streamIdleTimeoutMs > 0 {
-                let d = lastActivityMs &+ settings.streamIdleTimeoutMs
+            if streamIdleMs > 0 {
+                let d = lastActivityMs &+ streamIdleMs
                 if now >= d {
                     worker.stats.inc(stats.downstreamRqIdleTimeout)
                     if s.responseStarted { s.reset(flags: "SI") } else { s.sendLocalReply(408, "stream timeout", flags: "SI") }

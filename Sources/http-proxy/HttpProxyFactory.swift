@@ -73,10 +73,10 @@ final class HttpProxyFactory: FilterFactory {
 /// `X-Request-Id` values: a UUID v4 made here, or a client's kept when it looks sane.
 enum RequestId {
     /// A random UUID (version 4), handed to `body` as bytes (no String per request).
-    static func generate(_ rng: inout FastRandom, _ body: (UnsafeRawBufferPointer) -> Void) {
+    static func generate(_ rng: SecureRandom, _ body: (UnsafeRawBufferPointer) -> Void) {
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 36) { out in
             let p = out.baseAddress!
-            let a = rng.next(), b = rng.next()
+            let a = rng.nextUInt64(), b = rng.nextUInt64()
             // 8-4-4-4-12 hex digits: the version nibble is 4, the variant's top bits are 10.
             hex(a >> 32, 8, p)
             p[8] = 0x2D
@@ -104,9 +104,9 @@ enum RequestId {
     }
 
     /// A random UUID (version 4) as a String (tests, logs).
-    static func generate(_ rng: inout FastRandom) -> String {
+    static func generate(_ rng: SecureRandom) -> String {
         var s = ""
-        generate(&rng) { s = String(decoding: $0, as: UTF8.self) }
+        generate(rng) { s = String(decoding: $0, as: UTF8.self) }
         return s
     }
 

@@ -66,6 +66,11 @@ final class Router: HttpDecoderFilter {
         case .forward:
             guard let f = r.forward else { return .stopIteration }
             forward = f
+            if let idle = f.idleTimeoutMs {
+                // The route's idle_timeout replaces stream_idle_timeout for this stream (Envoy).
+                stream.cm.streamIdleMs = idle
+                if idle > 0 { stream.cm.armDeadline(monotonicMs() &+ idle, if: true) }
+            }
             let index = r.pickClusterIndex(random: stream.cm.nextRandom()) ?? 0
             cstats = factory.clusterStats[index]
             guard let wc = worker.cluster(slot: factory.clusterSlots[index]) else {
@@ -77,6 +82,7 @@ final class Router: HttpDecoderFilter {
             stream.cm.workerState.requestStarted(wc.snapshot.slot)
             stream.info.clusterName = wc.snapshot.name
             if case .connect = r.match.path, !f.forwardConnect {
+                hashKey = computeHashKey(f.hashPolicy, h)  // the tunnel's host is picked by it too
                 startConnectTermination(wc)
                 return .stopIteration
             }

@@ -172,6 +172,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             let input = buffer.readable
             switch parser.parse(input) {
             case .incomplete:
+                shards.flushWrites()
                 if endStream { closing = true }
                 // A request bigger than the read buffer's limit: read on until it is whole
                 // (up to max_request_bytes, which the parser enforces).
@@ -198,6 +199,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
                 }
             }
         }
+        shards.flushWrites()
         dispatchingData = false
         flushReplies()
         return .stopIteration

@@ -187,6 +187,18 @@ final class ShardSet {
 
     func queueFlush(_ s: RedisSession) { flushQueue.append(s) }
 
+    /// Connections with requests to write.
+    private var dirtyConnections: [ShardConnection] = []
+
+    func markDirty(_ c: ShardConnection) { dirtyConnections.append(c) }
+
+    func flushWrites() {
+        if dirtyConnections.isEmpty { return }
+        let d = dirtyConnections
+        dirtyConnections.removeAll(keepingCapacity: true)
+        for c in d where !c.closed { c.flushOut() }
+    }
+
     func flushQueued() {
         while !flushQueue.isEmpty {
             let q = flushQueue
@@ -258,7 +270,8 @@ final class ShardConnection: ConnectionCallbacks {
     /// Requests written (or queued while connecting) and not answered yet, oldest first.
     private var queue: [RedisOp] = []
     private var head = 0
-    /// Requests waiting for the connection to come up.
+    /// Requests not written yet: waiting for the connection to come up, or for the end of the
+    /// client read that produced them.
     private let pendingOut: Buffer
     private let reader = RespReplyReader()
     /// Bytes at the front of the read buffer already fed to the reader.
@@ -307,14 +320,21 @@ final class ShardConnection: ConnectionCallbacks {
     /// pending buffer while connecting).
     func send(_ op: RedisOp, _ write: (Buffer) -> Void) {
         queue.append(op)
-        if connected, let c = connection {
-            let b = Buffer(pool: worker.blocks)
-            write(b)
-            c.write(b, endStream: false)
-        } else {
-            write(pendingOut)
+        write(pendingOut)
+        if connected && !dirty {
+            dirty = true
+            shards.markDirty(self)
         }
         armTimer(op.deadlineMs)
+    }
+
+    /// Requests queued since the last flush leave in one write (`ShardSet.flushWrites`, at the
+    /// end of a client's read: a pipeline of 16 is one write per shard, not 16).
+    private var dirty = false
+
+    func flushOut() {
+        dirty = false
+        if connected, let c = connection, !pendingOut.isEmpty { c.write(pendingOut, endStream: false) }
     }
 
     func onConnected(_ connection: Connection) {

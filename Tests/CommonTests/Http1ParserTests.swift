@@ -190,6 +190,8 @@ private func dechunk(_ text: String, step: Int) -> (String, [(String, String)], 
     #expect(dechunk("1g\r\nx\r\n0\r\n\r\n", step: 100).2 == .badChunkSize)
     #expect(dechunk("\r\n", step: 100).2 == .badChunkSize)
     #expect(dechunk("1000000000000000\r\n", step: 100).2 == .chunkSizeOverflow)
+    // Leading zeros are not digits that overflow (RFC 9112 7.1).
+    #expect(dechunk("0000000000000000005\r\nhello\r\n00\r\n\r\n", step: 3).0 == "hello")
     #expect(dechunk("5;\r\nhello\r\n", step: 100).2 == .badChunkExtension)
     #expect(dechunk("5;a=\"x\r\nhello\r\n", step: 100).2 == .badChunkExtension)
     #expect(dechunk("5 \r\nhello\r\n", step: 100).2 == .badChunkExtension)

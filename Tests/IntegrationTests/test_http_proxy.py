@@ -1038,3 +1038,37 @@ def test_per_route_filter_overrides_disable_or_replace_listener_filters():
             assert o.paths().count("/healthz") == 3
             dump = json.loads(p.get("/config_dump")[1])
             assert "typed_per_filter_config" in json.dumps(dump)
+
+
+def slow_origin(c, server):
+    """Answers each request after a second of silence."""
+    import time
+    c.settimeout(30)
+    data = b""
+    while True:
+        while b"\r\n\r\n" not in data:
+            got = c.recv(65536)
+            if not got:
+                return
+            data += got
+        data = data.split(b"\r\n\r\n", 1)[1]
+        time.sleep(1.0)  # the silence the idle timeout measures; nothing waits on it
+        try:
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except OSError:
+            return
+
+
+def test_a_route_idle_timeout_replaces_the_stream_idle_timeout():
+    # Review of issue 9: the route's idle_timeout was parsed and dumped but never applied.
+    with Server(slow_origin) as up:
+        cfg = http_config("""      stream_idle_timeout: 20s
+      routes:
+        - { match: { prefix: /quick }, cluster: slow, idle_timeout: 200ms }
+        - { match: { prefix: / }, cluster: slow }""", {"slow": up.endpoint})
+        with Proxy("http-proxy", config=cfg) as p:
+            rc, out, _ = curl("-o", "/dev/null", "-w", "%{http_code}", f"http://{hp(p)}/quick")
+            assert out == b"408"
+            assert p.stat("http.main.downstream_rq_idle_timeout") == 1
+            rc, out, _ = curl(f"http://{hp(p)}/other")
+            assert out == b"ok"

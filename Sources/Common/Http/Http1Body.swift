@@ -99,8 +99,12 @@ public struct ChunkedDecoder: Sendable {
     static func parseSizeLine(_ l: UnsafeRawBufferPointer) -> Swift.Result<UInt64, Http1Error> {
         var i = 0
         var size: UInt64 = 0
+        // Leading zeros are allowed (RFC 9112 7.1) and do not count toward the digit limit;
+        // the line's own length limit bounds them.
+        var significant = 0
         while i < l.count, let d = hexValue(l[i]) {
-            if i >= 15 { return .failure(.chunkSizeOverflow) }  // 15 hex digits: < 2^60
+            if size != 0 || d != 0 { significant += 1 }
+            if significant > 15 { return .failure(.chunkSizeOverflow) }  // 15 hex digits: < 2^60
             size = size << 4 | UInt64(d)
             i += 1
         }
@@ -263,6 +267,18 @@ public enum Http1Encoder {
         case 403: "Forbidden"
         case 404: "Not Found"
         case 405: "Method Not Allowed"
+        case 406: "Not Acceptable"
+        case 407: "Proxy Authentication Required"
+        case 409: "Conflict"
+        case 410: "Gone"
+        case 412: "Precondition Failed"
+        case 415: "Unsupported Media Type"
+        case 416: "Range Not Satisfiable"
+        case 421: "Misdirected Request"
+        case 422: "Unprocessable Content"
+        case 425: "Too Early"
+        case 426: "Upgrade Required"
+        case 428: "Precondition Required"
         case 408: "Request Timeout"
         case 411: "Length Required"
         case 413: "Payload Too Large"

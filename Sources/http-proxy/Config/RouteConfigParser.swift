@@ -151,9 +151,10 @@ struct RouteConfigParser {
             let im = try item.mapping()
             filterReferences.append((item.path, name))
             if let d = im.optional("disabled") {
-                guard try d.bool() else { throw d.fail("only `disabled: true` has a meaning (leave the entry out to keep the filter)") }
+                // `false` re-enables, on a route, a filter its virtual host disables (Envoy).
+                let off = try d.bool()
                 try im.finish()
-                out.entries.append((name, .disabled))
+                out.entries.append((name, off ? .disabled : .enabled))
                 continue
             }
             switch name {
@@ -344,6 +345,9 @@ struct RouteConfigParser {
             f.regexRewrite = (re, sub, text)
         }
         let hl = m.optional("host_rewrite_literal"), ah = m.optional("auto_host_rewrite")
+        if case .connect = match.path, let v = hl ?? ah {
+            throw v.fail("a CONNECT's target names where the tunnel goes: it cannot be rewritten")
+        }
         if let hl {
             if ah != nil { throw ConfigError(m.path + ".auto_host_rewrite", "give either host_rewrite_literal or auto_host_rewrite, not both") }
             let s = try hl.string()

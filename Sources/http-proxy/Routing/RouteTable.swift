@@ -133,12 +133,15 @@ enum RouteAction: Sendable {
 enum FilterOverride: Sendable {
     /// `{disabled: true}`: the filter is not installed for streams on this route.
     case disabled
+    /// `{disabled: false}`: installed here even though the virtual host disables it.
+    case enabled
     /// `header_mutation`'s own keys: these mutations replace the listener-level ones.
     case headerMutation(HeaderMutationFilterConfig)
 
     var dump: JSON {
         switch self {
         case .disabled: return .object([("disabled", .bool(true))])
+        case .enabled: return .object([("disabled", .bool(false))])
         case .headerMutation(let m):
             var f: [(String, JSON)] = []
             m.request.dump(side: "request", into: &f)
