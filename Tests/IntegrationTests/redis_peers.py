@@ -10,12 +10,21 @@ import tempfile
 from harness import wait_for
 
 
+def free_ports(n):
+    """n distinct free ports (all held until every one is picked, so none repeats)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    return free_ports(1)[0]
 
 
 def resp(*args):
@@ -39,6 +48,22 @@ def _ping(port, password=None):
         return ok
     except OSError:
         return False
+
+
+def start_nutcracker(exe, conf, port, stats_port, log):
+    """nutcracker on `conf` with its stats on 127.0.0.1:`stats_port`; the process once it
+    answers, or None when it exited (a port taken meanwhile)."""
+    proc = subprocess.Popen([exe, "-c", conf, "-a", "127.0.0.1", "-s", str(stats_port), "-o", log],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _ping(port) or proc.poll() is not None, timeout=20, what="nutcracker")
+    except AssertionError:
+        proc.kill()
+        proc.wait(10)
+        raise
+    if proc.poll() is not None:
+        return None
+    return proc
 
 
 class _Process:
@@ -99,22 +124,21 @@ class Nutcracker(_Process):
         exe = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
         assert os.path.exists(exe), "nutcracker is not installed (scripts/install-deps.sh)"
         self.dir = tempfile.mkdtemp(prefix="nutcracker-")
-        self.port = _free_port()
         conf = os.path.join(self.dir, "nutcracker.yml")
-        with open(conf, "w") as f:
-            f.write(f"pool:\n  listen: 127.0.0.1:{self.port}\n  redis: true\n  hash: {hash}\n  distribution: {distribution}\n")
-            if hash_tag:
-                f.write(f'  hash_tag: "{hash_tag}"\n')
-            f.write("  auto_eject_hosts: false\n  servers:\n")
-            for s in servers:
-                f.write(f"    - {s}\n")
-        self.proc = subprocess.Popen([exe, "-c", conf, "-s", str(_free_port()), "-o", os.path.join(self.dir, "log")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: _ping(self.port), timeout=20, what="nutcracker")
-        except AssertionError:
-            self.stop()
-            raise
+        # A port picked free can be taken again before nutcracker binds it: a few tries.
+        for _ in range(5):
+            self.port, stats_port = free_ports(2)
+            with open(conf, "w") as f:
+                f.write(f"pool:\n  listen: 127.0.0.1:{self.port}\n  redis: true\n  hash: {hash}\n  distribution: {distribution}\n")
+                if hash_tag:
+                    f.write(f'  hash_tag: "{hash_tag}"\n')
+                f.write("  auto_eject_hosts: false\n  servers:\n")
+                for sv in servers:
+                    f.write(f"    - {sv}\n")
+            self.proc = start_nutcracker(exe, conf, self.port, stats_port, os.path.join(self.dir, "log"))
+            if self.proc:
+                return
+        raise AssertionError("nutcracker did not start")
 
     def client(self):
         import redis

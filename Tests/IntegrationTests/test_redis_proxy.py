@@ -438,8 +438,8 @@ def test_twemproxy_file_places_ten_thousand_keys_where_nutcracker_does(shards, d
     # 10,000 keys, then `redis-proxy --twemproxy` on the same file reads every one back.
     import os
     import subprocess
-    from redis_peers import _free_port
-    port = _free_port()
+    from redis_peers import free_ports
+    port, stats_port = free_ports(2)
     servers = [f"{shards[0].endpoint}:1 one", f"{shards[1].endpoint}:2 two", f"{shards[2].endpoint}:1"]
     path = tmp_path / "nutcracker.yml"
     path.write_text(f"""pool_a:
@@ -454,11 +454,10 @@ def test_twemproxy_file_places_ten_thousand_keys_where_nutcracker_does(shards, d
   servers:
 """ + "".join(f"    - {s}\n" for s in servers))
     keys = [f"k:{i}:{'x' * (i % 13)}" for i in range(9900)] + [f"{{grp{i % 7}}}:{i}" for i in range(100)]
-    nc = subprocess.Popen(["nutcracker", "-c", str(path), "-s", str(_free_port()), "-o", str(tmp_path / "log")],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from redis_peers import start_nutcracker
+    nc = start_nutcracker("nutcracker", str(path), port, stats_port, str(tmp_path / "log"))
+    assert nc, (tmp_path / "log").read_text()
     try:
-        from redis_peers import _ping
-        wait_for(lambda: _ping(port), timeout=20, what="nutcracker")
         s = socket.create_connection(("127.0.0.1", port), timeout=30)
         f = s.makefile("rb")
         for i in range(0, len(keys), 1000):
