@@ -260,7 +260,13 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             forward(r, input, sameShard(Array(stride(from: first, through: end, by: step)), input))
         case .sameShardNumkeys(let countAt, let firstKey):
             let count = parser.withArgument(countAt, in: input) { Int(String(decoding: $0, as: UTF8.self)) } ?? -1
-            guard count > 0, firstKey + count <= n else { addLocal(Array("-ERR numkeys should be greater than 0\r\n".utf8)); return }
+            // `count <= n - firstKey`, not `firstKey + count <= n`: a client's count near Int.max
+            // must not overflow (review of issue 10: that trapped the whole proxy).
+            guard count > 0, count <= n - firstKey else {
+                addLocal(Array((count > 0 ? "-ERR Number of keys can't be greater than number of args\r\n"
+                                          : "-ERR numkeys should be greater than 0\r\n").utf8))
+                return
+            }
             var keys = Array(firstKey..<(firstKey + count))
             if firstKey > countAt + 1 { keys.insert(1, at: 0) }  // a destination key before the count
             forward(r, input, sameShard(keys, input))
@@ -463,7 +469,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             if first < n && end >= first { keys = Array(stride(from: first, through: end, by: step)) }
         case .sameShardNumkeys(let countAt, let firstKey):
             let count = parser.withArgument(countAt, in: input) { Int(String(decoding: $0, as: UTF8.self)) } ?? 0
-            if count > 0 && firstKey + count <= n { keys = Array(firstKey..<(firstKey + count)) + (firstKey > countAt + 1 ? [1] : []) }
+            if count > 0 && count <= n - firstKey { keys = Array(firstKey..<(firstKey + count)) + (firstKey > countAt + 1 ? [1] : []) }
         case .split(let step, _): keys = Array(stride(from: 1, to: n, by: step))
         case .anyShard: keys = []
         default:

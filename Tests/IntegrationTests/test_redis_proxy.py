@@ -245,6 +245,11 @@ def test_commands_the_proxy_answers_and_what_it_refuses_keep_the_connection(shar
         assert ask("BLPOP", "l", "0") == ("ERR", "ERR unsupported command 'blpop'")
         assert ask("NOSUCH", "a")[1].startswith("ERR unknown command 'NOSUCH'")
         assert ask("GET") == ("ERR", "ERR wrong number of arguments for 'get' command")
+        # A key count near Int64's max (review of issue 10: an overflow trapped the proxy).
+        assert ask("ZUNION", "9223372036854775807", "a")[1] == "ERR Number of keys can't be greater than number of args"
+        assert ask("MULTI") == "OK"
+        assert ask("ZUNIONSTORE", "d", "9223372036854775805", "a") == "QUEUED"  # the shard refuses it at EXEC
+        assert ask("DISCARD") == "OK"
         assert ask("CLIENT", "NOSUCH")[1].startswith("ERR unknown subcommand")
         # Keys on two shards: refused as Redis Cluster would; a hash tag keeps them together.
         names = [f"name-{i}-{i * 7919}" for i in range(40)]
