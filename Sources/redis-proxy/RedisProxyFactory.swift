@@ -24,9 +24,14 @@ final class RedisProxyStats: Sendable {
     let upstreamEjected: Counter
     /// Request parse errors by kind (`downstream_cx_protocol_error.<reason>`).
     let protocolErrors: [String: Counter]
+    /// For the per-command stats, registered on a command's first use.
+    let store: StatsStore
+    let prefix: String
 
     init(store: StatsStore, prefix: String) {
         let p = "redis.\(prefix)."
+        self.store = store
+        self.prefix = p
         downstreamCxTotal = store.counter(p + "downstream_cx_total")
         downstreamCxActive = store.gauge(p + "downstream_cx_active")
         downstreamCxProtocolError = store.counter(p + "downstream_cx_protocol_error")
@@ -75,13 +80,44 @@ final class RedisProxyFactory: FilterFactory {
     }
 
     func createFilters(worker: Worker, connection: Connection, context: DownstreamContext) {
-        let shards = RedisWorkerState.of(worker).shards(worker, self)
-        let s = RedisSession(factory: self, shards: shards, worker: worker, connection: connection, context: context)
+        let state = RedisWorkerState.of(worker)
+        let shards = state.shards(worker, self)
+        let s = RedisSession(factory: self, shards: shards, commandStats: state.commandStats(stats),
+                             worker: worker, connection: connection, context: context)
         connection.readFilters = [s]
         connection.callbacks = s
         worker.track(s)
         worker.stats.inc(stats.downstreamCxTotal)
         worker.stats.inc(stats.downstreamCxActive)
         if !connection.readBuffer.isEmpty || connection.readEOF { _ = s.onData(connection.readBuffer, endStream: connection.readEOF) }
+    }
+}
+
+/// Envoy's per-command stats, `redis.<prefix>.command.<name>.{total,success,error,latency}`
+/// (a subcommand is `<command>_<subcommand>`, as `client_setname`).
+struct CommandStats {
+    let total: Counter, success: Counter, error: Counter
+    let latency: Histogram
+}
+
+/// One worker's per-command stats of one stat prefix: registered in the store (a lock) on a
+/// command's first use on this worker, then an array lookup.
+final class CommandStatsCache {
+    let stats: RedisProxyStats
+    private var table: [CommandStats?]
+
+    init(_ stats: RedisProxyStats) {
+        self.stats = stats
+        table = Array(repeating: nil, count: RedisCommands.all.count)
+    }
+
+    func get(_ id: RedisCommandID) -> CommandStats {
+        let i = Int(id.index)
+        if i < table.count, let c = table[i] { return c }
+        let p = stats.prefix + "command." + id.name.replacingOccurrences(of: "|", with: "_") + "."
+        let c = CommandStats(total: stats.store.counter(p + "total"), success: stats.store.counter(p + "success"),
+                             error: stats.store.counter(p + "error"), latency: stats.store.histogram(p + "latency"))
+        if i < table.count { table[i] = c }
+        return c
     }
 }

@@ -18,6 +18,17 @@ final class ReplySlot {
         case concat
         /// SCRIPT LOAD per shard: the one reply they all gave (else the first error).
         case same
+        /// SCAN on one shard: its reply with the cursor re-encoded (`scanShard` of `scanShards`).
+        case scan
+        /// SCRIPT EXISTS per shard: 1 where every shard has the script.
+        case allTrue
+        /// RANDOMKEY per shard: a non-nil answer, from the shard at `pickStart` on.
+        case firstNonNil
+        /// INFO per shard: aggregated (`ReplyMerges.info`), the proxy's section after.
+        case info
+
+        /// Merges that keep each part's reply until all are in.
+        var keepsParts: Bool { self == .array || self == .same || self == .allTrue || self == .firstNonNil || self == .info }
     }
 
     weak var session: RedisSession?
@@ -31,12 +42,18 @@ final class ReplySlot {
     private var concatCount = 0
     private var firstError: [UInt8]?
     let startMs: UInt64
+    /// The command, for its `command.<name>.*` stats (nil: not counted per command).
+    var command: RedisCommandID?
+    var scanShard = 0, scanShards = 1
+    var pickStart = 0
+    /// INFO: the proxy's own section, appended to the merged reply.
+    var infoExtra = ""
 
     init(session: RedisSession, merge: Merge, parts: Int) {
         self.session = session
         self.merge = merge
         partsLeft = parts
-        if merge == .array || merge == .same { self.parts = Array(repeating: [], count: parts) }
+        if merge.keepsParts { self.parts = Array(repeating: [], count: parts) }
         startMs = monotonicMs()
     }
 
@@ -64,7 +81,8 @@ final class ReplySlot {
         guard !done else { return }
         switch merge {
         case .forward: bytes = Array(reply)
-        case .array, .same: parts[part] = Array(reply)
+        case .array, .same, .allTrue, .firstNonNil, .info: parts[part] = Array(reply)
+        case .scan: bytes = ReplyMerges.scanReply(reply, shard: scanShard, shards: scanShards)
         case .sum:
             if r.isError { if firstError == nil { firstError = Array(reply) } } else if r.type == .integer { sum &+= r.integer }
             else if firstError == nil { firstError = Array("-ERR redis-proxy: unexpected reply from a shard\r\n".utf8) }
@@ -84,8 +102,8 @@ final class ReplySlot {
     func partFailed(_ part: Int, _ error: UnsafeRawBufferPointer) {
         guard !done else { return }
         switch merge {
-        case .forward: bytes = Array(error)
-        case .array, .same: parts[part] = Array(error)
+        case .forward, .scan: bytes = Array(error)
+        case .array, .same, .allTrue, .firstNonNil, .info: parts[part] = Array(error)
         case .sum, .allOK, .concat: if firstError == nil { firstError = Array(error) }
         }
         partDone()
@@ -95,7 +113,10 @@ final class ReplySlot {
         partsLeft -= 1
         guard partsLeft == 0 else { return }
         switch merge {
-        case .forward: break
+        case .forward, .scan: break
+        case .allTrue: bytes = ReplyMerges.allTrue(parts)
+        case .firstNonNil: bytes = ReplyMerges.firstNonNil(parts, start: pickStart)
+        case .info: bytes = ReplyMerges.info(parts, extra: infoExtra)
         case .array:
             bytes = Array("*\(parts.count)\r\n".utf8)
             for p in parts { bytes += p }
@@ -142,9 +163,12 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
     /// The read buffer's usual limit (the listener's buffer limit).
     private let defaultReadLimit: Int
 
-    init(factory: RedisProxyFactory, shards: ShardSet, worker: Worker, connection: Connection, context: DownstreamContext) {
+    private let commandStats: CommandStatsCache
+
+    init(factory: RedisProxyFactory, shards: ShardSet, commandStats: CommandStatsCache, worker: Worker, connection: Connection, context: DownstreamContext) {
         self.factory = factory
         self.shards = shards
+        self.commandStats = commandStats
         self.worker = worker
         self.connection = connection
         self.context = context
@@ -209,9 +233,13 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         parser.withArgument(i, in: input) { Array($0) }
     }
 
+    /// The command being handled: its slots count in its `command.<name>.*` stats.
+    private var currentCommand: RedisCommandID?
+
     private func handle(_ r: RespRequest, _ input: UnsafeRawBufferPointer) {
         worker.stats.inc(stats.downstreamRqTotal)
         let n = r.argCount
+        currentCommand = nil
         guard let id = parser.withArgument(0, in: input, { RedisCommands.lookup($0) }) else {
             worker.stats.inc(stats.downstreamRqUnknown)
             txn?.failed = true
@@ -228,12 +256,13 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             }
             cmd = sub
         }
+        currentCommand = cmd
         guard cmd.arityAccepts(n) else { txn?.failed = true; addLocal(cmd.wrongArityReply); return }
         if !authenticated && !["auth", "hello", "quit"].contains(cmd.name) {
             addLocal(Array("-NOAUTH Authentication required.\r\n".utf8))
             return
         }
-        if case .transaction = cmd.kind { return transaction(cmd, input) }
+        if case .transaction = cmd.kind { return transaction(r, cmd, n, input) }
         if let t = txn { return queue(r, cmd, n, input, t) }
         switch cmd.kind {
         case .local:
@@ -273,7 +302,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         case .split(let step, let merge):
             split(cmd, n, step: step, merge: merge, input)
         case .fanOut(let f):
-            fanOut(r, input, f, cmd)
+            fanOut(r, n, input, f, cmd)
         case .blocking, .pubsub, .unsupported, .container, .local, .transaction:
             worker.stats.inc(stats.downstreamRqUnsupported)
             addLocal(cmd.unsupportedReply)
@@ -323,15 +352,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
 
     /// The whole request to one shard, as the client's bytes (inline requests re-encoded).
     private func forward(_ r: RespRequest, _ input: UnsafeRawBufferPointer, shard: Int) {
-        let slot = ReplySlot(session: self, merge: .forward, parts: 1)
-        addSlot(slot)
-        let op = RedisOp(slot: slot, part: 0, deadlineMs: deadline())
-        guard let c = shards.connection(forShard: shard) else {
-            ShardFailure.connectFailed.reply.withUnsafeBytes { slot.partFailed(0, $0) }
-            return
-        }
-        let p = parser
-        c.send(op) { b in
+        sendToShard(shard, ReplySlot(session: self, merge: .forward, parts: 1)) { b, p in
             if r.isInline { p.writeMultibulk(argCount: r.argCount, in: input, into: b) }
             else { b.append(UnsafeRawBufferPointer(rebasing: input[r.range])) }
         }
@@ -362,23 +383,34 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         }
     }
 
-    /// Commands for every shard (FLUSHALL, DBSIZE, KEYS, SCRIPT LOAD/FLUSH), merged.
-    private func fanOut(_ r: RespRequest, _ input: UnsafeRawBufferPointer, _ f: RedisFanOut, _ cmd: RedisCommandID) {
+    /// Commands for every shard (FLUSHALL, DBSIZE, KEYS, INFO, SCRIPT LOAD/EXISTS/FLUSH,
+    /// RANDOMKEY), merged; SCAN one shard at a time; `INFO SHARD <shard> [section ...]` to one.
+    private func fanOut(_ r: RespRequest, _ n: Int, _ input: UnsafeRawBufferPointer, _ f: RedisFanOut, _ cmd: RedisCommandID) {
         let m: ReplySlot.Merge
         switch f {
         case .allOK: m = .allOK
         case .integerSum: m = .sum
         case .arrayConcat: m = .concat
         case .sameReply: m = .same
-        case .scan, .info, .arrayAllTrue, .firstNonNil:
-            // Cursor encoding, INFO aggregation and per-element merges come with the next increment.
-            worker.stats.inc(stats.downstreamRqUnsupported)
-            addLocal(cmd.unsupportedReply)
-            return
+        case .arrayAllTrue: m = .allTrue
+        case .firstNonNil: m = .firstNonNil
+        case .scan: return scan(n, input, cmd)
+        case .info:
+            if n >= 3 && lowered(argument(1, input)) == "shard" {
+                return toShard(named: argument(2, input), verb: "INFO", args: 3..<n, input, cmd)
+            }
+            m = .info
         }
         let count = shards.shardCount
         guard count > 0 else { return noUpstream() }
         let slot = ReplySlot(session: self, merge: m, parts: count)
+        if m == .firstNonNil { slot.pickStart = Int(truncatingIfNeeded: shards.rng.next() % UInt64(count)) }
+        if m == .info {
+            let sections = (1..<n).map { lowered(argument($0, input)) }
+            if sections.isEmpty || sections.contains(where: { ["all", "everything", "default", "proxy"].contains($0) }) {
+                slot.infoExtra = "# Proxy\r\nproxy:redis-proxy\r\nproxy_version:\(toolkitVersion)\r\nshards:\(count)\r\n"
+            }
+        }
         addSlot(slot)
         let dl = deadline()
         let p = parser
@@ -394,6 +426,56 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         }
     }
 
+    private func lowered(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self).lowercased() }
+
+    /// SCAN over every shard in turn: the client's cursor names the shard and that shard's own
+    /// cursor (`ReplyMerges.decodeScanCursor`); the reply's cursor leads to the next shard when
+    /// one is done, and is 0 after the last. MATCH, COUNT and TYPE pass through.
+    private func scan(_ n: Int, _ input: UnsafeRawBufferPointer, _ cmd: RedisCommandID) {
+        let count = shards.shardCount
+        guard count > 0 else { return noUpstream() }
+        guard let (shard, cursor) = parser.withArgument(1, in: input, { ReplyMerges.decodeScanCursor($0, shards: count) }) else {
+            addLocal(Array("-ERR invalid cursor\r\n".utf8))
+            return
+        }
+        let slot = ReplySlot(session: self, merge: .scan, parts: 1)
+        slot.scanShard = shard
+        slot.scanShards = count
+        sendToShard(shard, slot) { b, p in
+            RespWriter.arrayHeader(n, into: b)
+            RespWriter.bulk(Array("SCAN".utf8), into: b)
+            RespWriter.bulk(Array(String(cursor).utf8), into: b)
+            for i in 2..<max(n, 2) { p.withArgument(i, in: input) { RespWriter.bulk($0, into: b) } }
+        }
+    }
+
+    /// `PING SHARD <shard>`, `INFO SHARD <shard> [section ...]`: one shard, named by its index
+    /// (0-based, in config order), its `name`/hash key, or its address.
+    private func toShard(named id: [UInt8], verb: String, args: Range<Int>, _ input: UnsafeRawBufferPointer, _ cmd: RedisCommandID) {
+        guard let shard = shards.shardIndex(named: id) else {
+            addLocal(Array("-ERR redis-proxy: no shard named '\(String(decoding: id.prefix(128), as: UTF8.self).filter { $0 != "\r" && $0 != "\n" })'\r\n".utf8))
+            return
+        }
+        let slot = ReplySlot(session: self, merge: .forward, parts: 1)
+        sendToShard(shard, slot) { b, p in
+            RespWriter.arrayHeader(1 + args.count, into: b)
+            RespWriter.bulk(Array(verb.utf8), into: b)
+            for i in args { p.withArgument(i, in: input) { RespWriter.bulk($0, into: b) } }
+        }
+    }
+
+    /// One request to one shard for `slot` (added here), written by `write`.
+    private func sendToShard(_ shard: Int, _ slot: ReplySlot, _ write: (Buffer, RespRequestParser) -> Void) {
+        addSlot(slot)
+        let own = watch.flatMap { $0.shard == shard && !$0.conn.closed ? $0.conn : nil }
+        guard let c = own ?? shards.connection(forShard: shard) else {
+            ShardFailure.connectFailed.reply.withUnsafeBytes { slot.partFailed(0, $0) }
+            return
+        }
+        let p = parser
+        c.send(RedisOp(slot: slot, part: 0, deadlineMs: deadline())) { write($0, p) }
+    }
+
     // MARK: - Transactions
 
     /// MULTI ... EXEC on one shard. The proxy queues the commands itself (`+QUEUED`, after
@@ -402,8 +484,14 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
     /// commands in order, so nothing of another client comes between them, and only EXEC's
     /// reply goes back. A command on another shard (or one the proxy cannot queue) fails the
     /// transaction as Redis fails one with a bad command: EXEC answers `-EXECABORT` and nothing
-    /// reaches any shard. WATCH needs a connection of its own between WATCH and EXEC, which
-    /// shared pipelines cannot give: it is refused for now.
+    /// reaches any shard.
+    ///
+    /// WATCH needs the watched keys' shard to see WATCH, the reads after it and EXEC on one
+    /// connection: the first WATCH opens a connection of this client's own to that shard
+    /// (every key of every WATCH on that one shard, else `-CROSSSLOT`), the client's commands
+    /// for that shard use it until EXEC, DISCARD or UNWATCH, and then it closes (which is what
+    /// unwatches). If it is lost before EXEC, EXEC answers a nil array, as Redis does when a
+    /// watched key changed, so clients retry the transaction as they would then.
     final class Transaction {
         var shard: Int?
         let commands: Buffer
@@ -412,28 +500,40 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         init(_ b: Buffer) { commands = b }
     }
     private var txn: Transaction?
+    /// The WATCH connection: this client's own, to `shard`.
+    private var watch: (shard: Int, conn: ShardConnection)?
 
-    private func transaction(_ cmd: RedisCommandID, _ input: UnsafeRawBufferPointer) {
+    private func endWatch() {
+        watch?.conn.closeWhenIdle()
+        watch = nil
+    }
+
+    private func transaction(_ r: RespRequest, _ cmd: RedisCommandID, _ n: Int, _ input: UnsafeRawBufferPointer) {
         switch cmd.name {
         case "multi":
             if txn != nil { addLocal(Array("-ERR MULTI calls can not be nested\r\n".utf8)); return }
             txn = Transaction(Buffer(pool: worker.blocks))
+            txn?.shard = watch?.shard
             addLocal(Array("+OK\r\n".utf8))
         case "discard":
             guard let t = txn else { addLocal(Array("-ERR DISCARD without MULTI\r\n".utf8)); return }
             t.commands.release()
             txn = nil
+            endWatch()
             addLocal(Array("+OK\r\n".utf8))
         case "exec":
             guard let t = txn else { addLocal(Array("-ERR EXEC without MULTI\r\n".utf8)); return }
             txn = nil
+            let w = watch
+            defer { endWatch() }
             if t.failed {
                 t.commands.release()
                 addLocal(Array("-EXECABORT Transaction discarded because of previous errors.\r\n".utf8))
                 return
             }
-            if t.count == 0 { t.commands.release(); addLocal(Array("*0\r\n".utf8)); return }
-            guard let shard = t.shard ?? shards.anyShard(), let c = shards.connection(forShard: shard) else {
+            if let w, w.conn.closed { t.commands.release(); addLocal(Array("*-1\r\n".utf8)); return }
+            if t.count == 0 && w == nil { t.commands.release(); addLocal(Array("*0\r\n".utf8)); return }
+            guard let shard = t.shard ?? shards.anyShard(), let c = w?.conn ?? shards.connection(forShard: shard) else {
                 t.commands.release()
                 return noUpstream()
             }
@@ -446,13 +546,30 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             for i in 0..<t.count {
                 c.send(RedisOp(slot: ignored, part: i + 1, deadlineMs: dl)) { b in if i == 0 { b.moveAll(from: t.commands) } }
             }
+            t.commands.release()
             c.send(RedisOp(slot: slot, part: 0, deadlineMs: dl)) { RespWriter.arrayHeader(1, into: $0); RespWriter.bulk(Array("EXEC".utf8), into: $0) }
         case "unwatch":
+            // Inside MULTI it is queued like any command (harmless on a shared connection).
+            if let t = txn { return queue(r, cmd, n, input, t) }
+            endWatch()
             addLocal(Array("+OK\r\n".utf8))
         default:  // watch
-            worker.stats.inc(stats.downstreamRqUnsupported)
-            txn?.failed = true
-            addLocal(cmd.unsupportedReply)
+            guard txn == nil else { addLocal(Array("-ERR WATCH inside MULTI is not allowed\r\n".utf8)); return }
+            let pick = sameShard(Array(1..<n), input)
+            guard case .shard(let s) = pick else { return forward(r, input, pick) }
+            if let w = watch, w.shard != s { return crossSlot() }
+            if watch == nil {
+                guard let c = shards.dedicatedConnection(forShard: s) else {
+                    addLocal(ShardFailure.connectFailed.reply)
+                    return
+                }
+                watch = (s, c)
+            }
+            guard let w = watch, !w.conn.closed else {
+                addLocal(Array("-ERR redis-proxy: the WATCH connection to the shard was lost; EXEC will fail\r\n".utf8))
+                return
+            }
+            forward(r, input, shard: s)
         }
     }
 
@@ -472,6 +589,13 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             if count > 0 && count <= n - firstKey { keys = Array(firstKey..<(firstKey + count)) + (firstKey > countAt + 1 ? [1] : []) }
         case .split(let step, _): keys = Array(stride(from: 1, to: n, by: step))
         case .anyShard: keys = []
+        case .local where cmd.name == "ping" || cmd.name == "echo": keys = []
+        case .transaction where cmd.name == "unwatch": keys = []
+        case .local where cmd.name == "quit":
+            // Redis closes at once; the transaction goes with the connection.
+            addLocal(Array("+OK\r\n".utf8))
+            closing = true
+            return
         default:
             t.failed = true
             worker.stats.inc(stats.downstreamRqUnsupported)
@@ -504,9 +628,10 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
 
     private func local(_ cmd: RedisCommandID, _ n: Int, _ input: UnsafeRawBufferPointer) {
         let arg = { (i: Int) in self.argument(i, input) }
-        func lower(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self).lowercased() }
         switch cmd.name {
         case "ping":
+            if n == 3 && lowered(arg(1)) == "shard" { return toShard(named: arg(2), verb: "PING", args: 0..<0, input, cmd) }
+            guard n <= 2 else { addLocal(cmd.wrongArityReply); return }
             addLocal(n == 1 ? Array("+PONG\r\n".utf8) : bulk(arg(1)))
         case "echo":
             addLocal(bulk(arg(1)))
@@ -516,7 +641,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         case "select":
             addLocal(Array((arg(1) == Array("0".utf8) ? "+OK\r\n" : "-ERR DB index is out of range (redis-proxy serves database 0)\r\n").utf8))
         case "command":
-            if n >= 2 && lower(arg(1)) == "count" { addLocal(Array(":\(RedisCommands.all.count)\r\n".utf8)) }
+            if n >= 2 && lowered(arg(1)) == "count" { addLocal(Array(":\(RedisCommands.all.count)\r\n".utf8)) }
             else { addLocal(Array("*0\r\n".utf8)) }
         case "client|setname", "client|setinfo":
             if cmd.name == "client|setname" {
@@ -550,6 +675,14 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
     private func auth(user: [UInt8]?, password: [UInt8], reply: Bool = true) -> Bool {
         let c = factory.config
         guard !c.downstreamAuthPasswords.isEmpty else {
+            // No password: the default user is `nopass`, as in Redis: AUTH default <anything>
+            // passes, another user fails, the one-argument form is an error.
+            if let user {
+                if String(decoding: user, as: UTF8.self) == "default" { if reply { addLocal(Array("+OK\r\n".utf8)) }; return true }
+                worker.stats.inc(stats.downstreamAuthFailed)
+                if reply { addLocal(Array("-WRONGPASS invalid username-password pair or user is disabled.\r\n".utf8)) }
+                return false
+            }
             if reply {
                 addLocal(Array("-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n".utf8))
             }
@@ -569,33 +702,43 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
     }
 
     /// HELLO [2 [AUTH user pass] [SETNAME name]]: RESP2 only until RESP3 comes (`-NOPROTO`).
+    /// Every option is checked before any takes effect, as Redis does: a syntax error after
+    /// AUTH authenticates nobody.
     private func hello(_ n: Int, _ arg: (Int) -> [UInt8]) {
         if n >= 2 {
             let v = String(decoding: arg(1), as: UTF8.self)
             guard let proto = Int(v) else { addLocal(Array("-ERR Protocol version is not an integer or out of range\r\n".utf8)); return }
             guard proto == 2 else { addLocal(Array("-NOPROTO unsupported protocol version\r\n".utf8)); return }
         }
+        var credentials: (user: [UInt8], password: [UInt8])?
+        var name: [UInt8]?
         var i = 2
         while i < n {
-            let opt = String(decoding: arg(i), as: UTF8.self).lowercased()
+            let opt = lowered(arg(i))
             if opt == "auth" && i + 2 < n {
-                if !auth(user: arg(i + 1), password: arg(i + 2), reply: false) {
-                    addLocal(Array("-WRONGPASS invalid username-password pair or user is disabled.\r\n".utf8))
-                    return
-                }
+                credentials = (arg(i + 1), arg(i + 2))
                 i += 3
             } else if opt == "setname" && i + 1 < n {
-                clientName = arg(i + 1)
+                name = arg(i + 1)
                 i += 2
             } else {
-                addLocal(Array("-ERR Syntax error in HELLO option '\(opt)'\r\n".utf8))
+                addLocal(Array("-ERR Syntax error in HELLO option '\(opt.prefix(128).filter { $0 != "\r" && $0 != "\n" })'\r\n".utf8))
                 return
             }
+        }
+        if let name, name.contains(where: { $0 <= 0x20 || $0 >= 0x7F }) {
+            addLocal(Array("-ERR Client names cannot contain spaces, newlines or special characters.\r\n".utf8))
+            return
+        }
+        if let c = credentials, !auth(user: c.user, password: c.password, reply: false) {
+            addLocal(Array("-WRONGPASS invalid username-password pair or user is disabled.\r\n".utf8))
+            return
         }
         guard authenticated else {
             addLocal(Array("-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n".utf8))
             return
         }
+        if let name { clientName = name.isEmpty ? nil : name }
         var b = Array("*14\r\n".utf8)
         for s in ["server", "redis", "version", "7.0.0", "proto"] { b += bulk(Array(s.utf8)) }
         b += Array(":2\r\n".utf8)
@@ -612,6 +755,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
     }
 
     private func addSlot(_ s: ReplySlot) {
+        s.command = currentCommand
         slots.append(s)
         worker.stats.inc(stats.downstreamRqActive)
     }
@@ -639,7 +783,16 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             s.bytes.withUnsafeBytes { out.append($0) }
             worker.stats.dec(stats.downstreamRqActive)
             worker.stats.inc(s.isError ? stats.downstreamRqError : stats.downstreamRqSuccess)
-            if s.startMs > 0 { worker.stats.record(stats.downstreamRqTime, monotonicMs() &- s.startMs) }
+            if let id = s.command {
+                let cs = commandStats.get(id)
+                worker.stats.inc(cs.total)
+                worker.stats.inc(s.isError ? cs.error : cs.success)
+                if s.startMs > 0 {
+                    let ms = monotonicMs() &- s.startMs
+                    worker.stats.record(stats.downstreamRqTime, ms)
+                    worker.stats.record(cs.latency, ms)
+                }
+            } else if s.startMs > 0 { worker.stats.record(stats.downstreamRqTime, monotonicMs() &- s.startMs) }
             wrote = true
         }
         if slotHead > 64 && slotHead * 2 > slots.count { slots.removeFirst(slotHead); slotHead = 0 }
@@ -689,6 +842,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         finished = true
         txn?.commands.release()
         txn = nil
+        endWatch()
         // Slots still waiting keep their place in the shards' FIFOs; their replies are dropped.
         for s in slots[slotHead...] {
             s.session = nil

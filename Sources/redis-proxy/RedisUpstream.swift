@@ -71,6 +71,7 @@ final class ShardSet {
                 for c in connections[i] { c?.fail(.hostGone) }
             }
             connections = conns
+            for (i, row) in conns.enumerated() { for c in row { c?.host = i } }
             failures = fails
             ejectedUntil = ejected
             nextConnection = Array(repeating: 0, count: newHosts.count)
@@ -124,6 +125,7 @@ final class ShardSet {
     func shard(hash: UInt32) -> Int? {
         if factory.config.autoEjectHosts, let i = ejectedUntil.firstIndex(where: { $0 != 0 && $0 <= monotonicMs() }) {
             ejectedUntil[i] = 0  // server_retry_timeout passed: back in the distribution
+            if let a = snapshot?.hosts[i].address { ShardBoard.shared.set(cluster: factory.config.cluster, address: a, worker: worker.index, ejectedUntilMs: 0) }
             rebuildDistribution()
         }
         switch factory.config.distribution {
@@ -141,6 +143,14 @@ final class ShardSet {
 
     var shardCount: Int { snapshot?.hosts.count ?? 0 }
 
+    /// A shard by its index (0-based, config order), its name (hash key) or its address.
+    func shardIndex(named id: [UInt8]) -> Int? {
+        guard let s = snapshot, id.count <= 1024 else { return nil }
+        let name = String(decoding: id, as: UTF8.self)
+        if let i = Int(name), i >= 0, i < s.hosts.count { return i }
+        return s.hosts.firstIndex { $0.hashKey == name || $0.address.description == name }
+    }
+
     /// A connection to `host` (round-robin over `server_connections`), opened on demand.
     func connection(forShard host: Int) -> ShardConnection? {
         guard host < connections.count else { return nil }
@@ -152,12 +162,24 @@ final class ShardSet {
     private func connection(_ host: Int, _ j: Int) -> ShardConnection? {
         if let c = connections[host][j], !c.closed { return c }
         guard let s = snapshot, host < s.hosts.count else { return nil }
-        let c = ShardConnection(shards: self, host: host, address: s.hosts[host].address)
+        let c = ShardConnection(shards: self, host: host, address: s.hosts[host].address, stats: s.hosts[host].stats)
         c.connect()
         if c.closed { return nil }  // the connect failed at once (counted)
         connections[host][j] = c
         return c
     }
+
+    /// A connection of one client's own (WATCH): not shared, not kept in the pool; the client
+    /// closes it when its transaction ends.
+    func dedicatedConnection(forShard host: Int) -> ShardConnection? {
+        guard let s = snapshot, host < s.hosts.count else { return nil }
+        let c = ShardConnection(shards: self, host: host, address: s.hosts[host].address, stats: s.hosts[host].stats)
+        c.connect()
+        if c.closed { return nil }
+        dedicated.append(c)  // kept until it closes: its replies may outlive the client
+        return c
+    }
+    private var dedicated: [ShardConnection] = []
 
     /// A connection reports a failure (connect error, reset, timeout): counts toward ejection.
     func hostFailed(_ host: Int, address: SocketAddress) {
@@ -165,6 +187,7 @@ final class ShardSet {
         failures[host] += 1
         if factory.config.autoEjectHosts && failures[host] >= factory.config.serverFailureLimit && ejectedUntil[host] == 0 {
             ejectedUntil[host] = monotonicMs() &+ max(factory.config.serverRetryTimeoutMs, 1)
+            ShardBoard.shared.set(cluster: factory.config.cluster, address: address, worker: worker.index, ejectedUntilMs: ejectedUntil[host])
             failures[host] = 0
             worker.stats.inc(factory.stats.upstreamEjected)
             rebuildDistribution()
@@ -178,6 +201,7 @@ final class ShardSet {
 
     func forget(_ c: ShardConnection) {
         retiring.removeAll { $0 === c }
+        dedicated.removeAll { $0 === c }
         guard c.host < connections.count else { return }
         for j in connections[c.host].indices where connections[c.host][j] === c { connections[c.host][j] = nil }
     }
@@ -209,6 +233,7 @@ final class ShardSet {
 
     func closeAll() {
         for row in connections { for c in row { c?.fail(.hostGone) } }
+        for c in dedicated { c.fail(.hostGone) }
         connections = connections.map { Array(repeating: nil, count: $0.count) }
     }
 }
@@ -235,6 +260,15 @@ final class RedisWorkerState: WorkerExtension {
         return s
     }
 
+    private var commandStatsCaches: [String: CommandStatsCache] = [:]
+
+    func commandStats(_ stats: RedisProxyStats) -> CommandStatsCache {
+        if let c = commandStatsCaches[stats.prefix] { return c }
+        let c = CommandStatsCache(stats)
+        commandStatsCaches[stats.prefix] = c
+        return c
+    }
+
     func clustersChanged(_ worker: Worker) {
         for s in sets.values { s.refresh() }
     }
@@ -242,7 +276,7 @@ final class RedisWorkerState: WorkerExtension {
 
 /// Why the requests waiting on an upstream connection got an error instead of a reply.
 enum ShardFailure {
-    case connectFailed, closed, protocolError, timeout, hostGone
+    case connectFailed, closed, protocolError, timeout, hostGone, recycled
 
     var reply: [UInt8] {
         switch self {
@@ -251,6 +285,7 @@ enum ShardFailure {
         case .protocolError: Array("-ERR redis-proxy: protocol error from the shard\r\n".utf8)
         case .timeout: Array("-ERR redis-proxy: upstream timeout\r\n".utf8)
         case .hostGone: Array("-ERR redis-proxy: the shard left the cluster\r\n".utf8)
+        case .recycled: Array("-ERR redis-proxy: the shard connection was closed after another request timed out\r\n".utf8)
         }
     }
 }
@@ -262,8 +297,12 @@ enum ShardFailure {
 /// matched any more.
 final class ShardConnection: ConnectionCallbacks {
     unowned(unsafe) let shards: ShardSet
-    let host: Int
+    /// Its host's index in the shard set (updated when the host list changes).
+    var host: Int
     let address: SocketAddress
+    /// The host's request and connection counts (`/clusters`).
+    let hostStats: HostStats
+    private var cxCounted = false
     private var connection: Connection?
     private var connected = false
     private(set) var closed = false
@@ -281,10 +320,11 @@ final class ShardConnection: ConnectionCallbacks {
     private var timer: Timer?
     private var timerAt: UInt64 = 0
 
-    init(shards: ShardSet, host: Int, address: SocketAddress) {
+    init(shards: ShardSet, host: Int, address: SocketAddress, stats: HostStats) {
         self.shards = shards
         self.host = host
         self.address = address
+        hostStats = stats
         pendingOut = Buffer(pool: shards.worker.blocks)
     }
 
@@ -299,9 +339,13 @@ final class ShardConnection: ConnectionCallbacks {
             closed = true
             shards.hostFailed(host, address: address)
             worker.stats.inc(factory.stats.upstreamCxConnectFail)
+            hostStats.inc(.cxConnectFail, worker.stats)
             return
         }
         connection = c
+        hostStats.inc(.cxTotal, worker.stats)
+        hostStats.inc(.cxActive, worker.stats)
+        cxCounted = true
         // A reply is forwarded once it is whole, so the read buffer must be able to hold the
         // largest one the reader accepts.
         c.readBufferLimit = reader.maxReplyBytes + 64 * 1024
@@ -320,6 +364,8 @@ final class ShardConnection: ConnectionCallbacks {
     /// pending buffer while connecting).
     func send(_ op: RedisOp, _ write: (Buffer) -> Void) {
         queue.append(op)
+        hostStats.inc(.rqTotal, worker.stats)
+        hostStats.inc(.rqActive, worker.stats)
         write(pendingOut)
         if connected && !dirty {
             dirty = true
@@ -345,6 +391,7 @@ final class ShardConnection: ConnectionCallbacks {
 
     func onConnectFailed(_ connection: Connection, errno: Int32) {
         worker.stats.inc(factory.stats.upstreamCxConnectFail)
+        hostStats.inc(.cxConnectFail, worker.stats)
         fail(.connectFailed)
     }
 
@@ -376,6 +423,8 @@ final class ShardConnection: ConnectionCallbacks {
                     let op = queue[head]
                     head += 1
                     if head > 64 && head * 2 > queue.count { queue.removeFirst(head); head = 0 }
+                    hostStats.dec(.rqActive, worker.stats)
+                    hostStats.inc(r.isError ? .rqError : .rqSuccess, worker.stats)
                     op.slot.partReplied(op.part, bytes, r)
                 } else {
                     // A reply nobody asked for: the stream can no longer be trusted.
@@ -410,13 +459,20 @@ final class ShardConnection: ConnectionCallbacks {
         connection = nil
         c?.callbacks = nil
         c?.close(abort: true)
+        if cxCounted { cxCounted = false; hostStats.dec(.cxActive, worker.stats) }
         shards.forget(self)
         let ops = queue[head...]
         queue = []
         head = 0
-        let err = why.reply
-        for (n, op) in ops.enumerated() {
-            let e = n == 0 && why == .timeout ? err : (why == .timeout ? ShardFailure.closed.reply : err)
+        // After a timeout, the requests whose time is up get the timeout error (a whole
+        // transaction shares one deadline, so its EXEC gets it too); younger ones only lost
+        // their connection.
+        let now = monotonicMs()
+        for op in ops {
+            let timedOut = why == .timeout && op.deadlineMs != 0 && op.deadlineMs <= now
+            let e = why != .timeout ? why.reply : (timedOut ? ShardFailure.timeout.reply : ShardFailure.recycled.reply)
+            hostStats.dec(.rqActive, worker.stats)
+            hostStats.inc(timedOut ? .rqTimeout : .rqError, worker.stats)
             e.withUnsafeBytes { op.slot.partFailed(op.part, $0) }
         }
         worker.dispatcher.deferredRelease(self)

@@ -40,6 +40,7 @@ struct RedisProxyCommand: ParsableCommand {
                 return f
             },
             makeFactory: { RedisProxyFactory(listener: $0, block: $1, clusters: $2, store: $3) })
+        binary.adminPages = [ShardsPage.page]
         if let path = twemproxy {
             binary.configFromFlags = { try TwemproxyConfig.translate(path: path) }
         }

@@ -1,6 +1,7 @@
 """redis-proxy against real redis-server shards, nutcracker (twemproxy) for key placement,
 redis-py and raw sockets as clients."""
 
+import json
 import socket
 import threading
 
@@ -38,6 +39,12 @@ class RedisProxy(Proxy):
         self.clients = []
         super().__init__("redis-proxy", **kw)
 
+    def open_gauges(self):
+        """Shard connections are shared and long-lived (one per shard per worker here, by
+        `server_connections: 1` and `workers: 1`): more than that open at the end is a leak (a
+        WATCH connection not closed)."""
+        return {n: v for n, v in super().open_gauges().items() if not (n.startswith("clusters:") and n.endswith("::cx_active") and v <= 1)}
+
     def stop(self, check_leaks=True):
         for c in self.clients:
             c.close()
@@ -70,6 +77,11 @@ class Raw:
 
     def recv(self, n):
         return self.sock.recv(n)
+
+    def ask(self, *args):
+        """One command, its reply."""
+        self.sock.sendall(resp(*args))
+        return read_reply(self.reader)
 
     def close(self):
         self.reader.close()
@@ -227,10 +239,7 @@ def test_inline_commands_and_a_raw_pipeline_written_byte_by_byte(shards):
 def test_commands_the_proxy_answers_and_what_it_refuses_keep_the_connection(shards):
     with RedisProxy(config=config(shards, '      hash_tag: "{}"')) as p:
         s, f = raw(p)
-
-        def ask(*args):
-            s.sendall(resp(*args))
-            return read_reply(f)
+        ask = s.ask
 
         assert ask("PING") == "PONG" and ask("PING", "hi") == b"hi" and ask("ECHO", "x y") == b"x y"
         assert ask("SELECT", "0") == "OK" and ask("SELECT", "3")[0] == "ERR"
@@ -276,6 +285,9 @@ def test_redis_py_with_downstream_and_upstream_auth():
             assert read_reply(f) == ("ERR", "NOAUTH Authentication required.")
             s.sendall(resp("AUTH", "wrong"))
             assert read_reply(f)[1].startswith("WRONGPASS")
+            # Every HELLO option is checked before AUTH takes effect (review of issue 10).
+            assert s.ask("HELLO", "2", "AUTH", "default", "s3cret", "BOGUS")[1].startswith("ERR Syntax error in HELLO option")
+            assert s.ask("GET", "k") == ("ERR", "NOAUTH Authentication required.")
             s.sendall(resp("AUTH", "default", "other") + resp("SET", "k", "v") + resp("GET", "k"))
             assert read_reply(f) == "OK" and read_reply(f) == "OK" and read_reply(f) == b"v"
             s.close()
@@ -329,6 +341,10 @@ def test_op_timeout_fails_requests_on_a_hung_shard_and_recycles_its_connection()
             ok_key = next(k for k in keys if k not in hung_keys)
             s.sendall(resp("GET", ok_key))
             assert read_reply(f) == b"v"
+            # A transaction on the hung shard: its EXEC reports the timeout, not a closed connection.
+            assert s.ask("MULTI") == "OK" and s.ask("SET", hung_keys[0], "x") == "QUEUED"
+            rep = s.ask("EXEC")
+            assert rep[0] == "ERR" and "timeout" in rep[1], rep
             s.close()
             wait_for(lambda: hung.connections >= 2 or p.stat("redis.main.upstream_cx_total") >= 2, what="reconnect")
 
@@ -390,10 +406,7 @@ def test_flags_form_and_validate():
 def test_transactions_on_one_shard_run_and_across_shards_apply_nothing(shards):
     with RedisProxy(config=config(shards, '      hash_tag: "{}"')) as p:
         s, f = raw(p)
-
-        def ask(*args):
-            s.sendall(resp(*args))
-            return read_reply(f)
+        ask = s.ask
 
         # One shard (a hash tag): queued by the proxy, run atomically by that shard.
         assert ask("MULTI") == "OK"
@@ -417,7 +430,6 @@ def test_transactions_on_one_shard_run_and_across_shards_apply_nothing(shards):
         assert ask("GET", "{u1}:c") is None
         assert ask("EXEC") == ("ERR", "ERR EXEC without MULTI")
         assert ask("MULTI") == "OK" and ask("MULTI")[1] == "ERR MULTI calls can not be nested" and ask("DISCARD") == "OK"
-        assert ask("WATCH", "{u1}:a")[1] == "ERR unsupported command 'watch'"
         s.close()
         # redis-py's transactional pipeline, several clients at once, all on one tagged shard.
         r = client(p)
@@ -597,3 +609,133 @@ def test_every_command_family_big_keys_and_binary_values_byte_exact(shards):
         assert out.stdout.strip() == "OK"
         out = subprocess.run(["redis-cli", "-p", port], input="GET cli\nMGET cli nope\nPING\n", capture_output=True, text=True, timeout=20)
         assert out.stdout.split("\n")[:4] == ["v w", "v w", "", "PONG"], out.stdout
+
+
+def test_scan_walks_every_shard_and_info_script_randomkey_merge(shards):
+    with RedisProxy(config=config(shards)) as p:
+        r = client(p)
+        keys = {f"scan:{i}".encode() for i in range(300)} | {f"other:{i}".encode() for i in range(30)}
+        for sh in shards:
+            sh.client().config_resetstat()
+        for k in keys:
+            r.set(k, "v")
+        assert len({where(shards, k)[0] for k in keys}) == 3
+        # SCAN: every key exactly once over the three shards, whatever COUNT; MATCH passes through.
+        for count in (7, 100, 1000):
+            seen = []
+            cursor = 0
+            while True:
+                cursor, batch = r.scan(cursor, count=count)
+                seen += batch
+                if cursor == 0:
+                    break
+            assert sorted(seen) == sorted(keys), count
+        assert set(r.scan_iter(match="other:*")) == {k for k in keys if k.startswith(b"other:")}
+        s, _ = raw(p)
+        assert s.ask("SCAN", "abc") == ("ERR", "ERR invalid cursor")
+        assert s.ask("SCAN", "18446744073709551616") == ("ERR", "ERR invalid cursor")
+        # PING to one shard by index or address; the one-argument form still echoes.
+        assert s.ask("PING", "SHARD", "2") == "PONG" and s.ask("PING", "SHARD", shards[1].endpoint) == "PONG"
+        assert s.ask("PING", "SHARD", "9")[1].startswith("ERR redis-proxy: no shard named")
+        assert s.ask("PING", "a", "b") == ("ERR", "ERR wrong number of arguments for 'ping' command")
+        # INFO: summed keyspace, the proxy's section; INFO SHARD: one shard's own.
+        info = r.info()
+        assert info["shards"] == 3 and info["shards_replied"] == 3
+        assert r.info("keyspace")["db0"]["keys"] == len(keys) == r.dbsize()
+        per_shard = [s.ask("INFO", "SHARD", str(i), "keyspace") for i in range(3)]
+        counts = [int(x.split(b"keys=")[1].split(b",")[0]) for x in per_shard]
+        assert counts == [sh.client().dbsize() for sh in shards]
+        assert r.info("commandstats")["cmdstat_set"]["calls"] == len(keys)
+        # SCRIPT EXISTS: 1 only where every shard has the script.
+        sha = r.script_load("return 1")
+        assert r.script_exists(sha, "0" * 40) == [True, False]
+        shards[1].client().script_flush()
+        assert r.script_exists(sha) == [False]
+        # RANDOMKEY: a key of some shard; nil once all are empty.
+        assert r.randomkey() in keys
+        s.close()
+        # Per-command stats and the shards page.
+        assert p.stat("redis.main.command.set.total") == len(keys)
+        assert p.stat("redis.main.command.set.success") == len(keys)
+        assert p.stat("redis.main.command.ping.error") == 2
+        assert p.stat("redis.main.command.script_exists.total") == 2
+        status, body = p.get("/redis/shards?format=json")
+        page = json.loads(body)["listeners"][0]
+        assert status == 200 and [sh["address"] for sh in page["shards"]] == [sh.endpoint for sh in shards]
+        assert all(sh["state"] == "up" and sh["stats"]["rq_total"] > 0 and sh["stats"]["rq_error"] == 0 for sh in page["shards"])
+        assert sum(sh["stats"]["rq_success"] for sh in page["shards"]) >= len(keys)
+        r.flushall()
+        assert r.randomkey() is None
+
+
+def test_watch_pins_a_connection_and_a_changed_key_aborts_exec(shards):
+    with RedisProxy(config=config(shards, '      hash_tag: "{}"')) as p:
+        a, b = raw(p), raw(p)
+        a, b = a[0], b[0]
+        assert a.ask("SET", "w", "1") == "OK"
+        # A key changed by another client between WATCH and EXEC: EXEC gives nil, nothing applied.
+        assert a.ask("WATCH", "w") == "OK" and a.ask("GET", "w") == b"1"
+        assert b.ask("SET", "w", "2") == "OK"
+        assert a.ask("MULTI") == "OK" and a.ask("SET", "w", "from-a") == "QUEUED"
+        assert a.ask("EXEC") is None
+        assert b.ask("GET", "w") == b"2"
+        # Unchanged: EXEC runs. WATCH inside MULTI is an error that does not abort; PING and
+        # ECHO are queued like Redis queues them.
+        assert a.ask("WATCH", "w") == "OK" and a.ask("MULTI") == "OK"
+        assert a.ask("WATCH", "w") == ("ERR", "ERR WATCH inside MULTI is not allowed")
+        assert a.ask("INCR", "w") == "QUEUED" and a.ask("PING") == "QUEUED" and a.ask("ECHO", "e") == "QUEUED"
+        assert a.ask("EXEC") == [3, "PONG", b"e"]
+        # UNWATCH drops the watch: a later change no longer aborts.
+        assert a.ask("WATCH", "w") == "OK" and a.ask("UNWATCH") == "OK"
+        assert b.ask("SET", "w", "9") == "OK"
+        assert a.ask("MULTI") == "OK" and a.ask("INCR", "w") == "QUEUED" and a.ask("EXEC") == [10]
+        # WATCH of keys on two shards is refused; a second WATCH on another shard too.
+        names = [f"wn-{i * 7919}-{i}" for i in range(60)]
+        for n in names:
+            assert a.ask("SET", n, "0") == "OK"
+        first = names[0]
+        other = next(n for n in names[1:] if where(shards, n) != where(shards, first))
+        assert a.ask("WATCH", first, other)[1].startswith("CROSSSLOT")
+        assert a.ask("WATCH", first) == "OK" and a.ask("WATCH", other)[1].startswith("CROSSSLOT")
+        assert a.ask("DISCARD") == ("ERR", "ERR DISCARD without MULTI")
+        assert a.ask("UNWATCH") == "OK"
+        a.close()
+        b.close()
+        # Optimistic increments from four redis-py clients at once: none lost.
+        r = client(p)
+        r.set("{c}n", 0)
+
+        def bump():
+            c = client(p)
+            for _ in range(100):
+                with c.pipeline() as pipe:
+                    while True:
+                        try:
+                            pipe.watch("{c}n")
+                            v = int(pipe.get("{c}n"))
+                            pipe.multi()
+                            pipe.set("{c}n", v + 1)
+                            pipe.execute()
+                            break
+                        except redis.WatchError:
+                            continue
+        threads = [threading.Thread(target=bump) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert r.get("{c}n") == b"400"
+        # Every WATCH connection closed when its transaction ended.
+        wait_for(lambda: sum(sh["stats"]["cx_active"] for sh in json.loads(p.get("/redis/shards?format=json")[1])["listeners"][0]["shards"]) <= 3,
+                 what="WATCH connections closed")
+
+
+def test_hello_and_auth_follow_redis_when_no_password_is_set(shards):
+    with RedisProxy(config=config(shards)) as p:
+        s, _ = raw(p)
+        assert s.ask("AUTH", "x") == ("ERR", "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
+        assert s.ask("AUTH", "default", "anything") == "OK"
+        assert s.ask("AUTH", "bob", "x")[1].startswith("WRONGPASS")
+        assert s.ask("HELLO", "2", "AUTH", "default", "x")[:2] == [b"server", b"redis"]
+        assert s.ask("HELLO", "2", "SETNAME", "bad name")[1].startswith("ERR Client names cannot contain spaces")
+        s.close()

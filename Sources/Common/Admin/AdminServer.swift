@@ -144,7 +144,7 @@ final class AdminServer {
               POST /healthcheck/fail, /healthcheck/ok, /drain_listeners, /quitquitquit
               POST /logging?level=debug   change the log level (trace ... critical)
 
-            """)
+            """ + server.binary.adminPages.map { "  \($0.path.padding(toLength: 20, withPad: " ", startingAt: 0)) \($0.help)\n" }.joined())
         case "/stats":
             let filter = query["filter"].flatMap { StatsFormat.Filter($0) }
             if query["filter"] != nil && filter == nil { return (400, text, "bad filter regex\n") }
@@ -204,6 +204,7 @@ final class AdminServer {
             quitAfterReply = true
             return (200, text, "OK\n")
         default:
+            if let page = server.binary.adminPages.first(where: { $0.path == path }) { return page.render(server.snapshot, query) }
             return (404, text, "unknown admin path \(path); see /help\n")
         }
     }

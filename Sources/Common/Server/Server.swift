@@ -27,6 +27,8 @@ public struct ProxyBinary: Sendable {
     /// With any, `--upstream` is optional (`flagBlock` is still called with "upstream": the
     /// binary knows whether it gave one).
     public var flagClusters: [(name: String, endpoints: String)] = []
+    /// Admin pages of the binary's own (redis-proxy's `/redis/shards`), listed in `/help`.
+    public var adminPages: [AdminPage] = []
 
     public init(blockParser: FilterBlockParser,
                 flagBlock: @escaping @Sendable (String) -> [(String, JSON)],
@@ -34,6 +36,19 @@ public struct ProxyBinary: Sendable {
                 makeFactory: @escaping @Sendable (ListenerConfig, any ListenerFilterConfig, [String: ClusterSnapshot], StatsStore) -> any FilterFactory) {
         self.blockParser = blockParser; self.flagBlock = flagBlock; self.makeFactory = makeFactory
         self.listenerFlags = listenerFlags; self.clusterFlags = clusterFlags
+    }
+}
+
+/// A binary's own admin page: rendered on the main thread from the running snapshot.
+public struct AdminPage: Sendable {
+    public let path: String
+    /// One line for `/help`.
+    public let help: String
+    /// (status, content type, body) for the snapshot and the query's parameters.
+    public let render: @Sendable (ServerSnapshot, [String: String]) -> (Int, String, String)
+
+    public init(path: String, help: String, render: @escaping @Sendable (ServerSnapshot, [String: String]) -> (Int, String, String)) {
+        self.path = path; self.help = help; self.render = render
     }
 }
 
