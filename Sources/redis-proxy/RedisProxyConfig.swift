@@ -12,6 +12,26 @@ enum RedisDistribution: String, Sendable {
     case random
 }
 
+/// A copy of requests sent to another cluster (a migration's new cluster); its replies are
+/// dropped (Envoy's `request_mirror_policy`).
+struct RedisMirror: Sendable {
+    var cluster: String
+    var clusterPath: String
+    /// `exclude_read_commands` (default false): mirror only commands that write.
+    var excludeReadCommands = false
+}
+
+/// `prefix_routes.routes[i]`: keys starting with `prefix` go to `cluster` (Envoy's prefix routes;
+/// the longest matching prefix wins).
+struct RedisPrefixRoute: Sendable {
+    var prefix: [UInt8]
+    var cluster: String
+    var clusterPath: String
+    /// `remove_prefix` (default false): the shard sees the key without the prefix.
+    var removePrefix = false
+    var mirrors: [RedisMirror] = []
+}
+
 /// The `redis:` listener block (docs/config.md, "listeners[i].redis"). Immutable, built once
 /// per config generation on the main thread.
 struct RedisProxyConfig: ListenerFilterConfig {
@@ -53,7 +73,31 @@ struct RedisProxyConfig: ListenerFilterConfig {
     /// `max_request_bytes`, default 512 MB + 1 MB).
     var limits = RespRequestLimits(maxRequestBytes: 513 * 1024 * 1024)
 
-    var clusterReferences: [(path: String, name: String)] { [(clusterPath, cluster)] }
+    /// `prefix_routes`: `routes` (longest prefix first after parsing) and `case_insensitive`;
+    /// `cluster` is the catch-all, with `mirror` as its mirrors.
+    var prefixRoutes: [RedisPrefixRoute] = []
+    var prefixCaseInsensitive = false
+    var mirrors: [RedisMirror] = []
+
+    var clusterReferences: [(path: String, name: String)] {
+        [(clusterPath, cluster)] + mirrors.map { ($0.clusterPath, $0.cluster) }
+            + prefixRoutes.flatMap { r in [(r.clusterPath, r.cluster)] + r.mirrors.map { ($0.clusterPath, $0.cluster) } }
+    }
+
+    static func parseMirrors(_ v: ConfigValue) throws(ConfigError) -> [RedisMirror] {
+        let items = try v.list()
+        if items.count > 8 { throw v.fail("at most 8 mirrors") }
+        var out: [RedisMirror] = []
+        for i in items {
+            let m = try i.mapping()
+            let cv = try m.required("cluster")
+            var r = RedisMirror(cluster: try cv.string(), clusterPath: cv.path)
+            if let e = m.optional("exclude_read_commands") { r.excludeReadCommands = try e.bool() }
+            try m.finish()
+            out.append(r)
+        }
+        return out
+    }
 
     static let blockParser = FilterBlockParser(binary: "redis-proxy", key: "redis") { (m: ConfigMap, listener: String) throws(ConfigError) -> any ListenerFilterConfig in
         let cv = try m.required("cluster")
@@ -97,6 +141,30 @@ struct RedisProxyConfig: ListenerFilterConfig {
         if let v = m.optional("max_pipeline") { c.maxPipeline = try v.int(min: 1, max: 1_000_000) }
         if let v = m.optional("max_bulk_length") { c.limits.maxBulkLength = try v.bytes(min: 1, max: 512 * 1024 * 1024) }
         if let v = m.optional("max_request_bytes") { c.limits.maxRequestBytes = try v.bytes(min: 1024, max: 1 << 30) }
+        if let v = m.optional("mirror") { c.mirrors = try parseMirrors(v) }
+        if let v = m.optional("prefix_routes") {
+            let pr = try v.mapping()
+            if let ci = pr.optional("case_insensitive") { c.prefixCaseInsensitive = try ci.bool() }
+            let routes = try pr.required("routes").list()
+            if routes.count > 10_000 { throw v.fail("at most 10000 routes") }
+            var seen = Set<[UInt8]>()
+            for rv in routes {
+                let rm = try rv.mapping()
+                let pv = try rm.required("prefix")
+                var prefix = Array(try pv.string().utf8)
+                if prefix.isEmpty { throw pv.fail("an empty prefix (the block's cluster is the catch-all)") }
+                if c.prefixCaseInsensitive { prefix = prefix.map { $0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0 } }
+                if !seen.insert(prefix).inserted { throw pv.fail("prefix \"\(String(decoding: prefix, as: UTF8.self))\" is given twice") }
+                let cv = try rm.required("cluster")
+                var r = RedisPrefixRoute(prefix: prefix, cluster: try cv.string(), clusterPath: cv.path)
+                if let x = rm.optional("remove_prefix") { r.removePrefix = try x.bool() }
+                if let x = rm.optional("mirror") { r.mirrors = try parseMirrors(x) }
+                try rm.finish()
+                c.prefixRoutes.append(r)
+            }
+            try pr.finish()
+            c.prefixRoutes.sort { $0.prefix.count > $1.prefix.count }  // longest first: the first match wins
+        }
         return c
     }
 
@@ -114,6 +182,19 @@ struct RedisProxyConfig: ListenerFilterConfig {
             ("max_pipeline", .int(Int64(maxPipeline))), ("max_bulk_length", .int(Int64(limits.maxBulkLength))),
             ("max_request_bytes", .int(Int64(limits.maxRequestBytes))),
         ]
+        func mirrorDump(_ ms: [RedisMirror]) -> JSON {
+            .array(ms.map { .object([("cluster", .string($0.cluster)), ("exclude_read_commands", .bool($0.excludeReadCommands))]) })
+        }
+        if !mirrors.isEmpty { f.append(("mirror", mirrorDump(mirrors))) }
+        if !prefixRoutes.isEmpty {
+            f.append(("prefix_routes", .object([
+                ("case_insensitive", .bool(prefixCaseInsensitive)),
+                ("routes", .array(prefixRoutes.map { r in
+                    .object([("prefix", .string(String(decoding: r.prefix, as: UTF8.self))), ("cluster", .string(r.cluster)),
+                             ("remove_prefix", .bool(r.removePrefix))] + (r.mirrors.isEmpty ? [] : [("mirror", mirrorDump(r.mirrors))]))
+                })),
+            ])))
+        }
         // Secrets are never dumped, only whether they are set.
         if !downstreamAuthPasswords.isEmpty { f.append(("downstream_auth_passwords", .string("<\(downstreamAuthPasswords.count) set>"))) }
         if upstreamAuthPassword != nil { f.append(("auth_password", .string("<set>"))) }

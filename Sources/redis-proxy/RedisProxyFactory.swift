@@ -22,6 +22,9 @@ final class RedisProxyStats: Sendable {
     let upstreamProtocolError: Counter
     let upstreamAuthFailed: Counter
     let upstreamEjected: Counter
+    /// Copies sent to mirror clusters, and copies that found no live shard.
+    let mirrorTotal: Counter
+    let mirrorFailed: Counter
     /// Request parse errors by kind (`downstream_cx_protocol_error.<reason>`).
     let protocolErrors: [String: Counter]
     /// For the per-command stats, registered on a command's first use.
@@ -51,6 +54,8 @@ final class RedisProxyStats: Sendable {
         upstreamProtocolError = store.counter(p + "upstream_cx_protocol_error")
         upstreamAuthFailed = store.counter(p + "upstream_auth_failed")
         upstreamEjected = store.counter(p + "upstream_host_ejected")
+        mirrorTotal = store.counter(p + "mirror_rq_total")
+        mirrorFailed = store.counter(p + "mirror_rq_no_upstream")
         var pe: [String: Counter] = [:]
         for e: RespRequestError in [.invalidMultibulkLength, .tooBigMultibulkCount, .tooBigBulkCount, .expectedDollar(0), .invalidBulkLength,
                                     .unauthenticatedMultibulkLength, .unauthenticatedBulkLength, .tooBigInlineRequest, .unbalancedQuotes,
@@ -65,24 +70,29 @@ final class RedisProxyStats: Sendable {
 final class RedisProxyFactory: FilterFactory {
     let config: RedisProxyConfig
     let stats: RedisProxyStats
-    let clusterSlot: Int
-    /// Shard connections are shared by listener blocks with the same cluster and upstream
-    /// auth, and survive reloads that keep them.
-    let upstreamKey: String
+    /// Every cluster the block names (catch-all, prefix routes, mirrors) → its slot.
+    let clusterSlots: [String: Int]
 
     init(listener: ListenerConfig, block: any ListenerFilterConfig, clusters: [String: ClusterSnapshot], store: StatsStore) {
         guard let c = block as? RedisProxyConfig else { preconditionFailure("redis-proxy listener without a redis block") }
         config = c
         stats = RedisProxyStats(store: store, prefix: c.statPrefix)
-        clusterSlot = clusters[c.cluster]?.slot ?? Int.max
-        upstreamKey = [c.cluster, c.upstreamAuthUsername ?? "", c.upstreamAuthPassword ?? "", String(c.serverConnections),
-                       c.hash.rawValue, c.distribution.rawValue, String(c.autoEjectHosts)].joined(separator: "\u{0}")
+        var slots: [String: Int] = [:]
+        for ref in c.clusterReferences { slots[ref.name] = clusters[ref.name]?.slot ?? Int.max }
+        clusterSlots = slots
+    }
+
+    /// Shard connections to `cluster` are shared by listener blocks with the same upstream
+    /// auth and distribution, and survive reloads that keep them.
+    func upstreamKey(_ cluster: String) -> String {
+        let c = config
+        return [cluster, c.upstreamAuthUsername ?? "", c.upstreamAuthPassword ?? "", String(c.serverConnections),
+                c.hash.rawValue, c.distribution.rawValue, String(c.autoEjectHosts)].joined(separator: "\u{0}")
     }
 
     func createFilters(worker: Worker, connection: Connection, context: DownstreamContext) {
         let state = RedisWorkerState.of(worker)
-        let shards = state.shards(worker, self)
-        let s = RedisSession(factory: self, shards: shards, commandStats: state.commandStats(stats),
+        let s = RedisSession(factory: self, router: state.router(worker, self), commandStats: state.commandStats(stats),
                              worker: worker, connection: connection, context: context)
         connection.readFilters = [s]
         connection.callbacks = s

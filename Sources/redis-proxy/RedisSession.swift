@@ -146,7 +146,10 @@ final class ReplySlot {
 /// ```
 final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
     let factory: RedisProxyFactory
+    let router: RedisRouter
+    /// The catch-all cluster's shards: keyless commands (fan-outs, SCAN, TIME) go there.
     let shards: ShardSet
+    private let replies: ReplyFlushQueue
     unowned(unsafe) let worker: Worker
     let connection: Connection
     let context: DownstreamContext
@@ -165,9 +168,11 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
 
     private let commandStats: CommandStatsCache
 
-    init(factory: RedisProxyFactory, shards: ShardSet, commandStats: CommandStatsCache, worker: Worker, connection: Connection, context: DownstreamContext) {
+    init(factory: RedisProxyFactory, router: RedisRouter, commandStats: CommandStatsCache, worker: Worker, connection: Connection, context: DownstreamContext) {
         self.factory = factory
-        self.shards = shards
+        self.router = router
+        shards = router.catchAll.set
+        replies = shards.replies
         self.commandStats = commandStats
         self.worker = worker
         self.connection = connection
@@ -196,7 +201,6 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             let input = buffer.readable
             switch parser.parse(input) {
             case .incomplete:
-                shards.flushWrites()
                 if endStream { closing = true }
                 // A request bigger than the read buffer's limit: read on until it is whole
                 // (up to max_request_bytes, which the parser enforces).
@@ -223,7 +227,6 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
                 }
             }
         }
-        shards.flushWrites()
         dispatchingData = false
         flushReplies()
         return .stopIteration
@@ -272,8 +275,12 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             forward(r, input, shard: shard)
         case .single(let k):
             guard k < n else { addLocal(cmd.wrongArityReply); return }
-            guard let shard = parser.withArgument(k, in: input, { shards.shard(forKey: $0) }) else { return noUpstream() }
-            forward(r, input, shard: shard)
+            if router.simple {
+                guard let shard = parser.withArgument(k, in: input, { shards.shard(forKey: $0) }) else { return noUpstream() }
+                forward(r, input, shard: shard)
+            } else {
+                forward(r, input, target([k], input), cmd, keys: [k])
+            }
         case .eval:
             let numkeys = parser.withArgument(2, in: input) { Int(String(decoding: $0, as: UTF8.self)) } ?? -1
             guard numkeys >= 0, numkeys <= n - 3 else {
@@ -281,12 +288,17 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
                                             : "-ERR Number of keys can't be greater than number of args\r\n").utf8))
                 return
             }
-            let pick = numkeys == 0 ? (shards.anyShard().map { .shard($0) } ?? .none) : sameShard(Array(3..<(3 + numkeys)), input)
-            forward(r, input, pick)
+            let keys = Array(3..<(3 + numkeys))
+            if numkeys == 0 {
+                guard let shard = shards.anyShard() else { return noUpstream() }
+                return forward(r, input, shard: shard)
+            }
+            forward(r, input, target(keys, input), cmd, keys: keys)
         case .sameShard(let first, let last, let step):
             let end = last < 0 ? n + last : last
             guard first < n, end >= first else { addLocal(cmd.wrongArityReply); return }
-            forward(r, input, sameShard(Array(stride(from: first, through: end, by: step)), input))
+            let keys = Array(stride(from: first, through: end, by: step))
+            forward(r, input, target(keys, input), cmd, keys: keys)
         case .sameShardNumkeys(let countAt, let firstKey):
             let count = parser.withArgument(countAt, in: input) { Int(String(decoding: $0, as: UTF8.self)) } ?? -1
             // `count <= n - firstKey`, not `firstKey + count <= n`: a client's count near Int.max
@@ -298,7 +310,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             }
             var keys = Array(firstKey..<(firstKey + count))
             if firstKey > countAt + 1 { keys.insert(1, at: 0) }  // a destination key before the count
-            forward(r, input, sameShard(keys, input))
+            forward(r, input, target(keys, input), cmd, keys: keys)
         case .split(let step, let merge):
             split(cmd, n, step: step, merge: merge, input)
         case .fanOut(let f):
@@ -313,26 +325,75 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         }
     }
 
-    /// Where a multi-key command can go.
-    private enum ShardPick { case shard(Int), none, cross }
+    /// Where a command with keys goes: a route (-1: the catch-all) and a shard of its cluster.
+    private enum ShardPick: Equatable { case target(route: Int, shard: Int), none, cross }
 
-    /// The one shard of every key at `indices`: `.none` when a key's shard is not live,
-    /// `.cross` when they differ (Redis Cluster's CROSSSLOT rule).
-    private func sameShard(_ indices: [Int], _ input: UnsafeRawBufferPointer) -> ShardPick {
-        var shard: Int?
+    /// The one route and shard of every key at `indices`: `.none` when a key's shard is not
+    /// live, `.cross` when they differ (Redis Cluster's CROSSSLOT rule; two prefix routes count
+    /// as two places). A route that removes its prefix hashes the key without it.
+    private func target(_ indices: [Int], _ input: UnsafeRawBufferPointer) -> ShardPick {
+        var pick: ShardPick?
         for i in indices {
-            guard let s = parser.withArgument(i, in: input, { shards.shard(forKey: $0) }) else { return .none }
-            if let prev = shard, prev != s { return .cross }
-            shard = s
+            let p: ShardPick = parser.withArgument(i, in: input) { key in
+                let ri = router.route(key)
+                let rt = router.at(ri)
+                let hashed = rt.strip == 0 ? key : UnsafeRawBufferPointer(rebasing: key[rt.strip...])
+                return rt.set.shard(forKey: hashed).map { .target(route: ri, shard: $0) } ?? .none
+            }
+            if p == .none { return .none }
+            if let prev = pick, prev != p { return .cross }
+            pick = p
         }
-        return shard.map { .shard($0) } ?? .none
+        return pick ?? .none
     }
 
-    private func forward(_ r: RespRequest, _ input: UnsafeRawBufferPointer, _ pick: ShardPick) {
+    /// A request with keys at `keys` to its route's shard, keys without the route's prefix when
+    /// it removes it, and a copy to each of the route's mirrors (reads skipped where a mirror
+    /// excludes them; a multi-key command goes to its first key's shard there).
+    private func forward(_ r: RespRequest, _ input: UnsafeRawBufferPointer, _ pick: ShardPick, _ cmd: RedisCommandID, keys: [Int]) {
         switch pick {
-        case .shard(let s): forward(r, input, shard: s)
-        case .none: noUpstream()
-        case .cross: crossSlot()
+        case .none: return noUpstream()
+        case .cross: return crossSlot()
+        case .target(let ri, let shard):
+            let rt = router.at(ri)
+            let strip = rt.strip
+            sendToShard(shard, of: rt.set, ReplySlot(session: self, merge: .forward, parts: 1)) { b, p in
+                RedisSession.write(r, input, p, strip: strip, keys: keys, into: b)
+            }
+            guard !rt.mirrors.isEmpty, let first = keys.first else { return }
+            let p = parser
+            mirror(rt, cmd, key: first, input) { b in RedisSession.write(r, input, p, strip: strip, keys: keys, into: b) }
+        }
+    }
+
+    /// A copy of a request to each mirror of `route`; its reply is dropped.
+    private func mirror(_ route: RedisRouter.Route, _ cmd: RedisCommandID, key k: Int, _ input: UnsafeRawBufferPointer, _ write: (Buffer) -> Void) {
+        for m in route.mirrors where !(m.excludeReads && cmd.isReadOnly) {
+            let shard = parser.withArgument(k, in: input) { key in
+                m.set.shard(forKey: route.strip == 0 ? key : UnsafeRawBufferPointer(rebasing: key[route.strip...]))
+            }
+            guard let shard, let c = m.set.connection(forShard: shard) else {
+                worker.stats.inc(stats.mirrorFailed)
+                continue
+            }
+            worker.stats.inc(stats.mirrorTotal)
+            c.send(RedisOp(slot: ReplySlot(discarding: 1), part: 0, deadlineMs: deadline()), write)
+        }
+    }
+
+    /// The request's bytes: as the client sent them, or re-encoded (inline requests, keys
+    /// without a removed prefix).
+    static func write(_ r: RespRequest, _ input: UnsafeRawBufferPointer, _ p: RespRequestParser, strip: Int, keys: [Int], into b: Buffer) {
+        if strip == 0 {
+            if r.isInline { p.writeMultibulk(argCount: r.argCount, in: input, into: b) }
+            else { b.append(UnsafeRawBufferPointer(rebasing: input[r.range])) }
+            return
+        }
+        RespWriter.arrayHeader(r.argCount, into: b)
+        for i in 0..<r.argCount {
+            p.withArgument(i, in: input) { a in
+                RespWriter.bulk(keys.contains(i) && a.count >= strip ? UnsafeRawBufferPointer(rebasing: a[strip...]) : a, into: b)
+            }
         }
     }
 
@@ -352,7 +413,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
 
     /// The whole request to one shard, as the client's bytes (inline requests re-encoded).
     private func forward(_ r: RespRequest, _ input: UnsafeRawBufferPointer, shard: Int) {
-        sendToShard(shard, ReplySlot(session: self, merge: .forward, parts: 1)) { b, p in
+        sendToShard(shard, of: shards, ReplySlot(session: self, merge: .forward, parts: 1)) { b, p in
             if r.isInline { p.writeMultibulk(argCount: r.argCount, in: input, into: b) }
             else { b.append(UnsafeRawBufferPointer(rebasing: input[r.range])) }
         }
@@ -368,18 +429,25 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         let dl = deadline()
         for part in 0..<count {
             let k = 1 + part * step
-            let shard = parser.withArgument(k, in: input) { shards.shard(forKey: $0) }
-            guard let shard, let c = shards.connection(forShard: shard) else {
+            let ri = router.simple ? -1 : parser.withArgument(k, in: input) { router.route($0) }
+            let rt = router.at(ri)
+            let strip = rt.strip
+            let shard = parser.withArgument(k, in: input) { rt.set.shard(forKey: strip == 0 ? $0 : UnsafeRawBufferPointer(rebasing: $0[strip...])) }
+            let p = parser
+            let write = { (b: Buffer) in
+                RespWriter.arrayHeader(step + 1, into: b)
+                RespWriter.bulk(verb, into: b)
+                for j in 0..<step {
+                    p.withArgument(k + j, in: input) { a in RespWriter.bulk(j == 0 && strip > 0 && a.count >= strip ? UnsafeRawBufferPointer(rebasing: a[strip...]) : a, into: b) }
+                }
+            }
+            if !rt.mirrors.isEmpty { mirror(rt, cmd, key: k, input, write) }
+            guard let shard, let c = rt.set.connection(forShard: shard) else {
                 let e = shard == nil ? Array("-ERR redis-proxy: no upstream host\r\n".utf8) : ShardFailure.connectFailed.reply
                 e.withUnsafeBytes { slot.partFailed(part, $0) }
                 continue
             }
-            let p = parser
-            c.send(RedisOp(slot: slot, part: part, deadlineMs: dl)) { b in
-                RespWriter.arrayHeader(step + 1, into: b)
-                RespWriter.bulk(verb, into: b)
-                for j in 0..<step { p.withArgument(k + j, in: input) { RespWriter.bulk($0, into: b) } }
-            }
+            c.send(RedisOp(slot: slot, part: part, deadlineMs: dl), write)
         }
     }
 
@@ -441,7 +509,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         let slot = ReplySlot(session: self, merge: .scan, parts: 1)
         slot.scanShard = shard
         slot.scanShards = count
-        sendToShard(shard, slot) { b, p in
+        sendToShard(shard, of: shards, slot) { b, p in
             RespWriter.arrayHeader(n, into: b)
             RespWriter.bulk(Array("SCAN".utf8), into: b)
             RespWriter.bulk(Array(String(cursor).utf8), into: b)
@@ -457,18 +525,19 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             return
         }
         let slot = ReplySlot(session: self, merge: .forward, parts: 1)
-        sendToShard(shard, slot) { b, p in
+        sendToShard(shard, of: shards, slot) { b, p in
             RespWriter.arrayHeader(1 + args.count, into: b)
             RespWriter.bulk(Array(verb.utf8), into: b)
             for i in args { p.withArgument(i, in: input) { RespWriter.bulk($0, into: b) } }
         }
     }
 
-    /// One request to one shard for `slot` (added here), written by `write`.
-    private func sendToShard(_ shard: Int, _ slot: ReplySlot, _ write: (Buffer, RespRequestParser) -> Void) {
+    /// One request to one shard of `set` for `slot` (added here), written by `write`; on the
+    /// client's WATCH connection when that is where it goes.
+    private func sendToShard(_ shard: Int, of set: ShardSet, _ slot: ReplySlot, _ write: (Buffer, RespRequestParser) -> Void) {
         addSlot(slot)
-        let own = watch.flatMap { $0.shard == shard && !$0.conn.closed ? $0.conn : nil }
-        guard let c = own ?? shards.connection(forShard: shard) else {
+        let own = watch.flatMap { $0.set === set && $0.shard == shard && !$0.conn.closed ? $0.conn : nil }
+        guard let c = own ?? set.connection(forShard: shard) else {
             ShardFailure.connectFailed.reply.withUnsafeBytes { slot.partFailed(0, $0) }
             return
         }
@@ -493,6 +562,8 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
     /// unwatches). If it is lost before EXEC, EXEC answers a nil array, as Redis does when a
     /// watched key changed, so clients retry the transaction as they would then.
     final class Transaction {
+        /// Where every key so far goes (route -1: the catch-all).
+        var route = -1
         var shard: Int?
         let commands: Buffer
         var count = 0
@@ -500,8 +571,8 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         init(_ b: Buffer) { commands = b }
     }
     private var txn: Transaction?
-    /// The WATCH connection: this client's own, to `shard`.
-    private var watch: (shard: Int, conn: ShardConnection)?
+    /// The WATCH connection: this client's own, to `shard` of `set` (route `route`).
+    private var watch: (route: Int, set: ShardSet, shard: Int, conn: ShardConnection)?
 
     private func endWatch() {
         watch?.conn.closeWhenIdle()
@@ -514,6 +585,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             if txn != nil { addLocal(Array("-ERR MULTI calls can not be nested\r\n".utf8)); return }
             txn = Transaction(Buffer(pool: worker.blocks))
             txn?.shard = watch?.shard
+            txn?.route = watch?.route ?? -1
             addLocal(Array("+OK\r\n".utf8))
         case "discard":
             guard let t = txn else { addLocal(Array("-ERR DISCARD without MULTI\r\n".utf8)); return }
@@ -533,7 +605,8 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             }
             if let w, w.conn.closed { t.commands.release(); addLocal(Array("*-1\r\n".utf8)); return }
             if t.count == 0 && w == nil { t.commands.release(); addLocal(Array("*0\r\n".utf8)); return }
-            guard let shard = t.shard ?? shards.anyShard(), let c = w?.conn ?? shards.connection(forShard: shard) else {
+            let set = router.at(t.route).set
+            guard let shard = t.shard ?? set.anyShard(), let c = w?.conn ?? set.connection(forShard: shard) else {
                 t.commands.release()
                 return noUpstream()
             }
@@ -555,21 +628,26 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             addLocal(Array("+OK\r\n".utf8))
         default:  // watch
             guard txn == nil else { addLocal(Array("-ERR WATCH inside MULTI is not allowed\r\n".utf8)); return }
-            let pick = sameShard(Array(1..<n), input)
-            guard case .shard(let s) = pick else { return forward(r, input, pick) }
-            if let w = watch, w.shard != s { return crossSlot() }
+            let keys = Array(1..<n)
+            let pick = target(keys, input)
+            guard case .target(let ri, let s) = pick else { return forward(r, input, pick, cmd, keys: keys) }
+            if let w = watch, w.route != ri || w.shard != s { return crossSlot() }
+            let set = router.at(ri).set
             if watch == nil {
-                guard let c = shards.dedicatedConnection(forShard: s) else {
+                guard let c = set.dedicatedConnection(forShard: s) else {
                     addLocal(ShardFailure.connectFailed.reply)
                     return
                 }
-                watch = (s, c)
+                watch = (ri, set, s, c)
             }
             guard let w = watch, !w.conn.closed else {
                 addLocal(Array("-ERR redis-proxy: the WATCH connection to the shard was lost; EXEC will fail\r\n".utf8))
                 return
             }
-            forward(r, input, shard: s)
+            let strip = router.at(ri).strip
+            sendToShard(s, of: set, ReplySlot(session: self, merge: .forward, parts: 1)) { b, p in
+                RedisSession.write(r, input, p, strip: strip, keys: keys, into: b)
+            }
         }
     }
 
@@ -602,24 +680,22 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             addLocal(Array("-ERR redis-proxy: '\(cmd.name)' cannot be part of a transaction\r\n".utf8))
             return
         }
-        for k in keys {
-            guard let s = parser.withArgument(k, in: input, { shards.shard(forKey: $0) }) else {
-                t.failed = true
-                return noUpstream()
+        if !keys.isEmpty {
+            switch target(keys, input) {
+            case .none: t.failed = true; return noUpstream()
+            case .cross: t.failed = true; return crossSlot()
+            case .target(let ri, let s):
+                if let ts = t.shard, ts != s || t.route != ri { t.failed = true; return crossSlot() }
+                t.shard = s
+                t.route = ri
             }
-            if let ts = t.shard, ts != s {
-                t.failed = true
-                return crossSlot()
-            }
-            t.shard = s
         }
         if t.commands.count + r.range.count > factory.config.limits.maxRequestBytes {
             t.failed = true
             addLocal(Array("-ERR redis-proxy: transaction too large\r\n".utf8))
             return
         }
-        if r.isInline { parser.writeMultibulk(argCount: n, in: input, into: t.commands) }
-        else { t.commands.append(UnsafeRawBufferPointer(rebasing: input[r.range])) }
+        RedisSession.write(r, input, parser, strip: router.at(t.route).strip, keys: keys, into: t.commands)
         t.count += 1
         addLocal(Array("+QUEUED\r\n".utf8))
     }
@@ -766,7 +842,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
     func slotDone() {
         if dispatchingData || flushQueued { return }
         flushQueued = true
-        shards.queueFlush(self)
+        replies.add(self)
     }
 
     private var dispatchingData = false

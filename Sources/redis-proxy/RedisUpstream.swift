@@ -18,6 +18,11 @@ final class RedisOp {
 final class ShardSet {
     unowned(unsafe) let worker: Worker
     let key: String
+    /// The cluster's name (and its slot in the worker's clusters, per generation).
+    let cluster: String
+    private var clusterSlot: Int
+    /// Sessions to flush, shared by the worker's shard sets (a client's keys may be on several).
+    unowned(unsafe) let replies: ReplyFlushQueue
     private(set) var factory: RedisProxyFactory
     private(set) var snapshot: ClusterSnapshot?
     /// Per host index: `server_connections` connections, used round-robin.
@@ -36,9 +41,12 @@ final class ShardSet {
     private var random: TwemproxyRandom?
     var rng: FastRandom
 
-    init(worker: Worker, key: String, factory: RedisProxyFactory) {
+    init(worker: Worker, key: String, cluster: String, factory: RedisProxyFactory, replies: ReplyFlushQueue) {
         self.worker = worker
         self.key = key
+        self.cluster = cluster
+        self.replies = replies
+        clusterSlot = factory.clusterSlots[cluster] ?? Int.max
         self.factory = factory
         rng = FastRandom(seed: UInt64(truncatingIfNeeded: worker.index &+ 1) &* 0x9E37_79B9_7F4A_7C15 ^ monotonicMs())
         refresh()
@@ -47,13 +55,14 @@ final class ShardSet {
     /// A new config generation's factory with the same upstream identity.
     func adopt(_ f: RedisProxyFactory) {
         factory = f
+        clusterSlot = f.clusterSlots[cluster] ?? Int.max
         refresh()
     }
 
     /// The worker's current view of the cluster: hosts that left lose their connections
     /// (their waiting requests get errors); the distribution is rebuilt.
     func refresh() {
-        let snap = worker.cluster(slot: factory.clusterSlot)?.snapshot
+        let snap = worker.cluster(slot: clusterSlot)?.snapshot
         let oldHosts = snapshot?.hosts.map(\.address) ?? []
         let newHosts = snap?.hosts.map(\.address) ?? []
         if oldHosts != newHosts {
@@ -125,7 +134,7 @@ final class ShardSet {
     func shard(hash: UInt32) -> Int? {
         if factory.config.autoEjectHosts, let i = ejectedUntil.firstIndex(where: { $0 != 0 && $0 <= monotonicMs() }) {
             ejectedUntil[i] = 0  // server_retry_timeout passed: back in the distribution
-            if let a = snapshot?.hosts[i].address { ShardBoard.shared.set(cluster: factory.config.cluster, address: a, worker: worker.index, ejectedUntilMs: 0) }
+            if let a = snapshot?.hosts[i].address { ShardBoard.shared.set(cluster: cluster, address: a, worker: worker.index, ejectedUntilMs: 0) }
             rebuildDistribution()
         }
         switch factory.config.distribution {
@@ -187,7 +196,7 @@ final class ShardSet {
         failures[host] += 1
         if factory.config.autoEjectHosts && failures[host] >= factory.config.serverFailureLimit && ejectedUntil[host] == 0 {
             ejectedUntil[host] = monotonicMs() &+ max(factory.config.serverRetryTimeoutMs, 1)
-            ShardBoard.shared.set(cluster: factory.config.cluster, address: address, worker: worker.index, ejectedUntilMs: ejectedUntil[host])
+            ShardBoard.shared.set(cluster: cluster, address: address, worker: worker.index, ejectedUntilMs: ejectedUntil[host])
             failures[host] = 0
             worker.stats.inc(factory.stats.upstreamEjected)
             rebuildDistribution()
@@ -206,15 +215,18 @@ final class ShardSet {
         for j in connections[c.host].indices where connections[c.host][j] === c { connections[c.host][j] = nil }
     }
 
-    /// Sessions with finished replies, written once the current upstream read is processed.
-    private var flushQueue: [RedisSession] = []
 
-    func queueFlush(_ s: RedisSession) { flushQueue.append(s) }
-
-    /// Connections with requests to write.
+    /// Connections with requests to write: written once the loop has run every callback due
+    /// in this iteration, so the requests of all clients read together leave in one write per
+    /// shard connection (twemproxy writes per client read; at pipeline depth 1 with many
+    /// clients that is a write per request).
     private var dirtyConnections: [ShardConnection] = []
+    private lazy var flushEvent = EndOfIteration(worker.dispatcher) { [unowned(unsafe) self] in self.flushWrites() }
 
-    func markDirty(_ c: ShardConnection) { dirtyConnections.append(c) }
+    func markDirty(_ c: ShardConnection) {
+        dirtyConnections.append(c)
+        flushEvent.schedule()
+    }
 
     func flushWrites() {
         if dirtyConnections.isEmpty { return }
@@ -223,13 +235,7 @@ final class ShardSet {
         for c in d where !c.closed { c.flushOut() }
     }
 
-    func flushQueued() {
-        while !flushQueue.isEmpty {
-            let q = flushQueue
-            flushQueue = []
-            for s in q { s.flushReplies() }
-        }
-    }
+    func flushQueued() { replies.flush() }
 
     func closeAll() {
         for row in connections { for c in row { c?.fail(.hostGone) } }
@@ -242,6 +248,9 @@ final class ShardSet {
 /// reloads so connections survive them.
 final class RedisWorkerState: WorkerExtension {
     private var sets: [String: ShardSet] = [:]
+    let replies = ReplyFlushQueue()
+    /// The router of each factory in use (a new generation's factory gets a new one).
+    private var routers: [ObjectIdentifier: (factory: RedisProxyFactory, router: RedisRouter)] = [:]
 
     static func of(_ worker: Worker) -> RedisWorkerState {
         if let s = worker.extensionState as? RedisWorkerState { return s }
@@ -250,14 +259,25 @@ final class RedisWorkerState: WorkerExtension {
         return s
     }
 
-    func shards(_ worker: Worker, _ factory: RedisProxyFactory) -> ShardSet {
-        if let s = sets[factory.upstreamKey] {
+    func shards(_ worker: Worker, _ factory: RedisProxyFactory, cluster: String) -> ShardSet {
+        let key = factory.upstreamKey(cluster)
+        if let s = sets[key] {
             if s.factory !== factory { s.adopt(factory) }
             return s
         }
-        let s = ShardSet(worker: worker, key: factory.upstreamKey, factory: factory)
-        sets[factory.upstreamKey] = s
+        let s = ShardSet(worker: worker, key: key, cluster: cluster, factory: factory, replies: replies)
+        sets[key] = s
         return s
+    }
+
+    func router(_ worker: Worker, _ factory: RedisProxyFactory) -> RedisRouter {
+        let id = ObjectIdentifier(factory)
+        if let r = routers[id] { return r.router }
+        // Routers of older generations go once a new one is made (sessions keep theirs).
+        routers = routers.filter { $0.value.factory.config.statPrefix != factory.config.statPrefix }
+        let r = RedisRouter(factory.config) { self.shards(worker, factory, cluster: $0) }
+        routers[id] = (factory, r)
+        return r
     }
 
     private var commandStatsCaches: [String: CommandStatsCache] = [:]
@@ -508,4 +528,69 @@ final class ShardConnection: ConnectionCallbacks {
         }
         if let next = queue[head...].first(where: { $0.deadlineMs > 0 })?.deadlineMs { armTimer(next) }
     }
+}
+
+/// Sessions with finished replies, written once the current upstream read is processed: one
+/// queue per worker, since a client's replies may come from several shard sets.
+final class ReplyFlushQueue {
+    private var queue: [RedisSession] = []
+
+    func add(_ s: RedisSession) { queue.append(s) }
+
+    func flush() {
+        while !queue.isEmpty {
+            let q = queue
+            queue = []
+            for s in q { s.flushReplies() }
+        }
+    }
+}
+
+/// Where a key goes: the longest matching prefix route's cluster (its prefix removed when the
+/// route says so), else the block's catch-all `cluster`; and which mirrors get a copy.
+final class RedisRouter {
+    struct Mirror {
+        let set: ShardSet
+        let excludeReads: Bool
+    }
+    struct Route {
+        let prefix: [UInt8]
+        let set: ShardSet
+        /// Bytes removed from the key's front before hashing and forwarding.
+        let strip: Int
+        let mirrors: [Mirror]
+    }
+    /// Index -1 is the catch-all.
+    let catchAll: Route
+    let routes: [Route]
+    let caseInsensitive: Bool
+    /// No prefix routes and no mirrors: every key goes to the catch-all as it is.
+    let simple: Bool
+
+    init(_ c: RedisProxyConfig, _ set: (String) -> ShardSet) {
+        catchAll = Route(prefix: [], set: set(c.cluster), strip: 0,
+                         mirrors: c.mirrors.map { Mirror(set: set($0.cluster), excludeReads: $0.excludeReadCommands) })
+        routes = c.prefixRoutes.map { r in
+            Route(prefix: r.prefix, set: set(r.cluster), strip: r.removePrefix ? r.prefix.count : 0,
+                  mirrors: r.mirrors.map { Mirror(set: set($0.cluster), excludeReads: $0.excludeReadCommands) })
+        }
+        caseInsensitive = c.prefixCaseInsensitive
+        simple = routes.isEmpty && catchAll.mirrors.isEmpty
+    }
+
+    /// The route index for `key` (-1: the catch-all). Routes are longest prefix first.
+    func route(_ key: UnsafeRawBufferPointer) -> Int {
+        if routes.isEmpty { return -1 }
+        for (i, r) in routes.enumerated() where key.count >= r.prefix.count {
+            var match = true
+            for j in 0..<r.prefix.count {
+                let b = key[j]
+                if (caseInsensitive && b &- 0x41 < 26 ? b | 0x20 : b) != r.prefix[j] { match = false; break }
+            }
+            if match { return i }
+        }
+        return -1
+    }
+
+    @inline(__always) func at(_ i: Int) -> Route { i < 0 ? catchAll : routes[i] }
 }

@@ -7,17 +7,20 @@ import threading
 
 import pytest
 import redis
-from harness import Proxy, Server, connect, wait_for
+from harness import Proxy, Server, connect, validate, wait_for
 from redis_peers import Nutcracker, RedisServer, resp
 
 
-def config(shards, block="", hash_keys=None, admin=True):
-    """One redis listener over `shards` (RedisServer or endpoint strings), extra block lines."""
+def config(shards, block="", hash_keys=None, admin=True, clusters=None):
+    """One redis listener over `shards` (RedisServer or endpoint strings), extra block lines;
+    `clusters`: more clusters, {name: [RedisServer]}."""
     eps = ""
     for i, s in enumerate(shards):
         ep = s if isinstance(s, str) else s.endpoint
         key = f", hash_key: {hash_keys[i]}" if hash_keys else ""
         eps += f"      - {{ address: \"{ep}\"{key} }}\n"
+    for name, servers in (clusters or {}).items():
+        eps += f"  - {{ name: {name}, endpoints: [{', '.join(chr(34) + x.endpoint + chr(34) for x in servers)}] }}\n"
     return f"""{"admin: { address: 127.0.0.1:0 }" if admin else ""}
 workers: 1
 listeners:
@@ -739,3 +742,48 @@ def test_hello_and_auth_follow_redis_when_no_password_is_set(shards):
         assert s.ask("HELLO", "2", "AUTH", "default", "x")[:2] == [b"server", b"redis"]
         assert s.ask("HELLO", "2", "SETNAME", "bad name")[1].startswith("ERR Client names cannot contain spaces")
         s.close()
+
+
+def test_prefix_routes_pick_clusters_and_mirrors_copy_writes(shards):
+    with RedisServer() as users, RedisServer() as vip, RedisServer() as mirror:
+        block = """      mirror: [{ cluster: copy, exclude_read_commands: true }]
+      prefix_routes:
+        case_insensitive: true
+        routes:
+          - { prefix: "user:", cluster: users, remove_prefix: true }
+          - { prefix: "user:vip:", cluster: vip }"""
+        cfg = config(shards, block, clusters={"users": [users], "vip": [vip], "copy": [mirror]})
+        with RedisProxy(config=cfg) as p:
+            r = client(p)
+            # A route's cluster gets the key without the prefix; the longest prefix wins; the
+            # match ignores case; other keys go to the catch-all.
+            assert r.set("user:1", "a") and r.set("USER:2", "b") and r.set("user:vip:3", "c") and r.set("plain", "d")
+            assert users.client().get("1") == b"a" and users.client().get("2") == b"b"
+            assert vip.client().get("user:vip:3") == b"c" and not users.client().exists("vip:3")
+            assert where(shards, "plain") and not any(where(shards, k) for k in ("user:1", "1", "user:vip:3"))
+            assert r.get("user:1") == b"a" and r.get("User:2") == b"b" and r.get("user:vip:3") == b"c"
+            # Split commands route each key; multi-key commands over two routes are refused.
+            assert r.mset({"user:4": "x", "other": "y", "user:vip:5": "z"})
+            assert r.mget("user:4", "other", "user:vip:5", "user:none") == [b"x", b"y", b"z", None]
+            assert users.client().get("4") == b"x" and vip.client().get("user:vip:5") == b"z"
+            assert r.delete("user:4", "other") == 2 and not users.client().exists("4")
+            s, _ = raw(p)
+            assert s.ask("RENAME", "user:1", "plain")[1].startswith("CROSSSLOT")
+            assert s.ask("RENAME", "user:1", "user:11") == "OK" and users.client().get("11") == b"a"
+            # A transaction on a route's shard, WATCH included.
+            assert s.ask("WATCH", "user:11") == "OK" and s.ask("MULTI") == "OK"
+            assert s.ask("SET", "user:6", "t") == "QUEUED" and s.ask("GET", "user:11") == "QUEUED"
+            assert s.ask("EXEC") == ["OK", b"a"] and users.client().get("6") == b"t"
+            s.close()
+            # The catch-all's mirror gets copies of writes (not reads) to its keys only.
+            writes = p.stat("redis.main.mirror_rq_total")
+            assert r.set("m1", "v1") and r.incr("m2") == 1 and r.get("m1") == b"v1"
+            wait_for(lambda: mirror.client().get("m1") == b"v1" and mirror.client().get("m2") == b"1", what="mirrored writes")
+            assert p.stat("redis.main.mirror_rq_total") == writes + 2
+            assert not mirror.client().exists("1") and not mirror.client().exists("user:vip:3")
+            _, dump = p.get("/config_dump")
+            assert '"remove_prefix": true' in dump
+        # A route naming an unknown cluster is refused with its key path.
+        bad = cfg.replace("cluster: vip }", "cluster: nope }")
+        res = validate(bad, "redis-proxy")
+        assert res.returncode == 1 and "prefix_routes.routes[1].cluster" in res.stderr, res.stderr

@@ -88,6 +88,8 @@ public struct RedisCommandID: Hashable, Sendable {
     public var command: RedisCommand { RedisCommands.index.commands[Int(index)] }
     public var kind: RedisCommandKind { RedisCommands.index.kinds[Int(index)] }
     public var name: String { command.name }
+    /// Never changes data (Redis's `readonly` flag).
+    public var isReadOnly: Bool { RedisCommands.index.readOnly[Int(index)] }
 
     /// Whether `argCount` arguments (the name included) fit the arity, and for key/value pair
     /// commands (MSET, MSETNX) whether they come in pairs. Redis answers `wrongArityReply` otherwise.
@@ -137,6 +139,7 @@ public enum RedisCommands {
         let commands: [RedisCommand]
         let kinds: [RedisCommandKind]
         let arities: [Int]
+        let readOnly: [Bool]
         /// Lowercase names back to back, with their start offsets (count + 1 entries).
         let names: [UInt8]
         let starts: [Int32]
@@ -148,6 +151,7 @@ public enum RedisCommands {
             commands = table
             kinds = table.map(\.kind)
             arities = table.map(\.arity)
+            readOnly = table.map { RedisCommands.readOnlyNames.contains($0.name) }
             var names: [UInt8] = [], starts: [Int32] = [0]
             for c in table { names += c.name.utf8; starts.append(Int32(names.count)) }
             self.names = names; self.starts = starts
@@ -166,6 +170,22 @@ public enum RedisCommands {
     }
 
     static let index = Index(RedisCommand.table)
+
+    /// Commands Redis 7 flags `readonly` (they never change data): a mirror with
+    /// `exclude_read_commands` skips them.
+    static let readOnlyNames: Set<String> = [
+        "get", "mget", "strlen", "getrange", "substr", "exists", "ttl", "pttl", "expiretime", "pexpiretime", "type",
+        "keys", "scan", "randomkey", "dbsize", "dump", "lcs", "touch", "getbit", "bitcount", "bitpos", "bitfield_ro",
+        "hget", "hmget", "hgetall", "hkeys", "hvals", "hlen", "hexists", "hstrlen", "hrandfield", "hscan",
+        "lindex", "llen", "lrange", "lpos", "scard", "sismember", "smismember", "smembers", "srandmember", "sscan",
+        "sinter", "sintercard", "sunion", "sdiff", "zcard", "zcount", "zlexcount", "zrange", "zrangebylex",
+        "zrangebyscore", "zrank", "zrevrange", "zrevrangebylex", "zrevrangebyscore", "zrevrank", "zscore", "zmscore",
+        "zscan", "zrandmember", "zinter", "zintercard", "zunion", "zdiff", "xlen", "xrange", "xrevrange", "xread",
+        "xpending", "xinfo|stream", "xinfo|groups", "xinfo|consumers", "geodist", "geohash", "geopos", "georadius_ro",
+        "georadiusbymember_ro", "geosearch", "pfcount", "eval_ro", "evalsha_ro", "fcall_ro", "sort_ro",
+        "object|encoding", "object|freq", "object|idletime", "object|refcount", "memory|usage", "time", "ping", "echo",
+        "info", "script|exists",
+    ]
     static let seed: UInt32 = 2166136261
 
     /// Every command, for building per-command stats at config time (`redis.<prefix>.command.<name>.*`).
