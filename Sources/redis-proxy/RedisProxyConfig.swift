@@ -10,6 +10,9 @@ enum RedisDistribution: String, Sendable {
     case modula
     /// Any live host (for caches whose keys may land anywhere).
     case random
+    /// Maglev's table (65537 slots, Envoy's weighting): as stable as ketama when a host changes,
+    /// a flatter spread, a faster lookup. Not nutcracker's.
+    case maglev
 }
 
 /// A copy of requests sent to another cluster (a migration's new cluster); its replies are
@@ -107,7 +110,7 @@ struct RedisProxyConfig: ListenerFilterConfig {
             c.hash = TwemproxyHash(rawValue: try v.oneOf(TwemproxyHash.allCases.map(\.rawValue)))!
         }
         if let v = m.optional("distribution") {
-            c.distribution = RedisDistribution(rawValue: try v.oneOf(["ketama", "modula", "random"]))!
+            c.distribution = RedisDistribution(rawValue: try v.oneOf(["ketama", "modula", "random", "maglev"]))!
         }
         if let v = m.optional("hash_tag") {
             let s = try v.string()

@@ -39,6 +39,7 @@ final class ShardSet {
     /// Modula slot order → host index.
     private var modulaOrder: [Int] = []
     private var random: TwemproxyRandom?
+    private var maglev: [Int32] = []
     var rng: FastRandom
 
     init(worker: Worker, key: String, cluster: String, factory: RedisProxyFactory, replies: ReplyFlushQueue) {
@@ -101,7 +102,7 @@ final class ShardSet {
     }
 
     private func rebuildDistribution() {
-        guard let s = snapshot else { ring = nil; modula = nil; random = nil; return }
+        guard let s = snapshot else { ring = nil; modula = nil; random = nil; maglev = []; return }
         let now = monotonicMs()
         let eject = factory.config.autoEjectHosts
         // Without auto_eject_hosts every shard keeps its keys, up or down (twemproxy's default:
@@ -122,6 +123,10 @@ final class ShardSet {
             }
             modula = TwemproxyModula(weights: modulaOrder.map { s.hosts[$0].weight }, live: modulaOrder.map { live[$0] })
         case .random: random = TwemproxyRandom(count: s.hosts.count, live: live)
+        case .maglev:
+            maglev = MaglevTable.build(hosts: s.hosts.enumerated().map { i, h in
+                Host(address: h.address, weight: h.weight, hashKey: h.hashKey, healthy: live[i], stats: h.stats)
+            })
         }
     }
 
@@ -141,6 +146,7 @@ final class ShardSet {
         case .ketama: return ring?.lookup(hash)
         case .modula: return modula?.lookup(hash).map { modulaOrder[$0] }
         case .random: return random?.pick(&rng)
+        case .maglev: return maglev.isEmpty ? nil : Int(maglev[Int(hash % UInt32(maglev.count))])
         }
     }
 

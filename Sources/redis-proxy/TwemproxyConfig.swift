@@ -33,8 +33,14 @@ enum TwemproxyConfig {
     /// One pool: its listener (named after the pool) and its cluster (same name).
     private static func pool(_ name: String, _ m: ConfigMap) throws(ConfigError) -> (JSON, JSON) {
         let listenV = try m.required("listen")
-        let listen = try listenV.string()
-        if listen.hasPrefix("/") { throw listenV.fail("unix sockets are not supported; listen on host:port") }
+        var listen = try listenV.string()
+        if listen.hasPrefix("/") {
+            // nutcracker's "/path [mode]": our listeners take `unix:/path`; the file gets the
+            // process's umask (a mode is refused rather than ignored).
+            let words = listen.split(separator: " ", omittingEmptySubsequences: true)
+            if words.count > 1 { throw listenV.fail("a unix socket mode (\"\(words[1])\") is not supported; remove it (the socket file gets the process's umask)") }
+            listen = "unix:" + listen
+        }
         var block: [(String, JSON)] = [("cluster", .string(name))]
         if let v = m.optional("redis"), try !v.bool() { throw v.fail("memcached pools are not supported (redis: true only)") }
         if let v = m.optional("redis_db"), try v.int() != 0 { throw v.fail("only database 0 is served") }

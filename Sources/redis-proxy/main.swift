@@ -14,7 +14,7 @@ struct RedisProxyCommand: ParsableCommand {
     var twemproxy: String?
     @Option(help: "With --listen: twemproxy's key hash (default fnv1a_64).")
     var hash: String?
-    @Option(help: "With --listen: ketama (default), modula or random.")
+    @Option(help: "With --listen: ketama (default), modula, random or maglev.")
     var distribution: String?
     @Option(help: "With --listen: hash only the part of a key between these two characters, e.g. {}.")
     var hashTag: String?

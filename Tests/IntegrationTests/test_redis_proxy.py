@@ -787,3 +787,32 @@ def test_prefix_routes_pick_clusters_and_mirrors_copy_writes(shards):
         bad = cfg.replace("cluster: vip }", "cluster: nope }")
         res = validate(bad, "redis-proxy")
         assert res.returncode == 1 and "prefix_routes.routes[1].cluster" in res.stderr, res.stderr
+
+
+def test_twemproxy_unix_socket_pool_and_maglev_distribution(shards, tmp_path):
+    # nutcracker's "listen: /path" becomes a unix-socket listener; a mode is refused, named.
+    import os
+    import subprocess
+    sock = tmp_path / "nc.sock"
+    path = tmp_path / "nutcracker.yml"
+    path.write_text(f"pool_u:\n  listen: {sock}\n  redis: true\n  servers:\n" + "".join(f"    - {s.endpoint}:1\n" for s in shards))
+    with RedisProxy(args=["--twemproxy", str(path), "--admin", "127.0.0.1:0"]) as p:
+        wait_for(lambda: sock.exists(), what="unix socket")
+        r = redis.Redis(unix_socket_path=str(sock), protocol=2, socket_timeout=10)
+        p.clients.append(r)
+        assert r.set("u", "1") and r.get("u") == b"1"
+    exe = os.path.join(os.environ.get("PROXY_BIN_DIR", ".build/release"), "redis-proxy")
+    path.write_text(path.read_text().replace(f"listen: {sock}", f"listen: {sock} 0666"))
+    out = subprocess.run([exe, "--twemproxy", str(path), "--validate"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "pool_u.listen" in out.stderr and "mode" in out.stderr, out.stderr
+    # maglev: every key on one shard, all shards used, found again through a second proxy.
+    for sh in shards:
+        sh.client().flushall()
+    keys = [f"mg:{i}" for i in range(600)]
+    with RedisProxy(config=config(shards, "      distribution: maglev\n      hash: murmur")) as p:
+        r = client(p)
+        assert r.mset({k: k for k in keys})
+        placed = [where(shards, k) for k in keys]
+        assert all(len(w) == 1 for w in placed) and len({w[0] for w in placed}) == 3
+    with RedisProxy(config=config(shards, "      distribution: maglev\n      hash: murmur")) as p:
+        assert client(p).mget(keys) == [k.encode() for k in keys]
