@@ -112,9 +112,31 @@ echo "== retries so far: $(curl -s "http://$HADMIN/stats?filter=%5Ecluster.api.u
 sleep 1.2
 echo "== its access log ($work/http-access.log):"
 sed 's/^/   /' "$work/http-access.log" | head -5
+
+# --- redis-proxy: two redis-servers as shards, keys where nutcracker would put them ---
+R1=$(port); R2=$(port)
+for rp in "$R1" "$R2"; do
+  redis-server --port "$rp" --bind 127.0.0.1 --save '' --appendonly no --daemonize no > "$work/redis-$rp.log" 2>&1 & pids+=($!)
+done
+for _ in $(seq 100); do redis-cli -p "$R1" ping >/dev/null 2>&1 && redis-cli -p "$R2" ping >/dev/null 2>&1 && break; sleep 0.1; done
+"$BIN/redis-proxy" --listen 127.0.0.1:0 --upstream "127.0.0.1:$R1,127.0.0.1:$R2" --hash murmur --hash-tag '{}' --admin 127.0.0.1:0 \
+  --ready-file "$work/redis-ready.json" 2> "$work/redis-proxy.log" & pids+=($!)
+for _ in $(seq 100); do [ -s "$work/redis-ready.json" ] && break; sleep 0.1; done
+RLISTEN=$(python3 -c "import json;print(json.load(open('$work/redis-ready.json'))['listeners']['main'])")
+RADMIN=$(python3 -c "import json;print(json.load(open('$work/redis-ready.json'))['admin'])")
+RPORT=${RLISTEN##*:}
+echo "== redis-proxy on $RLISTEN over two redis-servers (127.0.0.1:$R1, 127.0.0.1:$R2)"
+for i in 1 2 3 4 5 6; do redis-cli -p "$RPORT" set "user:$i" "name-$i" > /dev/null; done
+echo "   MGET user:1..6 -> $(redis-cli -p "$RPORT" mget user:1 user:2 user:3 user:4 user:5 user:6 | tr '\n' ' ')"
+echo "   keys per shard: 127.0.0.1:$R1 has $(redis-cli -p "$R1" dbsize), 127.0.0.1:$R2 has $(redis-cli -p "$R2" dbsize); DBSIZE via the proxy: $(redis-cli -p "$RPORT" dbsize)"
+echo "   MULTI/EXEC on one shard ({cart} hash tag): $(printf 'MULTI\nINCR {cart}:n\nINCR {cart}:n\nEXEC\n' | redis-cli -p "$RPORT" | tr '\n' ' ')"
+echo "   SUBSCRIBE (not yet): $(redis-cli -p "$RPORT" subscribe ch 2>&1 | head -1)"
+
 cat <<MSG
 
 Try it yourself while this runs (Ctrl-C to stop):
+   redis-cli -p $RPORT                         # a sharded Redis: SCAN, INFO, MGET, transactions on one shard
+   curl http://$RADMIN/redis/shards            # each shard's state and request counts
    curl -v http://$HLISTEN/api/flaky          # a 503 retried into a 200 (see RESPONSE_FLAGS URX in the log)
    curl http://$HLISTEN/healthz               # answered by the proxy; POST http://$HADMIN/healthcheck/fail flips it
    curl "http://$HADMIN/stats?filter=%5Ehttp%7Cupstream_rq"   # http-proxy's stats
@@ -127,6 +149,6 @@ Try it yourself while this runs (Ctrl-C to stop):
    curl http://$ADMIN/stats/prometheus
    curl http://$ADMIN/clusters
    kill -HUP $(python3 -c "import json;print(json.load(open('$work/ready.json'))['pid'])")   # reload $work/tcp-proxy.yaml
-   Docs: README.md, docs/tcp-proxy.md, docs/http-proxy.md, docs/health-checker.md, docs/config.md
+   Docs: README.md, docs/tcp-proxy.md, docs/http-proxy.md, docs/redis-proxy.md, docs/health-checker.md, docs/config.md
 MSG
 if [ -n "${DEMO_SECONDS:-}" ]; then sleep "$DEMO_SECONDS"; else wait; fi
