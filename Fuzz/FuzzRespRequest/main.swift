@@ -29,6 +29,7 @@ func parseAll(_ bytes: UnsafeRawBufferPointer, growing: Bool) -> [Step] {
                 for i in 0..<req.argCount { precondition(p.arguments[i].upperBound <= req.range.upperBound, "argument outside its request") }
             }
             out.append((r, (0..<req.argCount).map { i in p.withArgument(i, in: input) { Array($0) } }))
+            checkCommandLayer(p, req, input)
             if req.isInline { checkReencoding(p, req, input, out.last?.1 ?? []) }
             start += req.range.upperBound
         case .ignored(let n):
@@ -43,6 +44,21 @@ func parseAll(_ bytes: UnsafeRawBufferPointer, growing: Bool) -> [Step] {
         if !growing { end = bytes.count }
     }
     return out
+}
+
+/// The command layer on what the parser let through: the command and subcommand lookups, the
+/// arity check, and the key positions a request's own counts give (ZUNION's numkeys near
+/// Int64's max once overflowed in the proxy): every key index inside the request.
+func checkCommandLayer(_ p: RespRequestParser, _ req: RespRequest, _ input: UnsafeRawBufferPointer) {
+    guard var id = p.withArgument(0, in: input, { RedisCommands.lookup($0) }) else { return }
+    if case .container = id.kind {
+        guard req.argCount >= 2, let sub = p.withArgument(1, in: input, { RedisCommands.lookup(subcommand: $0, of: id) }) else { return }
+        id = sub
+    }
+    _ = id.arityAccepts(req.argCount)
+    for k in id.keys(argCount: req.argCount, integerAt: { i in p.withArgument(i, in: input) { string2ll($0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, $0.count) } }) {
+        precondition(k >= 1 && k < req.argCount, "key index \(k) outside a request of \(req.argCount) arguments")
+    }
 }
 
 func checkReencoding(_ p: RespRequestParser, _ req: RespRequest, _ input: UnsafeRawBufferPointer, _ args: [[UInt8]]) {

@@ -615,7 +615,9 @@ def test_every_command_family_big_keys_and_binary_values_byte_exact(shards):
 
 
 def test_scan_walks_every_shard_and_info_script_randomkey_merge(shards):
-    with RedisProxy(config=config(shards)) as p:
+    # murmur: twemproxy's 32-bit fnv1a_64 can leave a shard empty for such similar keys
+    # (placement depends on the shards' random ports).
+    with RedisProxy(config=config(shards, "      hash: murmur")) as p:
         r = client(p)
         keys = {f"scan:{i}".encode() for i in range(300)} | {f"other:{i}".encode() for i in range(30)}
         for sh in shards:

@@ -201,37 +201,30 @@ public struct RespRequestParser: Sendable {
                 return parseInline(base, n)
             case .multibulkCount:
                 // The count line: `*` then an integer, up to the first CR (as Redis).
-                let r: Int
-                switch findCR(base, n, tooBig: .tooBigMultibulkCount) {
-                case .found(let at): r = at
+                let count: Int64, next: Int
+                switch headerLine(base, n, tooBig: .tooBigMultibulkCount, dollar: false) {
+                case .line(let v, let end):
+                    guard let v, v <= Int64(Int32.max), v <= Int64(limits.maxMultibulkLength) else { return fail(.invalidMultibulkLength) }
+                    count = v; next = end
                 case .needMore: return .incomplete
                 case .error(let e): return fail(e)
                 }
-                guard base.load(fromByteOffset: r + 1, as: UInt8.self) == 0x0A else { return fail(.missingCRLF) }
-                guard let count = string2ll(base + 1, r - 1), count <= Int64(Int32.max), count <= Int64(limits.maxMultibulkLength) else {
-                    return fail(.invalidMultibulkLength)
-                }
                 if unauthenticated && count > 10 { return fail(.unauthenticatedMultibulkLength) }
-                pos = r + 2; scan = pos
+                pos = next; scan = pos
                 if count <= 0 { phase = .start; return .ignored(consumed: pos) }
                 remaining = Int(count)
                 phase = .bulkCount
             case .bulkCount:
-                let r: Int
-                switch findCR(base, n, tooBig: .tooBigBulkCount) {
-                case .found(let at): r = at
+                let len: Int64, next: Int
+                switch headerLine(base, n, tooBig: .tooBigBulkCount, dollar: true) {
+                case .line(let v, let end):
+                    guard let v, v >= 0, v <= Int64(limits.maxBulkLength) else { return fail(.invalidBulkLength) }
+                    len = v; next = end
                 case .needMore: return .incomplete
                 case .error(let e): return fail(e)
                 }
-                // Redis's order: the `$` is checked once the whole line is in.
-                let first = base.load(fromByteOffset: pos, as: UInt8.self)
-                guard first == UInt8(ascii: "$") else { return fail(.expectedDollar(first)) }
-                guard base.load(fromByteOffset: r + 1, as: UInt8.self) == 0x0A else { return fail(.missingCRLF) }
-                guard let len = string2ll(base + pos + 1, r - pos - 1), len >= 0, len <= Int64(limits.maxBulkLength) else {
-                    return fail(.invalidBulkLength)
-                }
                 if unauthenticated && len > 16384 { return fail(.unauthenticatedBulkLength) }
-                pos = r + 2
+                pos = next
                 bulkLength = Int(len)
                 if pos + bulkLength + 2 > limits.maxRequestBytes { return fail(.requestTooLarge) }
                 phase = .bulkData
@@ -255,6 +248,26 @@ public struct RespRequestParser: Sendable {
     }
 
     private enum LineEnd { case found(Int), needMore, error(RespRequestError) }
+    private enum HeaderLine { case line(Int64?, next: Int), needMore, error(RespRequestError) }
+
+    /// A `*count` or `$len` line starting at `pos`: its integer (nil when it is not one, as
+    /// Redis's string2ll) and where the next line starts. Redis's order: a `$` line's type byte
+    /// is checked once the whole line is in, then the LF.
+    @inline(__always)
+    private mutating func headerLine(_ base: UnsafeRawPointer, _ n: Int, tooBig: RespRequestError, dollar: Bool) -> HeaderLine {
+        let r: Int
+        switch findCR(base, n, tooBig: tooBig) {
+        case .found(let at): r = at
+        case .needMore: return .needMore
+        case .error(let e): return .error(e)
+        }
+        if dollar {
+            let first = base.load(fromByteOffset: pos, as: UInt8.self)
+            guard first == UInt8(ascii: "$") else { return .error(.expectedDollar(first)) }
+        }
+        guard base.load(fromByteOffset: r + 1, as: UInt8.self) == 0x0A else { return .error(.missingCRLF) }
+        return .line(string2ll(base + pos + 1, r - pos - 1), next: r + 2)
+    }
 
     /// Finds the CR that ends the line starting at `pos`, resuming at `scan`; a line longer
     /// than `maxLineLength` is refused whether or not its CR is in (so the result does not
@@ -392,7 +405,7 @@ public struct RespRequestParser: Sendable {
 /// Redis's string2ll (util.c): an optional `-`, then digits with no leading zero ("0" alone is
 /// fine, "-0" is not), no `+`, no spaces, within Int64. nil when it is not such a number.
 @inline(__always)
-func string2ll(_ p: UnsafeRawPointer, _ len: Int) -> Int64? {
+public func string2ll(_ p: UnsafeRawPointer, _ len: Int) -> Int64? {
     if len <= 0 || len > 20 { return nil }
     var i = 0
     let negative = p.load(as: UInt8.self) == UInt8(ascii: "-")
