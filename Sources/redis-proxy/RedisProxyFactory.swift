@@ -25,6 +25,7 @@ final class RedisProxyStats: Sendable {
     /// Copies sent to mirror clusters, and copies that found no live shard.
     let mirrorTotal: Counter
     let mirrorFailed: Counter
+    let mirrorError: Counter
     /// Request parse errors by kind (`downstream_cx_protocol_error.<reason>`).
     let protocolErrors: [String: Counter]
     /// For the per-command stats, registered on a command's first use.
@@ -56,6 +57,7 @@ final class RedisProxyStats: Sendable {
         upstreamEjected = store.counter(p + "upstream_host_ejected")
         mirrorTotal = store.counter(p + "mirror_rq_total")
         mirrorFailed = store.counter(p + "mirror_rq_no_upstream")
+        mirrorError = store.counter(p + "mirror_rq_error")
         var pe: [String: Counter] = [:]
         for e: RespRequestError in [.invalidMultibulkLength, .tooBigMultibulkCount, .tooBigBulkCount, .expectedDollar(0), .invalidBulkLength,
                                     .unauthenticatedMultibulkLength, .unauthenticatedBulkLength, .tooBigInlineRequest, .unbalancedQuotes,
@@ -72,11 +74,13 @@ final class RedisProxyFactory: FilterFactory {
     let stats: RedisProxyStats
     /// Every cluster the block names (catch-all, prefix routes, mirrors) → its slot.
     let clusterSlots: [String: Int]
+    let listenerName: String
 
     init(listener: ListenerConfig, block: any ListenerFilterConfig, clusters: [String: ClusterSnapshot], store: StatsStore) {
         guard let c = block as? RedisProxyConfig else { preconditionFailure("redis-proxy listener without a redis block") }
         config = c
         stats = RedisProxyStats(store: store, prefix: c.statPrefix)
+        listenerName = listener.name
         var slots: [String: Int] = [:]
         for ref in c.clusterReferences { slots[ref.name] = clusters[ref.name]?.slot ?? Int.max }
         clusterSlots = slots
@@ -84,10 +88,16 @@ final class RedisProxyFactory: FilterFactory {
 
     /// Shard connections to `cluster` are shared by listener blocks with the same upstream
     /// auth and distribution, and survive reloads that keep them.
+    ///
+    /// Every setting a shard set reads is in the key, and so is the listener: two listeners on
+    /// one cluster get sets of their own (a hash tag of one must never place the other's
+    /// keys; review of issue 10), each with its own stats.
     func upstreamKey(_ cluster: String) -> String {
         let c = config
-        return [cluster, c.upstreamAuthUsername ?? "", c.upstreamAuthPassword ?? "", String(c.serverConnections),
-                c.hash.rawValue, c.distribution.rawValue, String(c.autoEjectHosts)].joined(separator: "\u{0}")
+        let tag = c.hashTag.map { String(decoding: [$0.open, $0.close], as: UTF8.self) } ?? ""
+        return [listenerName, c.statPrefix, cluster, c.upstreamAuthUsername ?? "", c.upstreamAuthPassword ?? "", String(c.serverConnections),
+                c.hash.rawValue, c.distribution.rawValue, String(c.autoEjectHosts), tag, String(c.serverFailureLimit),
+                String(c.serverRetryTimeoutMs), String(c.preconnect)].joined(separator: "\u{0}")
     }
 
     func createFilters(worker: Worker, connection: Connection, context: DownstreamContext) {

@@ -48,6 +48,8 @@ final class ReplySlot {
     var pickStart = 0
     /// INFO: the proxy's own section, appended to the merged reply.
     var infoExtra = ""
+    /// Counted when a part fails or is an error reply (mirrored copies).
+    var errorStat: (StatsSlab, Counter)?
 
     init(session: RedisSession, merge: Merge, parts: Int) {
         self.session = session
@@ -79,6 +81,7 @@ final class ReplySlot {
 
     func partReplied(_ part: Int, _ reply: UnsafeRawBufferPointer, _ r: RespReply) {
         guard !done else { return }
+        if r.isError, let (slab, c) = errorStat { slab.inc(c) }
         switch merge {
         case .forward: bytes = Array(reply)
         case .array, .same, .allTrue, .firstNonNil, .info: parts[part] = Array(reply)
@@ -101,6 +104,7 @@ final class ReplySlot {
 
     func partFailed(_ part: Int, _ error: UnsafeRawBufferPointer) {
         guard !done else { return }
+        if let (slab, c) = errorStat { slab.inc(c) }
         switch merge {
         case .forward, .scan: bytes = Array(error)
         case .array, .same, .allTrue, .firstNonNil, .info: parts[part] = Array(error)
@@ -145,11 +149,17 @@ final class ReplySlot {
 /// client ◄── slots in request order ◄── ReplySlot (merge) ◄── replies matched in FIFO order
 /// ```
 final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
-    let factory: RedisProxyFactory
-    let router: RedisRouter
-    /// The catch-all cluster's shards: keyless commands (fan-outs, SCAN, TIME) go there.
-    let shards: ShardSet
+    /// The listener block's config generation, its router, and the catch-all cluster's shards
+    /// (keyless commands: fan-outs, SCAN, TIME). A reload that keeps the stat prefix moves an
+    /// idle client (no transaction, no WATCH) to the new generation at its next read, so new
+    /// routes and mirrors apply to connections that stay open (a migration must not split).
+    private(set) var factory: RedisProxyFactory
+    private(set) var router: RedisRouter
+    private(set) var shards: ShardSet
     private let replies: ReplyFlushQueue
+    private var generation: Int
+    /// This client's connection lane to every shard (see `ShardSet.connection(forShard:lane:)`).
+    private let lane: Int
     unowned(unsafe) let worker: Worker
     let connection: Connection
     let context: DownstreamContext
@@ -166,13 +176,15 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
     /// The read buffer's usual limit (the listener's buffer limit).
     private let defaultReadLimit: Int
 
-    private let commandStats: CommandStatsCache
+    private var commandStats: CommandStatsCache
 
     init(factory: RedisProxyFactory, router: RedisRouter, commandStats: CommandStatsCache, worker: Worker, connection: Connection, context: DownstreamContext) {
         self.factory = factory
         self.router = router
         shards = router.catchAll.set
         replies = shards.replies
+        generation = worker.snapshot?.generation ?? 0
+        lane = Int(truncatingIfNeeded: context.connectionId & 0xFFFF)
         self.commandStats = commandStats
         self.worker = worker
         self.connection = connection
@@ -182,6 +194,23 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         parser.unauthenticated = !authenticated
         out = Buffer(pool: worker.blocks)
         defaultReadLimit = connection.readBufferLimit
+        // Whole replies are written; `max_pipeline` and the read pause on the high watermark
+        // bound what a client that does not read can hold.
+        connection.hardWriteLimit = Int.max
+    }
+
+    /// A reload happened: take the listener's new block when nothing pins this client to the old
+    /// one (a transaction, a WATCH, requests still on a client's own connection).
+    private func adoptNewGeneration(_ g: Int) {
+        guard txn == nil, watch == nil, pinned == nil || pinned!.conn.closed else { return }
+        generation = g
+        guard let f = worker.snapshot?.listeners[context.listener.name]?.factories.first as? RedisProxyFactory, f !== factory,
+              f.config.statPrefix == factory.config.statPrefix else { return }
+        let state = RedisWorkerState.of(worker)
+        factory = f
+        router = state.router(worker, f)
+        shards = router.catchAll.set
+        commandStats = state.commandStats(f.stats)
     }
 
     private var stats: RedisProxyStats { factory.stats }
@@ -191,11 +220,16 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
 
     func onData(_ buffer: Buffer, endStream: Bool) -> FilterStatus {
         guard !closing else { buffer.drain(buffer.count); return .stopIteration }
+        if let g = worker.snapshot?.generation, g != generation { adoptNewGeneration(g) }
         dispatchingData = true
         defer { dispatchingData = false }
         while !closing {
             if inFlight >= factory.config.maxPipeline {
                 if !paused { paused = true; connection.readDisable() }
+                break
+            }
+            if replies.congested > 0 {
+                if !pausedForUpstream { pausedForUpstream = true; connection.readDisable(); replies.waitForCongestion(self) }
                 break
             }
             let input = buffer.readable
@@ -372,12 +406,14 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             let shard = parser.withArgument(k, in: input) { key in
                 m.set.shard(forKey: route.strip == 0 ? key : UnsafeRawBufferPointer(rebasing: key[route.strip...]))
             }
-            guard let shard, let c = m.set.connection(forShard: shard) else {
+            guard let shard, let c = m.set.connection(forShard: shard, lane: lane) else {
                 worker.stats.inc(stats.mirrorFailed)
                 continue
             }
             worker.stats.inc(stats.mirrorTotal)
-            c.send(RedisOp(slot: ReplySlot(discarding: 1), part: 0, deadlineMs: deadline()), write)
+            let slot = ReplySlot(discarding: 1)
+            slot.errorStat = (worker.stats, stats.mirrorError)
+            c.send(RedisOp(slot: slot, part: 0, deadlineMs: deadline()), write)
         }
     }
 
@@ -442,7 +478,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
                 }
             }
             if !rt.mirrors.isEmpty { mirror(rt, cmd, key: k, input, write) }
-            guard let shard, let c = rt.set.connection(forShard: shard) else {
+            guard let shard, let c = upstream(rt.set, shard) else {
                 let e = shard == nil ? Array("-ERR redis-proxy: no upstream host\r\n".utf8) : ShardFailure.connectFailed.reply
                 e.withUnsafeBytes { slot.partFailed(part, $0) }
                 continue
@@ -483,7 +519,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         let dl = deadline()
         let p = parser
         for shard in 0..<count {
-            guard let c = shards.connection(forShard: shard) else {
+            guard let c = upstream(shards, shard) else {
                 ShardFailure.connectFailed.reply.withUnsafeBytes { slot.partFailed(shard, $0) }
                 continue
             }
@@ -495,6 +531,10 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
     }
 
     private func lowered(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self).lowercased() }
+
+    /// A client's bytes quoted in an error reply: at most 128, control bytes as spaces (a CR or
+    /// LF would end the reply early and let the client forge the next one).
+    private func printable(_ b: [UInt8]) -> [UInt8] { b.prefix(128).map { $0 < 0x20 || $0 == 0x7F ? 0x20 : $0 } }
 
     /// SCAN over every shard in turn: the client's cursor names the shard and that shard's own
     /// cursor (`ReplyMerges.decodeScanCursor`); the reply's cursor leads to the next shard when
@@ -521,7 +561,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
     /// (0-based, in config order), its `name`/hash key, or its address.
     private func toShard(named id: [UInt8], verb: String, args: Range<Int>, _ input: UnsafeRawBufferPointer, _ cmd: RedisCommandID) {
         guard let shard = shards.shardIndex(named: id) else {
-            addLocal(Array("-ERR redis-proxy: no shard named '\(String(decoding: id.prefix(128), as: UTF8.self).filter { $0 != "\r" && $0 != "\n" })'\r\n".utf8))
+            addLocal(Array("-ERR redis-proxy: no shard named '".utf8) + printable(id) + Array("'\r\n".utf8))
             return
         }
         let slot = ReplySlot(session: self, merge: .forward, parts: 1)
@@ -532,12 +572,19 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         }
     }
 
-    /// One request to one shard of `set` for `slot` (added here), written by `write`; on the
-    /// client's WATCH connection when that is where it goes.
+    /// The connection for this client's requests to `shard` of `set`: its WATCH connection, or
+    /// the one it used for WATCH until that has sent everything queued on it (commands after
+    /// EXEC must not overtake it: review of issue 10), else its lane of the shared ones.
+    private func upstream(_ set: ShardSet, _ shard: Int) -> ShardConnection? {
+        if let w = watch, w.set === set, w.shard == shard, !w.conn.closed { return w.conn }
+        if let p = pinned, p.set === set, p.shard == shard, !p.conn.closed { return p.conn }
+        return set.connection(forShard: shard, lane: lane)
+    }
+
+    /// One request to one shard of `set` for `slot` (added here), written by `write`.
     private func sendToShard(_ shard: Int, of set: ShardSet, _ slot: ReplySlot, _ write: (Buffer, RespRequestParser) -> Void) {
         addSlot(slot)
-        let own = watch.flatMap { $0.set === set && $0.shard == shard && !$0.conn.closed ? $0.conn : nil }
-        guard let c = own ?? set.connection(forShard: shard) else {
+        guard let c = upstream(set, shard) else {
             ShardFailure.connectFailed.reply.withUnsafeBytes { slot.partFailed(0, $0) }
             return
         }
@@ -573,10 +620,15 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
     private var txn: Transaction?
     /// The WATCH connection: this client's own, to `shard` of `set` (route `route`).
     private var watch: (route: Int, set: ShardSet, shard: Int, conn: ShardConnection)?
+    /// The last WATCH connection after EXEC, DISCARD or UNWATCH: it closes once its queue is
+    /// answered, and until then takes this client's requests for its shard, in order.
+    private var pinned: (route: Int, set: ShardSet, shard: Int, conn: ShardConnection)?
 
     private func endWatch() {
-        watch?.conn.closeWhenIdle()
+        guard let w = watch else { return }
         watch = nil
+        w.conn.closeWhenIdle()
+        if !w.conn.closed { pinned = w }
     }
 
     private func transaction(_ r: RespRequest, _ cmd: RedisCommandID, _ n: Int, _ input: UnsafeRawBufferPointer) {
@@ -606,7 +658,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             if let w, w.conn.closed { t.commands.release(); addLocal(Array("*-1\r\n".utf8)); return }
             if t.count == 0 && w == nil { t.commands.release(); addLocal(Array("*0\r\n".utf8)); return }
             let set = router.at(t.route).set
-            guard let shard = t.shard ?? set.anyShard(), let c = w?.conn ?? set.connection(forShard: shard) else {
+            guard let shard = t.shard ?? set.anyShard(), let c = w?.conn ?? upstream(set, shard) else {
                 t.commands.release()
                 return noUpstream()
             }
@@ -633,6 +685,11 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             guard case .target(let ri, let s) = pick else { return forward(r, input, pick, cmd, keys: keys) }
             if let w = watch, w.route != ri || w.shard != s { return crossSlot() }
             let set = router.at(ri).set
+            if watch == nil, let p = pinned, p.set === set, p.shard == s, !p.conn.closed {
+                p.conn.keep()  // the previous WATCH's connection, still sending: in order
+                watch = p
+                pinned = nil
+            }
             if watch == nil {
                 guard let c = set.dedicatedConnection(forShard: s) else {
                     addLocal(ShardFailure.connectFailed.reply)
@@ -798,7 +855,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
                 name = arg(i + 1)
                 i += 2
             } else {
-                addLocal(Array("-ERR Syntax error in HELLO option '\(opt.prefix(128).filter { $0 != "\r" && $0 != "\n" })'\r\n".utf8))
+                addLocal(Array("-ERR Syntax error in HELLO option '".utf8) + printable(Array(opt.utf8)) + Array("'\r\n".utf8))
                 return
             }
         }
@@ -876,19 +933,32 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         if paused && inFlight < factory.config.maxPipeline / 2 + 1 && !closing {
             paused = false
             connection.readEnable()
-            // Requests already read but not parsed when the pipeline filled: the connection
-            // delivers only after a new read (and reads nothing while its buffer is at the
-            // limit), so they are picked up here.
-            if !connection.readBuffer.isEmpty && !dispatchingData && connection.state == .open {
-                _ = onData(connection.readBuffer, endStream: connection.readEOF)
-                return
-            }
+            if parseBuffered() { return }
         }
         if (closing || draining) && inFlight == 0 && connection.state != .closed {
             closing = true
             connection.closeAfterFlush()
             finish()
         }
+    }
+
+    /// Requests already read but not parsed when reading paused: the connection delivers only
+    /// after a new read (and reads nothing while its buffer is at the limit), so they are
+    /// picked up here. True when it parsed (and so flushed) again.
+    private func parseBuffered() -> Bool {
+        guard !connection.readBuffer.isEmpty && !dispatchingData && connection.state == .open else { return false }
+        _ = onData(connection.readBuffer, endStream: connection.readEOF)
+        return true
+    }
+
+    private var pausedForUpstream = false
+
+    /// Every shard connection of the worker is below its low watermark again.
+    func resumeAfterCongestion() {
+        guard pausedForUpstream, !finished else { return }
+        pausedForUpstream = false
+        connection.readEnable()
+        if !parseBuffered() { flushReplies() }
     }
 
     // MARK: - Connection events
@@ -919,6 +989,8 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         txn?.commands.release()
         txn = nil
         endWatch()
+        pinned?.conn.closeWhenIdle()
+        pinned = nil
         // Slots still waiting keep their place in the shards' FIFOs; their replies are dropped.
         for s in slots[slotHead...] {
             s.session = nil

@@ -25,9 +25,9 @@ final class ShardSet {
     unowned(unsafe) let replies: ReplyFlushQueue
     private(set) var factory: RedisProxyFactory
     private(set) var snapshot: ClusterSnapshot?
-    /// Per host index: `server_connections` connections, used round-robin.
+    /// Per host index: `server_connections` connections. Each client uses one of them per
+    /// shard (its lane), so its commands to a shard run in the order it sent them.
     private var connections: [[ShardConnection?]] = []
-    private var nextConnection: [Int] = []
     /// Connections beyond a smaller `server_connections` after a reload: they close once the
     /// replies they wait for are in.
     private var retiring: [ShardConnection] = []
@@ -84,7 +84,9 @@ final class ShardSet {
             for (i, row) in conns.enumerated() { for c in row { c?.host = i } }
             failures = fails
             ejectedUntil = ejected
-            nextConnection = Array(repeating: 0, count: newHosts.count)
+            // A client's own (WATCH) connection whose host moved or left: its shard index in
+            // the client's hands is stale, so it is closed (EXEC then answers nil).
+            for c in dedicated where c.host >= newHosts.count || newHosts[c.host] != c.address { c.fail(.hostGone) }
         }
         for i in connections.indices where connections[i].count != factory.config.serverConnections {
             let keep = connections[i].prefix(factory.config.serverConnections)
@@ -158,20 +160,20 @@ final class ShardSet {
 
     var shardCount: Int { snapshot?.hosts.count ?? 0 }
 
-    /// A shard by its index (0-based, config order), its name (hash key) or its address.
+    /// A shard by its name (hash key) or address, else its index (0-based, config order).
     func shardIndex(named id: [UInt8]) -> Int? {
         guard let s = snapshot, id.count <= 1024 else { return nil }
         let name = String(decoding: id, as: UTF8.self)
+        if let i = s.hosts.firstIndex(where: { $0.hashKey == name || $0.address.description == name }) { return i }
         if let i = Int(name), i >= 0, i < s.hosts.count { return i }
-        return s.hosts.firstIndex { $0.hashKey == name || $0.address.description == name }
+        return nil
     }
 
-    /// A connection to `host` (round-robin over `server_connections`), opened on demand.
-    func connection(forShard host: Int) -> ShardConnection? {
-        guard host < connections.count else { return nil }
-        let j = nextConnection[host]
-        nextConnection[host] = (j + 1) % connections[host].count
-        return connection(host, j)
+    /// A connection to `host`, opened on demand: lane `lane` of its `server_connections` (a
+    /// client always uses the same lane, so its commands keep their order).
+    func connection(forShard host: Int, lane: Int = 0) -> ShardConnection? {
+        guard host < connections.count, !connections[host].isEmpty else { return nil }
+        return connection(host, lane % connections[host].count)
     }
 
     private func connection(_ host: Int, _ j: Int) -> ShardConnection? {
@@ -375,6 +377,9 @@ final class ShardConnection: ConnectionCallbacks {
         // A reply is forwarded once it is whole, so the read buffer must be able to hold the
         // largest one the reader accepts.
         c.readBufferLimit = reader.maxReplyBytes + 64 * 1024
+        // A request may be as big as max_request_bytes; unsent requests past the high
+        // watermark stop the clients' reads instead (congestion).
+        c.hardWriteLimit = Int.max
         worker.stats.inc(factory.stats.upstreamCxTotal)
         if let p = factory.config.upstreamAuthPassword {
             var args: [[UInt8]] = [Array("AUTH".utf8)]
@@ -472,8 +477,14 @@ final class ShardConnection: ConnectionCallbacks {
         fail(.closed)
     }
 
-    func onAboveWriteBufferHighWatermark(_ connection: Connection) {}
-    func onBelowWriteBufferLowWatermark(_ connection: Connection) {}
+    func onAboveWriteBufferHighWatermark(_ connection: Connection) {
+        if !congested { congested = true; shards.replies.congestionBegan() }
+    }
+    func onBelowWriteBufferLowWatermark(_ connection: Connection) { endCongestion() }
+    private var congested = false
+    private func endCongestion() {
+        if congested { congested = false; shards.replies.congestionEnded() }
+    }
 
     /// Every waiting request gets the error; the connection is closed and forgotten.
     func fail(_ why: ShardFailure) {
@@ -485,6 +496,7 @@ final class ShardConnection: ConnectionCallbacks {
         connection = nil
         c?.callbacks = nil
         c?.close(abort: true)
+        endCongestion()
         if cxCounted { cxCounted = false; hostStats.dec(.cxActive, worker.stats) }
         shards.forget(self)
         let ops = queue[head...]
@@ -510,7 +522,10 @@ final class ShardConnection: ConnectionCallbacks {
         retiring = true
         if waiting == 0 { fail(.hostGone) }
     }
-    private var retiring = false
+    private(set) var retiring = false
+
+    /// A client's own connection taken back into use before it closed (a new WATCH).
+    func keep() { retiring = false }
 
     // MARK: - op_timeout
 
@@ -540,6 +555,23 @@ final class ShardConnection: ConnectionCallbacks {
 /// queue per worker, since a client's replies may come from several shard sets.
 final class ReplyFlushQueue {
     private var queue: [RedisSession] = []
+    /// Shard connections of this worker whose unsent requests are over their high watermark
+    /// (a shard slower than its clients): while any is, clients are not read from (Envoy's
+    /// upstream watermarks), so requests cannot pile up in the proxy without bound.
+    private(set) var congested = 0
+    private var waiting: [RedisSession] = []
+
+    func congestionBegan() { congested += 1 }
+
+    func congestionEnded() {
+        congested -= 1
+        guard congested == 0, !waiting.isEmpty else { return }
+        let w = waiting
+        waiting = []
+        for s in w { s.resumeAfterCongestion() }
+    }
+
+    func waitForCongestion(_ s: RedisSession) { waiting.append(s) }
 
     func add(_ s: RedisSession) { queue.append(s) }
 

@@ -37,11 +37,15 @@ enum ShardsPage {
             text += "\(name)::cluster::\(c.cluster)\n\(name)::distribution::\(c.distribution.rawValue)\n\(name)::hash::\(c.hash.rawValue)\n"
             text += "\(name)::auto_eject_hosts::\(c.autoEjectHosts)\n"
             var shards: [JSON] = []
-            for (i, h) in (snap.clusters[c.cluster]?.hosts ?? []).enumerated() {
-                let e = ShardBoard.shared.state(cluster: c.cluster, address: h.address)
+            // The catch-all cluster, then prefix routes' and mirrors' (each once).
+            var names: [String] = []
+            for ref in c.clusterReferences where !names.contains(ref.name) { names.append(ref.name) }
+            for cluster in names {
+            for (i, h) in (snap.clusters[cluster]?.hosts ?? []).enumerated() {
+                let e = ShardBoard.shared.state(cluster: cluster, address: h.address)
                 let now = monotonicMs()
                 let state = e.count > 0 ? "ejected" : (h.healthy ? "up" : "unhealthy")
-                let p = "\(name)::shard::\(i)::"
+                let p = "\(name)::\(cluster)::\(i)::"
                 text += p + "name::\(h.hashKey)\n" + p + "address::\(h.address)\n" + p + "weight::\(h.weight)\n" + p + "state::\(state)\n"
                 if e.count > 0 { text += p + "ejected_workers::\(e.count)\n" + p + "ejected_for_ms::\(e.untilMs > now ? e.untilMs - now : 0)\n" }
                 var stats: [(String, JSON)] = []
@@ -50,10 +54,11 @@ enum ShardsPage {
                     text += p + "\(field.name)::\(v)\n"
                     stats.append((field.name, .int(v)))
                 }
-                shards.append(.object([("index", .int(Int64(i))), ("name", .string(h.hashKey)), ("address", .string(h.address.description)),
+                shards.append(.object([("cluster", .string(cluster)), ("index", .int(Int64(i))), ("name", .string(h.hashKey)), ("address", .string(h.address.description)),
                                        ("weight", .int(Int64(h.weight))), ("state", .string(state)),
                                        ("ejected_workers", .int(Int64(e.count))),
                                        ("ejected_for_ms", .int(Int64(e.untilMs > now ? e.untilMs - now : 0))), ("stats", .object(stats))]))
+            }
             }
             listeners.append(.object([("listener", .string(name)), ("cluster", .string(c.cluster)),
                                       ("distribution", .string(c.distribution.rawValue)), ("hash", .string(c.hash.rawValue)),

@@ -43,6 +43,7 @@ struct RedisProxyCommand: ParsableCommand {
         binary.adminPages = [ShardsPage.page]
         if let path = twemproxy {
             binary.configFromFlags = { try TwemproxyConfig.translate(path: path) }
+            binary.reloadsConfigFromFlags = true
         }
         Server.main(options: common, binary: binary)
     }

@@ -66,9 +66,11 @@ public final class Connection {
     /// `continueReading`.
     public var readBufferLimit: Int
     private let lowWatermark: Int
-    /// Queued output past this closes the connection (8 × the buffer limit, at least 4 MiB):
-    /// the bound on a connection's memory when a producer ignores the high watermark.
-    private var hardWriteLimit: Int { Swift.max(highWatermark &* 8, 4 << 20) }
+    /// Queued output past this closes the connection (default 8 × the buffer limit, at least
+    /// 4 MiB): the bound on a connection's memory when a producer ignores the high watermark.
+    /// A producer whose messages can be bigger, and that bounds its output another way
+    /// (redis-proxy: whole replies, at most `max_pipeline` of them), raises it.
+    public var hardWriteLimit: Int
     /// Re-entrancy guard: a read in progress.
     private var dispatching = false
 
@@ -111,6 +113,7 @@ public final class Connection {
         self.highWatermark = bufferLimit
         self.readBufferLimit = bufferLimit
         self.lowWatermark = bufferLimit / 2
+        hardWriteLimit = Swift.max(bufferLimit &* 8, 4 << 20)
         register()
     }
 
@@ -139,6 +142,7 @@ public final class Connection {
         self.highWatermark = bufferLimit
         self.readBufferLimit = bufferLimit
         self.lowWatermark = bufferLimit / 2
+        hardWriteLimit = Swift.max(bufferLimit &* 8, 4 << 20)
         register()
     }
 

@@ -18,6 +18,8 @@ public struct ProxyBinary: Sendable {
     public let makeFactory: @Sendable (_ listener: ListenerConfig, _ chain: any ListenerFilterConfig, _ clusters: [String: ClusterSnapshot], StatsStore) -> any FilterFactory
     /// The whole config from the binary's own flags (health-checker), when `--config` is absent.
     public var configFromFlags: (@Sendable () throws -> String)?
+    /// `configFromFlags` reads a file (redis-proxy's `--twemproxy`): SIGHUP calls it again.
+    public var reloadsConfigFromFlags = false
     /// Worker threads regardless of config (health-checker: 0, all work is on the main thread).
     public var fixedWorkers: Int?
     /// Redraw a table of hosts and their health every second when stdout is a terminal.
@@ -245,7 +247,7 @@ public final class Server {
             logger.notice("reload: ignored while \(state)")
             return
         }
-        guard options.config != nil else {
+        guard options.config != nil || binary.reloadsConfigFromFlags else {
             logger.notice("reload: running from flags, nothing to reload")
             return
         }

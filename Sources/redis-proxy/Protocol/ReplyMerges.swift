@@ -97,6 +97,7 @@ public enum ReplyMerges {
     /// with `shards_replied:<n>`. A failed shard is left out; all failed: the first error.
     public static func info(_ parts: [[UInt8]], extra: String) -> [UInt8] {
         var sections: [(name: String, keys: [String], values: [String: [String]])] = []
+        var sectionIndex: [String: Int] = [:]  // a hostile shard may send many sections
         var replied = 0
         var firstError: [UInt8]?
         for part in parts {
@@ -113,11 +114,17 @@ public enum ReplyMerges {
             for line in body.split(whereSeparator: \.isNewline) {
                 if line.hasPrefix("# ") {
                     let name = String(line.dropFirst(2))
-                    if let i = sections.firstIndex(where: { $0.name == name }) { current = i } else {
+                    if let i = sectionIndex[name] { current = i } else {
                         sections.append((name, [], [:])); current = sections.count - 1
+                        sectionIndex[name] = current
                     }
                 } else if let colon = line.firstIndex(of: ":") {
-                    if current < 0 { sections.append(("", [], [:])); current = sections.count - 1 }
+                    if current < 0 {
+                        if let i = sectionIndex[""] { current = i } else {
+                            sections.append(("", [], [:])); current = sections.count - 1
+                            sectionIndex[""] = current
+                        }
+                    }
                     let k = String(line[..<colon]), v = String(line[line.index(after: colon)...])
                     if sections[current].values[k] == nil { sections[current].keys.append(k); sections[current].values[k] = [] }
                     sections[current].values[k]!.append(v)
