@@ -10,7 +10,7 @@ import subprocess
 import threading
 
 import pytest
-from harness import Proxy, Server, connect, wait_for
+from harness import Proxy, Server, connect, wait_for, wait_read_by_peer
 from http_peers import Origin, pattern, read_response
 
 IDLE = ["--upstream-idle-timeout", "1s"]  # pooled connections close before the leak check
@@ -624,8 +624,8 @@ def test_chunked_request_with_trailers_reaches_the_origin_whole():
 
 def trailer_pieces_upstream(c, server):
     """For each whole chunked request with its trailer on the connection, answers chunked with
-    the last chunk, each trailer line and the final CRLF in separate segments."""
-    import time
+    the last chunk, each trailer line and the final CRLF in separate reads at the proxy (each
+    sent once the proxy has read what came before)."""
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     data = b""
     while True:
@@ -639,20 +639,20 @@ def trailer_pieces_upstream(c, server):
         data = data[end:]
         c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
         for piece in (b"0\r\n", b"X-Sum: 1\r\n", b"X-More: 2\r\n", b"\r\n"):
-            time.sleep(0.02)  # shapes the input into separate reads; nothing waits on it
+            wait_read_by_peer(c)
             c.sendall(piece)
 
 
 def test_trailers_split_across_reads_are_kept_both_ways():
-    # Found under load: a trailer line read apart from the last chunk was dropped.
-    import time
+    # Found under load: a trailer line read apart from the last chunk was dropped. Each piece
+    # goes once the proxy has read the one before, so each is a read of its own both ways.
     with Server(trailer_pieces_upstream) as up, proxy_for(up) as p:
         for _ in range(3):
             s = connect(p.addr())
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s.sendall(b"POST /t HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
             for piece in (b"0\r\n", b"X-T: ok\r\n", b"\r\n"):
-                time.sleep(0.02)  # separate reads at the proxy
+                wait_read_by_peer(s)
                 s.sendall(piece)
             raw = b""
             # Until the last chunk and the empty line after the trailers (or the proxy closes).
@@ -1040,9 +1040,11 @@ def test_per_route_filter_overrides_disable_or_replace_listener_filters():
             assert "typed_per_filter_config" in json.dumps(dump)
 
 
-def slow_origin(c, server):
-    """Answers each request after a second of silence."""
-    import time
+def held_origin(c, server):
+    """Holds each answer until an event, each wait with a deadline (then it answers anyway, and
+    the test's asserts fail): a request for /quick until the proxy closes the connection (its
+    idle timeout gave up on it), which sets `results["quick_gave_up"]`; any other request
+    (after setting `results["other_held"]`) until that has happened."""
     c.settimeout(30)
     data = b""
     while True:
@@ -1051,8 +1053,20 @@ def slow_origin(c, server):
             if not got:
                 return
             data += got
-        data = data.split(b"\r\n\r\n", 1)[1]
-        time.sleep(1.0)  # the silence the idle timeout measures; nothing waits on it
+        head, data = data.split(b"\r\n\r\n", 1)
+        if head.split(b" ", 2)[1].startswith(b"/quick"):
+            c.settimeout(10)
+            try:
+                closed = c.recv(65536) == b""
+            except TimeoutError:
+                closed = False
+            c.settimeout(30)
+            if closed:
+                server.results["quick_gave_up"].set()
+                return
+        else:
+            server.results["other_held"].set()
+            server.results["quick_gave_up"].wait(10)
         try:
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         except OSError:
@@ -1061,14 +1075,22 @@ def slow_origin(c, server):
 
 def test_a_route_idle_timeout_replaces_the_stream_idle_timeout():
     # Review of issue 9: the route's idle_timeout was parsed and dumped but never applied.
-    with Server(slow_origin) as up:
+    # /other goes first and its answer is held until /quick's 200ms idle timeout has fired, so
+    # it stays silent longer than that and must not time out (it keeps the 20s one).
+    with Server(held_origin) as up:
+        up.results.update(other_held=threading.Event(), quick_gave_up=threading.Event())
         cfg = http_config("""      stream_idle_timeout: 20s
       routes:
         - { match: { prefix: /quick }, cluster: slow, idle_timeout: 200ms }
         - { match: { prefix: / }, cluster: slow }""", {"slow": up.endpoint})
         with Proxy("http-proxy", config=cfg) as p:
+            other = []
+            t = threading.Thread(target=lambda: other.append(curl(f"http://{hp(p)}/other")))
+            t.start()
+            assert up.results["other_held"].wait(10)
             rc, out, _ = curl("-o", "/dev/null", "-w", "%{http_code}", f"http://{hp(p)}/quick")
             assert out == b"408"
+            assert up.results["quick_gave_up"].wait(10)  # the proxy closed the upstream connection
+            t.join(30)
+            assert other and other[0][1] == b"ok", other
             assert p.stat("http.main.downstream_rq_idle_timeout") == 1
-            rc, out, _ = curl(f"http://{hp(p)}/other")
-            assert out == b"ok"
