@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -83,6 +84,11 @@ void cshim_set_nodelay(int fd) {
 void cshim_set_linger_zero(int fd) {
     struct linger l = { 1, 0 };
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
+int cshim_unread_bytes(int fd) {
+    int n = 0;
+    return ioctl(fd, FIONREAD, &n) < 0 ? 0 : n;
 }
 
 int cshim_pipe(int fds[2], int size) {

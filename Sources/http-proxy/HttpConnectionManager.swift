@@ -401,6 +401,15 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         stream = nil
         parser.reset()
         requestDeadline = 0
+        if draining && !connection.hasUnreadInput {
+            // Draining began after this response's head went out keep-alive: the connection
+            // ends with it (it used to stay open, idle, until drain_timeout). A next request
+            // already sent is answered first, with Connection: close.
+            worker.stats.inc(stats.downstreamCxDrainClose)
+            flushOutput()
+            closeAfterResponse()
+            return
+        }
         if pausedForPipeline { pausedForPipeline = false; connection.readEnable() }
         armDeadline(monotonicMs() &+ settings.idleTimeoutMs, if: settings.idleTimeoutMs > 0)
         // The next pipelined request, if one is waiting (the outer loop does it when inside).
@@ -554,7 +563,11 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         // drain_timeout ends it (forceClose).
         if relay != nil { return }
         // An idle keep-alive connection closes now; a busy one answers with Connection: close.
-        if stream == nil && connection.readBuffer.isEmpty {
+        // Idle means no byte of a next request has arrived, read or not: the drain may run
+        // before the read event of a request already in the socket (it is posted from the main
+        // thread, and libevent runs it first), and closing then lost that request and, as the
+        // input was unread, reset the connection. That request is answered with close instead.
+        if stream == nil && !connection.hasUnreadInput {
             worker.stats.inc(stats.downstreamCxDrainClose)
             closeConnection()
         }

@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -230,6 +231,39 @@ def connect(addr, timeout=10):
     s = socket.create_connection(addr, timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
+
+
+def _tcp_queues(local, remote):
+    """(send queue, receive queue) in bytes of this host's TCP socket `local` → `remote` (each
+    (ip, port)), from /proc/net/tcp{,6}; None when there is no such socket (closed)."""
+    def enc(addr):
+        ip, port = addr[0], addr[1]
+        if ":" in ip:
+            words = struct.unpack("=4I", socket.inet_pton(socket.AF_INET6, ip))
+            return "".join(f"{w:08X}" for w in words) + f":{port:04X}", "/proc/net/tcp6"
+        return f"{struct.unpack('=I', socket.inet_aton(ip))[0]:08X}:{port:04X}", "/proc/net/tcp"
+    (lo, table), (rem, _) = enc(local), enc(remote)
+    with open(table) as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == lo and fields[2] == rem and fields[3] != "06":  # 06: TIME_WAIT
+                tx, rx = fields[4].split(":")
+                return int(tx, 16), int(rx, 16)
+    return None
+
+
+def wait_read_by_peer(sock, timeout=10.0):
+    """Waits until the process at the other end of `sock` (a TCP socket to a process on this
+    host) has read every byte written on it: our send queue is empty (its kernel has them) and
+    its socket's receive queue is empty (its read() took them). Send, wait, send: each piece
+    then arrives in a read of its own, with no sleep. Returns at once if the peer closed."""
+    me, peer = sock.getsockname()[:2], sock.getpeername()[:2]
+
+    def read():
+        mine, theirs = _tcp_queues(me, peer), _tcp_queues(peer, me)
+        assert mine is not None, f"no socket {me} -> {peer} in /proc/net/tcp"
+        return theirs is None or (mine[0] == 0 and theirs[1] == 0)
+    wait_for(read, timeout=timeout, interval=0.001, what=f"the peer {peer} to read what we sent")
 
 
 def recv_all(sock, timeout=30):

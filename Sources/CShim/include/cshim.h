@@ -48,6 +48,8 @@ int cshim_socket_error(int fd);
 void cshim_set_nodelay(int fd);
 /// SO_LINGER {1, 0}: the next close() sends RST (used to abort, as Envoy does).
 void cshim_set_linger_zero(int fd);
+/// Bytes in the socket's receive queue that no read() has taken yet (FIONREAD); 0 on error.
+int cshim_unread_bytes(int fd);
 
 // MARK: splice(2) through a pipe
 

@@ -606,6 +606,18 @@ public final class Connection {
         closeWhenFlushed = true
     }
 
+    /// Input has arrived that no filter has consumed: in `readBuffer`, or still in the kernel's
+    /// receive queue because the read event has not run yet (work posted to the worker runs
+    /// before the I/O events of the same loop turn), or, with TLS, decrypted bytes OpenSSL may
+    /// hold after a read loop its fairness budget cut short. A session about to close a
+    /// connection it thinks is idle asks this first: such bytes are a request on its way, and
+    /// close() with unread input sends RST, not FIN.
+    public var hasUnreadInput: Bool {
+        guard state == .open, fd >= 0 else { return false }
+        if !readBuffer.isEmpty || cshim_unread_bytes(fd) > 0 { return true }
+        return tls != nil && readReady
+    }
+
     /// Both directions finished with FINs (a clean end), as opposed to a reset or local close.
     public var finishedCleanly: Bool { readEOF && writeShut }
 

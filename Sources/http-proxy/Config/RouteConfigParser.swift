@@ -322,16 +322,17 @@ struct RouteConfigParser {
         }
         let total = clusters.reduce(0) { $0 + $1.weight }
         if total == 0 { throw ConfigError(m.path + ".weighted_clusters", "the weights add up to 0") }
-        let f = ForwardAction(clusters: clusters, totalWeight: total)
         let pr = m.optional("prefix_rewrite"), rr = m.optional("regex_rewrite")
         if pr != nil && rr != nil { throw ConfigError(m.path + ".regex_rewrite", "give either prefix_rewrite or regex_rewrite, not both") }
         if case .connect = match.path, let v = pr ?? rr { throw v.fail("a CONNECT has no path to rewrite") }
+        var prefixRewrite: [UInt8]?
         if let pr {
             if case .regex = match.path { throw pr.fail("prefix_rewrite needs a prefix or path match (use regex_rewrite)") }
             let s = try pr.string()
             guard isValidHeaderValue(s), !s.contains(" ") else { throw pr.fail("not a path") }
-            f.prefixRewrite = Array(s.utf8)
+            prefixRewrite = Array(s.utf8)
         }
+        var regexRewrite: (regex: Regex8, substitution: [UInt8], text: String)?
         if let rr {
             let rm = try rr.mapping()
             let patternV = try rm.required("pattern")
@@ -342,31 +343,36 @@ struct RouteConfigParser {
                 throw subV.fail("bad substitution (\\1..\\\(re.captureCount) for groups, \\\\ for a backslash)")
             }
             try rm.finish()
-            f.regexRewrite = (re, sub, text)
+            regexRewrite = (re, sub, text)
         }
         let hl = m.optional("host_rewrite_literal"), ah = m.optional("auto_host_rewrite")
         if case .connect = match.path, let v = hl ?? ah {
             throw v.fail("a CONNECT's target names where the tunnel goes: it cannot be rewritten")
         }
+        var hostRewrite = HostRewrite.none
         if let hl {
             if ah != nil { throw ConfigError(m.path + ".auto_host_rewrite", "give either host_rewrite_literal or auto_host_rewrite, not both") }
             let s = try hl.string()
             guard !s.isEmpty, isValidHeaderValue(s), !s.contains(" ") else { throw hl.fail("not a host") }
-            f.hostRewrite = .literal(s)
+            hostRewrite = .literal(s)
         } else if let ah, try ah.bool() {
-            f.hostRewrite = .auto
+            hostRewrite = .auto
         }
-        if let t = m.optional("timeout") { f.timeoutMs = try t.durationMs() }
-        if let t = m.optional("idle_timeout") { f.idleTimeoutMs = try t.durationMs() }
-        f.retryPolicy = try m.optional("retry_policy").map { (r) throws(ConfigError) in try RouteConfigParser.retryPolicy(r) } ?? vhRetry
+        let timeoutMs = try m.optional("timeout")?.durationMs() ?? 15_000
+        let idleTimeoutMs = try m.optional("idle_timeout")?.durationMs()
+        let retryPolicy = try m.optional("retry_policy").map { (r) throws(ConfigError) in try RouteConfigParser.retryPolicy(r) } ?? vhRetry
+        var hashPolicy: [HashPolicy] = []
         if let h = m.optional("hash_policy") {
-            for item in try h.list() { f.hashPolicy.append(try RouteConfigParser.hashPolicy(item)) }
+            for item in try h.list() { hashPolicy.append(try RouteConfigParser.hashPolicy(item)) }
         }
+        var forwardConnect = false
         if let c = m.optional("connect_mode") {
             guard case .connect = match.path else { throw c.fail("only for routes with a connect_matcher") }
-            f.forwardConnect = try c.oneOf(["terminate", "forward"]) == "forward"
+            forwardConnect = try c.oneOf(["terminate", "forward"]) == "forward"
         }
-        return f
+        return ForwardAction(clusters: clusters, totalWeight: total, prefixRewrite: prefixRewrite, regexRewrite: regexRewrite,
+                             hostRewrite: hostRewrite, timeoutMs: timeoutMs, idleTimeoutMs: idleTimeoutMs,
+                             retryPolicy: retryPolicy, hashPolicy: hashPolicy, forwardConnect: forwardConnect)
     }
 
     /// A cluster reference: its index in `clusterNames`, the path kept for the loader's check.

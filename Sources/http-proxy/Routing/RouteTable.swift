@@ -78,35 +78,46 @@ struct RouteCluster: Sendable {
 /// A route's forwarding to a cluster (`cluster` or `weighted_clusters`) and its options.
 ///
 /// A class, not a struct: the router keeps it per request, and a struct this size was copied
-/// (a retain per array and optional in it) several times per request. Its fields are set only
-/// by the config parser, before the route table is published to workers; nothing writes
-/// them afterwards, which is why the unchecked Sendable holds.
-final class ForwardAction: @unchecked Sendable {
+/// (a retain per array and optional in it) several times per request. Every field is a `let`
+/// set by the one init (the config parser gathers the values first), so it is checked
+/// `Sendable`: route tables cross from the main thread to the workers.
+final class ForwardAction: Sendable {
     let clusters: [RouteCluster]
     let totalWeight: Int
-
-    init(clusters: [RouteCluster], totalWeight: Int) {
-        self.clusters = clusters
-        self.totalWeight = totalWeight
-    }
-
     /// `prefix_rewrite`: replaces the matched prefix (or the whole path of a `path` match).
-    var prefixRewrite: [UInt8]?
+    let prefixRewrite: [UInt8]?
     /// `regex_rewrite`: every match in the path replaced (PCRE2 substitution syntax, converted
     /// from Envoy's `\1`).
-    var regexRewrite: (regex: Regex8, substitution: [UInt8], text: String)?
-    var hostRewrite: HostRewrite = .none
+    let regexRewrite: (regex: Regex8, substitution: [UInt8], text: String)?
+    let hostRewrite: HostRewrite
     /// `timeout` (default 15s, as Envoy; 0 = none): the whole upstream response.
-    var timeoutMs: UInt64 = 15_000
+    let timeoutMs: UInt64
     /// `idle_timeout` (default: the listener's `stream_idle_timeout`).
-    var idleTimeoutMs: UInt64?
+    let idleTimeoutMs: UInt64?
     /// The route's `retry_policy`, else its virtual host's; nil = no retries.
-    var retryPolicy: RetryPolicy?
-    var hashPolicy: [HashPolicy] = []
+    let retryPolicy: RetryPolicy?
+    let hashPolicy: [HashPolicy]
     /// `connect_mode: forward` on a `connect_matcher` route: the CONNECT request itself goes
     /// to the cluster (an upstream HTTP proxy), and its 2xx turns both connections into a
     /// relay. The default, `terminate`, opens a TCP connection to the host and answers 200.
-    var forwardConnect = false
+    let forwardConnect: Bool
+
+    /// No defaults: the parser passes every field, so a new one cannot be forgotten there.
+    init(clusters: [RouteCluster], totalWeight: Int, prefixRewrite: [UInt8]?,
+         regexRewrite: (regex: Regex8, substitution: [UInt8], text: String)?, hostRewrite: HostRewrite,
+         timeoutMs: UInt64, idleTimeoutMs: UInt64?, retryPolicy: RetryPolicy?,
+         hashPolicy: [HashPolicy], forwardConnect: Bool) {
+        self.clusters = clusters
+        self.totalWeight = totalWeight
+        self.prefixRewrite = prefixRewrite
+        self.regexRewrite = regexRewrite
+        self.hostRewrite = hostRewrite
+        self.timeoutMs = timeoutMs
+        self.idleTimeoutMs = idleTimeoutMs
+        self.retryPolicy = retryPolicy
+        self.hashPolicy = hashPolicy
+        self.forwardConnect = forwardConnect
+    }
 }
 
 /// `redirect`.
