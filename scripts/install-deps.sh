@@ -11,6 +11,8 @@ PKGS=(
   libpcre2-dev
   # tests: real peers and tools
   haproxy curl openssl python3 procps iproute2 redis-server nutcracker dnsmasq-base
+  # load tools that http-proxy tests drive (h2load, nghttp; wrk)
+  nghttp2-client wrk
   # strace holds a worker thread in one http-proxy drain test (the event order of a race)
   strace
   make
