@@ -371,8 +371,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             let p: ShardPick = parser.withArgument(i, in: input) { key in
                 let ri = router.route(key)
                 let rt = router.at(ri)
-                let hashed = rt.strip == 0 ? key : UnsafeRawBufferPointer(rebasing: key[rt.strip...])
-                return rt.set.shard(forKey: hashed).map { .target(route: ri, shard: $0) } ?? .none
+                return rt.set.shard(forKey: rt.stripped(key)).map { .target(route: ri, shard: $0) } ?? .none
             }
             if p == .none { return .none }
             if let prev = pick, prev != p { return .cross }
@@ -390,22 +389,19 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         case .cross: return crossSlot()
         case .target(let ri, let shard):
             let rt = router.at(ri)
-            let strip = rt.strip
             sendToShard(shard, of: rt.set, ReplySlot(session: self, merge: .forward, parts: 1)) { b, p in
-                RedisSession.write(r, input, p, strip: strip, keys: keys, into: b)
+                RedisSession.write(r, input, p, route: rt, keys: keys, into: b)
             }
             guard !rt.mirrors.isEmpty, let first = keys.first else { return }
             let p = parser
-            mirror(rt, cmd, key: first, input) { b in RedisSession.write(r, input, p, strip: strip, keys: keys, into: b) }
+            mirror(rt, cmd, key: first, input) { b in RedisSession.write(r, input, p, route: rt, keys: keys, into: b) }
         }
     }
 
     /// A copy of a request to each mirror of `route`; its reply is dropped.
     private func mirror(_ route: RedisRouter.Route, _ cmd: RedisCommandID, key k: Int, _ input: UnsafeRawBufferPointer, _ write: (Buffer) -> Void) {
         for m in route.mirrors where !(m.excludeReads && cmd.isReadOnly) {
-            let shard = parser.withArgument(k, in: input) { key in
-                m.set.shard(forKey: route.strip == 0 ? key : UnsafeRawBufferPointer(rebasing: key[route.strip...]))
-            }
+            let shard = parser.withArgument(k, in: input) { m.set.shard(forKey: route.stripped($0)) }
             guard let shard, let c = m.set.connection(forShard: shard, lane: lane) else {
                 worker.stats.inc(stats.mirrorFailed)
                 continue
@@ -419,8 +415,8 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
 
     /// The request's bytes: as the client sent them, or re-encoded (inline requests, keys
     /// without a removed prefix).
-    static func write(_ r: RespRequest, _ input: UnsafeRawBufferPointer, _ p: RespRequestParser, strip: Int, keys: [Int], into b: Buffer) {
-        if strip == 0 {
+    static func write(_ r: RespRequest, _ input: UnsafeRawBufferPointer, _ p: RespRequestParser, route: RedisRouter.Route, keys: [Int], into b: Buffer) {
+        if route.strip == 0 {
             if r.isInline { p.writeMultibulk(argCount: r.argCount, in: input, into: b) }
             else { b.append(UnsafeRawBufferPointer(rebasing: input[r.range])) }
             return
@@ -428,7 +424,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
         RespWriter.arrayHeader(r.argCount, into: b)
         for i in 0..<r.argCount {
             p.withArgument(i, in: input) { a in
-                RespWriter.bulk(keys.contains(i) && a.count >= strip ? UnsafeRawBufferPointer(rebasing: a[strip...]) : a, into: b)
+                RespWriter.bulk(keys.contains(i) ? route.stripped(a) : a, into: b)
             }
         }
     }
@@ -467,14 +463,13 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             let k = 1 + part * step
             let ri = router.simple ? -1 : parser.withArgument(k, in: input) { router.route($0) }
             let rt = router.at(ri)
-            let strip = rt.strip
-            let shard = parser.withArgument(k, in: input) { rt.set.shard(forKey: strip == 0 ? $0 : UnsafeRawBufferPointer(rebasing: $0[strip...])) }
+            let shard = parser.withArgument(k, in: input) { rt.set.shard(forKey: rt.stripped($0)) }
             let p = parser
             let write = { (b: Buffer) in
                 RespWriter.arrayHeader(step + 1, into: b)
                 RespWriter.bulk(verb, into: b)
                 for j in 0..<step {
-                    p.withArgument(k + j, in: input) { a in RespWriter.bulk(j == 0 && strip > 0 && a.count >= strip ? UnsafeRawBufferPointer(rebasing: a[strip...]) : a, into: b) }
+                    p.withArgument(k + j, in: input) { a in RespWriter.bulk(j == 0 ? rt.stripped(a) : a, into: b) }
                 }
             }
             if !rt.mirrors.isEmpty { mirror(rt, cmd, key: k, input, write) }
@@ -701,9 +696,9 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
                 addLocal(Array("-ERR redis-proxy: the WATCH connection to the shard was lost; EXEC will fail\r\n".utf8))
                 return
             }
-            let strip = router.at(ri).strip
+            let rt = router.at(ri)
             sendToShard(s, of: set, ReplySlot(session: self, merge: .forward, parts: 1)) { b, p in
-                RedisSession.write(r, input, p, strip: strip, keys: keys, into: b)
+                RedisSession.write(r, input, p, route: rt, keys: keys, into: b)
             }
         }
     }
@@ -752,7 +747,7 @@ final class RedisSession: ReadFilter, ConnectionCallbacks, ActiveSession {
             addLocal(Array("-ERR redis-proxy: transaction too large\r\n".utf8))
             return
         }
-        RedisSession.write(r, input, parser, strip: router.at(t.route).strip, keys: keys, into: t.commands)
+        RedisSession.write(r, input, parser, route: router.at(t.route), keys: keys, into: t.commands)
         t.count += 1
         addLocal(Array("+QUEUED\r\n".utf8))
     }

@@ -597,6 +597,12 @@ final class RedisRouter {
         /// Bytes removed from the key's front before hashing and forwarding.
         let strip: Int
         let mirrors: [Mirror]
+
+        /// A key as this route's cluster sees it (and hashes it): without the prefix when the
+        /// route removes it.
+        @inline(__always) func stripped(_ key: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+            strip == 0 || key.count < strip ? key : UnsafeRawBufferPointer(rebasing: key[strip...])
+        }
     }
     /// Index -1 is the catch-all.
     let catchAll: Route
