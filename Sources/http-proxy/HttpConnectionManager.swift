@@ -1,8 +1,6 @@
 import Common
 import Glibc
 
-private let xRequestIdName: StaticString = "x-request-id"
-
 /// The HTTP connection manager for one downstream HTTP/1.1 connection (Envoy's
 /// HttpConnectionManager with its HTTP/1 server codec): the terminal read filter.
 ///
@@ -16,7 +14,7 @@ private let xRequestIdName: StaticString = "x-request-id"
 /// response before them is complete (reading pauses when that buffer is full). Keep-alive
 /// follows the request (version, `Connection`), the response's framing and draining.
 /// One timer per connection serves every deadline (headers, request, idle, route timeout).
-final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSession, RelayOwner {
+final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSession, RelayOwner, HttpServerCodec {
     /// The listener's factory (settings, route table, filters) of the newest config generation
     /// this connection has seen: a reload changes it for the next request (`refreshFactory`).
     private(set) var factory: HttpProxyFactory
@@ -59,8 +57,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     private var draining = false
 
     // Deadlines (monotonic ms, 0 = none) and the one timer that serves them.
-    private var timer: Timer?
-    private var armedAt: UInt64 = 0
+    private var timer: DeadlineTimer?
     private var lastActivityMs: UInt64
     private var headersDeadline: UInt64 = 0
     private var requestDeadline: UInt64 = 0
@@ -72,9 +69,8 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         self.factory = factory
         self.worker = worker
         self.workerState = HttpWorkerState.of(worker)
-        seenSnapshot = worker.snapshot.map { ObjectIdentifier($0) }
+        tracker = FactoryTracker(worker: worker, factory: factory, context: context)
         cxStats = factory.stats
-        chainIndex = context.listener.factories.firstIndex { ($0 as AnyObject) === factory } ?? 0
         self.connection = connection
         self.context = context
         parser = Http1HeadParser(maxHeadBytes: factory.settings.maxRequestHeadersBytes, maxHeaders: factory.settings.maxHeadersCount)
@@ -90,7 +86,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         worker.stats.inc(cxStats.downstreamCxHttp1Total)
         worker.stats.inc(cxStats.downstreamCxActive)
         worker.stats.inc(cxStats.downstreamCxHttp1Active)
-        timer = Timer(worker.dispatcher) { [unowned self] in onTimer() }
+        timer = DeadlineTimer(worker.dispatcher) { [unowned self] in onTimer() }
         if worker.draining { draining = true }
         armDeadline(lastActivityMs &+ settings.idleTimeoutMs, if: settings.idleTimeoutMs > 0)
         return .stopIteration
@@ -154,21 +150,11 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         if connection.readEOF && stream == nil && buffer.isEmpty && !closing { closeConnection() }
     }
 
-    /// The worker's config snapshot last looked at, and this connection's filter chain in it.
-    private var seenSnapshot: ObjectIdentifier?
-    private let chainIndex: Int
+    private var tracker: FactoryTracker
 
-    /// Requests on a connection opened before a reload use the new route table, filters and
-    /// settings (Envoy's route config provider): one pointer compare per request, a lookup by
-    /// listener name only when the worker's snapshot changed. A listener the reload removed
-    /// keeps its old generation (its connections drain).
+    /// A reload changes the routes, filters and settings for the next request (`FactoryTracker`).
     private func refreshFactory() {
-        guard let snap = worker.snapshot else { return }
-        let id = ObjectIdentifier(snap)
-        if id == seenSnapshot { return }
-        seenSnapshot = id
-        guard let r = snap.listeners[context.listener.name], chainIndex < r.factories.count,
-              let f = r.factories[chainIndex] as? HttpProxyFactory, f !== factory else { return }
+        guard let f = tracker.newer(worker, factory, context) else { return }
         factory = f
         parser.maxHeadBytes = f.settings.maxRequestHeadersBytes
         parser.maxHeaders = f.settings.maxHeadersCount
@@ -202,7 +188,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         let s = HttpStream(cm: self, headers: headers, router: Router(factory: factory))
         s.router.stream = s
         s.info.protocolName = head.minorVersion == 0 ? "HTTP/1.0" : "HTTP/1.1"
-        if !settings.useRemoteAddress || settings.xffNumTrustedHops > 0 { s.info.trustedClient = trustedClient(headers) }
+        if !settings.useRemoteAddress || settings.xffNumTrustedHops > 0 { s.info.trustedClient = HttpConnectionShared.trustedClient(headers, settings: settings) }
         s.isUpgrade = upgrade != nil
         s.isConnect = head.isConnect
         stream = s
@@ -228,38 +214,9 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     /// A random number from the worker's generator.
     func nextRandom() -> UInt64 { workerState.rng.next() }
 
-    /// X-Forwarded-For, X-Forwarded-Proto, X-Request-Id and Via (docs/http-proxy.md).
     private func addForwardingHeaders(_ h: HeaderMap) {
-        if settings.useRemoteAddress, var ip = remoteIp {
-            ip.withUTF8 { h.appendToList(.xForwardedFor, UnsafeRawBufferPointer($0)) }
-            h.set(.xForwardedProto, connection.tlsVersion != nil ? "https" : "http")
-        } else if !h.has(.xForwardedProto) {
-            h.add(.xForwardedProto, connection.tlsVersion != nil ? "https" : "http")
-        }
-        if settings.generateRequestId {
-            let keep = h.first(.xRequestId).map { i in
-                (settings.preserveExternalRequestId || !settings.useRemoteAddress) && h.withValue(i) { RequestId.isValid($0) }
-            } ?? false
-            if !keep {
-                h.remove(.xRequestId)
-                RequestId.generate(workerState.secureRandom) { h.add(UnsafeRawBufferPointer(start: xRequestIdName.utf8Start, count: xRequestIdName.utf8CodeUnitCount), $0) }
-            }
-        }
-        if let via = settings.via { h.add(.via, (head.minorVersion == 0 ? "1.0 " : "1.1 ") + via) }
-    }
-
-    /// The client address Envoy calls "trusted": with `use_remote_address` the entry
-    /// `xff_num_trusted_hops` places left of the peer this proxy appended to X-Forwarded-For;
-    /// without it, that many places from the right of the list the client sent. Falls back to the
-    /// socket peer when the list is shorter or the entry is not an IP. Drives
-    /// `%DOWNSTREAM_REMOTE_ADDRESS%` (logs, header values) and `hash_policy: source_ip`.
-    private func trustedClient(_ h: HeaderMap) -> SocketAddress? {
-        guard let i = h.first(.xForwardedFor) else { return nil }
-        let entries = h.value(at: i).split(separator: ",").map { $0.trimmingCharacters(in: " ") }
-        let index = entries.count - 1 - settings.xffNumTrustedHops
-        guard index >= 0 else { return nil }
-        let ip = entries[index]
-        return try? SocketAddress.parse(ip.contains(":") ? "[\(ip)]:0" : "\(ip):0")
+        HttpConnectionShared.addForwardingHeaders(h, settings: settings, remoteIp: remoteIp, tls: connection.tlsVersion != nil,
+                                                  viaVersion: head.minorVersion == 0 ? "1.0 " : "1.1 ", rng: workerState.secureRandom)
     }
 
     /// Hands the next piece of request body to the stream. False when more bytes are needed.
@@ -428,32 +385,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     /// Stats and the access log of a finished stream, once.
     private func settle(_ s: HttpStream) {
         guard stream === s else { return }
-        let st = worker.stats
-        st.dec(stats.downstreamRqActive)
-        st.inc(stats.downstreamRqCompleted)
-        let cls = s.info.responseCode / 100
-        if cls >= 1 && cls <= 5 { st.inc(stats.downstreamRqByClass[cls]) }
-        st.record(stats.downstreamRqTime, monotonicMs() &- s.info.startMs)
-        if let logs = worker.accessLogs[context.listener.name] {
-            var e = AccessLogEntry()
-            e.startWallMs = s.info.startWallMs
-            e.durationMs = monotonicMs() &- s.info.startMs
-            e.downstreamRemote = s.info.trustedClient ?? context.remote
-            e.downstreamLocal = context.local
-            e.upstreamHost = s.info.upstreamHost
-            e.cluster = s.info.clusterName
-            e.bytesReceived = s.info.bytesReceived
-            e.bytesSent = s.info.bytesSent
-            e.responseCode = s.info.responseCode
-            e.responseFlags = s.info.responseFlags
-            e.connectionId = context.connectionId
-            e.requestedServerName = context.serverName ?? connection.tlsServerName
-            e.downstreamTlsVersion = connection.tlsVersion
-            e.protocolName = s.info.protocolName
-            e.requestHeaders = s.requestHeaders
-            e.responseHeaders = s.responseHeaders
-            for l in logs { l.log(e) }
-        }
+        HttpConnectionShared.settle(s, stats: stats, worker: worker, context: &context, connection: connection)
         // The stream's own methods are usually on the stack here: it dies after this event.
         worker.dispatcher.deferredRelease(s)
         stream = nil
@@ -552,6 +484,17 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
         finish()
     }
 
+    // MARK: - HttpServerCodec flow control
+
+    func readDisable(_ s: HttpStream) { connection.readDisable() }
+    func readEnable(_ s: HttpStream) { connection.readEnable() }
+    var streamFlowLimit: Int { settings.bufferLimit }
+
+    func setStreamIdleTimeout(_ s: HttpStream, _ ms: UInt64) {
+        streamIdleMs = ms
+        if ms > 0 { armDeadline(monotonicMs() &+ ms, if: true) }
+    }
+
     func onAboveWriteBufferHighWatermark(_ connection: Connection) { stream?.router.downstreamAboveHighWatermark() }
     func onBelowWriteBufferLowWatermark(_ connection: Connection) { stream?.router.downstreamBelowLowWatermark() }
 
@@ -600,16 +543,10 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     // MARK: - Timers
 
     /// Makes sure the timer fires no later than `deadline`.
-    func armDeadline(_ deadline: UInt64, if condition: Bool) {
-        guard condition, deadline > 0 else { return }
-        if armedAt != 0 && armedAt <= deadline { return }
-        armedAt = deadline
-        let now = monotonicMs()
-        timer?.arm(ms: deadline > now ? deadline - now : 1)
-    }
+    func armDeadline(_ deadline: UInt64, if condition: Bool) { if condition { timer?.arm(deadline) } }
 
     private func onTimer() {
-        armedAt = 0
+        timer?.fired()
         if finished { return }
         let now = monotonicMs()
         if let r = relay {

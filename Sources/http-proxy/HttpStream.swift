@@ -13,7 +13,7 @@ struct StreamInfo {
     var clusterName = ""
     var bytesReceived: UInt64 = 0
     var bytesSent: UInt64 = 0
-    /// "HTTP/1.1" or "HTTP/1.0".
+    /// "HTTP/1.1", "HTTP/1.0" or "HTTP/2" (Envoy's `%PROTOCOL%`).
     var protocolName = "HTTP/1.1"
 
     mutating func addFlag(_ f: String) {
@@ -34,7 +34,7 @@ struct StreamInfo {
 /// codec ◄─encodeHeaders/Data/Trailers── filter 0 ◄─ ... ◄───────────── upstream response
 /// ```
 final class HttpStream {
-    unowned(unsafe) let cm: HttpConnectionManager
+    unowned(unsafe) let cm: any HttpServerCodec
     let requestHeaders: HeaderMap
     var requestTrailers: HeaderMap?
     var responseHeaders: HeaderMap?
@@ -83,8 +83,10 @@ final class HttpStream {
     /// The client asked to upgrade (`Connection: upgrade` with `Upgrade`), or sent CONNECT.
     var isUpgrade = false
     var isConnect = false
+    /// The HTTP/2 stream id carrying this stream (0 on HTTP/1.1).
+    var codecStreamId: Int32 = 0
 
-    init(cm: HttpConnectionManager, headers: HeaderMap, router: Router) {
+    init(cm: any HttpServerCodec, headers: HeaderMap, router: Router) {
         self.cm = cm
         self.requestHeaders = headers
         self.router = router

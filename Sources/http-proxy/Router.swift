@@ -68,8 +68,7 @@ final class Router: HttpDecoderFilter {
             forward = f
             if let idle = f.idleTimeoutMs {
                 // The route's idle_timeout replaces stream_idle_timeout for this stream (Envoy).
-                stream.cm.streamIdleMs = idle
-                if idle > 0 { stream.cm.armDeadline(monotonicMs() &+ idle, if: true) }
+                stream.cm.setStreamIdleTimeout(stream, idle)
             }
             let index = r.pickClusterIndex(random: stream.cm.nextRandom()) ?? 0
             cstats = factory.clusterStats[index]
@@ -118,9 +117,9 @@ final class Router: HttpDecoderFilter {
             pendingBody = p
             p.moveAll(from: data)
             // While no connection takes the body, the client waits (bounded by the buffer limit).
-            if p.count > factory.settings.bufferLimit && !pausedDownstream {
+            if p.count > stream.cm.streamFlowLimit && !pausedDownstream {
                 pausedDownstream = true
-                stream.cm.connection.readDisable()
+                stream.cm.readDisable(stream)
             }
         }
         return .stopIterationNoBuffer
@@ -136,7 +135,7 @@ final class Router: HttpDecoderFilter {
     func onStreamDone() {
         abandonUpstream()
         if let wc = cluster { stream.cm.workerState.requestEnded(wc.snapshot.slot) }
-        if pausedDownstream { pausedDownstream = false; stream.cm.connection.readEnable() }
+        if pausedDownstream { pausedDownstream = false; stream.cm.readEnable(stream) }
     }
 
     // MARK: - CONNECT termination
@@ -212,7 +211,7 @@ final class Router: HttpDecoderFilter {
             }
             if let t = trailers, requestComplete { c.sendTrailers(t) }
         }
-        if pausedDownstream { pausedDownstream = false; stream.cm.connection.readEnable() }
+        if pausedDownstream { pausedDownstream = false; stream.cm.readEnable(stream) }
     }
 
     /// The attempt got no connection (connect failure, breaker, host drained).
@@ -443,11 +442,11 @@ final class Router: HttpDecoderFilter {
     }
 
     func upstreamAboveHighWatermark() {
-        if !pausedDownstream { pausedDownstream = true; stream.cm.connection.readDisable() }
+        if !pausedDownstream { pausedDownstream = true; stream.cm.readDisable(stream) }
     }
 
     func upstreamBelowLowWatermark() {
-        if pausedDownstream { pausedDownstream = false; stream.cm.connection.readEnable() }
+        if pausedDownstream { pausedDownstream = false; stream.cm.readEnable(stream) }
     }
 
     // MARK: - Hash keys
