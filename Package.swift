@@ -48,7 +48,7 @@ let package = Package(
         ),
         .executableTarget(name: "TcpProxy", dependencies: ["Common"], path: "Sources/tcp-proxy", swiftSettings: swiftSettings),
         .executableTarget(name: "UdpProxy", dependencies: ["Common"], path: "Sources/udp-proxy", swiftSettings: swiftSettings),
-        .executableTarget(name: "HttpProxy", dependencies: ["Common", "CPcre2"], path: "Sources/http-proxy", swiftSettings: swiftSettings),
+        .executableTarget(name: "HttpProxy", dependencies: ["Common", "CPcre2", "CNghttp2"], path: "Sources/http-proxy", swiftSettings: swiftSettings),
         // redis-proxy's protocol layer (RESP parsing, command table, reply reader) is a library so
         // the fuzz harnesses can link it; it lives under the binary's folder.
         .target(name: "RedisProtocol", dependencies: ["Common", "CHiredis"], path: "Sources/redis-proxy/Protocol", swiftSettings: swiftSettings),

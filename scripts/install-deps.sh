@@ -54,4 +54,9 @@ fi
 if ! python3 -c "import redis" >/dev/null 2>&1; then
   python3 -m pip install -q redis >/dev/null 2>&1
 fi
+# h2 (with hpack, hyperframe): a raw HTTP/2 client for http-proxy's HTTP/2 tests (manual flow
+# control, trailers, RST_STREAM, header fields curl and nghttp would not send).
+if ! python3 -c "import h2" >/dev/null 2>&1; then
+  python3 -m pip install -q h2 >/dev/null 2>&1
+fi
 echo "install-deps: ok"

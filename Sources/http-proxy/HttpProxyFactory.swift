@@ -19,6 +19,9 @@ struct HttpSettings: Sendable {
     var via: String?
     /// The listener's per-connection buffer limit (filters buffer at most this much).
     var bufferLimit: Int
+    var codec: HttpCodecChoice
+    var http2: Http2ProtocolOptions
+    var drainTimeoutMs: UInt64
 }
 
 /// Builds http connection managers for one listener in one config generation: the parsed
@@ -44,7 +47,8 @@ final class HttpProxyFactory: FilterFactory {
             maxRequestBodyBuffer: c.maxRequestBodyBuffer, useRemoteAddress: c.useRemoteAddress,
             xffNumTrustedHops: c.xffNumTrustedHops, generateRequestId: c.generateRequestId,
             alwaysSetRequestIdInResponse: c.alwaysSetRequestIdInResponse,
-            preserveExternalRequestId: c.preserveExternalRequestId, via: c.via, bufferLimit: listener.bufferLimit)
+            preserveExternalRequestId: c.preserveExternalRequestId, via: c.via, bufferLimit: listener.bufferLimit,
+            codec: c.codec, http2: c.http2, drainTimeoutMs: c.drainTimeoutMs)
         stats = HttpConnectionManagerStats(store: store, prefix: c.statPrefix)
         routeTable = c.routeTable
         // Validation made every routed cluster exist; a missing one gets a slot no worker has.
@@ -60,14 +64,125 @@ final class HttpProxyFactory: FilterFactory {
     }
 
     func createFilters(worker: Worker, connection: Connection, context: DownstreamContext) {
-        let cm = HttpConnectionManager(factory: self, worker: worker, connection: connection, context: context)
+        let http2: Bool
+        switch settings.codec {
+        case .http1: http2 = false
+        case .http2: http2 = true
+        case .auto:
+            if connection.tlsVersion != nil {
+                http2 = connection.tlsAlpn == "h2"
+            } else {
+                switch CodecDetector.detect(connection.readBuffer.readable) {
+                case .http1: http2 = false
+                case .http2: http2 = true
+                case .undecided:
+                    // Fewer bytes than the preface's, all matching it so far: wait for more.
+                    let d = CodecDetector(factory: self, worker: worker, connection: connection, context: context)
+                    connection.readFilters = [d]
+                    connection.callbacks = d
+                    worker.track(d)
+                    d.start()
+                    return
+                }
+            }
+        }
+        install(http2: http2, worker: worker, connection: connection, context: context)
+    }
+
+    /// Hands the connection to the HTTP/1.1 or HTTP/2 connection manager.
+    func install(http2: Bool, worker: Worker, connection: Connection, context: DownstreamContext) {
+        let cm: ReadFilter & ConnectionCallbacks & ActiveSession
+        if http2 {
+            cm = Http2ConnectionManager(factory: self, worker: worker, connection: connection, context: context)
+        } else {
+            cm = HttpConnectionManager(factory: self, worker: worker, connection: connection, context: context)
+        }
         connection.readFilters = [cm]
         connection.callbacks = cm
         worker.track(cm)
         _ = cm.onNewConnection()
         // Bytes that came with the connection (after a PROXY header or a TLS handshake).
-        if !connection.readBuffer.isEmpty || connection.readEOF { _ = cm.onData(connection.readBuffer, endStream: connection.readEOF) }
+        if connection.state == .open && (!connection.readBuffer.isEmpty || connection.readEOF) {
+            _ = cm.onData(connection.readBuffer, endStream: connection.readEOF)
+        }
     }
+}
+
+/// `codec: auto` on a cleartext listener: HTTP/2 when the client opens with the connection
+/// preface (prior knowledge, RFC 9113 3.3), HTTP/1.1 otherwise. Most connections are decided
+/// by their first read; one whose bytes so far are a strict prefix of the preface waits here.
+final class CodecDetector: ReadFilter, ConnectionCallbacks, ActiveSession {
+    enum Guess { case http1, http2, undecided }
+
+    static let preface: [UInt8] = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+
+    /// A mismatch at any byte is HTTP/1; all 24 bytes matching is HTTP/2; a matching prefix
+    /// (or nothing yet) is undecided.
+    static func detect(_ b: UnsafeRawBufferPointer) -> Guess {
+        let n = min(b.count, preface.count)
+        for i in 0..<n where b[i] != preface[i] { return .http1 }
+        return n == preface.count ? .http2 : .undecided
+    }
+
+    let factory: HttpProxyFactory
+    unowned(unsafe) let worker: Worker
+    let connection: Connection
+    let context: DownstreamContext
+    private var timer: Timer?
+    private var done = false
+
+    init(factory: HttpProxyFactory, worker: Worker, connection: Connection, context: DownstreamContext) {
+        self.factory = factory; self.worker = worker; self.connection = connection; self.context = context
+    }
+
+    func start() {
+        // A client that sends part of the preface and stalls is bounded like a slow request head.
+        let ms = factory.settings.requestHeadersTimeoutMs
+        if ms > 0 {
+            let t = Timer(worker.dispatcher) { [unowned self] in
+                worker.stats.inc(factory.stats.downstreamRqHeaderTimeout)
+                close()
+            }
+            timer = t
+            t.arm(ms: ms)
+        }
+        if connection.readEOF { close() }
+    }
+
+    func onNewConnection() -> FilterStatus { .stopIteration }
+
+    func onData(_ buffer: Buffer, endStream: Bool) -> FilterStatus {
+        if done { return .stopIteration }
+        switch Self.detect(buffer.readable) {
+        case .undecided:
+            if connection.readEOF { close() }
+        case let g:
+            done = true
+            timer?.cancel()
+            worker.untrack(self)
+            factory.install(http2: g == .http2, worker: worker, connection: connection, context: context)
+        }
+        return .stopIteration
+    }
+
+    private func close() {
+        if done { return }
+        done = true
+        timer?.cancel()
+        connection.callbacks = nil
+        if connection.state != .closed { connection.close() }
+        worker.downstreamClosed(context)
+        worker.untrack(self)
+    }
+
+    func onConnected(_ connection: Connection) {}
+    func onConnectFailed(_ connection: Connection, errno: Int32) {}
+    func onData(_ connection: Connection, _ buffer: Buffer, endStream: Bool) {}
+    func onClose(_ connection: Connection, remote: Bool) { close() }
+    func onAboveWriteBufferHighWatermark(_ connection: Connection) {}
+    func onBelowWriteBufferLowWatermark(_ connection: Connection) {}
+    func onDrain() { close() }
+    func forceClose() { close() }
 }
 
 /// `X-Request-Id` values: a UUID v4 made here, or a client's kept when it looks sane.

@@ -35,6 +35,11 @@ final class HttpConnectionManagerStats: Sendable {
     let rqDirectResponse: Counter
     /// One counter per codec rejection (`http1.<reason>`), by `Http1Error.rawValue`.
     let http1Errors: [Counter]
+    let downstreamCxHttp2Total: Counter
+    let downstreamCxHttp2Active: Gauge
+    let downstreamRqHttp2Total: Counter
+    /// `http.<prefix>.http2.*`.
+    let http2: Http2Stats
 
     init(store: StatsStore, prefix: String) {
         let p = "http.\(prefix)."
@@ -69,6 +74,42 @@ final class HttpConnectionManagerStats: Sendable {
         rqRedirect = store.counter(p + "rq_redirect")
         rqDirectResponse = store.counter(p + "rq_direct_response")
         http1Errors = Http1Error.allCases.map { store.counter(p + "http1." + $0.statName) }
+        downstreamCxHttp2Total = store.counter(p + "downstream_cx_http2_total")
+        downstreamCxHttp2Active = store.gauge(p + "downstream_cx_http2_active")
+        downstreamRqHttp2Total = store.counter(p + "downstream_rq_http2_total")
+        http2 = Http2Stats(store: store, prefix: p + "http2.")
+    }
+}
+
+/// The HTTP/2 codec's stats (Envoy's `http2.*` names where Envoy has them), per listener prefix.
+final class Http2Stats: Sendable {
+    /// RST_STREAM received from the peer.
+    let rxReset: Counter
+    /// RST_STREAM sent.
+    let txReset: Counter
+    let goawaySent: Counter
+    let streamsActive: Gauge
+    /// Response bytes queued in streams, waiting for the client's flow-control window.
+    let pendingSendBytes: Gauge
+    /// Trailers received.
+    let trailers: Counter
+    /// A request's headers over `max_request_headers_kb` or `max_headers_count` (431).
+    let headerOverflow: Counter
+    /// Stream-level protocol errors nghttp2 found (malformed messages, bad frames).
+    let rxMessagingError: Counter
+    /// `host` and `:authority` both present and different (400).
+    let hostAuthorityMismatch: Counter
+
+    init(store: StatsStore, prefix p: String) {
+        rxReset = store.counter(p + "rx_reset")
+        txReset = store.counter(p + "tx_reset")
+        goawaySent = store.counter(p + "goaway_sent")
+        streamsActive = store.gauge(p + "streams_active")
+        pendingSendBytes = store.gauge(p + "pending_send_bytes")
+        trailers = store.counter(p + "trailers")
+        headerOverflow = store.counter(p + "header_overflow")
+        rxMessagingError = store.counter(p + "rx_messaging_error")
+        hostAuthorityMismatch = store.counter(p + "host_authority_mismatch")
     }
 }
 

@@ -24,14 +24,17 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _body(self):
+        """(body, chunked); chunked trailers land in self.trailers as (lowercase name, value)."""
+        self.trailers = []
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             data = bytearray()
             while True:
                 line = self.rfile.readline()
                 size = int(line.split(b";")[0], 16)
                 if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b""):
-                        pass
+                    while (t := self.rfile.readline()) not in (b"\r\n", b""):
+                        k, v = t.split(b":", 1)
+                        self.trailers.append((k.strip().lower().decode(), v.strip().decode()))
                     return bytes(data), True
                 data += self.rfile.read(size)
                 self.rfile.readline()

@@ -15,6 +15,9 @@ public struct FilterBlockParser: Sendable {
     /// The binary's own cluster keys (redis-proxy's options, say): Common parses the rest of a
     /// cluster and hands this one key to the binary. Other binaries refuse it as unknown.
     public var clusterOptions: ClusterOptionsParser?
+    /// The ALPN protocols a TLS listener offers when its `tls` block has no `alpn`, from the
+    /// parsed block (http-proxy: h2 and http/1.1 by its `codec`). Nil: none.
+    public var defaultAlpn: (@Sendable (any ListenerFilterConfig) -> [String])?
 
     public init(binary: String, key: String, hasListeners: Bool = true, datagram: Bool = false,
                 clusterOptions: ClusterOptionsParser? = nil,
@@ -388,7 +391,7 @@ public enum ConfigLoader {
                 var chain = FilterChainConfig(name: chainName, path: "\(c.path).\(parser.key)", serverNames: serverNames,
                                               filter: try parser.parse(block, "\(name).\(chainName)"))
                 try block.finish()
-                if let t = cm.optional("tls") { chain.tls = try parseTls(t) }
+                if let t = cm.optional("tls") { chain.tls = try parseTls(t, defaultAlpn: parser.defaultAlpn?(chain.filter) ?? []) }
                 chains.append(chain)
                 try cm.finish()
             }
@@ -401,7 +404,7 @@ public enum ConfigLoader {
             try block.finish()
             if let t = m.optional("tls") {
                 if parser.datagram { throw t.fail("\(parser.binary) listens on UDP: no TLS (DTLS is not supported)") }
-                l.chains[0].tls = try parseTls(t)
+                l.chains[0].tls = try parseTls(t, defaultAlpn: parser.defaultAlpn?(l.chains[0].filter) ?? [])
             }
         }
         l.datagram = parser.datagram
@@ -432,14 +435,15 @@ public enum ConfigLoader {
         return l
     }
 
-    /// `alpn` and `min_version`, common to both sides' `tls` blocks.
-    static func tlsCommon(_ m: ConfigMap) throws(ConfigError) -> ([String], TlsVersion) {
-        var alpn: [String] = []
+    /// `alpn` (nil when absent) and `min_version`, common to both sides' `tls` blocks.
+    static func tlsCommon(_ m: ConfigMap) throws(ConfigError) -> ([String]?, TlsVersion) {
+        var alpn: [String]?
         if let a = m.optional("alpn") {
+            alpn = []
             for p in try a.list() {
                 let s = try p.string()
                 guard !s.isEmpty, s.utf8.count <= 255 else { throw p.fail("an ALPN name is 1 to 255 bytes") }
-                alpn.append(s)
+                alpn!.append(s)
             }
         }
         var minVersion = TlsVersion.tls12
@@ -468,7 +472,8 @@ public enum ConfigLoader {
         let autoSni = try m.optional("auto_sni")?.bool() ?? false
         let verify = try m.optional("verify")?.bool() ?? true
         let ca = try m.optional("ca").map { (c: ConfigValue) throws(ConfigError) in try readablePath(c) }
-        let (alpn, minVersion) = try tlsCommon(m)
+        let (alpnGiven, minVersion) = try tlsCommon(m)
+        let alpn = alpnGiven ?? []
         try m.finish()
         do {
             let ctx = try TlsContext.client(caFile: ca, verify: verify, serverName: sni, alpn: alpn, minVersion: minVersion)
@@ -479,11 +484,13 @@ public enum ConfigLoader {
     }
 
     /// A listener's or chain's `tls` block; the files are loaded now, so a bad one is a config error.
-    static func parseTls(_ v: ConfigValue) throws(ConfigError) -> TlsServerConfig {
+    /// `defaultAlpn`: offered when the block has no `alpn` (the binary's choice).
+    static func parseTls(_ v: ConfigValue, defaultAlpn: [String] = []) throws(ConfigError) -> TlsServerConfig {
         let m = try v.mapping()
         let cert = try readablePath(try m.required("cert"))
         let key = try readablePath(try m.required("key"))
-        let (alpn, minVersion) = try tlsCommon(m)
+        let (alpnGiven, minVersion) = try tlsCommon(m)
+        let alpn = alpnGiven ?? defaultAlpn
         var handshakeMs: UInt64 = 10_000
         if let h = m.optional("handshake_timeout") {
             handshakeMs = try h.durationMs()

@@ -539,7 +539,7 @@ private var slashByte: UnsafeRawPointer { UnsafeRawPointer(slashLiteral.utf8Star
 
 /// RFC 3986 authority as a Host value: reg-name or IP literal characters and a port; no space,
 /// no userinfo, not empty.
-func isValidAuthority(_ v: UnsafeRawBufferPointer) -> Bool {
+public func isValidAuthority(_ v: UnsafeRawBufferPointer) -> Bool {
     if v.isEmpty { return false }
     for c in v {
         let ok = (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A)

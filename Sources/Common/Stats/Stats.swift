@@ -42,6 +42,7 @@ public final class StatsSlab: @unchecked Sendable {  // raw memory, single write
     @inlinable public func inc(_ g: Gauge) { cshim_slot_add(slots + g.slot, 1) }
     @inlinable public func dec(_ g: Gauge) { cshim_slot_sub(slots + g.slot, 1) }
     @inlinable public func add(_ g: Gauge, _ n: Int) { cshim_slot_add(slots + g.slot, UInt64(n)) }
+    /// Lowers a gauge by `n` (n ≥ 0).
     @inlinable public func sub(_ g: Gauge, _ n: Int) { cshim_slot_sub(slots + g.slot, UInt64(n)) }
     @inlinable public func set(_ g: Gauge, _ v: Int) { cshim_slot_store(slots + g.slot, UInt64(bitPattern: Int64(v))) }
     /// Records a value (milliseconds) into a histogram.

@@ -43,9 +43,52 @@ enum HttpFilterConfig: Sendable {
 
 /// `codec`.
 enum HttpCodecChoice: String, Sendable {
-    /// HTTP/1.1 until HTTP/2 lands; then chosen by ALPN or the h2c preface.
+    /// HTTP/2 when TLS negotiated `h2` by ALPN or a cleartext client opens with the HTTP/2
+    /// connection preface (prior knowledge); HTTP/1.1 otherwise (Envoy's AUTO).
     case auto
     case http1
+    /// HTTP/2 only (prior knowledge, or TLS whatever ALPN said).
+    case http2
+
+    /// The ALPN protocols a TLS listener offers when its `tls` block names none.
+    var defaultAlpn: [String] {
+        switch self {
+        case .auto: ["h2", "http/1.1"]
+        case .http1: ["http/1.1"]
+        case .http2: ["h2"]
+        }
+    }
+}
+
+/// `http2_protocol_options` (Envoy's names; defaults are Envoy's edge recommendations).
+struct Http2ProtocolOptions: Sendable {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS.
+    var maxConcurrentStreams = 100
+    /// SETTINGS_INITIAL_WINDOW_SIZE: what a client may send on one stream before the proxy
+    /// forwards it.
+    var initialStreamWindowSize = 65535
+    /// The connection's receive window.
+    var initialConnectionWindowSize = 1 << 20
+    /// SETTINGS_HEADER_TABLE_SIZE: the HPACK dynamic table the client may use.
+    var hpackTableSize = 4096
+
+    static func parse(_ v: ConfigValue) throws(ConfigError) -> Http2ProtocolOptions {
+        let m = try v.mapping()
+        var o = Http2ProtocolOptions()
+        if let x = m.optional("max_concurrent_streams") { o.maxConcurrentStreams = try x.int(min: 1, max: 2_147_483_647) }
+        if let x = m.optional("initial_stream_window_size") { o.initialStreamWindowSize = try x.bytes(min: 65535, max: 2_147_483_647) }
+        if let x = m.optional("initial_connection_window_size") { o.initialConnectionWindowSize = try x.bytes(min: 65535, max: 2_147_483_647) }
+        if let x = m.optional("hpack_table_size") { o.hpackTableSize = try x.bytes(min: 0, max: 1 << 20) }
+        try m.finish()
+        return o
+    }
+
+    var dump: JSON {
+        .object([("max_concurrent_streams", .int(Int64(maxConcurrentStreams))),
+                 ("initial_stream_window_size", .int(Int64(initialStreamWindowSize))),
+                 ("initial_connection_window_size", .int(Int64(initialConnectionWindowSize))),
+                 ("hpack_table_size", .int(Int64(hpackTableSize)))])
+    }
 }
 
 /// The `http:` listener block (docs/config.md, "listeners[i].http"). Immutable, built once per
@@ -54,6 +97,7 @@ struct HttpProxyConfig: ListenerFilterConfig {
     /// `stat_prefix` (default: the listener name): stats under `http.<prefix>.`.
     var statPrefix: String
     var codec = HttpCodecChoice.auto
+    var http2 = Http2ProtocolOptions()
     /// `server_name` (default "http-proxy"): the `Server` header of local replies.
     var serverName = "http-proxy"
     /// `via`: added to requests and responses when set.
@@ -85,18 +129,20 @@ struct HttpProxyConfig: ListenerFilterConfig {
     /// Every cluster reference, with its key path (checked to exist by the loader).
     var clusterReferences: [(path: String, name: String)]
 
-    static let blockParser = FilterBlockParser(binary: "http-proxy", key: "http", clusterOptions: HttpClusterOptions.parser) { (m: ConfigMap, listener: String) throws(ConfigError) -> any ListenerFilterConfig in
-        try HttpProxyConfig.parse(m, listener: listener)
-    }
+    static let blockParser: FilterBlockParser = {
+        var p = FilterBlockParser(binary: "http-proxy", key: "http", clusterOptions: HttpClusterOptions.parser) { (m: ConfigMap, listener: String) throws(ConfigError) -> any ListenerFilterConfig in
+            try HttpProxyConfig.parse(m, listener: listener)
+        }
+        p.defaultAlpn = { ($0 as? HttpProxyConfig)?.codec.defaultAlpn ?? [] }
+        return p
+    }()
 
     static func parse(_ m: ConfigMap, listener: String) throws(ConfigError) -> HttpProxyConfig {
         let routes = try RouteConfigParser.parse(m)
         var c = HttpProxyConfig(statPrefix: listener, routeTable: routes.table, clusterReferences: routes.references)
         if let p = m.optional("stat_prefix") { c.statPrefix = try p.string() }
-        if let v = m.optional("codec") {
-            if (try? v.string()) == "http2" { throw v.fail("http2 is not supported yet (auto, http1)") }
-            c.codec = HttpCodecChoice(rawValue: try v.oneOf(["auto", "http1"]))!
-        }
+        if let v = m.optional("codec") { c.codec = HttpCodecChoice(rawValue: try v.oneOf(["auto", "http1", "http2"]))! }
+        if let v = m.optional("http2_protocol_options") { c.http2 = try Http2ProtocolOptions.parse(v) }
         if let v = m.optional("server_name") { c.serverName = try headerValue(v) }
         if let v = m.optional("via") { c.via = try headerValue(v) }
         if let v = m.optional("request_headers_timeout") { c.requestHeadersTimeoutMs = try v.durationMs() }
@@ -163,6 +209,7 @@ struct HttpProxyConfig: ListenerFilterConfig {
     var dump: JSON {
         var f: [(String, JSON)] = [
             ("stat_prefix", .string(statPrefix)), ("codec", .string(codec.rawValue)), ("server_name", .string(serverName)),
+            ("http2_protocol_options", http2.dump),
         ]
         if let via { f.append(("via", .string(via))) }
         for (k, ms) in [("request_headers_timeout", requestHeadersTimeoutMs), ("request_timeout", requestTimeoutMs),

@@ -1,0 +1,841 @@
+import CNghttp2
+import Common
+
+/// One HTTP/2 stream on a downstream connection: the request as nghttp2 decodes it, then the
+/// `HttpStream` that serves it, and the response bytes waiting for the client's window.
+final class Http2ServerStream {
+    let id: Int32
+    let headers = HeaderMap()
+    var trailers: HeaderMap?
+    /// RFC 7541 4.1 sizes of the header fields decoded so far (the HPACK bomb guard).
+    var headerBytes = 0
+    var headerCount = 0
+    var overflow = false
+    /// Set when the request starts (after the read that completed its headers).
+    var stream: HttpStream?
+    var queuedToStart = false
+    /// END_STREAM from the client.
+    var remoteEnded = false
+    /// Body that arrived before the stream started (same read as its headers).
+    var earlyBody: Buffer?
+    var closed = false
+    // Response side.
+    let pendingSend: Buffer
+    var sendEnd = false
+    var sendTrailers: HeaderMap?
+    var dataDeferred = false
+    var noBody = false
+    var aboveHigh = false
+    /// The response's END_STREAM went out.
+    var localEnded = false
+    // Request flow control: while paused the stream's window is not reopened.
+    var paused = 0
+    var unconsumed = 0
+    // Deadlines.
+    var lastActivityMs: UInt64
+    var streamIdleMs: UInt64 = 0
+    var requestDeadline: UInt64 = 0
+
+    init(id: Int32, pool: BlockPool, now: UInt64) {
+        self.id = id
+        pendingSend = Buffer(pool: pool)
+        lastActivityMs = now
+    }
+}
+
+/// The HTTP connection manager for one downstream HTTP/2 connection (h2 by ALPN, or h2c with
+/// prior knowledge): an nghttp2 server session framing many concurrent streams, each an
+/// `HttpStream` with the same filters and router as HTTP/1.1.
+///
+/// ```
+/// bytes ─► nghttp2_session_mem_recv ─► callbacks: headers, data, trailers per stream
+///        ─► (after the read) streams whose headers completed start: filters, router
+/// stream.encode* ─► nghttp2_submit_response / data provider (no copy) ─► out ─► one write per loop turn
+/// ```
+///
+/// Re-entrancy: `nghttp2_session_mem_recv` and `nghttp2_session_send` are never called from
+/// inside an nghttp2 callback or from code one reaches (`inSession`); `submit_*`, `resume_data`
+/// and `consume` are. Output is flushed once per loop turn (`EndOfIteration`) and right after
+/// each read. Requests start after the read that completed their headers, so a stream opened
+/// and reset in one read never reaches the router (the cheap half of the rapid-reset defence).
+///
+/// Flow control: the proxy sends every WINDOW_UPDATE itself. A stream's window reopens as its
+/// body is handed to the router, unless the router paused it (upstream slow); the connection's
+/// window always reopens, so one stalled stream holds only its own window. Responses queue per
+/// stream until the client's window takes them; past 256 KiB the stream's upstream pauses.
+final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSession, HttpServerCodec {
+    private(set) var factory: HttpProxyFactory
+    unowned(unsafe) let worker: Worker
+    let connection: Connection
+    var context: DownstreamContext
+    unowned(unsafe) let workerState: HttpWorkerState
+    private var settings: HttpSettings { factory.settings }
+    private var stats: HttpConnectionManagerStats { factory.stats }
+    /// Connection gauges stay with the generation that counted them up.
+    private let cxStats: HttpConnectionManagerStats
+    private var tracker: FactoryTracker
+
+    private var session: OpaquePointer?
+    /// Streams nghttp2 has open, owned here until it closes them.
+    private var live: [ObjectIdentifier: Http2ServerStream] = [:]
+    private var pendingStarts: [Http2ServerStream] = []
+    private let out: Buffer
+    private let scratch: Buffer
+    private var inSession = false
+    private var flusher: EndOfIteration?
+    private var timer: DeadlineTimer?
+    private var lastActivityMs: UInt64
+    private var closing = false
+    private var finished = false
+    private var draining = false
+    private var drainDeadline: UInt64 = 0
+    private var finalGoawaySent = false
+    private lazy var remoteIp: String? = context.remote?.host
+
+    /// Response bytes one stream may queue before its upstream is paused, and resumed.
+    static let streamHighWatermark = 256 << 10
+    static let streamLowWatermark = 128 << 10
+
+    init(factory: HttpProxyFactory, worker: Worker, connection: Connection, context: DownstreamContext) {
+        self.factory = factory
+        self.worker = worker
+        self.workerState = HttpWorkerState.of(worker)
+        self.connection = connection
+        self.context = context
+        cxStats = factory.stats
+        tracker = FactoryTracker(worker: worker, factory: factory, context: context)
+        out = Buffer(pool: worker.blocks)
+        scratch = Buffer(pool: worker.blocks)
+        lastActivityMs = context.startMs
+    }
+
+    // MARK: - Session setup
+
+    private func makeSession() -> Bool {
+        var cbs: OpaquePointer?
+        guard nghttp2_session_callbacks_new(&cbs) == 0 else { return false }
+        defer { nghttp2_session_callbacks_del(cbs) }
+        nghttp2_session_callbacks_set_send_callback(cbs) { _, data, length, _, user in
+            Unmanaged<Http2ConnectionManager>.fromOpaque(user!)._withUnsafeGuaranteedRef { $0.onSend(data!, length) }
+        }
+        nghttp2_session_callbacks_set_send_data_callback(cbs) { _, frame, framehd, length, source, user in
+            Unmanaged<Http2ConnectionManager>.fromOpaque(user!)._withUnsafeGuaranteedRef {
+                $0.onSendData(framehd!, length, Unmanaged<Http2ServerStream>.fromOpaque(source!.pointee.ptr!).takeUnretainedValue())
+            }
+        }
+        nghttp2_session_callbacks_set_on_begin_headers_callback(cbs) { _, frame, user in
+            Unmanaged<Http2ConnectionManager>.fromOpaque(user!)._withUnsafeGuaranteedRef { $0.onBeginHeaders(frame!) }
+        }
+        nghttp2_session_callbacks_set_on_header_callback(cbs) { _, frame, name, namelen, value, valuelen, _, user in
+            Unmanaged<Http2ConnectionManager>.fromOpaque(user!)._withUnsafeGuaranteedRef {
+                $0.onHeader(frame!, UnsafeRawBufferPointer(start: name, count: namelen), UnsafeRawBufferPointer(start: value, count: valuelen))
+            }
+        }
+        nghttp2_session_callbacks_set_on_frame_recv_callback(cbs) { _, frame, user in
+            Unmanaged<Http2ConnectionManager>.fromOpaque(user!)._withUnsafeGuaranteedRef { $0.onFrameRecv(frame!) }
+        }
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs) { _, _, streamId, data, len, user in
+            Unmanaged<Http2ConnectionManager>.fromOpaque(user!)._withUnsafeGuaranteedRef {
+                $0.onDataChunk(streamId, UnsafeRawBufferPointer(start: data, count: len))
+            }
+        }
+        nghttp2_session_callbacks_set_on_stream_close_callback(cbs) { _, streamId, errorCode, user in
+            Unmanaged<Http2ConnectionManager>.fromOpaque(user!)._withUnsafeGuaranteedRef { $0.onStreamClose(streamId, errorCode) }
+        }
+        nghttp2_session_callbacks_set_on_frame_send_callback(cbs) { _, frame, user in
+            Unmanaged<Http2ConnectionManager>.fromOpaque(user!)._withUnsafeGuaranteedRef { $0.onFrameSend(frame!) }
+        }
+        nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs) { _, _, _, user in
+            Unmanaged<Http2ConnectionManager>.fromOpaque(user!)._withUnsafeGuaranteedRef { $0.onInvalidFrame() }
+        }
+        var opt: OpaquePointer?
+        guard nghttp2_option_new(&opt) == 0 else { return false }
+        defer { nghttp2_option_del(opt) }
+        nghttp2_option_set_no_auto_window_update(opt, 1)
+        nghttp2_option_set_max_settings(opt, 32)
+        nghttp2_option_set_max_outbound_ack(opt, 1000)
+        nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096)
+        guard nghttp2_session_server_new2(&session, cbs, Unmanaged.passUnretained(self).toOpaque(), opt) == 0 else { return false }
+        let h2 = settings.http2
+        var iv: [nghttp2_settings_entry] = [
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue), value: UInt32(h2.maxConcurrentStreams)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: UInt32(h2.initialStreamWindowSize)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: UInt32(settings.maxRequestHeadersBytes)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_HEADER_TABLE_SIZE.rawValue), value: UInt32(h2.hpackTableSize)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES.rawValue), value: 1),
+        ]
+        guard nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &iv, iv.count) == 0 else { return false }
+        if h2.initialConnectionWindowSize > 65535 {
+            _ = nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Int32(h2.initialConnectionWindowSize))
+        }
+        return true
+    }
+
+    // MARK: - ReadFilter
+
+    func onNewConnection() -> FilterStatus {
+        worker.stats.inc(cxStats.downstreamCxTotal)
+        worker.stats.inc(cxStats.downstreamCxHttp2Total)
+        worker.stats.inc(cxStats.downstreamCxActive)
+        worker.stats.inc(cxStats.downstreamCxHttp2Active)
+        timer = DeadlineTimer(worker.dispatcher) { [unowned self] in onTimer() }
+        flusher = EndOfIteration(worker.dispatcher) { [unowned self] in flush() }
+        guard makeSession() else {
+            closeConnection()
+            return .stopIteration
+        }
+        armDeadline(lastActivityMs &+ settings.idleTimeoutMs, if: settings.idleTimeoutMs > 0)
+        if worker.draining { onDrain() }
+        flush()
+        return .stopIteration
+    }
+
+    func onData(_ buffer: Buffer, endStream: Bool) -> FilterStatus {
+        lastActivityMs = monotonicMs()
+        processInput()
+        return .stopIteration
+    }
+
+    private func processInput() {
+        guard let session, !finished, !closing || !connection.readBuffer.isEmpty else { return }
+        let buf = connection.readBuffer
+        if !buf.isEmpty {
+            inSession = true
+            let n = nghttp2_session_mem_recv(session, buf.readable.baseAddress!.assumingMemoryBound(to: UInt8.self), buf.count)
+            inSession = false
+            buf.release()
+            if finished { releaseSession(); return }
+            if n < 0 {
+                fatal(Int32(n))
+                return
+            }
+            startPending()
+            if finished { releaseSession(); return }
+        }
+        if connection.readEOF {
+            // The client closed its side: no more frames, so no stream can complete its request
+            // or read its response (HTTP/2 has no half-closed connection).
+            closeConnection()
+            return
+        }
+        flush()
+    }
+
+    /// nghttp2 refused the input (bad preface, flood, too many CONTINUATIONs, a broken frame):
+    /// GOAWAY with the matching code, then the connection closes once it is written.
+    private func fatal(_ code: Int32) {
+        worker.stats.inc(stats.downstreamCxProtocolError)
+        let error: UInt32
+        switch code {
+        case NGHTTP2_ERR_FLOODED.rawValue, NGHTTP2_ERR_TOO_MANY_CONTINUATIONS.rawValue: error = NGHTTP2_ENHANCE_YOUR_CALM.rawValue
+        case NGHTTP2_ERR_CALLBACK_FAILURE.rawValue: error = NGHTTP2_INTERNAL_ERROR.rawValue
+        default: error = NGHTTP2_PROTOCOL_ERROR.rawValue
+        }
+        _ = nghttp2_session_terminate_session(session, error)
+        flush()
+        closeAfterFlush()
+    }
+
+    // MARK: - Starting requests
+
+    private func startPending() {
+        while !pendingStarts.isEmpty && !finished {
+            let list = pendingStarts
+            pendingStarts.removeAll(keepingCapacity: true)
+            for h in list where !h.closed && h.stream == nil { start(h) }
+        }
+    }
+
+    private func refreshFactory() {
+        if let f = tracker.newer(worker, factory, context) { factory = f }
+    }
+
+    /// The request's headers are whole: translated to the shape HTTP/1.1 requests have here
+    /// (RFC 9113 8.3.1), then the stream starts with what else arrived in the same read.
+    private func start(_ h: Http2ServerStream) {
+        refreshFactory()
+        let headers = h.headers
+        let s = HttpStream(cm: self, headers: headers, router: Router(factory: factory))
+        s.router.stream = s
+        s.codecStreamId = h.id
+        s.info.protocolName = "HTTP/2"
+        h.stream = s
+        worker.stats.inc(stats.downstreamRqTotal)
+        worker.stats.inc(stats.downstreamRqHttp2Total)
+        worker.stats.inc(stats.downstreamRqActive)
+        h.streamIdleMs = settings.streamIdleTimeoutMs
+        h.lastActivityMs = monotonicMs()
+        if h.streamIdleMs > 0 { armDeadline(h.lastActivityMs &+ h.streamIdleMs, if: true) }
+        if h.overflow {
+            worker.stats.inc(stats.http2.headerOverflow)
+            s.sendLocalReply(431, "request header fields too large", flags: "DPE")
+            return
+        }
+        if let problem = translateRequest(headers) {
+            s.sendLocalReply(problem.status, problem.text, flags: "DPE")
+            return
+        }
+        HttpConnectionShared.addForwardingHeaders(headers, settings: settings, remoteIp: remoteIp, tls: connection.tlsVersion != nil,
+                                                  viaVersion: "2 ", rng: workerState.secureRandom)
+        if !settings.useRemoteAddress || settings.xffNumTrustedHops > 0 {
+            s.info.trustedClient = HttpConnectionShared.trustedClient(headers, settings: settings)
+        }
+        if !h.remoteEnded && settings.requestTimeoutMs > 0 {
+            h.requestDeadline = s.info.startMs &+ settings.requestTimeoutMs
+            armDeadline(h.requestDeadline, if: true)
+        }
+        s.installFilters(factory.filterFactories)
+        let early = h.earlyBody
+        h.earlyBody = nil
+        let trailersNow = h.remoteEnded ? h.trailers : nil
+        let headersEnd = h.remoteEnded && (early?.isEmpty ?? true) && trailersNow == nil
+        s.decodeHeaders(endStream: headersEnd)
+        if s.done || headersEnd { return }
+        if let early, !early.isEmpty {
+            s.decodeData(early, endStream: h.remoteEnded && trailersNow == nil)
+            early.release()
+        } else if h.remoteEnded && trailersNow == nil {
+            scratch.release()
+            s.decodeData(scratch, endStream: true)
+        }
+        if let t = trailersNow, !s.done { s.decodeTrailers(t) }
+    }
+
+    /// `:authority` and `host` reconciled, cookies joined into one field, `te` dropped (the
+    /// upstream codec speaks HTTP/1.1); a problem to answer instead, if any.
+    private func translateRequest(_ h: HeaderMap) -> (status: Int, text: String)? {
+        if let m = h.first(.method), h.valueEqualsIgnoringCase(m, "CONNECT") {
+            return (501, "CONNECT over HTTP/2 is not supported")
+        }
+        let hostIndex = h.first(.host)
+        if let a = h.first(.authority) {
+            if let hi = hostIndex {
+                let same = h.withValue(a) { av in h.withValue(hi) { hv in av.elementsEqual(hv) } }
+                if !same {
+                    worker.stats.inc(stats.http2.hostAuthorityMismatch)
+                    return (400, "host and :authority differ")
+                }
+                h.remove(.host)
+            }
+        } else if let hi = hostIndex {
+            let v = h.value(at: hi)
+            h.remove(.host)
+            h.add(.authority, v)
+        } else {
+            return (400, "missing :authority")
+        }
+        if let a = h.first(.authority), !h.withValue(a, isValidAuthority) { return (400, "bad :authority") }
+        let cookies = h.indices(of: .cookie)
+        if cookies.count > 1 {
+            var joined = ""
+            for i in cookies {
+                if !joined.isEmpty { joined += "; " }
+                joined += h.value(at: i)
+            }
+            h.set(.cookie, joined)
+        }
+        h.remove(.te)
+        return nil
+    }
+
+    // MARK: - nghttp2 callbacks (inside mem_recv or send)
+
+    private func streamOf(_ id: Int32) -> Http2ServerStream? {
+        guard let session, let p = nghttp2_session_get_stream_user_data(session, id) else { return nil }
+        return Unmanaged<Http2ServerStream>.fromOpaque(p).takeUnretainedValue()
+    }
+
+    private func onBeginHeaders(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 {
+        guard frame.pointee.hd.type == UInt8(NGHTTP2_HEADERS.rawValue) else { return 0 }
+        let id = frame.pointee.hd.stream_id
+        if frame.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
+            let h = Http2ServerStream(id: id, pool: worker.blocks, now: monotonicMs())
+            live[ObjectIdentifier(h)] = h
+            worker.stats.inc(cxStats.http2.streamsActive)
+            nghttp2_session_set_stream_user_data(session, id, Unmanaged.passUnretained(h).toOpaque())
+        } else if let h = streamOf(id) {
+            // Trailers (or a second block the messaging checks refuse).
+            h.trailers = HeaderMap()
+        }
+        return 0
+    }
+
+    private func onHeader(_ frame: UnsafePointer<nghttp2_frame>, _ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) -> Int32 {
+        guard let h = streamOf(frame.pointee.hd.stream_id) else { return 0 }
+        h.headerBytes += name.count + value.count + 32
+        h.headerCount += 1
+        let limit = settings.maxRequestHeadersBytes
+        if h.headerBytes > limit || h.headerCount > settings.maxHeadersCount {
+            h.overflow = true
+            if h.headerBytes > 4 * limit {
+                // Only an HPACK bomb decodes to this much: stop decoding the block.
+                worker.stats.inc(stats.http2.headerOverflow)
+                _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), h.id, NGHTTP2_ENHANCE_YOUR_CALM.rawValue)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue
+            }
+            return 0
+        }
+        let map = h.trailers ?? h.headers
+        let ns = map.appendStorage(name)
+        let vs = map.appendStorage(value)
+        map.addEntry(nameStart: ns, nameLength: name.count, valueStart: vs, valueLength: value.count)
+        return 0
+    }
+
+    private func onFrameRecv(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 {
+        let hd = frame.pointee.hd
+        let endStream = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
+        switch UInt32(hd.type) {
+        case NGHTTP2_HEADERS.rawValue:
+            guard let h = streamOf(hd.stream_id) else { return 0 }
+            h.lastActivityMs = monotonicMs()
+            if endStream { h.remoteEnded = true }
+            if frame.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
+                if !h.queuedToStart { h.queuedToStart = true; pendingStarts.append(h) }
+            } else if let t = h.trailers {
+                worker.stats.inc(stats.http2.trailers)
+                if let s = h.stream, !s.done, endStream {
+                    s.decodeTrailers(t)
+                    flushSoon()
+                }
+            }
+        case NGHTTP2_DATA.rawValue:
+            guard endStream, let h = streamOf(hd.stream_id) else { return 0 }
+            h.remoteEnded = true
+            h.requestDeadline = 0
+            if let s = h.stream, !s.done {
+                scratch.release()
+                s.decodeData(scratch, endStream: true)
+                flushSoon()
+            }
+        case NGHTTP2_RST_STREAM.rawValue:
+            worker.stats.inc(stats.http2.rxReset)
+        default:
+            break
+        }
+        return 0
+    }
+
+    private func onDataChunk(_ id: Int32, _ data: UnsafeRawBufferPointer) -> Int32 {
+        guard let session else { return 0 }
+        guard let h = streamOf(id) else {
+            _ = nghttp2_session_consume_connection(session, data.count)
+            return 0
+        }
+        h.lastActivityMs = monotonicMs()
+        lastActivityMs = h.lastActivityMs
+        if h.paused > 0 {
+            h.unconsumed += data.count
+            _ = nghttp2_session_consume_connection(session, data.count)
+        } else {
+            _ = nghttp2_session_consume(session, id, data.count)
+        }
+        if let s = h.stream {
+            if s.done { return 0 }
+            scratch.append(data)
+            s.decodeData(scratch, endStream: false)
+            scratch.release()
+            flushSoon()
+        } else {
+            let b = h.earlyBody ?? Buffer(pool: worker.blocks)
+            h.earlyBody = b
+            b.append(data)
+        }
+        return 0
+    }
+
+    private func onStreamClose(_ id: Int32, _ errorCode: UInt32) -> Int32 {
+        guard let h = streamOf(id) else { return 0 }
+        nghttp2_session_set_stream_user_data(session, id, nil)
+        h.closed = true
+        if let s = h.stream {
+            if !s.done { s.downstreamReset() }
+            HttpConnectionShared.settle(s, stats: stats, worker: worker, context: &context, connection: connection)
+            if h.aboveHigh { h.aboveHigh = false }
+        }
+        if !h.pendingSend.isEmpty { worker.stats.sub(cxStats.http2.pendingSendBytes, h.pendingSend.count); h.pendingSend.release() }
+        h.earlyBody = nil
+        worker.stats.dec(cxStats.http2.streamsActive)
+        // Its methods may be on the stack: freed after this event.
+        if let removed = live.removeValue(forKey: ObjectIdentifier(h)) { worker.dispatcher.deferredRelease(removed) }
+        if draining && live.isEmpty { flushSoon() }
+        return 0
+    }
+
+    private func onFrameSend(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 {
+        let hd = frame.pointee.hd
+        switch UInt32(hd.type) {
+        case NGHTTP2_RST_STREAM.rawValue:
+            worker.stats.inc(stats.http2.txReset)
+        case NGHTTP2_GOAWAY.rawValue:
+            worker.stats.inc(stats.http2.goawaySent)
+        case NGHTTP2_DATA.rawValue, NGHTTP2_HEADERS.rawValue:
+            guard hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0, let h = streamOf(hd.stream_id) else { return 0 }
+            h.localEnded = true
+            // The response is whole while the client still sends: it may stop (RFC 9113 8.1).
+            if !h.remoteEnded {
+                _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), h.id, NGHTTP2_NO_ERROR.rawValue)
+            }
+        default:
+            break
+        }
+        return 0
+    }
+
+    private func onInvalidFrame() -> Int32 {
+        worker.stats.inc(stats.http2.rxMessagingError)
+        return 0
+    }
+
+    /// Control frames and headers into `out`, unless the socket is backed up.
+    private func onSend(_ data: UnsafePointer<UInt8>, _ length: Int) -> Int {
+        if socketFull { return Int(NGHTTP2_ERR_WOULDBLOCK.rawValue) }
+        out.append(UnsafeRawBufferPointer(start: data, count: length))
+        return length
+    }
+
+    /// A DATA frame: its 9-byte header, then the body straight from the stream's queue.
+    private func onSendData(_ framehd: UnsafePointer<UInt8>, _ length: Int, _ h: Http2ServerStream) -> Int32 {
+        if socketFull { return NGHTTP2_ERR_WOULDBLOCK.rawValue }
+        out.append(UnsafeRawBufferPointer(start: framehd, count: 9))
+        if length > 0 {
+            out.append(UnsafeRawBufferPointer(rebasing: h.pendingSend.readable[0..<length]))
+            h.pendingSend.drain(length)
+            worker.stats.sub(cxStats.http2.pendingSendBytes, length)
+        }
+        h.lastActivityMs = monotonicMs()
+        if h.aboveHigh && h.pendingSend.count < Self.streamLowWatermark {
+            h.aboveHigh = false
+            if let s = h.stream, !s.done { s.router.downstreamBelowLowWatermark() }
+        }
+        return 0
+    }
+
+    private var socketFull: Bool { connection.pendingWriteBytes + out.count >= settings.bufferLimit }
+
+    /// The data provider's read: how much of the queue the next DATA frame takes (no copy).
+    fileprivate func onReadData(_ id: Int32, _ length: Int, _ flags: UnsafeMutablePointer<UInt32>, _ h: Http2ServerStream) -> Int {
+        let n = min(length, h.pendingSend.count)
+        if n == 0 && !h.sendEnd {
+            h.dataDeferred = true
+            return Int(NGHTTP2_ERR_DEFERRED.rawValue)
+        }
+        flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_NO_COPY.rawValue)
+        if h.sendEnd && n == h.pendingSend.count {
+            flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue)
+            if let t = h.sendTrailers {
+                h.sendTrailers = nil
+                flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
+                submitHeaders(t, status: nil) { nva, count in _ = nghttp2_submit_trailer(session, id, nva, count) }
+            }
+        }
+        return n
+    }
+
+    // MARK: - Encoding responses (called by streams)
+
+    private func h2(_ s: HttpStream) -> Http2ServerStream? { finished ? nil : streamOf(s.codecStreamId) }
+
+    func encodeHeaders(_ s: HttpStream, _ h: HeaderMap, endStream: Bool) {
+        guard let hs = h2(s) else { return }
+        let status = s.info.responseCode
+        let isHead = s.requestHeaders.first(.method).map { s.requestHeaders.valueEqualsIgnoringCase($0, "HEAD") } ?? false
+        hs.noBody = isHead || status == 204 || status == 304
+        if status == 204 || status == 304 { h.remove(.contentLength) }
+        if let via = settings.via { h.add(.via, "1.1 " + via) }
+        let end = endStream || hs.noBody
+        if end { hs.sendEnd = true }
+        var provider = nghttp2_data_provider()
+        provider.source = nghttp2_data_source(ptr: Unmanaged.passUnretained(hs).toOpaque())
+        provider.read_callback = { session, id, _, length, flags, source, user in
+            Unmanaged<Http2ConnectionManager>.fromOpaque(user!)._withUnsafeGuaranteedRef {
+                $0.onReadData(id, length, flags!, Unmanaged<Http2ServerStream>.fromOpaque(source!.pointee.ptr!).takeUnretainedValue())
+            }
+        }
+        let id = hs.id
+        let session = session
+        submitHeaders(h, status: status) { nva, count in
+            if end {
+                _ = nghttp2_submit_response(session, id, nva, count, nil)
+            } else {
+                _ = withUnsafePointer(to: &provider) { nghttp2_submit_response(session, id, nva, count, $0) }
+            }
+        }
+        flushSoon()
+    }
+
+    func encodeData(_ s: HttpStream, _ data: Buffer, endStream: Bool) {
+        guard let hs = h2(s), !hs.noBody else { data.release(); return }
+        let n = data.count
+        hs.pendingSend.moveAll(from: data)
+        if n > 0 { worker.stats.add(cxStats.http2.pendingSendBytes, n) }
+        if endStream { hs.sendEnd = true }
+        resume(hs)
+        if !hs.aboveHigh && hs.pendingSend.count > Self.streamHighWatermark {
+            hs.aboveHigh = true
+            s.router.downstreamAboveHighWatermark()
+        }
+    }
+
+    func encodeTrailers(_ s: HttpStream, _ t: HeaderMap) {
+        guard let hs = h2(s), !hs.noBody else { return }
+        hs.sendTrailers = t
+        hs.sendEnd = true
+        resume(hs)
+    }
+
+    private func resume(_ hs: Http2ServerStream) {
+        if hs.dataDeferred {
+            hs.dataDeferred = false
+            _ = nghttp2_session_resume_data(session, hs.id)
+        }
+        flushSoon()
+    }
+
+    /// Builds the nghttp2 header list for `h` (`:status` first when given; connection-specific
+    /// fields left out) in one scratch block, valid while `body` runs (nghttp2 copies it).
+    private func submitHeaders(_ h: HeaderMap, status: Int?, _ body: (UnsafePointer<nghttp2_nv>, Int) -> Void) {
+        var statusBytes: [UInt8] = []
+        if let status { statusBytes = Array(":status".utf8) + Array(String(status).utf8) }
+        var nva: [nghttp2_nv] = []
+        nva.reserveCapacity(h.count + 1)
+        let flags = UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)
+        statusBytes.withUnsafeMutableBufferPointer { sb in
+            if status != nil {
+                nva.append(nghttp2_nv(name: sb.baseAddress!, value: sb.baseAddress! + 7, namelen: 7, valuelen: sb.count - 7, flags: flags))
+            }
+            h.storage.withUnsafeBufferPointer { st in
+                let base = UnsafeMutablePointer(mutating: st.baseAddress)
+                for e in h.entries where !e.removed {
+                    switch e.known {
+                    case .status, .method, .path, .scheme, .authority, .protocol,
+                         .connection, .keepAlive, .proxyConnection, .transferEncoding, .upgrade, .http2Settings, .host, .te, .trailer:
+                        continue
+                    default: break
+                    }
+                    guard let base, e.nameLength > 0 else { continue }
+                    let name = base + Int(e.nameStart)
+                    // Names must be lowercase in HTTP/2; a mixed-case one (from config) is lowered in place.
+                    for i in 0..<Int(e.nameLength) where name[i] &- 0x41 < 26 { name[i] |= 0x20 }
+                    nva.append(nghttp2_nv(name: name, value: base + Int(e.valueStart), namelen: Int(e.nameLength),
+                                          valuelen: Int(e.valueLength), flags: flags))
+                }
+                nva.withUnsafeBufferPointer { body($0.baseAddress!, $0.count) }
+            }
+        }
+    }
+
+    func streamComplete(_ s: HttpStream) { flushSoon() }
+
+    func resetStream(_ s: HttpStream) {
+        guard let hs = h2(s) else { return }
+        _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), hs.id, NGHTTP2_INTERNAL_ERROR.rawValue)
+        flushSoon()
+    }
+
+    func flushOutput() { flushSoon() }
+
+    private func flushSoon() {
+        if finished { return }
+        flusher?.schedule()
+    }
+
+    /// Frames nghttp2 has ready into one write, while the socket takes them.
+    private func flush() {
+        guard let session, !inSession, !finished else { return }
+        inSession = true
+        var rounds = 0
+        while nghttp2_session_want_write(session) != 0 && connection.pendingWriteBytes < settings.bufferLimit && rounds < 64 {
+            let rv = nghttp2_session_send(session)
+            if rv != 0 { break }
+            if out.isEmpty { break }
+            lastActivityMs = monotonicMs()
+            connection.write(out, endStream: false)
+            if finished || connection.state != .open { break }
+            rounds += 1
+        }
+        inSession = false
+        if finished { releaseSession(); return }
+        if nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0 {
+            // nghttp2 is done with the connection (GOAWAY both ways, or a fatal error sent).
+            closeAfterFlush()
+            return
+        }
+        if draining && finalGoawaySent && live.isEmpty && nghttp2_session_want_write(session) == 0 {
+            closeAfterFlush()
+        }
+    }
+
+    // MARK: - Flow control (request bodies)
+
+    func readDisable(_ s: HttpStream) {
+        guard let hs = h2(s) else { return }
+        hs.paused += 1
+    }
+
+    func readEnable(_ s: HttpStream) {
+        guard let hs = h2(s), hs.paused > 0 else { return }
+        hs.paused -= 1
+        if hs.paused == 0 && hs.unconsumed > 0 {
+            _ = nghttp2_session_consume_stream(session, hs.id, hs.unconsumed)
+            hs.unconsumed = 0
+            flushSoon()
+        }
+    }
+
+    var streamFlowLimit: Int { min(settings.bufferLimit, 256 << 10) }
+
+    func nextRandom() -> UInt64 { workerState.rng.next() }
+
+    // MARK: - Timers
+
+    func armDeadline(_ deadline: UInt64, if condition: Bool) { if condition { timer?.arm(deadline) } }
+
+    func setStreamIdleTimeout(_ s: HttpStream, _ ms: UInt64) {
+        guard let hs = h2(s) else { return }
+        hs.streamIdleMs = ms
+        if ms > 0 { armDeadline(monotonicMs() &+ ms, if: true) }
+    }
+
+    /// One timer per connection: scans the open streams' deadlines (at most
+    /// max_concurrent_streams of them) and the connection's own.
+    private func onTimer() {
+        timer?.fired()
+        if finished { return }
+        let now = monotonicMs()
+        var next = UInt64.max
+        func consider(_ d: UInt64) { if d > 0 && d < next { next = d } }
+        for h in Array(live.values) {
+            guard let s = h.stream, !s.done else { continue }
+            if h.requestDeadline > 0 {
+                if now >= h.requestDeadline {
+                    h.requestDeadline = 0
+                    worker.stats.inc(stats.downstreamRqTimeout)
+                    s.sendLocalReply(408, "request timeout", flags: "")
+                    continue
+                }
+                consider(h.requestDeadline)
+            }
+            if s.routeDeadlineMs > 0 {
+                if now >= s.routeDeadlineMs {
+                    s.routeDeadlineMs = 0
+                    s.router.routeTimedOut()
+                    if s.done { continue }
+                }
+                consider(s.routeDeadlineMs)
+            }
+            if h.streamIdleMs > 0 {
+                let d = h.lastActivityMs &+ h.streamIdleMs
+                if now >= d {
+                    worker.stats.inc(stats.downstreamRqIdleTimeout)
+                    if s.responseStarted { s.reset(flags: "SI") } else { s.sendLocalReply(408, "stream timeout", flags: "SI") }
+                    continue
+                }
+                consider(d)
+            }
+        }
+        if draining && !finalGoawaySent {
+            if now >= drainDeadline { sendFinalGoaway() } else { consider(drainDeadline) }
+        }
+        if live.isEmpty && settings.idleTimeoutMs > 0 && !closing {
+            let d = lastActivityMs &+ settings.idleTimeoutMs
+            if now >= d {
+                worker.stats.inc(stats.downstreamCxIdleTimeout)
+                _ = nghttp2_session_terminate_session(session, NGHTTP2_NO_ERROR.rawValue)
+                flush()
+                closeAfterFlush()
+                return
+            }
+            consider(d)
+        }
+        if next != UInt64.max { armDeadline(next, if: true) }
+        flush()
+    }
+
+    // MARK: - Drain and close
+
+    /// GOAWAY in two steps (RFC 9113 6.8): a notice that new streams may soon be refused,
+    /// then after `drain_timeout` (or at once with nothing open) the last stream id; open
+    /// streams finish, then the connection closes.
+    func onDrain() {
+        guard !draining, session != nil, !finished else { return }
+        draining = true
+        if live.isEmpty {
+            sendFinalGoaway()
+        } else {
+            _ = nghttp2_submit_shutdown_notice(session)
+            drainDeadline = monotonicMs() &+ max(settings.drainTimeoutMs, 1)
+            armDeadline(drainDeadline, if: true)
+        }
+        flushSoon()
+    }
+
+    private func sendFinalGoaway() {
+        guard !finalGoawaySent, let session else { return }
+        finalGoawaySent = true
+        worker.stats.inc(stats.downstreamCxDrainClose)
+        _ = nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nghttp2_session_get_last_proc_stream_id(session),
+                                  NGHTTP2_NO_ERROR.rawValue, nil, 0)
+        flushSoon()
+    }
+
+    func forceClose() { closeConnection() }
+
+    private func closeAfterFlush() {
+        if closing { return }
+        closing = true
+        connection.closeAfterFlush()
+        if connection.state == .closed { finish() }
+    }
+
+    private func closeConnection() {
+        if finished { return }
+        closing = true
+        connection.close()
+        finish()
+    }
+
+    // MARK: - ConnectionCallbacks (downstream)
+
+    func onConnected(_ connection: Connection) {}
+    func onConnectFailed(_ connection: Connection, errno: Int32) {}
+    func onData(_ connection: Connection, _ buffer: Buffer, endStream: Bool) {}
+    func onClose(_ connection: Connection, remote: Bool) { finish() }
+    func onAboveWriteBufferHighWatermark(_ connection: Connection) {}
+    func onBelowWriteBufferLowWatermark(_ connection: Connection) { flushSoon() }
+
+    private func finish() {
+        if finished { return }
+        finished = true
+        timer?.cancel()
+        // Streams still open end as reset by the client (flag DC); their stats settle now.
+        for h in Array(live.values) {
+            h.closed = true
+            if let s = h.stream {
+                if !s.done { s.downstreamReset() }
+                HttpConnectionShared.settle(s, stats: stats, worker: worker, context: &context, connection: connection)
+            }
+            if !h.pendingSend.isEmpty { worker.stats.sub(cxStats.http2.pendingSendBytes, h.pendingSend.count); h.pendingSend.release() }
+            worker.stats.dec(cxStats.http2.streamsActive)
+        }
+        pendingStarts.removeAll()
+        let st = worker.stats
+        st.dec(cxStats.downstreamCxActive)
+        st.dec(cxStats.downstreamCxHttp2Active)
+        st.add(cxStats.downstreamCxRxBytesTotal, Int(connection.bytesRead))
+        st.add(cxStats.downstreamCxTxBytesTotal, Int(connection.bytesWritten))
+        connection.callbacks = nil
+        if connection.state != .closed { connection.close() }
+        worker.downstreamClosed(context)
+        if !inSession { releaseSession() }
+        worker.untrack(self)
+    }
+
+    /// Frees the nghttp2 session and the streams it pointed at (never from inside nghttp2).
+    private func releaseSession() {
+        if let s = session { session = nil; nghttp2_session_del(s) }
+        for (_, h) in live { worker.dispatcher.deferredRelease(h) }
+        live.removeAll()
+        out.release()
+    }
+}

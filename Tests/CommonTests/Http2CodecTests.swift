@@ -1,0 +1,77 @@
+import Testing
+@testable import Common
+@testable import HttpProxy
+
+private func detect(_ s: String) -> CodecDetector.Guess { detect(Array(s.utf8)) }
+private func detect(_ b: [UInt8]) -> CodecDetector.Guess { b.withUnsafeBytes { CodecDetector.detect($0) } }
+
+@Test func everyPrefixOfThePrefaceWaitsAndTheWholeOneIsHttp2() {
+    let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+    #expect(preface.count == 24)
+    for n in 0..<24 { #expect(detect(Array(preface[0..<n])) == .undecided, "prefix of \(n) bytes") }
+    #expect(detect(preface) == .http2)
+    #expect(detect(preface + [0, 0, 0x12, 4]) == .http2)
+}
+
+@Test func http1RequestsAreDecidedByTheirFirstDifferingByte() {
+    #expect(detect("GET / HTTP/1.1\r\n") == .http1)
+    #expect(detect("G") == .http1)
+    #expect(detect("POST / HTTP/1.1\r\n") == .http1)
+    #expect(detect("PUT") == .http1)
+    #expect(detect("PATCH") == .http1)
+    #expect(detect("P") == .undecided)
+    #expect(detect("PRI / HTTP/1.1") == .http1)
+    #expect(detect("PRI * HTTP/1.1\r\n") == .http1)
+    #expect(detect("PRI * HTTP/2.0\r\n\r\nXX") == .http1)
+}
+
+private func config(_ http: String) -> String {
+    """
+    listeners:
+      - name: edge
+        address: 127.0.0.1:0
+        http:
+    \(http.split(separator: "\n", omittingEmptySubsequences: false).map { "      " + $0 }.joined(separator: "\n"))
+    clusters:
+      - { name: a, endpoints: ["127.0.0.1:1"] }
+
+    """
+}
+
+private func load(_ http: String) throws -> HttpProxyConfig {
+    let cfg = try ConfigLoader.load(yaml: config(http), parser: HttpProxyConfig.blockParser)
+    return try #require(cfg.listeners[0].filter as? HttpProxyConfig)
+}
+
+private func error(_ http: String) -> String {
+    do { _ = try ConfigLoader.load(yaml: config(http), parser: HttpProxyConfig.blockParser); return "no error" } catch { return error.description }
+}
+
+@Test func codecAndHttp2OptionsParseWithEnvoyDefaults() throws {
+    let d = try load("routes: [{ match: { prefix: / }, cluster: a }]")
+    #expect(d.codec == .auto)
+    #expect(d.http2.maxConcurrentStreams == 100)
+    #expect(d.http2.initialStreamWindowSize == 65535)
+    #expect(d.http2.initialConnectionWindowSize == 1 << 20)
+    #expect(HttpCodecChoice.auto.defaultAlpn == ["h2", "http/1.1"])
+    #expect(HttpCodecChoice.http1.defaultAlpn == ["http/1.1"])
+    #expect(HttpCodecChoice.http2.defaultAlpn == ["h2"])
+    let c = try load("""
+        routes: [{ match: { prefix: / }, cluster: a }]
+        codec: http2
+        http2_protocol_options: { max_concurrent_streams: 7, initial_stream_window_size: 1MiB, initial_connection_window_size: 2MiB, hpack_table_size: 0 }
+        """)
+    #expect(c.codec == .http2)
+    #expect(c.http2.maxConcurrentStreams == 7)
+    #expect(c.http2.initialStreamWindowSize == 1 << 20)
+    #expect(c.http2.initialConnectionWindowSize == 2 << 20)
+    #expect(c.http2.hpackTableSize == 0)
+}
+
+@Test func badHttp2OptionsNameTheirKeyPath() {
+    #expect(error("routes: [{ match: { prefix: / }, cluster: a }]\ncodec: spdy").contains("listeners[0].http.codec"))
+    #expect(error("routes: [{ match: { prefix: / }, cluster: a }]\nhttp2_protocol_options: { max_concurrent_streams: 0 }").contains("http2_protocol_options.max_concurrent_streams"))
+    #expect(error("routes: [{ match: { prefix: / }, cluster: a }]\nhttp2_protocol_options: { initial_stream_window_size: 100 }").contains("initial_stream_window_size"))
+    #expect(error("routes: [{ match: { prefix: / }, cluster: a }]\nhttp2_protocol_options: { initial_stream_window_size: 4GiB }").contains("initial_stream_window_size"))
+    #expect(error("routes: [{ match: { prefix: / }, cluster: a }]\nhttp2_protocol_options: { bogus: 1 }").contains("bogus"))
+}
