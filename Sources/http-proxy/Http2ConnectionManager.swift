@@ -90,6 +90,12 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     private var draining = false
     private var drainDeadline: UInt64 = 0
     private var finalGoawaySent = false
+    /// Error codes of GOAWAYs this code submitted and not yet seen sent (others are nghttp2's own).
+    private var ownGoaways: [UInt32] = []
+    private var flood = Http2FloodGuard()
+    /// A limit tripped inside a callback: the counter and code `fatal` uses.
+    private var tripped: (counter: Counter, code: UInt32)?
+    private var hpackBombs = 0
     private lazy var remoteIp: String? = context.remote?.host
 
     /// Response bytes one stream may queue before its upstream is paused, and resumed.
@@ -131,6 +137,9 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
                 $0.onHeader(frame!, UnsafeRawBufferPointer(start: name, count: namelen), UnsafeRawBufferPointer(start: value, count: valuelen))
             }
         }
+        nghttp2_session_callbacks_set_on_begin_frame_callback(cbs) { _, hd, user in
+            Unmanaged<Http2ConnectionManager>.fromOpaque(user!)._withUnsafeGuaranteedRef { $0.onBeginFrame(hd!.pointee) }
+        }
         nghttp2_session_callbacks_set_on_frame_recv_callback(cbs) { _, frame, user in
             Unmanaged<Http2ConnectionManager>.fromOpaque(user!)._withUnsafeGuaranteedRef { $0.onFrameRecv(frame!) }
         }
@@ -145,8 +154,8 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         nghttp2_session_callbacks_set_on_frame_send_callback(cbs) { _, frame, user in
             Unmanaged<Http2ConnectionManager>.fromOpaque(user!)._withUnsafeGuaranteedRef { $0.onFrameSend(frame!) }
         }
-        nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs) { _, _, _, user in
-            Unmanaged<Http2ConnectionManager>.fromOpaque(user!)._withUnsafeGuaranteedRef { $0.onInvalidFrame() }
+        nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs) { _, frame, _, user in
+            Unmanaged<Http2ConnectionManager>.fromOpaque(user!)._withUnsafeGuaranteedRef { $0.onInvalidFrame(frame!) }
         }
         var opt: OpaquePointer?
         guard nghttp2_option_new(&opt) == 0 else { return false }
@@ -155,6 +164,9 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         nghttp2_option_set_max_settings(opt, 32)
         nghttp2_option_set_max_outbound_ack(opt, 1000)
         nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096)
+        nghttp2_option_set_max_continuations(opt, 8)
+        // Rapid reset (CVE-2023-44487): nghttp2's token bucket, twice the stream limit deep.
+        nghttp2_option_set_stream_reset_rate_limit(opt, UInt64(max(200, 2 * settings.http2.maxConcurrentStreams)), 33)
         guard nghttp2_session_server_new2(&session, cbs, Unmanaged.passUnretained(self).toOpaque(), opt) == 0 else { return false }
         let h2 = settings.http2
         var iv: [nghttp2_settings_entry] = [
@@ -224,13 +236,21 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     /// nghttp2 refused the input (bad preface, flood, too many CONTINUATIONs, a broken frame):
     /// GOAWAY with the matching code, then the connection closes once it is written.
     private func fatal(_ code: Int32) {
-        worker.stats.inc(stats.downstreamCxProtocolError)
+        countProtocolError()
         let error: UInt32
-        switch code {
-        case NGHTTP2_ERR_FLOODED.rawValue, NGHTTP2_ERR_TOO_MANY_CONTINUATIONS.rawValue: error = NGHTTP2_ENHANCE_YOUR_CALM.rawValue
-        case NGHTTP2_ERR_CALLBACK_FAILURE.rawValue: error = NGHTTP2_INTERNAL_ERROR.rawValue
-        default: error = NGHTTP2_PROTOCOL_ERROR.rawValue
+        let calm = NGHTTP2_ENHANCE_YOUR_CALM.rawValue
+        if let t = tripped {
+            worker.stats.inc(t.counter)
+            error = t.code
+        } else {
+            switch code {
+            case NGHTTP2_ERR_FLOODED.rawValue: error = calm; worker.stats.inc(stats.http2.outboundControlFlood)
+            case NGHTTP2_ERR_TOO_MANY_CONTINUATIONS.rawValue: error = calm; worker.stats.inc(stats.http2.continuationFlood)
+            case NGHTTP2_ERR_CALLBACK_FAILURE.rawValue: error = NGHTTP2_INTERNAL_ERROR.rawValue
+            default: error = NGHTTP2_PROTOCOL_ERROR.rawValue
+            }
         }
+        ownGoaways.append(error)
         _ = nghttp2_session_terminate_session(session, error)
         flush()
         closeAfterFlush()
@@ -350,6 +370,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         let id = frame.pointee.hd.stream_id
         if frame.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
             let h = Http2ServerStream(id: id, pool: worker.blocks, now: monotonicMs())
+            flood.streamOpened()
             live[ObjectIdentifier(h)] = h
             worker.stats.inc(cxStats.http2.streamsActive)
             nghttp2_session_set_stream_user_data(session, id, Unmanaged.passUnretained(h).toOpaque())
@@ -368,8 +389,14 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         if h.headerBytes > limit || h.headerCount > settings.maxHeadersCount {
             h.overflow = true
             if h.headerBytes > 4 * limit {
-                // Only an HPACK bomb decodes to this much: stop decoding the block.
+                // Only an HPACK bomb decodes to this much: stop decoding the block; a second
+                // one ends the connection.
                 worker.stats.inc(stats.http2.headerOverflow)
+                hpackBombs += 1
+                if hpackBombs >= 2 {
+                    tripped = (stats.http2.hpackBombClose, NGHTTP2_ENHANCE_YOUR_CALM.rawValue)
+                    return NGHTTP2_ERR_CALLBACK_FAILURE.rawValue
+                }
                 _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), h.id, NGHTTP2_ENHANCE_YOUR_CALM.rawValue)
                 return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue
             }
@@ -382,9 +409,24 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         return 0
     }
 
+    /// Every frame header, before nghttp2 acts on the frame (PRIORITY frames reach no other
+    /// callback): the flood limits.
+    private func onBeginFrame(_ hd: nghttp2_frame_hd) -> Int32 {
+        let endStream = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
+        let calm = NGHTTP2_ENHANCE_YOUR_CALM.rawValue
+        switch flood.received(type: hd.type, length: hd.length, endStream: endStream) {
+        case .ok: return 0
+        case .emptyFrames: return trip(stats.http2.inboundEmptyFramesFlood, calm)
+        case .priorityFrames: return trip(stats.http2.inboundPriorityFramesFlood, calm)
+        case .windowUpdateFrames: return trip(stats.http2.inboundWindowUpdateFramesFlood, calm)
+        case .prematureResets: return trip(stats.http2.prematureResetClose, calm)
+        }
+    }
+
     private func onFrameRecv(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 {
         let hd = frame.pointee.hd
         let endStream = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
+        let calm = NGHTTP2_ENHANCE_YOUR_CALM.rawValue
         switch UInt32(hd.type) {
         case NGHTTP2_HEADERS.rawValue:
             guard let h = streamOf(hd.stream_id) else { return 0 }
@@ -410,10 +452,28 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             }
         case NGHTTP2_RST_STREAM.rawValue:
             worker.stats.inc(stats.http2.rxReset)
+            if let h = streamOf(hd.stream_id), !h.localEnded, flood.prematureReset() != .ok {
+                return trip(stats.http2.prematureResetClose, calm)
+            }
         default:
             break
         }
         return 0
+    }
+
+    /// `downstream_cx_protocol_error`, once per connection (nghttp2 and this code may both send
+    /// a GOAWAY for one attack).
+    private func countProtocolError() {
+        if protocolErrorCounted { return }
+        protocolErrorCounted = true
+        worker.stats.inc(stats.downstreamCxProtocolError)
+    }
+    private var protocolErrorCounted = false
+
+    /// A limit tripped inside a callback: stop reading this input; `fatal` sends the GOAWAY.
+    private func trip(_ counter: Counter, _ code: UInt32) -> Int32 {
+        if tripped == nil { tripped = (counter, code) }
+        return NGHTTP2_ERR_CALLBACK_FAILURE.rawValue
     }
 
     private func onDataChunk(_ id: Int32, _ data: UnsafeRawBufferPointer) -> Int32 {
@@ -469,7 +529,17 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             worker.stats.inc(stats.http2.txReset)
         case NGHTTP2_GOAWAY.rawValue:
             worker.stats.inc(stats.http2.goawaySent)
+            let code = frame.pointee.goaway.error_code
+            if let i = ownGoaways.firstIndex(of: code) {
+                ownGoaways.remove(at: i)
+            } else if code != NGHTTP2_NO_ERROR.rawValue {
+                // nghttp2 ended the connection itself (a broken frame, its reset rate limit).
+                countProtocolError()
+                if code == NGHTTP2_INTERNAL_ERROR.rawValue { worker.stats.inc(stats.http2.rapidResetGoaway) }
+            }
+            return 0
         case NGHTTP2_DATA.rawValue, NGHTTP2_HEADERS.rawValue:
+            if hd.type == UInt8(NGHTTP2_DATA.rawValue) { flood.dataSent() }
             guard hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0, let h = streamOf(hd.stream_id) else { return 0 }
             h.localEnded = true
             // The response is whole while the client still sends: it may stop (RFC 9113 8.1).
@@ -482,8 +552,12 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         return 0
     }
 
-    private func onInvalidFrame() -> Int32 {
+    private func onInvalidFrame(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 {
         worker.stats.inc(stats.http2.rxMessagingError)
+        if frame.pointee.hd.type == UInt8(NGHTTP2_HEADERS.rawValue) && streamOf(frame.pointee.hd.stream_id) == nil
+            && live.count >= settings.http2.maxConcurrentStreams {
+            worker.stats.inc(stats.http2.tooManyStreams)
+        }
         return 0
     }
 
@@ -741,6 +815,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             let d = lastActivityMs &+ settings.idleTimeoutMs
             if now >= d {
                 worker.stats.inc(stats.downstreamCxIdleTimeout)
+                ownGoaways.append(NGHTTP2_NO_ERROR.rawValue)
                 _ = nghttp2_session_terminate_session(session, NGHTTP2_NO_ERROR.rawValue)
                 flush()
                 closeAfterFlush()
@@ -763,6 +838,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         if live.isEmpty {
             sendFinalGoaway()
         } else {
+            ownGoaways.append(NGHTTP2_NO_ERROR.rawValue)
             _ = nghttp2_submit_shutdown_notice(session)
             drainDeadline = monotonicMs() &+ max(settings.drainTimeoutMs, 1)
             armDeadline(drainDeadline, if: true)
@@ -774,6 +850,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         guard !finalGoawaySent, let session else { return }
         finalGoawaySent = true
         worker.stats.inc(stats.downstreamCxDrainClose)
+        ownGoaways.append(NGHTTP2_NO_ERROR.rawValue)
         _ = nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nghttp2_session_get_last_proc_stream_id(session),
                                   NGHTTP2_NO_ERROR.rawValue, nil, 0)
         flushSoon()

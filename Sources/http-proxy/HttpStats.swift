@@ -99,6 +99,24 @@ final class Http2Stats: Sendable {
     let rxMessagingError: Counter
     /// `host` and `:authority` both present and different (400).
     let hostAuthorityMismatch: Counter
+    // Protections: each closes the connection with GOAWAY (ENHANCE_YOUR_CALM unless noted).
+    let inboundEmptyFramesFlood: Counter
+    let inboundPriorityFramesFlood: Counter
+    let inboundWindowUpdateFramesFlood: Counter
+    /// SETTINGS/PING acknowledgements piling up for a client that does not read (nghttp2's
+    /// max_outbound_ack).
+    let outboundControlFlood: Counter
+    /// More CONTINUATION frames than nghttp2's limit (CVE-2024-28182).
+    let continuationFlood: Counter
+    /// A second header block decoding to over 4 × the header limit on one connection.
+    let hpackBombClose: Counter
+    /// Streams over MAX_CONCURRENT_STREAMS (REFUSED_STREAM before the client acknowledged our
+    /// SETTINGS, a PROTOCOL_ERROR GOAWAY after).
+    let tooManyStreams: Counter
+    /// Half or more of at least 500 streams reset by the client early (Envoy's rule).
+    let prematureResetClose: Counter
+    /// nghttp2's stream reset rate limit closed the connection (INTERNAL_ERROR).
+    let rapidResetGoaway: Counter
 
     init(store: StatsStore, prefix p: String) {
         rxReset = store.counter(p + "rx_reset")
@@ -110,6 +128,15 @@ final class Http2Stats: Sendable {
         headerOverflow = store.counter(p + "header_overflow")
         rxMessagingError = store.counter(p + "rx_messaging_error")
         hostAuthorityMismatch = store.counter(p + "host_authority_mismatch")
+        inboundEmptyFramesFlood = store.counter(p + "inbound_empty_frames_flood")
+        inboundPriorityFramesFlood = store.counter(p + "inbound_priority_frames_flood")
+        inboundWindowUpdateFramesFlood = store.counter(p + "inbound_window_update_frames_flood")
+        outboundControlFlood = store.counter(p + "outbound_control_flood")
+        continuationFlood = store.counter(p + "continuation_flood")
+        hpackBombClose = store.counter(p + "hpack_bomb_close")
+        tooManyStreams = store.counter(p + "too_many_streams")
+        prematureResetClose = store.counter(p + "premature_reset_close")
+        rapidResetGoaway = store.counter(p + "rapid_reset_goaway")
     }
 }
 

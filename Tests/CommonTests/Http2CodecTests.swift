@@ -75,3 +75,47 @@ private func error(_ http: String) -> String {
     #expect(error("routes: [{ match: { prefix: / }, cluster: a }]\nhttp2_protocol_options: { initial_stream_window_size: 4GiB }").contains("initial_stream_window_size"))
     #expect(error("routes: [{ match: { prefix: / }, cluster: a }]\nhttp2_protocol_options: { bogus: 1 }").contains("bogus"))
 }
+
+@Test func floodGuardCountsConsecutiveEmptyDataFramesOnly() {
+    var g = Http2FloodGuard()
+    #expect(g.received(type: 0, length: 0, endStream: false) == .ok)
+    #expect(g.received(type: 0, length: 10, endStream: false) == .ok)  // a payload resets the run
+    #expect(g.received(type: 0, length: 0, endStream: false) == .ok)
+    #expect(g.received(type: 0, length: 0, endStream: true) == .ok)    // END_STREAM is not empty
+    #expect(g.received(type: 0, length: 0, endStream: false) == .ok)
+    #expect(g.received(type: 0, length: 0, endStream: false) == .emptyFrames)
+}
+
+@Test func floodGuardBoundsPriorityFramesByStreamsOpened() {
+    var g = Http2FloodGuard()
+    for _ in 0..<100 { #expect(g.received(type: 2, length: 5, endStream: false) == .ok) }
+    #expect(g.received(type: 2, length: 5, endStream: false) == .priorityFrames)
+    var h = Http2FloodGuard()
+    h.streamOpened()
+    for _ in 0..<200 { #expect(h.received(type: 2, length: 5, endStream: false) == .ok) }
+    #expect(h.received(type: 2, length: 5, endStream: false) == .priorityFrames)
+}
+
+@Test func floodGuardBoundsWindowUpdatesByDataSent() {
+    var g = Http2FloodGuard()
+    for _ in 0..<5 { #expect(g.received(type: 8, length: 4, endStream: false) == .ok) }
+    #expect(g.received(type: 8, length: 4, endStream: false) == .windowUpdateFrames)
+    var h = Http2FloodGuard()
+    h.streamOpened()
+    for _ in 0..<3 { h.dataSent() }
+    // 5 + 2 × (1 + 10 × 3) = 67
+    for _ in 0..<67 { #expect(h.received(type: 8, length: 4, endStream: false) == .ok) }
+    #expect(h.received(type: 8, length: 4, endStream: false) == .windowUpdateFrames)
+}
+
+@Test func prematureResetsCloseOnlyPastHalfOfEnoughStreams() {
+    var g = Http2FloodGuard()
+    for _ in 0..<499 { g.streamOpened() }
+    for _ in 0..<499 { #expect(g.prematureReset() == .ok) }  // fewer than 500 streams: never
+    g.streamOpened()
+    #expect(g.prematureReset() == .prematureResets)
+    var h = Http2FloodGuard()
+    for _ in 0..<1000 { h.streamOpened() }
+    for _ in 0..<499 { #expect(h.prematureReset() == .ok) }
+    #expect(h.prematureReset() == .prematureResets)  // 500 of 1000
+}

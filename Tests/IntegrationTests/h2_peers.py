@@ -85,7 +85,8 @@ class H2Client:
         self.uploads = {}             # sid -> [memoryview left, trailers or None]
         self.out = bytearray()
         self.eof = False
-        self.goaway = None            # (error code, last stream id) of a GOAWAY received
+        self.goaway = None            # (error code, last stream id) of the last GOAWAY received
+        self.goaways = []             # every GOAWAY received, in order
         self.remote_settings = {}     # SettingCodes value -> value, as received
         if preface_split is not None:
             # The first `preface_split` bytes alone (the caller waits for the peer to read them).
@@ -207,6 +208,7 @@ class H2Client:
                 self.uploads.pop(sid, None)
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 self.goaway = (int(ev.error_code), ev.last_stream_id)
+                self.goaways.append(self.goaway)
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
                 for code, change in ev.changed_settings.items():
                     self.remote_settings[int(code)] = change.new_value

@@ -5,6 +5,7 @@ raw-socket handlers play broken or hostile upstreams."""
 import hashlib
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -77,6 +78,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"X-Checksum: " + hashlib.sha256(data).hexdigest().encode() + b"\r\n")
             self.wfile.write(b"\r\n")
             return
+        if path.startswith("/delay/"):
+            # Answers after N ms (a request still in flight when the test acts).
+            time.sleep(int(path.split("/")[2]) / 1000)
+            return self._reply(200, b"delayed\n", [("X-Origin", srv.name)])
         if path.startswith("/status/"):
             return self._reply(int(path.split("/")[2]), b"status\n", [("X-Origin", srv.name)])
         if path.startswith("/flaky/"):
