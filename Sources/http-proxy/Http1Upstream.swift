@@ -119,7 +119,10 @@ final class HostPool: ConnectionPoolCallbacks {
     let stats: UpstreamRequestStats
     private(set) var pool: ConnectionPool<HostPool, HttpPoolStats>!
     /// Clients by connection slot.
-    private var clients: [Http1Client?] = []
+    private var clients: [(any UpstreamClient)?] = []
+    /// The cluster speaks HTTP/2 to its hosts (fixed per pool: a reload that changes the
+    /// protocol makes a new cluster view, hence new pools).
+    let http2: Bool
 
     init(worker: Worker, address: SocketAddress, cluster: WorkerCluster, host: Int, stats: UpstreamRequestStats) {
         self.worker = worker
@@ -128,7 +131,8 @@ final class HostPool: ConnectionPoolCallbacks {
         self.stats = stats
         let cfg = cluster.snapshot.config
         let opts = cfg.binaryOptions as? HttpClusterOptions
-        var pc = PoolConfig(expectedCapacity: 1, idleTimeoutMs: opts?.idleTimeoutMs ?? 3_600_000,
+        http2 = opts?.upstreamProtocol == .http2
+        var pc = PoolConfig(expectedCapacity: http2 ? opts?.http2MaxConcurrentStreams ?? 100 : 1, idleTimeoutMs: opts?.idleTimeoutMs ?? 3_600_000,
                             maxRequestsPerConnection: opts?.maxRequestsPerConnection)
         if let m = cfg.maxConnections { pc.maxConnections = PoolBreaker(count: cluster.snapshot.openConnections, limit: m) }
         if let m = cfg.maxPending { pc.maxPendingRequests = PoolBreaker(count: cluster.snapshot.pending, limit: m) }
@@ -140,16 +144,20 @@ final class HostPool: ConnectionPoolCallbacks {
 
     func drain() { pool.drainConnections() }
 
-    func client(_ id: PoolConnectionID) -> Http1Client? {
+    func client(_ id: PoolConnectionID) -> (any UpstreamClient)? {
         let i = Int(id.slot)
         guard i < clients.count, let c = clients[i], c.id == id else { return nil }
         return c
     }
 
+    /// A stream for a request on connection `id`.
+    func stream(_ id: PoolConnectionID) -> (any UpstreamStream)? { client(id)?.newStream() }
+
     // MARK: - ConnectionPoolCallbacks
 
     func poolConnect(_ id: PoolConnectionID) {
-        let c = Http1Client(pool: self, id: id, cluster: lastPick.0, host: lastPick.1)
+        let c: any UpstreamClient = http2 ? Http2Client(pool: self, id: id, cluster: lastPick.0, host: lastPick.1)
+                                          : Http1Client(pool: self, id: id, cluster: lastPick.0, host: lastPick.1)
         let i = Int(id.slot)
         while clients.count <= i { clients.append(nil) }
         clients[i] = c
@@ -164,14 +172,14 @@ final class HostPool: ConnectionPoolCallbacks {
     }
 
     func poolAttach(_ waiter: UpstreamAttempt, to id: PoolConnectionID, exclusive: Bool) {
-        guard let c = client(id) else { waiter.poolFailed(.connectFailure); return }
-        waiter.attached(c)
+        guard let s = stream(id) else { waiter.poolFailed(.connectFailure); return }
+        waiter.attached(s)
     }
 
     func poolFail(_ waiter: UpstreamAttempt, _ reason: PoolFailureReason) { waiter.poolFailed(reason) }
 
     /// A client's connection closed under the pool.
-    func clientClosed(_ c: Http1Client) {
+    func clientClosed(_ c: any UpstreamClient) {
         if client(c.id) === c {
             clients[Int(c.id.slot)] = nil
             worker.dispatcher.deferredRelease(c)  // it is on the stack: freed after this event
@@ -180,21 +188,87 @@ final class HostPool: ConnectionPoolCallbacks {
     }
 }
 
-/// One upstream HTTP/1.1 connection of a pool: connects (TLS when the cluster has it),
-/// writes one request at a time and parses its response strictly (an invalid status line or
-/// framing is the upstream's fault: 502, never relayed; a body cut short is never delivered as
-/// complete).
-final class Http1Client: ConnectionCallbacks {
+/// The connect phase every pooled upstream connection shares, whatever its protocol: the
+/// socket (TLS when the cluster has it), the connect timeout, the host's connection accounting
+/// and outlier detection, and telling the pool. Subclasses speak the protocol.
+class PooledConnection: ConnectionCallbacks {
     unowned(unsafe) let pool: HostPool
     let id: PoolConnectionID
     /// The cluster view and host index it was opened in (its accounting goes there).
     let cluster: WorkerCluster
     let host: Int
-    private(set) var connection: Connection?
-    private var timer: Timer?
+    var connection: Connection?
+    var timer: Timer?
     private var connectStartMs: UInt64 = 0
     private(set) var connected = false
-    private var closed = false
+    var closed = false
+
+    init(pool: HostPool, id: PoolConnectionID, cluster: WorkerCluster, host: Int) {
+        self.pool = pool; self.id = id; self.cluster = cluster; self.host = host
+    }
+
+    var worker: Worker { pool.worker }
+
+    func connect() {
+        let cs = cluster.snapshot
+        cluster.hostOpened(host, worker.stats)
+        connectStartMs = monotonicMs()
+        var tls: (TlsContext, TlsStats)?
+        if let t = cs.config.tls { tls = (t.context, cs.stats.tls) }
+        let (conn, err) = Connection.connect(worker: worker, to: pool.address, bufferLimit: 1 << 20, callbacks: self, tls: tls,
+                                             clear: [], serverName: nil)
+        guard let conn else {
+            connectFailed(timeout: false, local: isLocalConnectError(err))
+            return
+        }
+        connection = conn
+        let t = Timer(worker.dispatcher) { [unowned self] in
+            if !connected { connectFailed(timeout: true) }
+        }
+        timer = t
+        t.arm(ms: cs.config.connectTimeoutMs)
+    }
+
+    func connectFailed(timeout: Bool, local: Bool = false) {
+        guard !closed else { return }
+        closed = true
+        timer?.cancel()
+        cluster.hostConnectFailed(host, timeout: timeout, outlier: !local)
+        cluster.hostClosed(host, worker.stats)
+        if let c = connection { c.callbacks = nil; c.close(); connection = nil }
+        pool.pool.connectFailed(id, timeout ? .timeout : .failed)
+    }
+
+    /// The socket (and TLS) is up: the subclass tells the pool how many requests it takes.
+    func didConnect(_ c: Connection) {}
+
+    // MARK: - ConnectionCallbacks (the protocol's part is the subclass's)
+
+    func onConnected(_ c: Connection) {
+        connected = true
+        timer?.cancel()
+        let cs = cluster.snapshot
+        worker.stats.record(cs.stats.upstreamCxConnectMs, monotonicMs() &- connectStartMs)
+        cs.hosts[host].outlier?.success()
+        didConnect(c)
+    }
+
+    func onConnectFailed(_ c: Connection, errno: Int32) {
+        connection = nil
+        connectFailed(timeout: false)
+    }
+
+    func onData(_ c: Connection, _ buffer: Buffer, endStream: Bool) {}
+    func onClose(_ c: Connection, remote: Bool) {}
+    func onAboveWriteBufferHighWatermark(_ c: Connection) {}
+    func onBelowWriteBufferLowWatermark(_ c: Connection) {}
+}
+
+/// One upstream HTTP/1.1 connection of a pool: connects (TLS when the cluster has it),
+/// writes one request at a time and parses its response strictly (an invalid status line or
+/// framing is the upstream's fault: 502, never relayed; a body cut short is never delivered as
+/// complete).
+final class Http1Client: PooledConnection, UpstreamClient, UpstreamStream {
     /// The request being served.
     private(set) var attempt: UpstreamAttempt?
 
@@ -220,43 +294,16 @@ final class Http1Client: ConnectionCallbacks {
     /// The map the response head being parsed goes into (one per response, not per read).
     private var parsing: HeaderMap?
 
-    init(pool: HostPool, id: PoolConnectionID, cluster: WorkerCluster, host: Int) {
-        self.pool = pool; self.id = id; self.cluster = cluster; self.host = host
+    override init(pool: HostPool, id: PoolConnectionID, cluster: WorkerCluster, host: Int) {
         scratch = Buffer(pool: pool.worker.blocks)
         requestOut = Buffer(pool: pool.worker.blocks)
+        super.init(pool: pool, id: id, cluster: cluster, host: host)
     }
 
-    private var worker: Worker { pool.worker }
+    /// One request at a time: the connection is the stream.
+    func newStream() -> (any UpstreamStream)? { closed ? nil : self }
 
-    func connect() {
-        let cs = cluster.snapshot
-        cluster.hostOpened(host, worker.stats)
-        connectStartMs = monotonicMs()
-        var tls: (TlsContext, TlsStats)?
-        if let t = cs.config.tls { tls = (t.context, cs.stats.tls) }
-        let (conn, err) = Connection.connect(worker: worker, to: pool.address, bufferLimit: 1 << 20, callbacks: self, tls: tls,
-                                             clear: [], serverName: nil)
-        guard let conn else {
-            connectFailed(timeout: false, local: isLocalConnectError(err))
-            return
-        }
-        connection = conn
-        let t = Timer(worker.dispatcher) { [unowned self] in
-            if !connected { connectFailed(timeout: true) }
-        }
-        timer = t
-        t.arm(ms: cs.config.connectTimeoutMs)
-    }
-
-    private func connectFailed(timeout: Bool, local: Bool = false) {
-        guard !closed else { return }
-        closed = true
-        timer?.cancel()
-        cluster.hostConnectFailed(host, timeout: timeout, outlier: !local)
-        cluster.hostClosed(host, worker.stats)
-        if let c = connection { c.callbacks = nil; c.close(); connection = nil }
-        pool.pool.connectFailed(id, timeout ? .timeout : .failed)
-    }
+    func unused() { pool.pool.requestFinished(id) }
 
     /// Closes without telling the pool (it asked).
     func closeQuietly() {
@@ -329,21 +376,9 @@ final class Http1Client: ConnectionCallbacks {
 
     // MARK: - ConnectionCallbacks
 
-    func onConnected(_ c: Connection) {
-        connected = true
-        timer?.cancel()
-        let cs = cluster.snapshot
-        worker.stats.record(cs.stats.upstreamCxConnectMs, monotonicMs() &- connectStartMs)
-        cs.hosts[host].outlier?.success()
-        pool.pool.connected(id, capacity: 1)
-    }
+    override func didConnect(_ c: Connection) { pool.pool.connected(id, capacity: 1) }
 
-    func onConnectFailed(_ c: Connection, errno: Int32) {
-        connection = nil
-        connectFailed(timeout: false)
-    }
-
-    func onData(_ c: Connection, _ buffer: Buffer, endStream: Bool) {
+    override func onData(_ c: Connection, _ buffer: Buffer, endStream: Bool) {
         guard let a = attempt else {
             // Bytes with no request outstanding: a broken or hostile upstream.
             if !buffer.isEmpty {
@@ -533,7 +568,7 @@ final class Http1Client: ConnectionCallbacks {
         a.upstreamReset(reset ? .connectionTermination : .protocolError)
     }
 
-    func onClose(_ c: Connection, remote: Bool) {
+    override func onClose(_ c: Connection, remote: Bool) {
         if !connected {
             connection = nil
             connectFailed(timeout: false)
@@ -556,8 +591,8 @@ final class Http1Client: ConnectionCallbacks {
         closeAndReport()
     }
 
-    func onAboveWriteBufferHighWatermark(_ c: Connection) { attempt?.upstreamAboveHighWatermark() }
-    func onBelowWriteBufferLowWatermark(_ c: Connection) { attempt?.upstreamBelowLowWatermark() }
+    override func onAboveWriteBufferHighWatermark(_ c: Connection) { attempt?.upstreamAboveHighWatermark() }
+    override func onBelowWriteBufferLowWatermark(_ c: Connection) { attempt?.upstreamBelowLowWatermark() }
 
     /// Pause or resume reading the response (the client is slow). Counted, so that the
     /// connection never goes back to the pool still paused by a finished request.

@@ -600,7 +600,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             if let t = h.sendTrailers {
                 h.sendTrailers = nil
                 flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
-                submitHeaders(t, status: nil) { nva, count in _ = nghttp2_submit_trailer(session, id, nva, count) }
+                Http2Headers.withFields(t, status: nil) { nva, count in _ = nghttp2_submit_trailer(session, id, nva, count) }
             }
         }
         return n
@@ -628,7 +628,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         }
         let id = hs.id
         let session = session
-        submitHeaders(h, status: status) { nva, count in
+        Http2Headers.withFields(h, status: status) { nva, count in
             if end {
                 _ = nghttp2_submit_response(session, id, nva, count, nil)
             } else {
@@ -664,39 +664,6 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             _ = nghttp2_session_resume_data(session, hs.id)
         }
         flushSoon()
-    }
-
-    /// Builds the nghttp2 header list for `h` (`:status` first when given; connection-specific
-    /// fields left out) in one scratch block, valid while `body` runs (nghttp2 copies it).
-    private func submitHeaders(_ h: HeaderMap, status: Int?, _ body: (UnsafePointer<nghttp2_nv>, Int) -> Void) {
-        var statusBytes: [UInt8] = []
-        if let status { statusBytes = Array(":status".utf8) + Array(String(status).utf8) }
-        var nva: [nghttp2_nv] = []
-        nva.reserveCapacity(h.count + 1)
-        let flags = UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)
-        statusBytes.withUnsafeMutableBufferPointer { sb in
-            if status != nil {
-                nva.append(nghttp2_nv(name: sb.baseAddress!, value: sb.baseAddress! + 7, namelen: 7, valuelen: sb.count - 7, flags: flags))
-            }
-            h.storage.withUnsafeBufferPointer { st in
-                let base = UnsafeMutablePointer(mutating: st.baseAddress)
-                for e in h.entries where !e.removed {
-                    switch e.known {
-                    case .status, .method, .path, .scheme, .authority, .protocol,
-                         .connection, .keepAlive, .proxyConnection, .transferEncoding, .upgrade, .http2Settings, .host, .te, .trailer:
-                        continue
-                    default: break
-                    }
-                    guard let base, e.nameLength > 0 else { continue }
-                    let name = base + Int(e.nameStart)
-                    // Names must be lowercase in HTTP/2; a mixed-case one (from config) is lowered in place.
-                    for i in 0..<Int(e.nameLength) where name[i] &- 0x41 < 26 { name[i] |= 0x20 }
-                    nva.append(nghttp2_nv(name: name, value: base + Int(e.valueStart), namelen: Int(e.nameLength),
-                                          valuelen: Int(e.valueLength), flags: flags))
-                }
-                nva.withUnsafeBufferPointer { body($0.baseAddress!, $0.count) }
-            }
-        }
     }
 
     func streamComplete(_ s: HttpStream) { flushSoon() }

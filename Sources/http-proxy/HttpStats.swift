@@ -159,6 +159,13 @@ final class UpstreamRequestStats: Sendable {
     let rqRetryLimitExceeded: Counter
     let cxProtocolError: Counter
     let http1Errors: [Counter]
+    // HTTP/2 upstreams.
+    let cxHttp2Total: Counter
+    let h2RxReset: Counter
+    let h2TxReset: Counter
+    let goawayReceived: Counter
+    /// REFUSED_STREAM, or streams above a GOAWAY's last stream id (`http2.stream_refused_errors`).
+    let streamRefused: Counter
     /// Pool stats (`upstream_rq_total`, `_active`, `_pending_*`, `upstream_cx_*` of pools).
     let pool: PoolStatHandles
 
@@ -184,6 +191,11 @@ final class UpstreamRequestStats: Sendable {
         rqRetryLimitExceeded = store.counter(p + "upstream_rq_retry_limit_exceeded")
         cxProtocolError = store.counter(p + "upstream_cx_protocol_error")
         http1Errors = Http1Error.allCases.map { store.counter(p + "http1." + $0.statName) }
+        cxHttp2Total = store.counter(p + "upstream_cx_http2_total")
+        h2RxReset = store.counter(p + "http2.rx_reset")
+        h2TxReset = store.counter(p + "http2.tx_reset")
+        goawayReceived = store.counter(p + "http2.goaway_received")
+        streamRefused = store.counter(p + "http2.stream_refused_errors")
         pool = PoolStatHandles(store: store, prefix: p)
     }
 

@@ -188,7 +188,7 @@ final class Router: HttpDecoderFilter {
         updateDeadline()
         switch pool.pool.checkout(a) {
         case .attached(let id):
-            if let c = pool.client(id) { a.attached(c) } else { a.poolFailed(.connectFailure) }
+            if let c = pool.stream(id) { a.attached(c) } else { a.poolFailed(.connectFailure) }
         case .queued(let r):
             a.queued = r
         case .failed(let reason):
@@ -197,7 +197,7 @@ final class Router: HttpDecoderFilter {
     }
 
     /// The attempt got a connection: the head, then what the client already sent.
-    func attemptAttached(_ a: UpstreamAttempt, _ c: Http1Client) {
+    func attemptAttached(_ a: UpstreamAttempt, _ c: any UpstreamStream) {
         let pending = pendingBody
         let end = requestComplete && (pending?.isEmpty ?? true) && trailers == nil
         let h = stream.requestHeaders
@@ -296,7 +296,9 @@ final class Router: HttpDecoderFilter {
         cluster?.snapshot.hosts[a.host].outlier?.failure()
         a.count(.rqError, worker.stats)
         worker.stats.inc(cstats.rqRxReset)
+        if kind == .refusedStream { worker.stats.inc(cstats.streamRefused) }
         if !stream.responseStarted {
+            if kind == .refusedStream && retry(on: .refusedStream) { return }
             if kind == .connectionTermination && retry(on: .reset) { return }
             if kind == .protocolError && retry(on: .gatewayError) { return }
             stream.sendLocalReply(kind == .protocolError ? 502 : 503,
@@ -487,7 +489,38 @@ extension StringProtocol {
 }
 
 /// How an upstream exchange broke.
-enum UpstreamResetKind { case connectionTermination, protocolError }
+enum UpstreamResetKind {
+    case connectionTermination, protocolError
+    /// HTTP/2: the host refused the stream (REFUSED_STREAM, or above a GOAWAY's last stream id):
+    /// it did not process the request, so any request may be retried (`refused-stream`).
+    case refusedStream
+}
+
+/// One request on an upstream connection, whatever the protocol: `Http1Client` itself (one
+/// request per connection at a time) or an `Http2ClientStream` (many per connection).
+protocol UpstreamStream: AnyObject {
+    /// Starts the request: the head now, the body as the router passes it.
+    func start(_ a: UpstreamAttempt, headers: HeaderMap, endStream: Bool, hasBody: Bool, contentLength: Bool)
+    func sendData(_ data: Buffer, endStream: Bool)
+    func sendTrailers(_ t: HeaderMap)
+    /// The router gave up on the request (HTTP/1.1: the connection closes; HTTP/2: RST_STREAM).
+    func abandon()
+    /// Pause or resume reading the response (the client is slow). Counted.
+    func readDisable()
+    func readEnable()
+    /// The attempt went away before starting it: the connection takes another request.
+    func unused()
+}
+
+/// One pooled upstream connection of a host, whatever the protocol.
+protocol UpstreamClient: AnyObject {
+    var id: PoolConnectionID { get }
+    func connect()
+    /// Closes without telling the pool (it asked).
+    func closeQuietly()
+    /// A stream for the next request on this connection (nil: it cannot take one).
+    func newStream() -> (any UpstreamStream)?
+}
 
 /// One try of a request on one host: waits in the host's pool, then rides a client.
 final class UpstreamAttempt {
@@ -495,7 +528,7 @@ final class UpstreamAttempt {
     unowned(unsafe) let pool: HostPool
     let cluster: WorkerCluster
     let host: Int
-    private(set) var client: Http1Client?
+    private(set) var client: (any UpstreamStream)?
     var queued: PoolRequestID?
     private let startMs = monotonicMs()
     private var settled = false
@@ -505,9 +538,9 @@ final class UpstreamAttempt {
         self.router = router; self.pool = pool; self.cluster = cluster; self.host = host
     }
 
-    func attached(_ c: Http1Client) {
+    func attached(_ c: any UpstreamStream) {
         queued = nil
-        if gone { pool.pool.requestFinished(c.id); return }
+        if gone { c.unused(); return }
         client = c
         // The host's request stats (/clusters): this try is on its way to it.
         let hs = cluster.snapshot.hosts[host].stats

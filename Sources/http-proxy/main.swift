@@ -1,7 +1,7 @@
 import ArgumentParser
 import Common
 
-/// http-proxy: an HTTP/1.1 reverse proxy (docs/http-proxy.md).
+/// http-proxy: an HTTP/1.1 and HTTP/2 reverse proxy (docs/http-proxy.md).
 struct HttpProxyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "http-proxy",
@@ -19,12 +19,20 @@ struct HttpProxyCommand: ParsableCommand {
     var retries: Int?
     @Option(help: "With --listen: close pooled upstream connections unused this long (default 1h).")
     var upstreamIdleTimeout: String?
+    @Option(help: "With --listen: what to speak to the upstreams, http1 (default) or http2 (h2c, or h2 by ALPN over TLS).")
+    var upstreamProtocol: String?
 
     func run() throws {
         if common.config != nil && (!route.isEmpty || tls.isSet || timeout != nil || retries != nil
-                                    || upstreamIdleTimeout != nil) {
-            throw ValidationError("--route, --tls-cert/--tls-key, --timeout, --retries and --upstream-idle-timeout go with --listen; with --config set them in the file")
+                                    || upstreamIdleTimeout != nil || upstreamProtocol != nil) {
+            throw ValidationError("--route, --tls-cert/--tls-key, --timeout, --retries, --upstream-idle-timeout and --upstream-protocol go with --listen; with --config set them in the file")
         }
+        if let p = upstreamProtocol, p != "http1" && p != "http2" {
+            throw ValidationError("--upstream-protocol: give http1 or http2, not \"\(p)\"")
+        }
+        var clusterOptions: [(String, JSON)] = []
+        if let t = upstreamIdleTimeout { clusterOptions.append(("idle_timeout", .string(t))) }
+        if let p = upstreamProtocol { clusterOptions.append(("protocol", .string(p))) }
         let routes: FlagRoutes
         do { routes = try flagRoutes(routeFlags: route) } catch { throw ValidationError(error.description) }
         let listenerFlags = try tls.listenerFlags()
@@ -36,7 +44,7 @@ struct HttpProxyCommand: ParsableCommand {
                 routes.block(defaultCluster: hasUpstream ? cluster : nil, timeout: timeout, retries: retries)
             },
             listenerFlags: listenerFlags,
-            clusterFlags: upstreamIdleTimeout.map { [("http_protocol_options", JSON.object([("idle_timeout", .string($0))]))] } ?? [],
+            clusterFlags: clusterOptions.isEmpty ? [] : [("http_protocol_options", JSON.object(clusterOptions))],
             makeFactory: { HttpProxyFactory(listener: $0, block: $1, clusters: $2, store: $3) })
         binary.flagClusters = routes.clusters
         Server.main(options: common, binary: binary)

@@ -183,8 +183,9 @@ public enum ConfigLoader {
         if let p = m.optional("send_proxy_protocol") {
             c.sendProxyProtocol = ProxyProtocolVersion(rawValue: try p.oneOf(["v1", "v2"]))
         }
+        if let options, let o = m.optional(options.key) { c.binaryOptions = try options.parse(o) }
         if let t = m.optional("tls") {
-            let tls = try parseClientTls(t)
+            let tls = try parseClientTls(t, defaultAlpn: c.binaryOptions?.defaultAlpn ?? [])
             c.tls = tls
             // Health checks speak to the hosts as the proxy does (Envoy's default): over TLS,
             // with h2 agreed for gRPC. UDP checks stay plain.
@@ -207,7 +208,6 @@ public enum ConfigLoader {
             if let mr = cm.optional("max_retries") { c.maxRetries = try mr.int(min: 0) }
             try cm.finish()
         }
-        if let options, let o = m.optional(options.key) { c.binaryOptions = try options.parse(o) }
         try m.finish()
         return c
     }
@@ -460,7 +460,7 @@ public enum ConfigLoader {
     }
 
     /// A cluster's `tls` block (client side).
-    static func parseClientTls(_ v: ConfigValue) throws(ConfigError) -> TlsClientConfig {
+    static func parseClientTls(_ v: ConfigValue, defaultAlpn: [String] = []) throws(ConfigError) -> TlsClientConfig {
         let m = try v.mapping()
         var sni: String?
         if let s = m.optional("sni") {
@@ -473,7 +473,7 @@ public enum ConfigLoader {
         let verify = try m.optional("verify")?.bool() ?? true
         let ca = try m.optional("ca").map { (c: ConfigValue) throws(ConfigError) in try readablePath(c) }
         let (alpnGiven, minVersion) = try tlsCommon(m)
-        let alpn = alpnGiven ?? []
+        let alpn = alpnGiven ?? defaultAlpn
         try m.finish()
         do {
             let ctx = try TlsContext.client(caFile: ca, verify: verify, serverName: sni, alpn: alpn, minVersion: minVersion)

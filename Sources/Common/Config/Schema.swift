@@ -149,6 +149,13 @@ public protocol ClusterOptionsConfig: Sendable {
     var configKey: String { get }
     /// The effective options, for /config_dump.
     var dump: JSON { get }
+    /// The ALPN protocols the cluster's `tls` offers when its block names none (http-proxy:
+    /// `h2` for HTTP/2 upstreams). Nil: none.
+    var defaultAlpn: [String]? { get }
+}
+
+extension ClusterOptionsConfig {
+    public var defaultAlpn: [String]? { nil }
 }
 
 /// `clusters[i].lb_policy`.
