@@ -333,6 +333,8 @@ final class Http1Client: PooledConnection, UpstreamClient, UpstreamStream {
         requestHead = headers.first(.method).map { headers.valueEqualsIgnoringCase($0, "HEAD") } ?? false
         requestConnect = headers.first(.method).map { headers.withValue($0) { equalsLiteral($0, "CONNECT") } } ?? false
         requestUpgrade = headers.has(.upgrade)
+        // `te: trailers` from an HTTP/2 client describes that hop only.
+        headers.remove(.te)
         // A body of unknown length goes chunked.
         if hasBody && !contentLength { headers.set(.transferEncoding, "chunked") }
         sendChunked = hasBody && !contentLength

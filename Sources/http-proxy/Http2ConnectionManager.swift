@@ -321,8 +321,8 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         if let t = trailersNow, !s.done { s.decodeTrailers(t) }
     }
 
-    /// `:authority` and `host` reconciled, cookies joined into one field, `te` dropped (the
-    /// upstream codec speaks HTTP/1.1); a problem to answer instead, if any.
+    /// `:authority` and `host` reconciled, cookies joined into one field; a problem to answer
+    /// instead, if any.
     private func translateRequest(_ h: HeaderMap) -> (status: Int, text: String)? {
         if let m = h.first(.method), h.valueEqualsIgnoringCase(m, "CONNECT") {
             return (501, "CONNECT over HTTP/2 is not supported")
@@ -354,7 +354,8 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             }
             h.set(.cookie, joined)
         }
-        h.remove(.te)
+        // `te` stays (nghttp2 lets only `trailers` through): an HTTP/2 upstream gets it (gRPC),
+        // the HTTP/1.1 client removes it.
         return nil
     }
 

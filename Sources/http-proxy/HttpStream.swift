@@ -85,6 +85,9 @@ final class HttpStream {
     var isConnect = false
     /// The HTTP/2 stream id carrying this stream (0 on HTTP/1.1).
     var codecStreamId: Int32 = 0
+    /// A gRPC request (`content-type: application/grpc...`): local replies are trailers-only
+    /// gRPC responses.
+    lazy var isGrpc: Bool = requestHeaders.value("content-type").map { $0.lowercased().hasPrefix("application/grpc") } ?? false
 
     init(cm: any HttpServerCodec, headers: HeaderMap, router: Router) {
         self.cm = cm
@@ -370,7 +373,8 @@ final class HttpStream {
 
     /// Answers from the proxy itself (a short text body), through the encoder filters, unless
     /// the response already started: then the stream can only be reset.
-    func sendLocalReply(_ status: Int, _ body: String, flags: String, extraHeaders: [(String, String)] = [], rawBody: Bool = false) {
+    func sendLocalReply(_ status: Int, _ body: String, flags: String, extraHeaders: [(String, String)] = [], rawBody: Bool = false,
+                        grpcStatus: Int? = nil) {
         guard !done else { return }
         if !flags.isEmpty { info.addFlag(flags) }
         if responseStarted {
@@ -381,6 +385,19 @@ final class HttpStream {
         encodeStoppedAt = -1
         encodeHeadersPending = false
         encodeBuffer = nil
+        if isGrpc {
+            // gRPC clients read the status from grpc-status, not from an HTML or text body
+            // (Envoy: a trailers-only response, HTTP 200).
+            let h = HeaderMap()
+            h.add(":status", "200")
+            h.add("content-type", "application/grpc")
+            h.add("grpc-status", String(grpcStatus ?? Grpc.status(http: status)))
+            h.add("grpc-message", Grpc.percentEncoded(body))
+            for (k, v) in extraHeaders { h.add(k, v) }
+            router.abandonUpstream()
+            encodeHeaders(h, endStream: true)
+            return
+        }
         let h = HeaderMap()
         h.add(":status", String(status))
         let text = body.isEmpty || rawBody ? body : body + "\n"

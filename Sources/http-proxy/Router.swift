@@ -42,6 +42,19 @@ final class Router: HttpDecoderFilter {
 
     private var worker: Worker { stream.worker }
 
+    /// The timeout of a gRPC request: with `max_grpc_timeout`, its `grpc-timeout` (none: no
+    /// limit) capped by it (0: no cap), as Envoy; without it, the route timeout, lowered to
+    /// `grpc-timeout` when that is shorter (nothing waits past the client's deadline).
+    static func grpcTimeoutMs(_ f: ForwardAction, _ h: HeaderMap) -> UInt64 {
+        let asked = h.value("grpc-timeout").flatMap { Grpc.timeoutMs($0) }.map { max($0, 1) }
+        if let cap = f.maxGrpcTimeoutMs {
+            guard let asked else { return cap }
+            return cap == 0 ? asked : min(asked, cap)
+        }
+        guard let asked else { return f.timeoutMs }
+        return f.timeoutMs == 0 ? asked : min(asked, f.timeoutMs)
+    }
+
     // MARK: - Decoding
 
     func decodeHeaders(_ h: HeaderMap, endStream: Bool) -> FilterHeadersStatus {
@@ -94,7 +107,8 @@ final class Router: HttpDecoderFilter {
                 retriesLeft = p.numRetries
                 if hasBody { replay = Buffer(pool: worker.blocks) }
             }
-            if f.timeoutMs > 0 { globalDeadline = monotonicMs() &+ f.timeoutMs }
+            let timeout = stream.isGrpc ? Router.grpcTimeoutMs(f, h) : f.timeoutMs
+            if timeout > 0 { globalDeadline = monotonicMs() &+ timeout }
             startAttempt()
             return .stopIteration
         }
@@ -234,7 +248,7 @@ final class Router: HttpDecoderFilter {
         if status >= 500 { host?.outlier?.failure() } else { host?.outlier?.success() }
         a.count(status >= 500 ? .rqError : .rqSuccess, worker.stats)
         cstats.countCode(status, worker.stats)
-        if shouldRetry(status: status) {
+        if shouldRetry(status: status) || endStream && shouldRetryGrpc(h) {
             if !endStream { a.client?.abandon() }
             a.finished(worker.stats, cstats)
             attempt = nil
@@ -320,6 +334,14 @@ final class Router: HttpDecoderFilter {
         return false
     }
 
+    /// A trailers-only gRPC response whose `grpc-status` the policy retries on (Envoy's
+    /// `retry_grpc_on`: cancelled, deadline-exceeded, resource-exhausted, unavailable).
+    private func shouldRetryGrpc(_ h: HeaderMap) -> Bool {
+        guard stream.isGrpc, let p = retryPolicy, retriesLeft > 0, !stream.responseStarted,
+              let v = h.value("grpc-status"), let code = Int(v), let cond = RetryOn.grpc(code) else { return false }
+        return p.retryOn.contains(cond)
+    }
+
     /// Starts another attempt after a back-off when the policy, the count, the budget and the
     /// request body allow; false when no retry happens (the caller answers the client).
     private func retry(on condition: RetryOn?) -> Bool {
@@ -398,7 +420,7 @@ final class Router: HttpDecoderFilter {
             worker.stats.inc(cstats.rqTimeout)
             attempt?.count(.rqTimeout, worker.stats)
             abandonUpstream()
-            stream.sendLocalReply(504, "upstream request timeout", flags: "UT")
+            stream.sendLocalReply(504, "upstream request timeout", flags: "UT", grpcStatus: Grpc.deadlineExceeded)
             return
         }
         if perTryDeadline > 0 && now >= perTryDeadline {
@@ -407,7 +429,7 @@ final class Router: HttpDecoderFilter {
             attempt?.count(.rqTimeout, worker.stats)
             abandonUpstream()
             if !stream.responseStarted && retry(on: nil) { updateDeadline(); return }
-            stream.sendLocalReply(504, "upstream request timeout", flags: "UT")
+            stream.sendLocalReply(504, "upstream request timeout", flags: "UT", grpcStatus: Grpc.deadlineExceeded)
             return
         }
         updateDeadline()

@@ -119,3 +119,27 @@ private func error(_ http: String) -> String {
     for _ in 0..<499 { #expect(h.prematureReset() == .ok) }
     #expect(h.prematureReset() == .prematureResets)  // 500 of 1000
 }
+
+@Test func grpcTimeoutParsesEveryUnitAndRefusesGarbage() {
+    #expect(Grpc.timeoutMs("1H") == 3_600_000)
+    #expect(Grpc.timeoutMs("2M") == 120_000)
+    #expect(Grpc.timeoutMs("3S") == 3000)
+    #expect(Grpc.timeoutMs("250m") == 250)
+    #expect(Grpc.timeoutMs("1500u") == 2)
+    #expect(Grpc.timeoutMs("1n") == 1)
+    #expect(Grpc.timeoutMs("99999999S") == 99_999_999_000)
+    #expect(Grpc.timeoutMs("123456789S") == nil)  // 9 digits
+    #expect(Grpc.timeoutMs("S") == nil)
+    #expect(Grpc.timeoutMs("10x") == nil)
+    #expect(Grpc.timeoutMs("-1S") == nil)
+    #expect(Grpc.timeoutMs("") == nil)
+}
+
+@Test func grpcStatusesAndMessagesForLocalReplies() {
+    #expect(Grpc.status(http: 503) == 14)
+    #expect(Grpc.status(http: 404) == 12)
+    #expect(Grpc.status(http: 400) == 13)
+    #expect(Grpc.status(http: 418) == 2)
+    #expect(Grpc.percentEncoded("no healthy upstream") == "no healthy upstream")
+    #expect(Grpc.percentEncoded("100% \u{e9}\n") == "100%25 %C3%A9%0A")
+}

@@ -360,6 +360,7 @@ struct RouteConfigParser {
         }
         let timeoutMs = try m.optional("timeout")?.durationMs() ?? 15_000
         let idleTimeoutMs = try m.optional("idle_timeout")?.durationMs()
+        let maxGrpcTimeoutMs = try m.optional("max_grpc_timeout")?.durationMs()
         let retryPolicy = try m.optional("retry_policy").map { (r) throws(ConfigError) in try RouteConfigParser.retryPolicy(r) } ?? vhRetry
         var hashPolicy: [HashPolicy] = []
         if let h = m.optional("hash_policy") {
@@ -372,7 +373,8 @@ struct RouteConfigParser {
         }
         return ForwardAction(clusters: clusters, totalWeight: total, prefixRewrite: prefixRewrite, regexRewrite: regexRewrite,
                              hostRewrite: hostRewrite, timeoutMs: timeoutMs, idleTimeoutMs: idleTimeoutMs,
-                             retryPolicy: retryPolicy, hashPolicy: hashPolicy, forwardConnect: forwardConnect)
+                             retryPolicy: retryPolicy, hashPolicy: hashPolicy, forwardConnect: forwardConnect,
+                             maxGrpcTimeoutMs: maxGrpcTimeoutMs)
     }
 
     /// A cluster reference: its index in `clusterNames`, the path kept for the loader's check.

@@ -2,18 +2,36 @@ import Common
 
 /// `retry_policy.retry_on`: the failures that are retried (Envoy's names).
 struct RetryOn: OptionSet, Sendable {
-    let rawValue: UInt8
+    let rawValue: UInt16
     static let fiveXX = RetryOn(rawValue: 1 << 0)
     static let gatewayError = RetryOn(rawValue: 1 << 1)
     static let reset = RetryOn(rawValue: 1 << 2)
     static let connectFailure = RetryOn(rawValue: 1 << 3)
     static let retriableStatusCodes = RetryOn(rawValue: 1 << 4)
     static let refusedStream = RetryOn(rawValue: 1 << 5)
+    // gRPC statuses of a trailers-only response (Envoy's `retry_grpc_on`, accepted in `retry_on`).
+    static let cancelled = RetryOn(rawValue: 1 << 6)
+    static let deadlineExceeded = RetryOn(rawValue: 1 << 7)
+    static let resourceExhausted = RetryOn(rawValue: 1 << 8)
+    static let unavailable = RetryOn(rawValue: 1 << 9)
 
     static let names: [(String, RetryOn)] = [
         ("5xx", .fiveXX), ("gateway-error", .gatewayError), ("reset", .reset), ("connect-failure", .connectFailure),
         ("retriable-status-codes", .retriableStatusCodes), ("refused-stream", .refusedStream),
+        ("cancelled", .cancelled), ("deadline-exceeded", .deadlineExceeded), ("resource-exhausted", .resourceExhausted),
+        ("unavailable", .unavailable),
     ]
+
+    /// The gRPC condition a `grpc-status` value retries on, if any.
+    static func grpc(_ status: Int) -> RetryOn? {
+        switch status {
+        case 1: .cancelled
+        case 4: .deadlineExceeded
+        case 8: .resourceExhausted
+        case 14: .unavailable
+        default: nil
+        }
+    }
     var text: String { RetryOn.names.filter { contains($0.1) }.map(\.0).joined(separator: ",") }
 }
 
@@ -101,12 +119,15 @@ final class ForwardAction: Sendable {
     /// to the cluster (an upstream HTTP proxy), and its 2xx turns both connections into a
     /// relay. The default, `terminate`, opens a TCP connection to the host and answers 200.
     let forwardConnect: Bool
+    /// `max_grpc_timeout` (Envoy's; nil: not set): a gRPC request's `grpc-timeout`, capped by it
+    /// (0: no cap), replaces the route `timeout`.
+    let maxGrpcTimeoutMs: UInt64?
 
     /// No defaults: the parser passes every field, so a new one cannot be forgotten there.
     init(clusters: [RouteCluster], totalWeight: Int, prefixRewrite: [UInt8]?,
          regexRewrite: (regex: Regex8, substitution: [UInt8], text: String)?, hostRewrite: HostRewrite,
          timeoutMs: UInt64, idleTimeoutMs: UInt64?, retryPolicy: RetryPolicy?,
-         hashPolicy: [HashPolicy], forwardConnect: Bool) {
+         hashPolicy: [HashPolicy], forwardConnect: Bool, maxGrpcTimeoutMs: UInt64?) {
         self.clusters = clusters
         self.totalWeight = totalWeight
         self.prefixRewrite = prefixRewrite
@@ -117,6 +138,7 @@ final class ForwardAction: Sendable {
         self.retryPolicy = retryPolicy
         self.hashPolicy = hashPolicy
         self.forwardConnect = forwardConnect
+        self.maxGrpcTimeoutMs = maxGrpcTimeoutMs
     }
 }
 
@@ -337,6 +359,7 @@ final class RouteEntry: Sendable {
             f.append(("timeout", .string(formatDuration(a.timeoutMs))))
             if case .connect = match.path { f.append(("connect_mode", .string(a.forwardConnect ? "forward" : "terminate"))) }
             if let i = a.idleTimeoutMs { f.append(("idle_timeout", .string(formatDuration(i)))) }
+            if let g = a.maxGrpcTimeoutMs { f.append(("max_grpc_timeout", .string(formatDuration(g)))) }
             if let r = a.retryPolicy { f.append(("retry_policy", r.dump)) }
             if !a.hashPolicy.isEmpty { f.append(("hash_policy", .array(a.hashPolicy.map(\.dump)))) }
         case .redirect(let r):

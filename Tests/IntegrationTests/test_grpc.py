@@ -1,0 +1,211 @@
+"""gRPC through http-proxy (issue 11, must-show 2): a real grpcio client and server (generic
+handlers on raw bytes, no protoc), unary and streaming calls over h2c and TLS, deadlines via
+grpc-timeout, retries on gRPC statuses, and the proxy's own errors arriving as gRPC statuses."""
+
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import hpack
+import pytest
+from h2_peers import H2Client
+from harness import Proxy, wait_for
+from tls_peers import cert
+
+NAME = "api.example.com"
+
+
+class Service:
+    """test.Echo: Unary (echo), ServerStream (request split into n replies), ClientStream (joined),
+    Bidi (each message echoed), Slow (sleeps then echoes), Fail (NOT_FOUND with a message),
+    Flaky (UNAVAILABLE for the first `flaky` calls, then OK)."""
+
+    def __init__(self, flaky=0):
+        self.flaky = flaky
+        self.calls = {}
+        self.lock = threading.Lock()
+        self.metadata = []
+        h = grpc.method_handlers_generic_handler("test.Echo", {
+            "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(self.server_stream),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(self.client_stream),
+            "Bidi": grpc.stream_stream_rpc_method_handler(self.bidi),
+            "Slow": grpc.unary_unary_rpc_method_handler(self.slow),
+            "Fail": grpc.unary_unary_rpc_method_handler(self.fail),
+            "Flaky": grpc.unary_unary_rpc_method_handler(self.flaky_call),
+        })
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        self.server.add_generic_rpc_handlers((h,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.endpoint = f"127.0.0.1:{self.port}"
+
+    def count(self, name):
+        with self.lock:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return self.calls[name]
+
+    def unary(self, req, ctx):
+        self.count("Unary")
+        with self.lock:
+            self.metadata.append(dict(ctx.invocation_metadata()))
+        ctx.set_trailing_metadata((("x-trailer", "t1"),))
+        return req
+
+    def server_stream(self, req, ctx):
+        n = int(req[:4])
+        for i in range(n):
+            yield req[4:] + b"-%d" % i
+
+    def client_stream(self, it, ctx):
+        return b"|".join(it)
+
+    def bidi(self, it, ctx):
+        for m in it:
+            yield m[::-1]
+
+    def slow(self, req, ctx):
+        time.sleep(3)
+        return req
+
+    def fail(self, req, ctx):
+        ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+
+    def flaky_call(self, req, ctx):
+        if self.count("Flaky") <= self.flaky:
+            ctx.abort(grpc.StatusCode.UNAVAILABLE, "try again")
+        return req
+
+    def __enter__(self):
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.stop(0)
+
+
+def config(svc_endpoint, tls=False, route_extra="", cluster_extra=""):
+    c, k = cert(NAME)
+    tls_line = f'    tls: {{ cert: "{c}", key: "{k}" }}\n' if tls else ""
+    return f"""admin: {{ address: 127.0.0.1:0 }}
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+{tls_line}    http:
+      routes:
+        - match: {{ prefix: /test.Echo/ }}
+          cluster: grpc
+{route_extra}clusters:
+  - name: grpc
+    endpoints: [{svc_endpoint}]
+    http_protocol_options: {{ protocol: http2, idle_timeout: 1s }}
+{cluster_extra}"""
+
+
+def channel(p, tls=False):
+    addr = f"127.0.0.1:{p.addr()[1]}"
+    if not tls:
+        return grpc.insecure_channel(addr)
+    with open(cert(NAME)[0], "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    return grpc.secure_channel(addr, creds, options=(("grpc.ssl_target_name_override", NAME),))
+
+
+def call(ch, method, req=b"", kind="unary_unary", timeout=10, **kw):
+    return getattr(ch, kind)(f"/test.Echo/{method}")(req, timeout=timeout, **kw)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
+def test_unary_and_streaming_calls_pass_through_unchanged(tls):
+    with Service() as svc, Proxy("http-proxy", config=config(svc.endpoint, tls=tls)) as p, channel(p, tls) as ch:
+        big = bytes(range(256)) * 4096  # 1 MiB message
+        for _ in range(3):
+            resp, c = ch.unary_unary("/test.Echo/Unary").with_call(big, timeout=10, metadata=(("x-meta", "m1"),))
+            assert resp == big
+            assert c.code() == grpc.StatusCode.OK
+            assert dict(c.trailing_metadata())["x-trailer"] == "t1"
+        assert svc.metadata[-1]["x-meta"] == "m1"
+        assert list(call(ch, "ServerStream", b"0100abc", kind="unary_stream")) == [b"abc-%d" % i for i in range(100)]
+        assert call(ch, "ClientStream", iter([b"a", b"bb", b"ccc"] * 50), kind="stream_unary") == b"|".join([b"a", b"bb", b"ccc"] * 50)
+        msgs = [b"msg-%d" % i * (i + 1) for i in range(200)]
+        assert list(call(ch, "Bidi", iter(msgs), kind="stream_stream")) == [m[::-1] for m in msgs]
+        # Several calls at once on the one channel (streams multiplexed both ways).
+        with futures.ThreadPoolExecutor(8) as ex:
+            outs = list(ex.map(lambda i: call(ch, "Unary", b"x%d" % i * 1000), range(64)))
+        assert outs == [b"x%d" % i * 1000 for i in range(64)]
+        wait_for(lambda: p.stat("http.main.downstream_rq_2xx") == p.stat("http.main.downstream_rq_total"), what="every call counted 2xx")
+        assert p.stat("http.main.downstream_cx_http2_total") == 1
+        assert p.stat("cluster.grpc.upstream_cx_http2_total") == 1
+
+
+def test_a_server_error_status_arrives_unchanged():
+    with Service() as svc, Proxy("http-proxy", config=config(svc.endpoint)) as p, channel(p) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            call(ch, "Fail", b"x")
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        assert e.value.details() == "no such thing"
+
+
+def trailers_only(client, sid):
+    s = client.streams[sid]
+    return dict(s.headers)
+
+
+def test_grpc_timeout_bounds_the_route_timeout_and_the_proxy_answers_deadline_exceeded():
+    # A raw HTTP/2 client sends grpc-timeout and does not enforce it itself: the proxy must.
+    with Service() as svc, Proxy("http-proxy", config=config(svc.endpoint)) as p:
+        with H2Client(p.addr()) as c:
+            frame = b"\x00\x00\x00\x00\x02hi"
+            t0 = time.monotonic()
+            sid = c.request("POST", "/test.Echo/Slow", headers=[("content-type", "application/grpc"), ("te", "trailers"),
+                                                                ("grpc-timeout", "300m")], body=frame)
+            c.wait_done(sid, timeout=10)
+            took = time.monotonic() - t0
+            h = trailers_only(c, sid)
+            assert h[":status"] == "200" and h["grpc-status"] == "4", h
+            assert h["grpc-message"] == "upstream request timeout"
+            assert took < 2.5, "the route timeout (15 s) or the server (3 s) ended it, not grpc-timeout"
+        assert p.stat("cluster.grpc.upstream_rq_timeout") == 1
+
+
+def test_max_grpc_timeout_caps_a_longer_client_deadline():
+    route = "          max_grpc_timeout: 200ms\n"
+    with Service() as svc, Proxy("http-proxy", config=config(svc.endpoint, route_extra=route)) as p, channel(p) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            call(ch, "Slow", b"x", timeout=20)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert e.value.details() == "upstream request timeout"
+        assert p.stat("cluster.grpc.upstream_rq_timeout") == 1
+
+
+def test_the_proxys_own_errors_arrive_as_grpc_statuses():
+    # No healthy host: UNAVAILABLE; no route: UNIMPLEMENTED (Envoy's HTTP-to-gRPC mapping).
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = f"127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+    with Proxy("http-proxy", config=config(dead)) as p, channel(p) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            call(ch, "Unary", b"x")
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "upstream connect error" in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:
+            ch.unary_unary("/other.Service/Method")(b"x", timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert e.value.details() == "no route"
+        assert p.stat("http.main.downstream_rq_local_reply") == 2
+
+
+def test_unavailable_is_retried_when_the_route_says_so():
+    retry = "          retry_policy: { retry_on: unavailable, num_retries: 2 }\n"
+    with Service(flaky=1) as svc, Proxy("http-proxy", config=config(svc.endpoint, route_extra=retry)) as p, channel(p) as ch:
+        assert call(ch, "Flaky", b"ok") == b"ok"
+        assert svc.calls["Flaky"] == 2
+        assert p.stat("cluster.grpc.upstream_rq_retry") == 1
+    with Service(flaky=1) as svc, Proxy("http-proxy", config=config(svc.endpoint)) as p, channel(p) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            call(ch, "Flaky", b"ok")
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE and e.value.details() == "try again"
+        assert p.stat("cluster.grpc.upstream_rq_retry") == 0
