@@ -28,6 +28,9 @@ final class Http2ServerStream {
     var aboveHigh = false
     /// The response's END_STREAM went out.
     var localEnded = false
+    /// The proxy reset the stream (its RST_STREAM may still wait for the socket): it holds no
+    /// response bytes and no longer keeps the connection busy.
+    var resetSent = false
     // Request flow control: while paused the stream's window is not reopened.
     var paused = 0
     var unconsumed = 0
@@ -327,6 +330,17 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         if let m = h.first(.method), h.valueEqualsIgnoringCase(m, "CONNECT") {
             return (501, "CONNECT over HTTP/2 is not supported")
         }
+        // Origin-form only (RFC 9113 8.3.1): nghttp2 checks `:path` only for http and https, and
+        // an absolute or relative path would reach an HTTP/1.1 upstream as another target than
+        // the `:authority` the route was chosen by.
+        guard let sc = h.first(.scheme), h.valueEqualsIgnoringCase(sc, "http") || h.valueEqualsIgnoringCase(sc, "https") else {
+            return (400, "unsupported :scheme")
+        }
+        guard let pi = h.first(.path), h.withValue(pi, { p in
+            p.first == UInt8(ascii: "/") || (p.count == 1 && p[0] == UInt8(ascii: "*") && h.first(.method).map { h.valueEqualsIgnoringCase($0, "OPTIONS") } == true)
+        }) else {
+            return (400, "bad :path")
+        }
         let hostIndex = h.first(.host)
         if let a = h.first(.authority) {
             if let hi = hostIndex {
@@ -437,6 +451,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
                 if !h.queuedToStart { h.queuedToStart = true; pendingStarts.append(h) }
             } else if let t = h.trailers {
                 worker.stats.inc(stats.http2.trailers)
+                if endStream { h.requestDeadline = 0 }
                 if let s = h.stream, !s.done, endStream {
                     s.decodeTrailers(t)
                     flushSoon()
@@ -511,15 +526,20 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         h.closed = true
         if let s = h.stream {
             if !s.done { s.downstreamReset() }
-            HttpConnectionShared.settle(s, stats: stats, worker: worker, context: &context, connection: connection)
+            // With the generation the stream started in (a reload may have changed the prefix).
+            HttpConnectionShared.settle(s, stats: s.router.factory.stats, worker: worker, context: &context, connection: connection)
             if h.aboveHigh { h.aboveHigh = false }
         }
-        if !h.pendingSend.isEmpty { worker.stats.sub(cxStats.http2.pendingSendBytes, h.pendingSend.count); h.pendingSend.release() }
+        dropPending(h)
         h.earlyBody = nil
         worker.stats.dec(cxStats.http2.streamsActive)
         // Its methods may be on the stack: freed after this event.
         if let removed = live.removeValue(forKey: ObjectIdentifier(h)) { worker.dispatcher.deferredRelease(removed) }
         if draining && live.isEmpty { flushSoon() }
+        if live.isEmpty {
+            lastActivityMs = monotonicMs()
+            armDeadline(lastActivityMs &+ settings.idleTimeoutMs, if: settings.idleTimeoutMs > 0)
+        }
         return 0
     }
 
@@ -671,8 +691,22 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
 
     func resetStream(_ s: HttpStream) {
         guard let hs = h2(s) else { return }
-        _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), hs.id, NGHTTP2_INTERNAL_ERROR.rawValue)
+        resetLocally(hs, NGHTTP2_INTERNAL_ERROR.rawValue)
+    }
+
+    /// RST_STREAM from the proxy. Its queued response bytes go now: the RST may wait behind a
+    /// full socket, and nothing of the stream will be sent anyway.
+    private func resetLocally(_ h: Http2ServerStream, _ code: UInt32) {
+        if h.resetSent { return }
+        h.resetSent = true
+        dropPending(h)
+        _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), h.id, code)
+        if h.aboveHigh { h.aboveHigh = false }
         flushSoon()
+    }
+
+    private func dropPending(_ h: Http2ServerStream) {
+        if !h.pendingSend.isEmpty { worker.stats.sub(cxStats.http2.pendingSendBytes, h.pendingSend.count); h.pendingSend.release() }
     }
 
     func flushOutput() { flushSoon() }
@@ -747,8 +781,24 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         let now = monotonicMs()
         var next = UInt64.max
         func consider(_ d: UInt64) { if d > 0 && d < next { next = d } }
+        var busy = false
         for h in Array(live.values) {
-            guard let s = h.stream, !s.done else { continue }
+            guard let s = h.stream, !h.resetSent else { continue }
+            busy = true
+            if s.done {
+                // The response is all handed over but waits for the client's window: the stream
+                // idle timeout still applies until nghttp2 closes the stream.
+                if h.streamIdleMs > 0 && !h.localEnded {
+                    let d = h.lastActivityMs &+ h.streamIdleMs
+                    if now >= d {
+                        worker.stats.inc(stats.downstreamRqIdleTimeout)
+                        resetLocally(h, NGHTTP2_CANCEL.rawValue)
+                        continue
+                    }
+                    consider(d)
+                }
+                continue
+            }
             if h.requestDeadline > 0 {
                 if now >= h.requestDeadline {
                     h.requestDeadline = 0
@@ -779,7 +829,12 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         if draining && !finalGoawaySent {
             if now >= drainDeadline { sendFinalGoaway() } else { consider(drainDeadline) }
         }
-        if live.isEmpty && settings.idleTimeoutMs > 0 && !closing {
+        if closing {
+            // GOAWAY written or not, a connection that is ending does not wait on its client
+            // for more than a second (Envoy's delayed_close_timeout).
+            if now >= closeDeadline { closeConnection(); return }
+            consider(closeDeadline)
+        } else if !busy && settings.idleTimeoutMs > 0 {
             let d = lastActivityMs &+ settings.idleTimeoutMs
             if now >= d {
                 worker.stats.inc(stats.downstreamCxIdleTimeout)
@@ -829,9 +884,12 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     private func closeAfterFlush() {
         if closing { return }
         closing = true
+        closeDeadline = monotonicMs() &+ 1000
+        armDeadline(closeDeadline, if: true)
         connection.closeAfterFlush()
         if connection.state == .closed { finish() }
     }
+    private var closeDeadline: UInt64 = 0
 
     private func closeConnection() {
         if finished { return }
@@ -858,9 +916,9 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             h.closed = true
             if let s = h.stream {
                 if !s.done { s.downstreamReset() }
-                HttpConnectionShared.settle(s, stats: stats, worker: worker, context: &context, connection: connection)
+                HttpConnectionShared.settle(s, stats: s.router.factory.stats, worker: worker, context: &context, connection: connection)
             }
-            if !h.pendingSend.isEmpty { worker.stats.sub(cxStats.http2.pendingSendBytes, h.pendingSend.count); h.pendingSend.release() }
+            dropPending(h)
             worker.stats.dec(cxStats.http2.streamsActive)
         }
         pendingStarts.removeAll()

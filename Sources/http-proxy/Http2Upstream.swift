@@ -112,8 +112,21 @@ final class Http2Client: PooledConnection, UpstreamClient {
             return
         }
         flush()
-        // nghttp2 assumes 100 streams until the host's SETTINGS say otherwise.
-        pool.pool.connected(id, capacity: min(100, maxStreams))
+        // The pool hears of the connection with the host's SETTINGS (the first frame a server
+        // sends), which say how many requests it takes: assuming nghttp2's 100 would send
+        // streams a host allowing fewer refuses. The connect timeout covers the wait.
+        let t = Timer(worker.dispatcher) { [unowned self] in
+            if !settingsSeen { connectFailed(timeout: true) }
+        }
+        timer = t
+        t.arm(ms: cluster.snapshot.config.connectTimeoutMs)
+    }
+
+    private var settingsSeen = false
+
+    override func connectFailed(timeout: Bool, local: Bool = false) {
+        super.connectFailed(timeout: timeout, local: local)
+        if !inSession { releaseSession() }
     }
 
     private func makeSession() -> Bool {
@@ -186,7 +199,8 @@ final class Http2Client: PooledConnection, UpstreamClient {
                 $0.onReadData(id, length, flags!, Unmanaged<Http2ClientStream>.fromOpaque(source!.pointee.ptr!).takeUnretainedValue())
             }
         }
-        let scheme = h.value(.scheme) ?? (cluster.snapshot.config.tls != nil ? "https" : "http")
+        // The upstream's own transport, as Envoy (the client's is in X-Forwarded-Proto).
+        let scheme = cluster.snapshot.config.tls != nil ? "https" : "http"
         var id: Int32 = -1
         Http2Headers.withRequest(h, scheme: scheme) { nva, count in
             let user = Unmanaged.passUnretained(s).toOpaque()
@@ -338,7 +352,14 @@ final class Http2Client: PooledConnection, UpstreamClient {
         case NGHTTP2_SETTINGS.rawValue:
             if hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) == 0, let session, !goneAway {
                 let remote = Int(nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS))
-                pool.pool.capacityChanged(id, capacity: max(1, min(remote, maxStreams)))
+                let capacity = max(1, min(remote, maxStreams))
+                if !settingsSeen {
+                    settingsSeen = true
+                    timer?.cancel()
+                    pool.pool.connected(id, capacity: capacity)
+                } else {
+                    pool.pool.capacityChanged(id, capacity: capacity)
+                }
             }
         case NGHTTP2_GOAWAY.rawValue:
             worker.stats.inc(pool.stats.goawayReceived)
@@ -474,6 +495,8 @@ final class Http2Client: PooledConnection, UpstreamClient {
 
     func closeAndReport() {
         guard !closed else { return }
+        // Before the host's SETTINGS the pool still counts it as connecting.
+        if !settingsSeen { connectFailed(timeout: false); return }
         closeQuietly()
         pool.clientClosed(self)
     }
