@@ -59,4 +59,8 @@ fi
 if ! python3 -c "import h2" >/dev/null 2>&1; then
   python3 -m pip install -q h2 >/dev/null 2>&1
 fi
+# cryptography: the small PKI (CAs, client certificates, a CRL) of the TLS front-proxy tests.
+if ! python3 -c "import cryptography.x509" >/dev/null 2>&1; then
+  python3 -m pip install -q cryptography >/dev/null 2>&1
+fi
 echo "install-deps: ok"

@@ -2,6 +2,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <openssl/pem.h>
 #include <errno.h>
 #include <time.h>
 #include <pthread.h>
@@ -390,4 +391,106 @@ int cshim_tls_alpn(struct ssl_st *ssl, char *out, int outlen) {
     if (n) memcpy(out, p, n);
     out[n] = 0;
     return (int)n;
+}
+
+int cshim_tls_server_verify(struct ssl_ctx_st *ctx, const char *ca_file, int require, const char *crl_file,
+                            char *err, size_t errlen) {
+    ERR_clear_error();
+    if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+        put_error(err, errlen, "cannot load the client CA certificates");
+        return 0;
+    }
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca_file);
+    if (names) SSL_CTX_set_client_CA_list(ctx, names);
+    if (crl_file) {
+        X509_STORE *st = SSL_CTX_get_cert_store(ctx);
+        X509_LOOKUP *lu = X509_STORE_add_lookup(st, X509_LOOKUP_file());
+        if (!lu || X509_load_crl_file(lu, crl_file, X509_FILETYPE_PEM) <= 0) {
+            put_error(err, errlen, "cannot load the CRL");
+            return 0;
+        }
+        X509_STORE_set_flags(st, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (require ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), NULL);
+    /* Sessions resumed across contexts with other client CAs must not skip verification. */
+    static const unsigned char sid[] = "proxies-mtls";
+    SSL_CTX_set_session_id_context(ctx, sid, sizeof sid - 1);
+    return 1;
+}
+
+int cshim_tls_client_cert(struct ssl_ctx_st *ctx, const char *cert, const char *key, char *err, size_t errlen) {
+    ERR_clear_error();
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) { put_error(err, errlen, "cannot load the client certificate"); return 0; }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+        put_error(err, errlen, "cannot load the client key, or it does not match the certificate");
+        return 0;
+    }
+    return 1;
+}
+
+int cshim_tls_failure_kind(struct ssl_st *ssl) {
+    if (SSL_get_verify_result(ssl) != X509_V_OK) return 2;
+    unsigned long e = ERR_peek_last_error();
+    if (ERR_GET_LIB(e) == ERR_LIB_SSL) {
+        int r = ERR_GET_REASON(e);
+        if (r == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) return 1;
+        if (r == SSL_R_CERTIFICATE_VERIFY_FAILED) return 2;
+    }
+    return 0;
+}
+
+static void join_names(X509 *x, int type, char *out, size_t outlen) {
+    out[0] = 0;
+    GENERAL_NAMES *names = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    size_t used = 0;
+    for (int i = 0; names && i < sk_GENERAL_NAME_num(names); i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+        if (g->type != type) continue;
+        const ASN1_STRING *a = type == GEN_DNS ? g->d.dNSName : g->d.uniformResourceIdentifier;
+        const unsigned char *s = ASN1_STRING_get0_data(a);
+        int n = ASN1_STRING_length(a);
+        if (used + (size_t)n + 2 >= outlen) break;
+        if (used) out[used++] = ',';
+        memcpy(out + used, s, (size_t)n);
+        used += (size_t)n;
+        out[used] = 0;
+    }
+    GENERAL_NAMES_free(names);
+}
+
+int cshim_tls_peer_cert(struct ssl_st *ssl, int *verified, char *subject, size_t subjectlen, char *uris, size_t urislen,
+                        char *dns, size_t dnslen, unsigned char *sha256, char *pem, size_t pemlen) {
+    X509 *x = SSL_get1_peer_certificate(ssl);
+    if (!x) return 0;
+    *verified = SSL_get_verify_result(ssl) == X509_V_OK;
+    subject[0] = 0;
+    BIO *b = BIO_new(BIO_s_mem());
+    if (b) {
+        X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253);
+        int n = BIO_read(b, subject, (int)subjectlen - 1);
+        subject[n > 0 ? n : 0] = 0;
+        BIO_free(b);
+    }
+    join_names(x, GEN_URI, uris, urislen);
+    join_names(x, GEN_DNS, dns, dnslen);
+    unsigned int len = 0;
+    X509_digest(x, EVP_sha256(), sha256, &len);
+    pem[0] = 0;
+    b = BIO_new(BIO_s_mem());
+    if (b) {
+        PEM_write_bio_X509(b, x);
+        int n = BIO_read(b, pem, (int)pemlen - 1);
+        pem[n > 0 ? n : 0] = 0;
+        BIO_free(b);
+    }
+    X509_free(x);
+    return 1;
+}
+
+int cshim_tls_own_uris(struct ssl_ctx_st *ctx, char *uris, size_t urislen) {
+    X509 *x = SSL_CTX_get0_certificate(ctx);
+    uris[0] = 0;
+    if (!x) return 0;
+    join_names(x, GEN_URI, uris, urislen);
+    return 1;
 }

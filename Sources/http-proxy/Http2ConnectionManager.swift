@@ -298,7 +298,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             s.sendLocalReply(problem.status, problem.text, flags: "DPE")
             return
         }
-        HttpConnectionShared.addForwardingHeaders(headers, settings: settings, remoteIp: remoteIp, tls: connection.tlsVersion != nil,
+        HttpConnectionShared.addForwardingHeaders(headers, settings: settings, remoteIp: remoteIp, connection: connection,
                                                   viaVersion: "2 ", rng: workerState.secureRandom)
         if !settings.useRemoteAddress || settings.xffNumTrustedHops > 0 {
             s.info.trustedClient = HttpConnectionShared.trustedClient(headers, settings: settings)

@@ -215,7 +215,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     func nextRandom() -> UInt64 { workerState.rng.next() }
 
     private func addForwardingHeaders(_ h: HeaderMap) {
-        HttpConnectionShared.addForwardingHeaders(h, settings: settings, remoteIp: remoteIp, tls: connection.tlsVersion != nil,
+        HttpConnectionShared.addForwardingHeaders(h, settings: settings, remoteIp: remoteIp, connection: connection,
                                                   viaVersion: head.minorVersion == 0 ? "1.0 " : "1.1 ", rng: workerState.secureRandom)
     }
 

@@ -22,6 +22,8 @@ struct HttpSettings: Sendable {
     var codec: HttpCodecChoice
     var http2: Http2ProtocolOptions
     var drainTimeoutMs: UInt64
+    var forwardClientCert: ForwardClientCert
+    var clientCertDetails: ClientCertDetails
 }
 
 /// Builds http connection managers for one listener in one config generation: the parsed
@@ -48,7 +50,8 @@ final class HttpProxyFactory: FilterFactory {
             xffNumTrustedHops: c.xffNumTrustedHops, generateRequestId: c.generateRequestId,
             alwaysSetRequestIdInResponse: c.alwaysSetRequestIdInResponse,
             preserveExternalRequestId: c.preserveExternalRequestId, via: c.via, bufferLimit: listener.bufferLimit,
-            codec: c.codec, http2: c.http2, drainTimeoutMs: c.drainTimeoutMs)
+            codec: c.codec, http2: c.http2, drainTimeoutMs: c.drainTimeoutMs,
+            forwardClientCert: c.forwardClientCert, clientCertDetails: c.clientCertDetails)
         stats = HttpConnectionManagerStats(store: store, prefix: c.statPrefix)
         routeTable = c.routeTable
         // Validation made every routed cluster exist; a missing one gets a slot no worker has.

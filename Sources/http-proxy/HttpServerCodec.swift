@@ -44,8 +44,10 @@ protocol HttpServerCodec: AnyObject {
 enum HttpConnectionShared {
     /// X-Forwarded-For, X-Forwarded-Proto, X-Request-Id and Via (docs/http-proxy.md).
     /// `viaVersion` is the protocol version as Via writes it ("1.1 ", "1.0 ", "2 ").
-    static func addForwardingHeaders(_ h: HeaderMap, settings: HttpSettings, remoteIp: String?, tls: Bool,
+    static func addForwardingHeaders(_ h: HeaderMap, settings: HttpSettings, remoteIp: String?, connection: Connection,
                                      viaVersion: String, rng: SecureRandom) {
+        let tls = connection.tlsVersion != nil
+        forwardClientCert(h, settings: settings, connection: connection)
         if settings.useRemoteAddress, var ip = remoteIp {
             ip.withUTF8 { h.appendToList(.xForwardedFor, UnsafeRawBufferPointer($0)) }
             h.set(.xForwardedProto, tls ? "https" : "http")
@@ -65,6 +67,48 @@ enum HttpConnectionShared {
     }
 
     private static let xRequestIdName: StaticString = "x-request-id"
+
+    /// `x-forwarded-client-cert` per `forward_client_cert_details` (Envoy's modes). Added before
+    /// routing, so header matchers can route on the client's verified identity.
+    static func forwardClientCert(_ h: HeaderMap, settings: HttpSettings, connection: Connection) {
+        let mode = settings.forwardClientCert
+        if mode == .forwardOnly || mode == .alwaysForwardOnly { return }
+        let peer = connection.tlsPeerCertificate.flatMap { $0.verified ? $0 : nil }
+        guard let peer, mode == .appendForward || mode == .sanitizeSet else {
+            h.remove("x-forwarded-client-cert")
+            return
+        }
+        let mine = xfccElement(peer, by: connection.tlsLocalUris.first, details: settings.clientCertDetails)
+        if mode == .appendForward, let old = h.value("x-forwarded-client-cert") {
+            h.set("x-forwarded-client-cert", old + "," + mine)
+        } else {
+            h.set("x-forwarded-client-cert", mine)
+        }
+    }
+
+    /// One XFCC element: `By=...;Hash=...;Subject="...";URI=...;DNS=...;Cert="..."`.
+    static func xfccElement(_ p: PeerCertificate, by: String?, details: ClientCertDetails) -> String {
+        var parts: [String] = []
+        if let by { parts.append("By=" + by) }
+        parts.append("Hash=" + p.sha256)
+        if details.cert { parts.append("Cert=\"" + urlEncoded(p.pem) + "\"") }
+        if details.subject { parts.append("Subject=\"" + p.subject.replacingOccurrences(of: "\"", with: "\\\"") + "\"") }
+        if details.uri { for u in p.uris { parts.append("URI=" + u) } }
+        if details.dns { for d in p.dnsNames { parts.append("DNS=" + d) } }
+        return parts.joined(separator: ";")
+    }
+
+    private static func urlEncoded(_ s: String) -> String {
+        var out = ""
+        let hex = Array("0123456789ABCDEF".utf8)
+        for c in s.utf8 {
+            let unreserved = (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2D || c == 0x2E || c == 0x5F || c == 0x7E
+            if unreserved { out.unicodeScalars.append(Unicode.Scalar(c)) } else {
+                out += "%" + String(UnicodeScalar(hex[Int(c >> 4)])) + String(UnicodeScalar(hex[Int(c & 15)]))
+            }
+        }
+        return out
+    }
 
     /// The client address Envoy calls "trusted": with `use_remote_address` the entry
     /// `xff_num_trusted_hops` places left of the peer this proxy appended to X-Forwarded-For;

@@ -69,3 +69,22 @@ void cshim_tls_last_error(char *out, size_t outlen);
 /* Why this connection's handshake failed: the certificate check's verdict when it failed,
    else the last OpenSSL error (and clears the queue). */
 void cshim_tls_failure(struct ssl_st *ssl, char *out, size_t outlen);
+
+/* Client certificates on a server context (mTLS): trust ca_file (PEM bundle; also the list of
+   acceptable CAs sent to clients), require a certificate when `require` (else verify one only
+   when given), and check revocation against crl_file (PEM; NULL: none). 1 on success, else 0
+   with a message in err. */
+int cshim_tls_server_verify(struct ssl_ctx_st *ctx, const char *ca_file, int require, const char *crl_file,
+                            char *err, size_t errlen);
+/* A client certificate (chain file) and key for a client context. 1, or 0 with a message. */
+int cshim_tls_client_cert(struct ssl_ctx_st *ctx, const char *cert, const char *key, char *err, size_t errlen);
+/* Why a handshake failed, for stats, without touching the error queue: 1 the client sent no
+   certificate, 2 its certificate did not verify, 0 anything else. */
+int cshim_tls_failure_kind(struct ssl_st *ssl);
+/* The peer's certificate after a handshake: 0 when none. `verified`: it passed verification.
+   subject (RFC 2253), URI and DNS subject alternative names (comma-separated), the SHA-256 of
+   its DER form, and its PEM. */
+int cshim_tls_peer_cert(struct ssl_st *ssl, int *verified, char *subject, size_t subjectlen, char *uris, size_t urislen,
+                        char *dns, size_t dnslen, unsigned char *sha256, char *pem, size_t pemlen);
+/* The URI SANs of a context's own certificate (comma-separated): XFCC's By. */
+int cshim_tls_own_uris(struct ssl_ctx_st *ctx, char *uris, size_t urislen);

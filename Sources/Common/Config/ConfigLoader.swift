@@ -474,10 +474,17 @@ public enum ConfigLoader {
         let ca = try m.optional("ca").map { (c: ConfigValue) throws(ConfigError) in try readablePath(c) }
         let (alpnGiven, minVersion) = try tlsCommon(m)
         let alpn = alpnGiven ?? defaultAlpn
+        let cert = try m.optional("cert").map { (c: ConfigValue) throws(ConfigError) in try readablePath(c) }
+        let key = try m.optional("key").map { (c: ConfigValue) throws(ConfigError) in try readablePath(c) }
+        if (cert == nil) != (key == nil) { throw v.fail("give both cert and key (the client certificate), or neither") }
         try m.finish()
         do {
-            let ctx = try TlsContext.client(caFile: ca, verify: verify, serverName: sni, alpn: alpn, minVersion: minVersion)
-            return TlsClientConfig(sni: sni, autoSni: autoSni, verify: verify, ca: ca, alpn: alpn, minVersion: minVersion, context: ctx)
+            let ctx = try TlsContext.client(caFile: ca, verify: verify, serverName: sni, alpn: alpn, minVersion: minVersion,
+                                            certificate: cert.map { ($0, key!) })
+            var c = TlsClientConfig(sni: sni, autoSni: autoSni, verify: verify, ca: ca, alpn: alpn, minVersion: minVersion, context: ctx)
+            c.clientCert = cert
+            c.clientKey = key
+            return c
         } catch {
             throw v.fail(error.description)
         }
@@ -496,10 +503,43 @@ public enum ConfigLoader {
             handshakeMs = try h.durationMs()
             if handshakeMs == 0 { throw h.fail("must be greater than 0") }
         }
+        let clientCa = try m.optional("client_ca").map { (c: ConfigValue) throws(ConfigError) in try readablePath(c) }
+        let require = try m.optional("require_client_certificate")?.bool() ?? false
+        let crl = try m.optional("crl").map { (c: ConfigValue) throws(ConfigError) in try readablePath(c) }
+        var sans: [SanMatcher] = []
+        if let l = m.optional("match_subject_alt_names") {
+            for item in try l.list() {
+                let im = try item.mapping()
+                let kinds = ["exact", "prefix", "suffix", "contains"].filter { im.keys.contains($0) }
+                guard kinds.count == 1, let kind = kinds.first, let value = im.optional(kind) else {
+                    throw item.fail("give one of exact, prefix, suffix, contains")
+                }
+                let s = try value.string()
+                if s.isEmpty { throw value.fail("must not be empty") }
+                switch kind {
+                case "exact": sans.append(.exact(s))
+                case "prefix": sans.append(.prefix(s))
+                case "suffix": sans.append(.suffix(s))
+                default: sans.append(.contains(s))
+                }
+                try im.finish()
+            }
+        }
+        if clientCa == nil {
+            for k in ["require_client_certificate", "crl", "match_subject_alt_names"] where m.keys.contains(k) && (k != "require_client_certificate" || require) {
+                throw ConfigError(v.path + "." + k, "needs client_ca (the CAs client certificates are checked against)")
+            }
+        }
         try m.finish()
         do {
-            let ctx = try TlsContext.server(cert: cert, key: key, alpn: alpn, minVersion: minVersion)
-            return TlsServerConfig(cert: cert, key: key, alpn: alpn, minVersion: minVersion, handshakeTimeoutMs: handshakeMs, context: ctx)
+            let validation = clientCa.map { TlsContext.ClientValidation(caFile: $0, require: require, crlFile: crl) }
+            let ctx = try TlsContext.server(cert: cert, key: key, alpn: alpn, minVersion: minVersion, clientValidation: validation)
+            var t = TlsServerConfig(cert: cert, key: key, alpn: alpn, minVersion: minVersion, handshakeTimeoutMs: handshakeMs, context: ctx)
+            t.clientCa = clientCa
+            t.requireClientCertificate = require
+            t.crl = crl
+            t.matchSubjectAltNames = sans
+            return t
         } catch {
             throw v.fail(error.description)
         }

@@ -81,10 +81,23 @@ public struct TlsServerConfig: Sendable {
     public var handshakeTimeoutMs: UInt64 = 10_000
     /// Built when the config loads, so a bad file is a config error.
     public var context: TlsContext
+    /// mTLS: `client_ca` (PEM bundle), `require_client_certificate`, `crl`, and
+    /// `match_subject_alt_names` (a presented certificate must have a DNS or URI name matching one).
+    public var clientCa: String?
+    public var requireClientCertificate = false
+    public var crl: String?
+    public var matchSubjectAltNames: [SanMatcher] = []
 
     var dump: JSON {
-        .object([("cert", .string(cert)), ("key", .string(key)), ("alpn", .array(alpn.map { .string($0) })),
-                 ("min_version", .string(minVersion.rawValue)), ("handshake_timeout", .string(formatDuration(handshakeTimeoutMs)))])
+        var f: [(String, JSON)] = [("cert", .string(cert)), ("key", .string(key)), ("alpn", .array(alpn.map { .string($0) })),
+                                   ("min_version", .string(minVersion.rawValue)), ("handshake_timeout", .string(formatDuration(handshakeTimeoutMs)))]
+        if let clientCa {
+            f.append(("client_ca", .string(clientCa)))
+            f.append(("require_client_certificate", .bool(requireClientCertificate)))
+            if let crl { f.append(("crl", .string(crl))) }
+            if !matchSubjectAltNames.isEmpty { f.append(("match_subject_alt_names", .array(matchSubjectAltNames.map(\.dump)))) }
+        }
+        return .object(f)
     }
 }
 
@@ -99,9 +112,13 @@ public struct TlsClientConfig: Sendable {
     public var alpn: [String] = []
     public var minVersion = TlsVersion.tls12
     public var context: TlsContext
+    /// `cert`/`key`: the certificate the proxy presents to hosts that ask (upstream mTLS).
+    public var clientCert: String?
+    public var clientKey: String?
 
     var dump: JSON {
         var f: [(String, JSON)] = []
+        if let clientCert, let clientKey { f.append(("cert", .string(clientCert))); f.append(("key", .string(clientKey))) }
         if let sni { f.append(("sni", .string(sni))) }
         if autoSni { f.append(("auto_sni", .bool(true))) }
         f.append(("verify", .bool(verify)))

@@ -347,6 +347,10 @@ public final class Connection {
     /// The negotiated TLS version and ALPN protocol; nil without TLS.
     public var tlsVersion: String? { tls?.version ?? closedTls?.version }
     public var tlsAlpn: String? { tls?.alpn }
+    /// The TLS peer's certificate (mTLS), nil when none was given or there is no TLS.
+    public var tlsPeerCertificate: PeerCertificate? { tls?.peerCertificate }
+    /// The URI SANs of this side's own certificate (a server's: XFCC's `By`).
+    public var tlsLocalUris: [String] { tls?.context.ownUris ?? [] }
     /// The server name the TLS client sent, when we terminate TLS.
     public var tlsServerName: String? { tls?.serverName ?? closedTls?.serverName }
     /// What the access log may still ask once the socket (and OpenSSL's state) is gone.

@@ -87,6 +87,12 @@ final class ListenerFilters: ActiveSession, ConnectionCallbacks {
 
     func onTlsHandshake(_ connection: Connection) {
         guard case .tlsHandshake(let chain) = stage else { return }
+        // mTLS: a presented certificate must carry a name the chain accepts.
+        if let tls = context.listener.config.chains[chain].tls, !tls.matchSubjectAltNames.isEmpty,
+           let peer = connection.tlsPeerCertificate, !peer.matches(tls.matchSubjectAltNames) {
+            worker.stats.inc(context.listener.stats.tls.failVerifySan)
+            return fail()
+        }
         // The caller (the read that finished the handshake) delivers what came with it.
         handOff(chain: chain, redeliver: false)
     }

@@ -56,30 +56,59 @@ public final class TlsContext: @unchecked Sendable {  // thread boundary: an SSL
 
     /// A server context. Throws with OpenSSL's reason when a file does not load or the key
     /// does not match the certificate.
-    public static func server(cert: String, key: String, alpn: [String], minVersion: TlsVersion) throws(TlsError) -> TlsContext {
+    public static func server(cert: String, key: String, alpn: [String], minVersion: TlsVersion,
+                              clientValidation: ClientValidation? = nil) throws(TlsError) -> TlsContext {
         let w = wire(alpn)
         var err = [CChar](repeating: 0, count: 512)
         let ctx = cshim_tls_server_ctx(cert, key, w.map { $0.baseAddress!.assumingMemoryBound(to: UInt8.self) }, UInt32(w?.count ?? 0),
                                        minVersion.wire, &err, err.count)
         guard let ctx else {
             w?.deallocate()
-            throw TlsError(description: String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            throw TlsError(description: text(err))
         }
-        return TlsContext(ctx: ctx, alpnWire: w, alpn: alpn, minVersion: minVersion, serverName: nil)
+        let c = TlsContext(ctx: ctx, alpnWire: w, alpn: alpn, minVersion: minVersion, serverName: nil)
+        if let v = clientValidation {
+            guard cshim_tls_server_verify(ctx, v.caFile, v.require ? 1 : 0, v.crlFile, &err, err.count) == 1 else {
+                throw TlsError(description: text(err))
+            }
+        }
+        return c
+    }
+
+    private static func text(_ b: [CChar]) -> String { String(decoding: b.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+
+    /// Client certificates a server context asks for (mTLS).
+    public struct ClientValidation: Sendable {
+        public var caFile: String
+        public var require: Bool
+        public var crlFile: String?
+        public init(caFile: String, require: Bool, crlFile: String?) { self.caFile = caFile; self.require = require; self.crlFile = crlFile }
+    }
+
+    /// The URI SANs of this (server) context's own certificate: XFCC's `By`.
+    public var ownUris: [String] {
+        var buf = [CChar](repeating: 0, count: 2048)
+        _ = cshim_tls_own_uris(ctx, &buf, buf.count)
+        return TlsContext.text(buf).split(separator: ",").map(String.init)
     }
 
     /// A client context: verifies the server against `caFile` (nil: the system's CAs) and
     /// `serverName` unless `verify` is false.
-    public static func client(caFile: String?, verify: Bool, serverName: String?, alpn: [String], minVersion: TlsVersion) throws(TlsError) -> TlsContext {
+    public static func client(caFile: String?, verify: Bool, serverName: String?, alpn: [String], minVersion: TlsVersion,
+                              certificate: (cert: String, key: String)? = nil) throws(TlsError) -> TlsContext {
         let w = wire(alpn)
         defer { w?.deallocate() }  // the client context copies its ALPN list
         var err = [CChar](repeating: 0, count: 512)
         let ctx = cshim_tls_client_ctx(caFile, verify ? 1 : 0, w.map { $0.baseAddress!.assumingMemoryBound(to: UInt8.self) },
                                        UInt32(w?.count ?? 0), minVersion.wire, &err, err.count)
         guard let ctx else {
-            throw TlsError(description: String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            throw TlsError(description: text(err))
         }
-        return TlsContext(ctx: ctx, alpnWire: nil, alpn: alpn, minVersion: minVersion, serverName: serverName)
+        let c = TlsContext(ctx: ctx, alpnWire: nil, alpn: alpn, minVersion: minVersion, serverName: serverName)
+        if let certificate, cshim_tls_client_cert(ctx, certificate.cert, certificate.key, &err, err.count) != 1 {
+            throw TlsError(description: text(err))
+        }
+        return c
     }
 }
 
@@ -113,12 +142,21 @@ public struct CertificateInfo: Sendable {
 
 /// Listener stats for TLS termination (Envoy's `listener.<name>.ssl.*`).
 public struct TlsStats: Sendable {
+    /// mTLS: the client sent no certificate though one is required; its certificate did not
+    /// verify (unknown CA, expired, revoked); its subject alternative names matched none of
+    /// `match_subject_alt_names`.
+    public let failVerifyNoCert: Counter
+    public let failVerifyError: Counter
+    public let failVerifySan: Counter
     public let handshake: Counter
     public let connectionError: Counter
     public let handshakeTimeout: Counter
     public let sessionReused: Counter
     public init(store: StatsStore, prefix: String) {
         sessionReused = store.counter(prefix + "ssl.session_reused")
+        failVerifyNoCert = store.counter(prefix + "ssl.fail_verify_no_cert")
+        failVerifyError = store.counter(prefix + "ssl.fail_verify_error")
+        failVerifySan = store.counter(prefix + "ssl.fail_verify_san")
         handshake = store.counter(prefix + "ssl.handshake")
         connectionError = store.counter(prefix + "ssl.connection_error")
         handshakeTimeout = store.counter(prefix + "ssl.handshake_timeout")
@@ -204,6 +242,11 @@ final class TlsTransport {
     func failed(_ slab: StatsSlab) {
         broken = true
         slab.inc(stats.connectionError)
+        switch cshim_tls_failure_kind(ssl) {
+        case 1: slab.inc(stats.failVerifyNoCert)
+        case 2: slab.inc(stats.failVerifyError)
+        default: break
+        }
         var buf = [CChar](repeating: 0, count: 256)
         cshim_tls_last_error(&buf, buf.count)
     }
@@ -214,9 +257,73 @@ final class TlsTransport {
         guard let p = cshim_tls_servername(ssl) else { return nil }
         return String(cString: p)
     }
+    /// The peer's certificate (nil: none given), read once.
+    lazy var peerCertificate: PeerCertificate? = PeerCertificate(ssl)
+
     var alpn: String {
         var buf = [CChar](repeating: 0, count: 256)
         let n = cshim_tls_alpn(ssl, &buf, Int32(buf.count))
         return String(decoding: buf.prefix(Int(n)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+/// A TLS peer's certificate as the handshake left it (mTLS clients): what XFCC forwards and
+/// `match_subject_alt_names` checks.
+public struct PeerCertificate: Sendable {
+    public let verified: Bool
+    /// RFC 2253.
+    public let subject: String
+    public let uris: [String]
+    public let dnsNames: [String]
+    /// SHA-256 of the DER form, lowercase hex.
+    public let sha256: String
+    public let pem: String
+
+    init?(_ ssl: OpaquePointer) {
+        var v: Int32 = 0
+        var subject = [CChar](repeating: 0, count: 1024), uris = [CChar](repeating: 0, count: 2048)
+        var dns = [CChar](repeating: 0, count: 2048), pem = [CChar](repeating: 0, count: 16384)
+        var hash = [UInt8](repeating: 0, count: 32)
+        guard cshim_tls_peer_cert(ssl, &v, &subject, subject.count, &uris, uris.count, &dns, dns.count, &hash, &pem, pem.count) == 1 else {
+            return nil
+        }
+        func text(_ b: [CChar]) -> String { String(decoding: b.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+        verified = v != 0
+        self.subject = text(subject)
+        self.uris = text(uris).split(separator: ",").map(String.init)
+        dnsNames = text(dns).split(separator: ",").map(String.init)
+        let hex = Array("0123456789abcdef".utf8)
+        sha256 = String(decoding: hash.flatMap { [hex[Int($0 >> 4)], hex[Int($0 & 15)]] }, as: UTF8.self)
+        self.pem = text(pem)
+    }
+
+    /// Whether any DNS or URI name matches one of `matchers` (none: any certificate passes).
+    public func matches(_ matchers: [SanMatcher]) -> Bool {
+        if matchers.isEmpty { return true }
+        for n in dnsNames + uris where matchers.contains(where: { $0.matches(n) }) { return true }
+        return false
+    }
+}
+
+/// `match_subject_alt_names` entries (Envoy's string matchers).
+public enum SanMatcher: Sendable, Equatable {
+    case exact(String), prefix(String), suffix(String), contains(String)
+
+    public func matches(_ s: String) -> Bool {
+        switch self {
+        case .exact(let v): s == v
+        case .prefix(let v): s.hasPrefix(v)
+        case .suffix(let v): s.hasSuffix(v)
+        case .contains(let v): s.contains(v)
+        }
+    }
+
+    var dump: JSON {
+        switch self {
+        case .exact(let v): .object([("exact", .string(v))])
+        case .prefix(let v): .object([("prefix", .string(v))])
+        case .suffix(let v): .object([("suffix", .string(v))])
+        case .contains(let v): .object([("contains", .string(v))])
+        }
     }
 }

@@ -60,6 +60,29 @@ enum HttpCodecChoice: String, Sendable {
     }
 }
 
+/// `forward_client_cert_details` (Envoy's): what happens to `x-forwarded-client-cert`.
+enum ForwardClientCert: String, Sendable, CaseIterable {
+    /// Removed (the default): clients cannot assert an identity.
+    case sanitize
+    /// Kept as the client sent it, nothing added.
+    case forwardOnly = "forward_only"
+    /// Over mTLS, this connection's certificate appended to the client's list; otherwise sanitized.
+    case appendForward = "append_forward"
+    /// Over mTLS, replaced with this connection's certificate; otherwise sanitized.
+    case sanitizeSet = "sanitize_set"
+    /// Kept as sent, whatever the connection.
+    case alwaysForwardOnly = "always_forward_only"
+}
+
+/// `set_current_client_cert_details`: which fields of the client certificate go in XFCC
+/// besides `By` (our certificate's URI SAN) and `Hash` (always).
+struct ClientCertDetails: Sendable {
+    var subject = false
+    var uri = false
+    var dns = false
+    var cert = false
+}
+
 /// `http2_protocol_options` (Envoy's names; defaults are Envoy's edge recommendations).
 struct Http2ProtocolOptions: Sendable {
     /// SETTINGS_MAX_CONCURRENT_STREAMS.
@@ -98,6 +121,8 @@ struct HttpProxyConfig: ListenerFilterConfig {
     var statPrefix: String
     var codec = HttpCodecChoice.auto
     var http2 = Http2ProtocolOptions()
+    var forwardClientCert = ForwardClientCert.sanitize
+    var clientCertDetails = ClientCertDetails()
     /// `server_name` (default "http-proxy"): the `Server` header of local replies.
     var serverName = "http-proxy"
     /// `via`: added to requests and responses when set.
@@ -143,6 +168,17 @@ struct HttpProxyConfig: ListenerFilterConfig {
         if let p = m.optional("stat_prefix") { c.statPrefix = try p.string() }
         if let v = m.optional("codec") { c.codec = HttpCodecChoice(rawValue: try v.oneOf(["auto", "http1", "http2"]))! }
         if let v = m.optional("http2_protocol_options") { c.http2 = try Http2ProtocolOptions.parse(v) }
+        if let v = m.optional("forward_client_cert_details") {
+            c.forwardClientCert = ForwardClientCert(rawValue: try v.oneOf(ForwardClientCert.allCases.map(\.rawValue)))!
+        }
+        if let v = m.optional("set_current_client_cert_details") {
+            let dm = try v.mapping()
+            if let x = dm.optional("subject") { c.clientCertDetails.subject = try x.bool() }
+            if let x = dm.optional("uri") { c.clientCertDetails.uri = try x.bool() }
+            if let x = dm.optional("dns") { c.clientCertDetails.dns = try x.bool() }
+            if let x = dm.optional("cert") { c.clientCertDetails.cert = try x.bool() }
+            try dm.finish()
+        }
         if let v = m.optional("server_name") { c.serverName = try headerValue(v) }
         if let v = m.optional("via") { c.via = try headerValue(v) }
         if let v = m.optional("request_headers_timeout") { c.requestHeadersTimeoutMs = try v.durationMs() }
@@ -210,6 +246,9 @@ struct HttpProxyConfig: ListenerFilterConfig {
         var f: [(String, JSON)] = [
             ("stat_prefix", .string(statPrefix)), ("codec", .string(codec.rawValue)), ("server_name", .string(serverName)),
             ("http2_protocol_options", http2.dump),
+            ("forward_client_cert_details", .string(forwardClientCert.rawValue)),
+            ("set_current_client_cert_details", .object([("subject", .bool(clientCertDetails.subject)), ("uri", .bool(clientCertDetails.uri)),
+                                                         ("dns", .bool(clientCertDetails.dns)), ("cert", .bool(clientCertDetails.cert))])),
         ]
         if let via { f.append(("via", .string(via))) }
         for (k, ms) in [("request_headers_timeout", requestHeadersTimeoutMs), ("request_timeout", requestTimeoutMs),
