@@ -60,6 +60,11 @@ final class Router: HttpDecoderFilter {
     func decodeHeaders(_ h: HeaderMap, endStream: Bool) -> FilterHeadersStatus {
         hasBody = !endStream
         requestComplete = endStream
+        if let location = factory.routeTable.tlsRedirect(h) {
+            worker.stats.inc(factory.stats.rqRedirect)
+            stream.sendLocalReply(301, "", flags: "", extraHeaders: [("location", location)])
+            return .stopIteration
+        }
         guard let r = stream.route else {
             worker.stats.inc(factory.stats.noRoute)
             stream.sendLocalReply(404, "no route", flags: "NR")

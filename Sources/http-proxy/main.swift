@@ -19,13 +19,15 @@ struct HttpProxyCommand: ParsableCommand {
     var retries: Int?
     @Option(help: "With --listen: close pooled upstream connections unused this long (default 1h).")
     var upstreamIdleTimeout: String?
+    @Flag(help: "With --listen: answer every plain-HTTP request with a 301 to the same URL over https (Envoy's require_tls: all).")
+    var httpsRedirect = false
     @Option(help: "With --listen: what to speak to the upstreams, http1 (default) or http2 (h2c, or h2 by ALPN over TLS).")
     var upstreamProtocol: String?
 
     func run() throws {
         if common.config != nil && (!route.isEmpty || tls.isSet || timeout != nil || retries != nil
-                                    || upstreamIdleTimeout != nil || upstreamProtocol != nil) {
-            throw ValidationError("--route, --tls-cert/--tls-key, --timeout, --retries, --upstream-idle-timeout and --upstream-protocol go with --listen; with --config set them in the file")
+                                    || upstreamIdleTimeout != nil || upstreamProtocol != nil || httpsRedirect) {
+            throw ValidationError("--route, --tls-cert/--tls-key, --timeout, --retries, --upstream-idle-timeout, --upstream-protocol and --https-redirect go with --listen; with --config set them in the file")
         }
         if let p = upstreamProtocol, p != "http1" && p != "http2" {
             throw ValidationError("--upstream-protocol: give http1 or http2, not \"\(p)\"")
@@ -37,16 +39,23 @@ struct HttpProxyCommand: ParsableCommand {
         do { routes = try flagRoutes(routeFlags: route) } catch { throw ValidationError(error.description) }
         let listenerFlags = try tls.listenerFlags()
         let hasUpstream = common.upstream != nil
-        let timeout = self.timeout, retries = self.retries
+        let timeout = self.timeout, retries = self.retries, httpsRedirect = self.httpsRedirect
         var binary = ProxyBinary(
             blockParser: HttpProxyConfig.blockParser,
             flagBlock: { cluster in
-                routes.block(defaultCluster: hasUpstream ? cluster : nil, timeout: timeout, retries: retries)
+                httpsRedirect && !hasUpstream && routes.clusters.isEmpty
+                    // Every request is redirected before routing; the route only completes the table.
+                    ? [("routes", .array([.object([("match", .object([("prefix", .string("/"))])),
+                                                   ("direct_response", .object([("status", .int(404))]))])])),
+                       ("require_tls", .string("all"))]
+                    : routes.block(defaultCluster: hasUpstream ? cluster : nil, timeout: timeout, retries: retries)
+                        + (httpsRedirect ? [("require_tls", JSON.string("all"))] : [])
             },
             listenerFlags: listenerFlags,
             clusterFlags: clusterOptions.isEmpty ? [] : [("http_protocol_options", JSON.object(clusterOptions))],
             makeFactory: { HttpProxyFactory(listener: $0, block: $1, clusters: $2, store: $3) })
         binary.flagClusters = routes.clusters
+        binary.listenNeedsNoUpstream = httpsRedirect
         Server.main(options: common, binary: binary)
     }
 }

@@ -315,3 +315,77 @@ clusters:
     r = validate(cfg, "http-proxy")
     out = r.stdout + r.stderr
     assert r.returncode == 1 and "listeners[0].tls.require_client_certificate" in out and "client_ca" in out, out
+
+
+def plain_curl(p, path, host="shop.example.com", headers=()):
+    argv = ["curl", "-sS", "-i", "--max-time", "10", "-H", f"Host: {host}"]
+    for h in headers:
+        argv += ["-H", h]
+    r = subprocess.run(argv + [f"http://127.0.0.1:{p.addr()[1]}{path}"], capture_output=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    head, _, body = r.stdout.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    return int(lines[0].split()[1]), {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}, body
+
+
+def test_https_redirect_by_flag():
+    with Proxy("http-proxy", args=["--listen", "127.0.0.1:0", "--https-redirect", "--admin", "127.0.0.1:0"]) as p:
+        status, h, _ = plain_curl(p, "/cart/items?id=7")
+        assert status == 301 and h["location"] == "https://shop.example.com/cart/items?id=7"
+        assert p.stat("http.main.rq_redirect") == 1
+
+
+def test_require_tls_redirects_plain_requests():
+    with RecordingOrigin() as o:
+        cfg = f"""admin: {{ address: 127.0.0.1:0 }}
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    http:
+      use_remote_address: false
+      virtual_hosts:
+        - name: shop
+          domains: ["*"]
+          require_tls: all
+          routes: [{{ match: {{ prefix: / }}, cluster: web }}]
+clusters:
+  - name: web
+    endpoints: [{o.endpoint}]
+    http_protocol_options: {{ idle_timeout: 1s }}
+"""
+        with Proxy("http-proxy", config=cfg) as p:
+            status, h, _ = plain_curl(p, "/a?b=c")
+            assert status == 301 and h["location"] == "https://shop.example.com/a?b=c"
+            assert o.requests == []
+            # Behind a TLS tier that says so (use_remote_address: false trusts X-Forwarded-Proto).
+            status, h, body = plain_curl(p, "/a", headers=["X-Forwarded-Proto: https"])
+            assert status == 200 and json.loads(body)["path"] == "/a"
+
+
+def test_hsts_header_on_the_tls_listener(pki):
+    f = pki.files
+    with RecordingOrigin() as o:
+        cfg = f"""admin: {{ address: 127.0.0.1:0 }}
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    tls: {{ cert: "{f['server']['cert']}", key: "{f['server']['key']}" }}
+    http:
+      routes:
+        - match: {{ prefix: / }}
+          cluster: web
+          response_headers_to_add:
+            - header: {{ key: strict-transport-security, value: "max-age=31536000; includeSubDomains" }}
+clusters:
+  - name: web
+    endpoints: [{o.endpoint}]
+    http_protocol_options: {{ idle_timeout: 1s }}
+"""
+        with Proxy("http-proxy", config=cfg) as p:
+            port = p.addr()[1]
+            r = subprocess.run(["curl", "-sS", "-D", "-", "-o", "/dev/null", "--max-time", "10", "--cacert", f["ca"],
+                                "--resolve", f"{NAME}:{port}:127.0.0.1", f"https://{NAME}:{port}/x"], capture_output=True, timeout=20)
+            assert r.returncode == 0, r.stderr
+            assert b"strict-transport-security: max-age=31536000; includeSubDomains" in r.stdout, r.stdout

@@ -25,7 +25,7 @@ extension Server {
         } else {
             guard let listen = options.listen else { throw ConfigError("--listen", "give --config FILE, or --listen ADDR with --upstream LIST") }
             let lists = (options.upstream.map { [("upstream", $0)] } ?? []) + binary.flagClusters
-            guard !lists.isEmpty else { throw ConfigError("--upstream", "--listen needs --upstream LIST") }
+            guard !lists.isEmpty || binary.listenNeedsNoUpstream else { throw ConfigError("--upstream", "--listen needs --upstream LIST") }
             let clusters: [JSON] = lists.map { name, upstream in
                 let eps: [JSON] = upstream.split(separator: ",").map { item in
                     let parts = item.split(separator: "=", maxSplits: 1)

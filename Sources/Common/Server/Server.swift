@@ -29,6 +29,9 @@ public struct ProxyBinary: Sendable {
     /// With any, `--upstream` is optional (`flagBlock` is still called with "upstream": the
     /// binary knows whether it gave one).
     public var flagClusters: [(name: String, endpoints: String)] = []
+    /// `--listen` may come without `--upstream` (http-proxy's `--https-redirect`: every
+    /// request is answered by the proxy).
+    public var listenNeedsNoUpstream = false
     /// Admin pages of the binary's own (redis-proxy's `/redis/shards`), listed in `/help`.
     public var adminPages: [AdminPage] = []
 

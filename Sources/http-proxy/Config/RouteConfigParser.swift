@@ -35,10 +35,13 @@ struct RouteConfigParser {
             }
         case (nil, let r?):
             let noHeaders = HeaderMutation()
-            hosts = [VirtualHost(name: "default", domains: ["*"],
+            var vh = VirtualHost(name: "default", domains: ["*"],
                                  routes: try p.routes(r, virtualHost: "default", vhRequest: noHeaders, vhResponse: noHeaders, vhRetry: nil,
                                                       vhFilters: FilterOverrides()),
-                                 requestHeaders: noHeaders, responseHeaders: noHeaders, retryPolicy: nil)]
+                                 requestHeaders: noHeaders, responseHeaders: noHeaders, retryPolicy: nil)
+            // With `routes` (one virtual host for every domain), `require_tls` sits beside them.
+            vh.requireTls = try requireTlsKey(m)
+            hosts = [vh]
         case (_?, _?):
             throw ConfigError(m.path + ".routes", "give either virtual_hosts or routes (one virtual host for every domain), not both")
         case (nil, nil):
@@ -67,9 +70,19 @@ struct RouteConfigParser {
         let retry = try m.optional("retry_policy").map { (r) throws(ConfigError) in try RouteConfigParser.retryPolicy(r) }
         let filters = try filterOverrides(m)
         let routes = try routes(try m.required("routes"), virtualHost: name, vhRequest: req, vhResponse: resp, vhRetry: retry, vhFilters: filters)
+        let requireTls = try RouteConfigParser.requireTlsKey(m)
         try m.finish()
-        return VirtualHost(name: name, domains: domains, routes: routes, requestHeaders: req, responseHeaders: resp, retryPolicy: retry,
-                           filterOverrides: filters)
+        var vh = VirtualHost(name: name, domains: domains, routes: routes, requestHeaders: req, responseHeaders: resp, retryPolicy: retry,
+                             filterOverrides: filters)
+        vh.requireTls = requireTls
+        return vh
+    }
+
+    /// `require_tls: all | none` (Envoy's `external_only` needs an internal/external notion
+    /// this proxy does not have).
+    static func requireTlsKey(_ m: ConfigMap) throws(ConfigError) -> Bool {
+        guard let v = m.optional("require_tls") else { return false }
+        return try v.oneOf(["all", "none"]) == "all"
     }
 
     /// `*`, `*suffix`, `prefix*` (one wildcard, at an end) or an exact host[:port].

@@ -410,9 +410,13 @@ struct VirtualHost: Sendable {
     let responseHeaders: HeaderMutation
     let retryPolicy: RetryPolicy?
     var filterOverrides = FilterOverrides()
+    /// `require_tls: all` (Envoy's): a request that did not come over TLS (its
+    /// `x-forwarded-proto` is not https) gets a 301 to the same URL with https.
+    var requireTls = false
 
     var dump: JSON {
         var f: [(String, JSON)] = [("name", .string(name)), ("domains", .array(domains.map { .string($0) }))]
+        if requireTls { f.append(("require_tls", .string("all"))) }
         requestHeaders.dump(side: "request", into: &f)
         responseHeaders.dump(side: "response", into: &f)
         filterOverrides.dump(into: &f)
@@ -468,6 +472,18 @@ final class RouteTable: Sendable {
         self.exact = exact
         self.catchAll = catchAll
         hasFilterOverrides = virtualHosts.contains { vh in vh.routes.contains { !$0.filterOverrides.isEmpty } }
+        anyRequiresTls = virtualHosts.contains { $0.requireTls }
+    }
+
+    /// Some virtual host has `require_tls` (the router then checks it per request).
+    let anyRequiresTls: Bool
+
+    /// The https URL to send a plain-text request of a `require_tls` virtual host to, or nil
+    /// when it needs none: Envoy's rule, `https://` + the request's authority + path.
+    func tlsRedirect(_ h: HeaderMap) -> String? {
+        guard anyRequiresTls, let vh = virtualHostIndex(h), virtualHosts[vh].requireTls else { return nil }
+        if let i = h.first(.xForwardedProto), h.valueEqualsIgnoringCase(i, "https") { return nil }
+        return "https://" + (h.value(.authority) ?? "") + (h.value(.path) ?? "/")
     }
 
     /// The route for a request, or nil (no virtual host or no route matches: a 404, `NR`).
