@@ -494,3 +494,93 @@ int cshim_tls_own_uris(struct ssl_ctx_st *ctx, char *uris, size_t urislen) {
     join_names(x, GEN_URI, uris, urislen);
     return 1;
 }
+
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/ocsp.h>
+
+struct ticket_keys {
+    int count;
+    unsigned char k[][80];
+};
+
+static int ticket_index = -1;
+static int ocsp_index = -1;
+static pthread_once_t extra_once = PTHREAD_ONCE_INIT;
+
+static void free_extra(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp) {
+    (void)parent; (void)ad; (void)idx; (void)argl; (void)argp;
+    OPENSSL_free(ptr);
+}
+
+static void extra_init(void) {
+    ticket_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_extra);
+    ocsp_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, free_extra);
+}
+
+static int ticket_cb(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *mctx, int enc) {
+    struct ticket_keys *t = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ticket_index);
+    if (!t || t->count == 0) return 0;
+    int which = 0;
+    if (enc) {
+        memcpy(name, t->k[0], 16);
+        if (RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1) return -1;
+    } else {
+        which = -1;
+        for (int i = 0; i < t->count; i++) if (memcmp(name, t->k[i], 16) == 0) { which = i; break; }
+        if (which < 0) return 0;  /* not ours: a full handshake */
+    }
+    const unsigned char *k = t->k[which];
+    OSSL_PARAM params[3];
+    params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, (void *)(k + 16), 32);
+    params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0);
+    params[2] = OSSL_PARAM_construct_end();
+    if (EVP_MAC_CTX_set_params(mctx, params) != 1) return -1;
+    int ok = enc ? EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k + 48, iv)
+                 : EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k + 48, iv);
+    if (ok != 1) return -1;
+    /* A ticket under an older key is accepted and renewed under the current one. */
+    return enc ? 1 : (which == 0 ? 1 : 2);
+}
+
+int cshim_tls_ticket_keys(struct ssl_ctx_st *ctx, const unsigned char *keys, int count, char *err, size_t errlen) {
+    pthread_once(&extra_once, extra_init);
+    if (ticket_index < 0 || count <= 0) { snprintf(err, errlen, "no ticket keys"); return 0; }
+    struct ticket_keys *t = OPENSSL_malloc(sizeof *t + (size_t)count * 80);
+    if (!t) { snprintf(err, errlen, "out of memory"); return 0; }
+    t->count = count;
+    memcpy(t->k, keys, (size_t)count * 80);
+    SSL_CTX_set_ex_data(ctx, ticket_index, t);
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
+    SSL_CTX_clear_options(ctx, SSL_OP_NO_TICKET);
+    return 1;
+}
+
+struct ocsp_blob { size_t len; unsigned char der[]; };
+
+static int ocsp_cb(SSL *ssl, void *arg) {
+    (void)arg;
+    struct ocsp_blob *b = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ocsp_index);
+    if (!b) return SSL_TLSEXT_ERR_NOACK;
+    unsigned char *copy = OPENSSL_malloc(b->len);  /* OpenSSL frees what it is given */
+    if (!copy) return SSL_TLSEXT_ERR_NOACK;
+    memcpy(copy, b->der, b->len);
+    SSL_set_tlsext_status_ocsp_resp(ssl, copy, (long)b->len);
+    return SSL_TLSEXT_ERR_OK;
+}
+
+int cshim_tls_ocsp_staple(struct ssl_ctx_st *ctx, const unsigned char *der, size_t len, char *err, size_t errlen) {
+    pthread_once(&extra_once, extra_init);
+    const unsigned char *p = der;
+    OCSP_RESPONSE *r = d2i_OCSP_RESPONSE(NULL, &p, (long)len);
+    if (!r) { snprintf(err, errlen, "not a DER OCSP response"); return 0; }
+    OCSP_RESPONSE_free(r);
+    struct ocsp_blob *b = OPENSSL_malloc(sizeof *b + len);
+    if (!b) { snprintf(err, errlen, "out of memory"); return 0; }
+    b->len = len;
+    memcpy(b->der, der, len);
+    SSL_CTX_set_ex_data(ctx, ocsp_index, b);
+    SSL_CTX_set_tlsext_status_cb(ctx, ocsp_cb);
+    return 1;
+}

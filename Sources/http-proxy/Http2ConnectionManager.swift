@@ -781,10 +781,8 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         let now = monotonicMs()
         var next = UInt64.max
         func consider(_ d: UInt64) { if d > 0 && d < next { next = d } }
-        var busy = false
         for h in Array(live.values) {
             guard let s = h.stream, !h.resetSent else { continue }
-            busy = true
             if s.done {
                 // The response is all handed over but waits for the client's window: the stream
                 // idle timeout still applies until nghttp2 closes the stream.
@@ -829,6 +827,9 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         if draining && !finalGoawaySent {
             if now >= drainDeadline { sendFinalGoaway() } else { consider(drainDeadline) }
         }
+        // Streams the proxy reset wait only for their RST_STREAM to be written (a client that
+        // does not read may never take it): they do not keep the connection from idling.
+        let busy = live.values.contains { $0.stream != nil && !$0.resetSent }
         if closing {
             // GOAWAY written or not, a connection that is ending does not wait on its client
             // for more than a second (Envoy's delayed_close_timeout).

@@ -389,3 +389,142 @@ clusters:
                                 "--resolve", f"{NAME}:{port}:127.0.0.1", f"https://{NAME}:{port}/x"], capture_output=True, timeout=20)
             assert r.returncode == 0, r.stderr
             assert b"strict-transport-security: max-age=31536000; includeSubDomains" in r.stdout, r.stdout
+
+
+def tls_listener_config(pki, origin, tls_extra):
+    f = pki.files
+    return f"""admin: {{ address: 127.0.0.1:0 }}
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    tls:
+      cert: "{f['server']['cert']}"
+      key: "{f['server']['key']}"
+{tls_extra}    http:
+      routes: [{{ match: {{ prefix: / }}, cluster: web }}]
+clusters:
+  - name: web
+    endpoints: [{origin.endpoint}]
+    http_protocol_options: {{ idle_timeout: 1s }}
+"""
+
+
+def client_context(pki, version):
+    ctx = ssl.create_default_context(cafile=pki.files["ca"])
+    ctx.maximum_version = version
+    return ctx
+
+
+def get_over_tls(p, ctx, session=None):
+    """One HTTP/1.1 GET over Python ssl; the SSLSocket's session and whether it was reused."""
+    s = socket.create_connection(p.addr(), timeout=10)
+    with ctx.wrap_socket(s, server_hostname=NAME, session=session) as t:
+        t.sendall(f"GET /x HTTP/1.1\r\nHost: {NAME}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            d = t.recv(65536)
+            if not d:
+                break
+            data += d
+        assert data.startswith(b"HTTP/1.1 200"), data[:100]
+        return t.session, t.session_reused
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls12", "tls13"])
+def test_instances_sharing_ticket_keys_resume_each_others_sessions(pki, tmp_path, version):
+    keys = tmp_path / "ticket.key"
+    keys.write_bytes(os.urandom(80))
+    other = tmp_path / "other.key"
+    other.write_bytes(os.urandom(80))
+    with RecordingOrigin() as o:
+        shared = f'      session_ticket_keys: ["{keys}"]\n'
+        with Proxy("http-proxy", config=tls_listener_config(pki, o, shared)) as a, \
+                Proxy("http-proxy", config=tls_listener_config(pki, o, shared)) as b, \
+                Proxy("http-proxy", config=tls_listener_config(pki, o, f'      session_ticket_keys: ["{other}", "{keys}"]\n')) as c, \
+                Proxy("http-proxy", config=tls_listener_config(pki, o, f'      session_ticket_keys: ["{other}"]\n')) as d:
+            ctx = client_context(pki, version)
+            sess, reused = get_over_tls(a, ctx)
+            assert not reused and sess is not None and sess.has_ticket
+            assert get_over_tls(b, ctx, session=sess)[1], "B did not resume A's session"
+            # An instance that has the key only to decrypt (rotation) still resumes it.
+            assert get_over_tls(c, ctx, session=sess)[1]
+            # One without the key makes a full handshake.
+            assert not get_over_tls(d, ctx, session=sess)[1]
+            wait_for(lambda: b.stat("listener.main.ssl.session_reused") == 1, what="session_reused on B")
+
+
+def test_a_ticket_key_file_of_the_wrong_size_is_a_config_error(pki, tmp_path):
+    from harness import validate
+    bad = tmp_path / "short.key"
+    bad.write_bytes(os.urandom(48))
+    with RecordingOrigin() as o:
+        r = validate(tls_listener_config(pki, o, f'      session_ticket_keys: ["{bad}"]\n'), "http-proxy")
+    assert r.returncode == 1 and "listeners[0].tls.session_ticket_keys[0]" in r.stdout + r.stderr and "80 bytes" in r.stdout + r.stderr
+
+
+def ocsp_response(pki, tmp_path):
+    from cryptography.x509 import ocsp, load_pem_x509_certificate
+    with open(pki.files["server"]["cert"], "rb") as f:
+        server = load_pem_x509_certificate(f.read())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    r = (ocsp.OCSPResponseBuilder()
+         .add_response(cert=server, issuer=pki.ca, algorithm=hashes.SHA1(), cert_status=ocsp.OCSPCertStatus.GOOD,
+                       this_update=now, next_update=now + datetime.timedelta(days=1), revocation_time=None, revocation_reason=None)
+         .responder_id(ocsp.OCSPResponderEncoding.HASH, pki.ca)
+         .sign(pki.ca_key, hashes.SHA256()))
+    path = tmp_path / "ocsp.der"
+    path.write_bytes(r.public_bytes(serialization.Encoding.DER))
+    return path
+
+
+def s_client_status(p, pki):
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{p.addr()[1]}", "-servername", NAME, "-status",
+                        "-CAfile", pki.files["ca"]], input=b"", capture_output=True, timeout=20)
+    return r.stdout.decode(errors="replace")
+
+
+def test_ocsp_staple_from_a_file(pki, tmp_path):
+    with RecordingOrigin() as o:
+        with Proxy("http-proxy", config=tls_listener_config(pki, o, f'      ocsp_staple: "{ocsp_response(pki, tmp_path)}"\n')) as p:
+            out = s_client_status(p, pki)
+            assert "OCSP Response Status: successful" in out, out
+            assert "Cert Status: good" in out, out
+        with Proxy("http-proxy", config=tls_listener_config(pki, o, "")) as p:
+            assert "OCSP response: no response sent" in s_client_status(p, pki)
+
+
+def serial_seen(p, pki):
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{p.addr()[1]}", "-servername", NAME],
+                       input=b"", capture_output=True, timeout=20)
+    x = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=r.stdout, capture_output=True, timeout=20)
+    return x.stdout.decode().strip().split("=")[-1].upper()
+
+
+def test_a_replaced_certificate_is_served_without_sighup(pki, tmp_path):
+    import shutil
+    f = pki.files
+    cert_path, key_path = tmp_path / "edge.pem", tmp_path / "edge.key"
+    shutil.copy(f["server"]["cert"], cert_path)
+    shutil.copy(f["server"]["key"], key_path)
+    with RecordingOrigin() as o:
+        cfg = tls_listener_config(pki, o, "").replace(f["server"]["cert"], str(cert_path)).replace(f["server"]["key"], str(key_path))
+        with Proxy("http-proxy", config=cfg) as p:
+            before = serial_seen(p, pki)
+            # A renewed certificate: a new leaf and key, written beside and renamed into place.
+            new = pki._leaf("renewed", NAME, pki.ca, pki.ca_key, dns=[NAME])
+            shutil.copy(new["key"], tmp_path / "edge.key.new")
+            os.rename(tmp_path / "edge.key.new", key_path)
+            shutil.copy(new["cert"], tmp_path / "edge.pem.new")
+            os.rename(tmp_path / "edge.pem.new", cert_path)
+            with open(new["cert"], "rb") as fh:
+                want = format(x509.load_pem_x509_certificate(fh.read()).serial_number, "X")
+            assert want != before
+            wait_for(lambda: serial_seen(p, pki) == want, timeout=15, what="the new certificate served")
+            assert p.stat("server.reload_success") >= 1
+            # A broken file changes nothing: the running certificate stays.
+            with open(tmp_path / "edge.pem.bad", "w") as fh:
+                fh.write("not a certificate")
+            os.rename(tmp_path / "edge.pem.bad", cert_path)
+            p.wait_stat("server.reload_rejected", lambda v: v >= 1, timeout=15)
+            assert serial_seen(p, pki) == want

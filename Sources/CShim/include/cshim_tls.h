@@ -88,3 +88,9 @@ int cshim_tls_peer_cert(struct ssl_st *ssl, int *verified, char *subject, size_t
                         char *dns, size_t dnslen, unsigned char *sha256, char *pem, size_t pemlen);
 /* The URI SANs of a context's own certificate (comma-separated): XFCC's By. */
 int cshim_tls_own_uris(struct ssl_ctx_st *ctx, char *uris, size_t urislen);
+/* Session ticket keys (nginx's and Envoy's 80-byte format: 16-byte name, 32-byte HMAC secret,
+   32-byte AES-256 key), `count` of them back to back: the first encrypts new tickets, all
+   decrypt, so instances sharing the files resume each other's sessions. 1, or 0 with a message. */
+int cshim_tls_ticket_keys(struct ssl_ctx_st *ctx, const unsigned char *keys, int count, char *err, size_t errlen);
+/* OCSP stapling: the DER response every handshake that asks for status gets. 1, or 0. */
+int cshim_tls_ocsp_staple(struct ssl_ctx_st *ctx, const unsigned char *der, size_t len, char *err, size_t errlen);

@@ -525,6 +525,28 @@ public enum ConfigLoader {
                 try im.finish()
             }
         }
+        var ticketFiles: [String] = [], ticketKeys: [UInt8]?
+        if let l = m.optional("session_ticket_keys") {
+            var keys: [UInt8] = []
+            let items = try l.list()
+            if items.isEmpty || items.count > 16 { throw l.fail("give 1 to 16 key files (the first encrypts)") }
+            for item in items {
+                let path = try readablePath(item)
+                guard let b = readFileBytes(path), b.count == 80 else {
+                    throw item.fail("\"\(path)\" must hold exactly 80 bytes (16-byte name, 32-byte HMAC secret, 32-byte AES key), e.g. from `openssl rand 80`")
+                }
+                keys += b
+                ticketFiles.append(path)
+            }
+            ticketKeys = keys
+        }
+        var ocspFile: String?, ocsp: [UInt8]?
+        if let o = m.optional("ocsp_staple") {
+            let path = try readablePath(o)
+            guard let b = readFileBytes(path), !b.isEmpty, b.count <= 64 << 10 else { throw o.fail("\"\(path)\": give a DER OCSP response of at most 64 KiB") }
+            ocspFile = path
+            ocsp = b
+        }
         if clientCa == nil {
             for k in ["require_client_certificate", "crl", "match_subject_alt_names"] where m.keys.contains(k) && (k != "require_client_certificate" || require) {
                 throw ConfigError(v.path + "." + k, "needs client_ca (the CAs client certificates are checked against)")
@@ -533,12 +555,15 @@ public enum ConfigLoader {
         try m.finish()
         do {
             let validation = clientCa.map { TlsContext.ClientValidation(caFile: $0, require: require, crlFile: crl) }
-            let ctx = try TlsContext.server(cert: cert, key: key, alpn: alpn, minVersion: minVersion, clientValidation: validation)
+            let ctx = try TlsContext.server(cert: cert, key: key, alpn: alpn, minVersion: minVersion, clientValidation: validation,
+                                            ticketKeys: ticketKeys, ocspStaple: ocsp)
             var t = TlsServerConfig(cert: cert, key: key, alpn: alpn, minVersion: minVersion, handshakeTimeoutMs: handshakeMs, context: ctx)
             t.clientCa = clientCa
             t.requireClientCertificate = require
             t.crl = crl
             t.matchSubjectAltNames = sans
+            t.sessionTicketKeys = ticketFiles
+            t.ocspStaple = ocspFile
             return t
         } catch {
             throw v.fail(error.description)

@@ -87,6 +87,9 @@ public struct TlsServerConfig: Sendable {
     public var requireClientCertificate = false
     public var crl: String?
     public var matchSubjectAltNames: [SanMatcher] = []
+    /// `session_ticket_keys` files (80 bytes each; the first encrypts) and `ocsp_staple` (DER).
+    public var sessionTicketKeys: [String] = []
+    public var ocspStaple: String?
 
     var dump: JSON {
         var f: [(String, JSON)] = [("cert", .string(cert)), ("key", .string(key)), ("alpn", .array(alpn.map { .string($0) })),
@@ -97,6 +100,8 @@ public struct TlsServerConfig: Sendable {
             if let crl { f.append(("crl", .string(crl))) }
             if !matchSubjectAltNames.isEmpty { f.append(("match_subject_alt_names", .array(matchSubjectAltNames.map(\.dump)))) }
         }
+        if !sessionTicketKeys.isEmpty { f.append(("session_ticket_keys", .array(sessionTicketKeys.map { .string($0) }))) }
+        if let ocspStaple { f.append(("ocsp_staple", .string(ocspStaple))) }
         return .object(f)
     }
 }

@@ -57,7 +57,8 @@ public final class TlsContext: @unchecked Sendable {  // thread boundary: an SSL
     /// A server context. Throws with OpenSSL's reason when a file does not load or the key
     /// does not match the certificate.
     public static func server(cert: String, key: String, alpn: [String], minVersion: TlsVersion,
-                              clientValidation: ClientValidation? = nil) throws(TlsError) -> TlsContext {
+                              clientValidation: ClientValidation? = nil, ticketKeys: [UInt8]? = nil,
+                              ocspStaple: [UInt8]? = nil) throws(TlsError) -> TlsContext {
         let w = wire(alpn)
         var err = [CChar](repeating: 0, count: 512)
         let ctx = cshim_tls_server_ctx(cert, key, w.map { $0.baseAddress!.assumingMemoryBound(to: UInt8.self) }, UInt32(w?.count ?? 0),
@@ -71,6 +72,12 @@ public final class TlsContext: @unchecked Sendable {  // thread boundary: an SSL
             guard cshim_tls_server_verify(ctx, v.caFile, v.require ? 1 : 0, v.crlFile, &err, err.count) == 1 else {
                 throw TlsError(description: text(err))
             }
+        }
+        if let k = ticketKeys, cshim_tls_ticket_keys(ctx, k, Int32(k.count / 80), &err, err.count) != 1 {
+            throw TlsError(description: text(err))
+        }
+        if let o = ocspStaple, cshim_tls_ocsp_staple(ctx, o, o.count, &err, err.count) != 1 {
+            throw TlsError(description: text(err))
         }
         return c
     }

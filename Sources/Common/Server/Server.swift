@@ -209,6 +209,7 @@ public final class Server {
         signals.append(SignalWatcher(dispatcher, signal: SIGTERM) { [unowned self] in beginDrain(reason: "SIGTERM") })
         signals.append(SignalWatcher(dispatcher, signal: SIGINT) { [unowned self] in beginDrain(reason: "SIGINT") })
         signals.append(SignalWatcher(dispatcher, signal: SIGHUP) { [unowned self] in reload() })
+        watchTlsFiles()
         signals.append(SignalWatcher(dispatcher, signal: SIGUSR1) { [unowned self] in
             for h in workerHandles { h.post { $0.reopenAccessLogs() } }
         })
@@ -245,12 +246,13 @@ public final class Server {
 
     /// SIGHUP: load the config file again. A valid one takes effect for new connections; open
     /// ones finish on the generation they started with. An invalid one changes nothing.
-    public func reload() {
+    public func reload(tlsFilesChanged: Bool = false) {
         guard state == .live else {
             logger.notice("reload: ignored while \(state)")
             return
         }
-        guard options.config != nil || binary.reloadsConfigFromFlags else {
+        // A changed certificate reloads a flag-built config too (it re-reads the files).
+        guard options.config != nil || binary.reloadsConfigFromFlags || tlsFilesChanged else {
             logger.notice("reload: running from flags, nothing to reload")
             return
         }
@@ -285,7 +287,41 @@ public final class Server {
         install(made)
         store.mainSlab.inc(serverStats.reloadSuccess)
         writeReadyFile()
+        watchTlsFiles()
         logger.info("reloaded", metadata: ["generation": "\(snap.generation)"])
+    }
+
+    // MARK: - Certificate files
+
+    private var tlsWatchers: [String: FileWatcher] = [:]
+    private var tlsReloadTimer: Timer?
+
+    /// Every file a listener's TLS reads (certificates, keys, client CAs, CRLs, OCSP responses,
+    /// ticket keys) is watched: replacing one (a rename into place, as cert-manager and certbot
+    /// do, or a rewrite) reloads the config as SIGHUP does, after 200 ms of quiet so that a
+    /// certificate and its key written one after the other load together. A file that does not
+    /// load leaves the running config (`server.reload_rejected`).
+    private func watchTlsFiles() {
+        var paths = Set<String>()
+        for l in snapshot.config.listeners {
+            for c in l.chains {
+                guard let t = c.tls else { continue }
+                paths.insert(t.cert); paths.insert(t.key)
+                if let x = t.clientCa { paths.insert(x) }
+                if let x = t.crl { paths.insert(x) }
+                if let x = t.ocspStaple { paths.insert(x) }
+                for k in t.sessionTicketKeys { paths.insert(k) }
+            }
+        }
+        for p in tlsWatchers.keys where !paths.contains(p) { tlsWatchers.removeValue(forKey: p) }
+        for p in paths where tlsWatchers[p] == nil {
+            tlsWatchers[p] = FileWatcher(path: p, dispatcher: dispatcher) { [unowned self] in
+                logger.info("TLS file changed, reloading soon", metadata: ["path": "\(p)"])
+                let t = tlsReloadTimer ?? Timer(dispatcher) { [unowned self] in reload(tlsFilesChanged: true) }
+                tlsReloadTimer = t
+                t.arm(ms: 200)
+            }
+        }
     }
 
     /// SIGTERM/SIGINT: stop accepting, wait for open connections up to drain_timeout, exit 0.
