@@ -19,6 +19,8 @@ final class Http2ServerStream {
     /// Body that arrived before the stream started (same read as its headers).
     var earlyBody: Buffer?
     var closed = false
+    /// Its place in the connection's `live` list (-1: not there).
+    var liveIndex = -1
     // Response side.
     let pendingSend: Buffer
     var sendEnd = false
@@ -80,7 +82,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
 
     private var session: OpaquePointer?
     /// Streams nghttp2 has open, owned here until it closes them.
-    private var live: [ObjectIdentifier: Http2ServerStream] = [:]
+    private var live: [Http2ServerStream] = []
     private var pendingStarts: [Http2ServerStream] = []
     private let out: Buffer
     private let scratch: Buffer
@@ -386,7 +388,8 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         if frame.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
             let h = Http2ServerStream(id: id, pool: worker.blocks, now: monotonicMs())
             flood.streamOpened()
-            live[ObjectIdentifier(h)] = h
+            h.liveIndex = live.count
+            live.append(h)
             worker.stats.inc(cxStats.http2.streamsActive)
             nghttp2_session_set_stream_user_data(session, id, Unmanaged.passUnretained(h).toOpaque())
         } else if let h = streamOf(id) {
@@ -534,7 +537,14 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         h.earlyBody = nil
         worker.stats.dec(cxStats.http2.streamsActive)
         // Its methods may be on the stack: freed after this event.
-        if let removed = live.removeValue(forKey: ObjectIdentifier(h)) { worker.dispatcher.deferredRelease(removed) }
+        if h.liveIndex >= 0 {
+            // Swap-remove; its methods may be on the stack: freed after this event.
+            let i = h.liveIndex
+            let last = live.removeLast()
+            if i < live.count { live[i] = last; last.liveIndex = i }
+            h.liveIndex = -1
+            worker.dispatcher.deferredRelease(h)
+        }
         if draining && live.isEmpty { flushSoon() }
         if live.isEmpty {
             lastActivityMs = monotonicMs()
@@ -781,7 +791,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         let now = monotonicMs()
         var next = UInt64.max
         func consider(_ d: UInt64) { if d > 0 && d < next { next = d } }
-        for h in Array(live.values) {
+        for h in live {
             guard let s = h.stream, !h.resetSent else { continue }
             if s.done {
                 // The response is all handed over but waits for the client's window: the stream
@@ -829,7 +839,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         }
         // Streams the proxy reset wait only for their RST_STREAM to be written (a client that
         // does not read may never take it): they do not keep the connection from idling.
-        let busy = live.values.contains { $0.stream != nil && !$0.resetSent }
+        let busy = live.contains { $0.stream != nil && !$0.resetSent }
         if closing {
             // GOAWAY written or not, a connection that is ending does not wait on its client
             // for more than a second (Envoy's delayed_close_timeout).
@@ -913,7 +923,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         finished = true
         timer?.cancel()
         // Streams still open end as reset by the client (flag DC); their stats settle now.
-        for h in Array(live.values) {
+        for h in live {
             h.closed = true
             if let s = h.stream {
                 if !s.done { s.downstreamReset() }
@@ -938,7 +948,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     /// Frees the nghttp2 session and the streams it pointed at (never from inside nghttp2).
     private func releaseSession() {
         if let s = session { session = nil; nghttp2_session_del(s) }
-        for (_, h) in live { worker.dispatcher.deferredRelease(h) }
+        for h in live { worker.dispatcher.deferredRelease(h) }
         live.removeAll()
         out.release()
     }

@@ -73,9 +73,9 @@ enum HttpConnectionShared {
     static func forwardClientCert(_ h: HeaderMap, settings: HttpSettings, connection: Connection) {
         let mode = settings.forwardClientCert
         if mode == .forwardOnly || mode == .alwaysForwardOnly { return }
-        let peer = connection.tlsPeerCertificate.flatMap { $0.verified ? $0 : nil }
+        let peer = connection.tlsVersion == nil ? nil : connection.tlsPeerCertificate.flatMap { $0.verified ? $0 : nil }
         guard let peer, mode == .appendForward || mode == .sanitizeSet else {
-            h.remove("x-forwarded-client-cert")
+            if h.first(named: "x-forwarded-client-cert") != nil { h.remove("x-forwarded-client-cert") }
             return
         }
         let mine = xfccElement(peer, by: connection.tlsLocalUris.first, details: settings.clientCertDetails)

@@ -87,7 +87,9 @@ final class HttpStream {
     var codecStreamId: Int32 = 0
     /// A gRPC request (`content-type: application/grpc...`): local replies are trailers-only
     /// gRPC responses.
-    lazy var isGrpc: Bool = requestHeaders.value("content-type").map { $0.lowercased().hasPrefix("application/grpc") } ?? false
+    lazy var isGrpc: Bool = requestHeaders.first(named: "content-type").map { i in
+        requestHeaders.withValue(i) { v in v.count >= 16 && equalsLiteralIgnoringCase(UnsafeRawBufferPointer(rebasing: v[0..<16]), "application/grpc") }
+    } ?? false
 
     init(cm: any HttpServerCodec, headers: HeaderMap, router: Router) {
         self.cm = cm

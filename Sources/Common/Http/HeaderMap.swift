@@ -282,6 +282,21 @@ public final class HeaderMap {
         return out
     }
 
+    /// The first live entry named `lower` (a lowercase literal that is not a known header):
+    /// no allocation, for per-request lookups of other headers.
+    public func first(named lower: StaticString) -> Int? {
+        let n = lower.utf8CodeUnitCount
+        let p = UnsafeRawPointer(lower.utf8Start)
+        return storage.withUnsafeBytes { s -> Int? in
+            for i in entries.indices {
+                let e = entries[i]
+                if e.removed || e.known != .other || Int(e.nameLength) != n { continue }
+                if memcmp(s.baseAddress! + Int(e.nameStart), p, n) == 0 { return i }
+            }
+            return nil
+        }
+    }
+
     /// Live indices of a known header.
     public func indices(of k: KnownHeader) -> [Int] {
         guard let f = first(k) else { return [] }
