@@ -21,6 +21,10 @@ final class Http2ServerStream {
     var closed = false
     /// Its place in the connection's `live` list (-1: not there).
     var liveIndex = -1
+    /// An extended CONNECT (WebSocket) the upstream accepted: DATA both ways is relayed.
+    var tunnel: Http2StreamTunnel?
+    /// The request is an extended CONNECT: its DATA is for the tunnel, held until it is up.
+    var extendedConnect = false
     // Response side.
     let pendingSend: Buffer
     var sendEnd = false
@@ -180,6 +184,8 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: UInt32(settings.maxRequestHeadersBytes)),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_HEADER_TABLE_SIZE.rawValue), value: UInt32(h2.hpackTableSize)),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES.rawValue), value: 1),
+            // RFC 8441: WebSocket over HTTP/2 streams.
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL.rawValue), value: 1),
         ]
         guard nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &iv, iv.count) == 0 else { return false }
         if h2.initialConnectionWindowSize > 65535 {
@@ -296,7 +302,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             s.sendLocalReply(431, "request header fields too large", flags: "DPE")
             return
         }
-        if let problem = translateRequest(headers) {
+        if let problem = translateRequest(headers, s) {
             s.sendLocalReply(problem.status, problem.text, flags: "DPE")
             return
         }
@@ -310,6 +316,12 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             armDeadline(h.requestDeadline, if: true)
         }
         s.installFilters(factory.filterFactories)
+        if h.extendedConnect {
+            // The upgrade request itself has no body (HTTP/1.1 upstreams get a plain GET); DATA is
+            // the tunnel's, kept in `earlyBody` until the upstream agrees.
+            s.decodeHeaders(endStream: true)
+            return
+        }
         let early = h.earlyBody
         h.earlyBody = nil
         let trailersNow = h.remoteEnded ? h.trailers : nil
@@ -328,9 +340,19 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
 
     /// `:authority` and `host` reconciled, cookies joined into one field; a problem to answer
     /// instead, if any.
-    private func translateRequest(_ h: HeaderMap) -> (status: Int, text: String)? {
+    private func translateRequest(_ h: HeaderMap, _ s: HttpStream) -> (status: Int, text: String)? {
         if let m = h.first(.method), h.valueEqualsIgnoringCase(m, "CONNECT") {
-            return (501, "CONNECT over HTTP/2 is not supported")
+            guard let p = h.first(.protocol) else { return (501, "CONNECT over HTTP/2 is not supported") }
+            guard h.valueEqualsIgnoringCase(p, "websocket") else { return (501, "unsupported :protocol") }
+            // RFC 8441 to the HTTP/1.1 upgrade an upstream understands (Envoy's transform): GET
+            // with Upgrade, and a Sec-WebSocket-Key, which RFC 8441 clients do not send.
+            h.remove(.protocol)
+            h.set(.method, "GET")
+            h.add(.upgrade, "websocket")
+            h.add(.connection, "upgrade")
+            if h.first(named: "sec-websocket-key") == nil { h.add("sec-websocket-key", webSocketKey()) }
+            s.isUpgrade = true
+            if let hs = h2(s) { hs.extendedConnect = true }
         }
         // Origin-form only (RFC 9113 8.3.1): nghttp2 checks `:path` only for http and https, and
         // an absolute or relative path would reach an HTTP/1.1 upstream as another target than
@@ -373,6 +395,25 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         // `te` stays (nghttp2 lets only `trailers` through): an HTTP/2 upstream gets it (gRPC),
         // the HTTP/1.1 client removes it.
         return nil
+    }
+
+    /// 16 random bytes in base64, as RFC 6455 asks of a client.
+    private func webSocketKey() -> String {
+        let a = workerState.secureRandom.nextUInt64(), b = workerState.secureRandom.nextUInt64()
+        var bytes: [UInt8] = []
+        for i in 0..<8 { bytes.append(UInt8(truncatingIfNeeded: a >> (i * 8))) }
+        for i in 0..<8 { bytes.append(UInt8(truncatingIfNeeded: b >> (i * 8))) }
+        let table = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+        var out: [UInt8] = []
+        var i = 0
+        while i < bytes.count {
+            let n = min(3, bytes.count - i)
+            let v = (UInt32(bytes[i]) << 16) | (n > 1 ? UInt32(bytes[i + 1]) << 8 : 0) | (n > 2 ? UInt32(bytes[i + 2]) : 0)
+            out.append(table[Int(v >> 18 & 63)]); out.append(table[Int(v >> 12 & 63)])
+            out.append(n > 1 ? table[Int(v >> 6 & 63)] : UInt8(ascii: "=")); out.append(n > 2 ? table[Int(v & 63)] : UInt8(ascii: "="))
+            i += 3
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     // MARK: - nghttp2 callbacks (inside mem_recv or send)
@@ -464,7 +505,11 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             guard endStream, let h = streamOf(hd.stream_id) else { return 0 }
             h.remoteEnded = true
             h.requestDeadline = 0
-            if let s = h.stream, !s.done {
+            if let t = h.tunnel {
+                t.fromClient(nil, end: true)
+            } else if h.extendedConnect {
+                break
+            } else if let s = h.stream, !s.done {
                 scratch.release()
                 s.decodeData(scratch, endStream: true)
                 flushSoon()
@@ -509,6 +554,18 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         } else {
             _ = nghttp2_session_consume(session, id, data.count)
         }
+        if let t = h.tunnel {
+            t.fromClient(data, end: false)
+            return 0
+        }
+        if h.extendedConnect {
+            if h.stream?.done == false || h.stream == nil {
+                let b = h.earlyBody ?? Buffer(pool: worker.blocks)
+                h.earlyBody = b
+                b.append(data)
+            }
+            return 0
+        }
         if let s = h.stream {
             if s.done { return 0 }
             scratch.append(data)
@@ -527,6 +584,11 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         guard let h = streamOf(id) else { return 0 }
         nghttp2_session_set_stream_user_data(session, id, nil)
         h.closed = true
+        if let t = h.tunnel {
+            h.tunnel = nil
+            t.close()
+            worker.stats.dec(cxStats.downstreamCxUpgradesActive)
+        }
         if let s = h.stream {
             if !s.done { s.downstreamReset() }
             // With the generation the stream started in (a reload may have changed the prefix).
@@ -611,7 +673,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         h.lastActivityMs = monotonicMs()
         if h.aboveHigh && h.pendingSend.count < Self.streamLowWatermark {
             h.aboveHigh = false
-            if let s = h.stream, !s.done { s.router.downstreamBelowLowWatermark() }
+            if let t = h.tunnel { t.resumeUpstream() } else if let s = h.stream, !s.done { s.router.downstreamBelowLowWatermark() }
         }
         return 0
     }
@@ -643,7 +705,15 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
 
     func encodeHeaders(_ s: HttpStream, _ h: HeaderMap, endStream: Bool) {
         guard let hs = h2(s) else { return }
-        let status = s.info.responseCode
+        var status = s.info.responseCode
+        var endStream = endStream
+        if s.tunnel != nil {
+            // The upstream's 101 becomes RFC 8441's 200; its Sec-WebSocket-Accept answers the key
+            // this proxy made up, so it goes. The stream stays open for the relay.
+            status = 200
+            h.remove("sec-websocket-accept")
+            endStream = false
+        }
         let isHead = s.requestHeaders.first(.method).map { s.requestHeaders.valueEqualsIgnoringCase($0, "HEAD") } ?? false
         hs.noBody = isHead || status == 204 || status == 304
         if status == 204 || status == 304 { h.remove(.contentLength) }
@@ -697,7 +767,59 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         flushSoon()
     }
 
-    func streamComplete(_ s: HttpStream) { flushSoon() }
+    func streamComplete(_ s: HttpStream) {
+        if let t = s.tunnel, let hs = h2(s) {
+            s.tunnel = nil
+            worker.stats.inc(cxStats.downstreamCxUpgradesTotal)
+            worker.stats.inc(cxStats.downstreamCxUpgradesActive)
+            let relay = Http2StreamTunnel(cm: self, stream: hs, upstream: t)
+            hs.tunnel = relay
+            if let early = hs.earlyBody, !early.isEmpty {
+                hs.earlyBody = nil
+                relay.fromClient(early.readable, end: false)
+                early.release()
+            }
+            if hs.remoteEnded { relay.fromClient(nil, end: true) }
+            relay.start()
+        }
+        flushSoon()
+    }
+
+    // MARK: - Stream tunnels (called by Http2StreamTunnel)
+
+    /// Bytes from the upstream of a tunnel go out as the stream's DATA; the upstream pauses
+    /// while the client's window holds more than the stream's high watermark.
+    func tunnelData(_ h: Http2ServerStream, _ data: Buffer, end: Bool) {
+        guard !finished, !h.closed, !h.resetSent else { data.release(); return }
+        let n = data.count
+        h.pendingSend.moveAll(from: data)
+        if n > 0 { worker.stats.add(cxStats.http2.pendingSendBytes, n) }
+        if end { h.sendEnd = true }
+        h.lastActivityMs = monotonicMs()
+        resume(h)
+        if !h.aboveHigh && h.pendingSend.count > Self.streamHighWatermark {
+            h.aboveHigh = true
+            h.tunnel?.pauseUpstream()
+        }
+    }
+
+    /// The tunnel's upstream closed or failed before the stream ended: reset it.
+    func tunnelClosed(_ h: Http2ServerStream) {
+        guard !finished, !h.closed else { return }
+        if !h.sendEnd { resetLocally(h, NGHTTP2_CANCEL.rawValue) } else { flushSoon() }
+    }
+
+    func tunnelPauseClient(_ h: Http2ServerStream) { h.paused += 1 }
+
+    func tunnelResumeClient(_ h: Http2ServerStream) {
+        guard h.paused > 0, let session else { return }
+        h.paused -= 1
+        if h.paused == 0 && h.unconsumed > 0 {
+            _ = nghttp2_session_consume_stream(session, h.id, h.unconsumed)
+            h.unconsumed = 0
+            flushSoon()
+        }
+    }
 
     func resetStream(_ s: HttpStream) {
         guard let hs = h2(s) else { return }
@@ -925,6 +1047,11 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         // Streams still open end as reset by the client (flag DC); their stats settle now.
         for h in live {
             h.closed = true
+            if let t = h.tunnel {
+                h.tunnel = nil
+                t.close()
+                worker.stats.dec(cxStats.downstreamCxUpgradesActive)
+            }
             if let s = h.stream {
                 if !s.done { s.downstreamReset() }
                 HttpConnectionShared.settle(s, stats: s.router.factory.stats, worker: worker, context: &context, connection: connection)
@@ -952,4 +1079,71 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         live.removeAll()
         out.release()
     }
+}
+
+
+/// After an extended CONNECT's 200 (RFC 8441, WebSocket over HTTP/2): the stream's DATA and an
+/// upstream connection (an HTTP/1.1 WebSocket upgrade) relay bytes both ways with the same
+/// back-pressure as responses: the upstream stops being read while the client's window holds
+/// the stream's high watermark, and the client's stream window stays shut while the upstream's
+/// write buffer is over its own. END_STREAM from the client half-closes the upstream; the
+/// upstream's FIN ends the stream; a reset or close on either side ends both.
+final class Http2StreamTunnel: ConnectionCallbacks {
+    unowned(unsafe) let cm: Http2ConnectionManager
+    unowned(unsafe) let stream: Http2ServerStream
+    let upstream: UpstreamTunnel
+    private var readPaused = false
+    private var clientPaused = false
+    private var closed = false
+    private let scratch: Buffer
+
+    init(cm: Http2ConnectionManager, stream: Http2ServerStream, upstream: UpstreamTunnel) {
+        self.cm = cm; self.stream = stream; self.upstream = upstream
+        scratch = Buffer(pool: upstream.connection.worker.blocks)
+        upstream.connection.callbacks = self
+    }
+
+    /// Bytes that came with the 101 are the first DATA.
+    func start() {
+        let c = upstream.connection
+        if !c.readBuffer.isEmpty || c.readEOF { onData(c, c.readBuffer, endStream: c.readEOF) }
+    }
+
+    func fromClient(_ data: UnsafeRawBufferPointer?, end: Bool) {
+        guard !closed, upstream.connection.state == .open else { return }
+        if let data { scratch.append(data) }
+        upstream.connection.write(scratch, endStream: end)
+        scratch.release()
+    }
+
+    func pauseUpstream() { if !readPaused { readPaused = true; upstream.connection.readDisable() } }
+    func resumeUpstream() { if readPaused { readPaused = false; upstream.connection.readEnable() } }
+
+    func close() {
+        if closed { return }
+        closed = true
+        upstream.connection.callbacks = nil
+        upstream.release(nil)
+    }
+
+    func onData(_ c: Connection, _ buffer: Buffer, endStream: Bool) {
+        if closed { buffer.release(); return }
+        cm.tunnelData(stream, buffer, end: endStream)
+    }
+
+    func onClose(_ c: Connection, remote: Bool) {
+        if closed { return }
+        cm.tunnelClosed(stream)
+    }
+
+    func onAboveWriteBufferHighWatermark(_ c: Connection) {
+        if !clientPaused { clientPaused = true; cm.tunnelPauseClient(stream) }
+    }
+
+    func onBelowWriteBufferLowWatermark(_ c: Connection) {
+        if clientPaused { clientPaused = false; cm.tunnelResumeClient(stream) }
+    }
+
+    func onConnected(_ c: Connection) {}
+    func onConnectFailed(_ c: Connection, errno: Int32) {}
 }

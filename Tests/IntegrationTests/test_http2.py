@@ -8,6 +8,7 @@ import hashlib
 import json
 import socket
 import subprocess
+import time
 
 import pytest
 from h2_peers import PREFACE, H2Client, RecordingOrigin, goaway_codes, tls_context, upstream_queues
@@ -494,3 +495,123 @@ def test_a_client_reset_ends_only_its_stream_and_its_upstream_request():
         wait_for(lambda: p.stat("http.main.http2.rx_reset") == 1, what="the client's reset counted")
         assert p.stat("http.main.http2.tx_reset") == 0
         # Teardown's leak check: the reset response's upstream connection does not stay open.
+
+
+# --- WebSocket over HTTP/2 (RFC 8441 extended CONNECT) to an HTTP/1.1 WebSocket server
+
+def ws_frame(payload, opcode=0x2):
+    """A masked client WebSocket frame (RFC 6455 5.2)."""
+    import os as _os
+    mask = _os.urandom(4)
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def ws_messages(buf):
+    """Complete unmasked server frames in `buf`: ([payloads], bytes used)."""
+    out, i = [], 0
+    while i + 2 <= len(buf):
+        n = buf[i + 1] & 0x7F
+        j = i + 2
+        if n == 126:
+            if j + 2 > len(buf):
+                break
+            n = int.from_bytes(buf[j:j + 2], "big"); j += 2
+        elif n == 127:
+            if j + 8 > len(buf):
+                break
+            n = int.from_bytes(buf[j:j + 8], "big"); j += 8
+        if j + n > len(buf):
+            break
+        out.append(bytes(buf[j:j + n]))
+        i = j + n
+    return out, i
+
+
+def test_websocket_over_http2_extended_connect_reaches_an_http1_websocket_server():
+    import h2.config
+    import h2.connection
+    import h2.events
+    from test_http_proxy import ws_echo_server
+    server = ws_echo_server()
+    try:
+        port = server.socket.getsockname()[1]
+        cfg = f"""admin: {{ address: 127.0.0.1:0 }}
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    http:
+      routes: [{{ match: {{ prefix: / }}, cluster: ws }}]
+clusters:
+  - name: ws
+    endpoints: [127.0.0.1:{port}]
+    http_protocol_options: {{ idle_timeout: 1s }}
+"""
+        with Proxy("http-proxy", config=cfg) as p:
+            sock = socket.create_connection(p.addr(), timeout=10)
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            sock.sendall(conn.data_to_send())
+            settings_seen = False
+            while not settings_seen:
+                for ev in conn.receive_data(sock.recv(65536)):
+                    if isinstance(ev, h2.events.RemoteSettingsChanged) and 0x8 in ev.changed_settings:
+                        settings_seen = ev.changed_settings[0x8].new_value == 1
+                sock.sendall(conn.data_to_send())
+            streams = {}
+            for k in range(3):  # three WebSocket streams on one HTTP/2 connection
+                sid = conn.get_next_available_stream_id()
+                conn.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+                                        (":path", f"/chat/{k}"), (":authority", "ws.test"), ("sec-websocket-version", "13")])
+                streams[sid] = {"status": None, "buf": bytearray(), "got": [], "sent": [pattern(500 + 4000 * i, seed=k * 10 + i) for i in range(20)]}
+            sock.sendall(conn.data_to_send())
+            deadline = time.monotonic() + 20
+            sent_all = False
+            while any(len(s["got"]) < len(s["sent"]) for s in streams.values()):
+                assert time.monotonic() < deadline, {sid: (s["status"], len(s["got"])) for sid, s in streams.items()}
+                if not sent_all and all(s["status"] for s in streams.values()):
+                    for sid, s in streams.items():
+                        s["out"] = bytearray(b"".join(ws_frame(m) for m in s["sent"]))
+                    sent_all = True
+                for sid, s in streams.items():  # as the windows allow, while reading the echoes
+                    while s.get("out"):
+                        n = min(len(s["out"]), conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                        if n <= 0:
+                            break
+                        conn.send_data(sid, bytes(s["out"][:n]))
+                        del s["out"][:n]
+                sock.sendall(conn.data_to_send())
+                sock.settimeout(max(0.1, deadline - time.monotonic()))
+                data = sock.recv(1 << 20)
+                assert data, "the proxy closed the connection"
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.ResponseReceived):
+                        streams[ev.stream_id]["status"] = dict(ev.headers)[b":status"]
+                    elif isinstance(ev, h2.events.DataReceived):
+                        s = streams[ev.stream_id]
+                        s["buf"] += ev.data
+                        msgs, used = ws_messages(s["buf"])
+                        s["got"] += msgs
+                        del s["buf"][:used]
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamReset):
+                        raise AssertionError(f"stream {ev.stream_id} reset: {ev.error_code}")
+            for s in streams.values():
+                assert s["status"] == b"200"
+                assert s["got"] == s["sent"]
+            assert p.stat("http.main.downstream_cx_upgrades_total") == 3
+            for sid in streams:
+                conn.end_stream(sid)
+            sock.sendall(conn.data_to_send())
+            wait_for(lambda: p.stat("http.main.downstream_cx_upgrades_active") == 0, what="the tunnels closed")
+            sock.close()
+    finally:
+        server.shutdown()
