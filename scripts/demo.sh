@@ -108,6 +108,7 @@ for path in /index.html /api/users /api/flaky /api/flaky /healthz; do
   printf '   GET %-13s -> %s' "$path" "$(curl -s -w ' (%{http_code})' "http://$HLISTEN$path" | tr -d '\n')"
   echo
 done
+echo "== the same port speaks HTTP/2 (h2c, prior knowledge): $(curl -s --http2-prior-knowledge -o /dev/null -w 'HTTP/%{http_version} %{http_code}' "http://$HLISTEN/index.html")"
 echo "== retries so far: $(curl -s "http://$HADMIN/stats?filter=%5Ecluster.api.upstream_rq_retry%24")"
 sleep 1.2
 echo "== its access log ($work/http-access.log):"
