@@ -412,10 +412,18 @@ int cshim_tls_server_verify(struct ssl_ctx_st *ctx, const char *ca_file, int req
         X509_STORE_set_flags(st, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
     }
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (require ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), NULL);
-    /* Sessions resumed across contexts with other client CAs must not skip verification. */
-    static const unsigned char sid[] = "proxies-mtls";
-    SSL_CTX_set_session_id_context(ctx, sid, sizeof sid - 1);
     return 1;
+}
+
+/* A resumed session skips certificate verification: it may only resume where the same checks
+   would have passed. The session id context is a hash of everything that decides them (the
+   caller's description: CA and CRL file contents, require flag, name matchers), so a session
+   made on another listener, or before a reload changed the checks, gets a full handshake. */
+int cshim_tls_session_context(struct ssl_ctx_st *ctx, const unsigned char *desc, size_t len) {
+    unsigned char md[32];
+    unsigned int n = 0;
+    if (EVP_Digest(desc, len, md, &n, EVP_sha256(), NULL) != 1 || n > SSL_MAX_SID_CTX_LENGTH) return 0;
+    return SSL_CTX_set_session_id_context(ctx, md, n);
 }
 
 int cshim_tls_client_cert(struct ssl_ctx_st *ctx, const char *cert, const char *key, char *err, size_t errlen) {
@@ -439,6 +447,9 @@ int cshim_tls_failure_kind(struct ssl_st *ssl) {
     return 0;
 }
 
+/* The names of one SAN type, each followed by a NUL (a comma inside a name stays part of it).
+   A name holding a NUL or another control byte is left out: it cannot be matched or forwarded
+   safely. Names that do not fit are left out too. */
 static void join_names(X509 *x, int type, char *out, size_t outlen) {
     out[0] = 0;
     GENERAL_NAMES *names = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
@@ -449,12 +460,14 @@ static void join_names(X509 *x, int type, char *out, size_t outlen) {
         const ASN1_STRING *a = type == GEN_DNS ? g->d.dNSName : g->d.uniformResourceIdentifier;
         const unsigned char *s = ASN1_STRING_get0_data(a);
         int n = ASN1_STRING_length(a);
-        if (used + (size_t)n + 2 >= outlen) break;
-        if (used) out[used++] = ',';
+        int bad = n <= 0;
+        for (int j = 0; j < n && !bad; j++) if (s[j] < 0x20 || s[j] == 0x7f) bad = 1;
+        if (bad || used + (size_t)n + 2 >= outlen) continue;
         memcpy(out + used, s, (size_t)n);
         used += (size_t)n;
-        out[used] = 0;
+        out[used++] = 0;
     }
+    if (used < outlen) out[used] = 0;
     GENERAL_NAMES_free(names);
 }
 

@@ -235,7 +235,14 @@ class PooledConnection: ConnectionCallbacks {
         timer?.cancel()
         cluster.hostConnectFailed(host, timeout: timeout, outlier: !local)
         cluster.hostClosed(host, worker.stats)
-        if let c = connection { c.callbacks = nil; c.close(); connection = nil }
+        if let c = connection {
+            c.callbacks = nil
+            c.close()
+            // This may run inside the connection's own callback (HTTP/2: SETTINGS that take no
+            // stream): it must outlive the event.
+            worker.dispatcher.deferredRelease(c)
+            connection = nil
+        }
         pool.pool.connectFailed(id, timeout ? .timeout : .failed)
     }
 

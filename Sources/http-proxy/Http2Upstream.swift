@@ -352,11 +352,21 @@ final class Http2Client: PooledConnection, UpstreamClient {
         case NGHTTP2_SETTINGS.rawValue:
             if hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) == 0, let session, !goneAway {
                 let remote = Int(nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS))
-                let capacity = max(1, min(remote, maxStreams))
+                let capacity = min(remote, maxStreams)
                 if !settingsSeen {
                     settingsSeen = true
                     timer?.cancel()
+                    if capacity == 0 {
+                        // A host that takes no streams now: a failed connect, so the request
+                        // goes elsewhere (or is retried) instead of waiting for its timeout.
+                        worker.stats.inc(pool.stats.cxProtocolError)
+                        connectFailed(timeout: false)
+                        return 0
+                    }
                     pool.pool.connected(id, capacity: capacity)
+                } else if capacity == 0 {
+                    goneAway = true
+                    pool.pool.goAway(id)
                 } else {
                     pool.pool.capacityChanged(id, capacity: capacity)
                 }

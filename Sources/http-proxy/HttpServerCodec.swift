@@ -73,7 +73,8 @@ enum HttpConnectionShared {
     static func forwardClientCert(_ h: HeaderMap, settings: HttpSettings, connection: Connection) {
         let mode = settings.forwardClientCert
         if mode == .forwardOnly || mode == .alwaysForwardOnly { return }
-        let peer = connection.tlsVersion == nil ? nil : connection.tlsPeerCertificate.flatMap { $0.verified ? $0 : nil }
+        let peer = connection.tlsVersion == nil || !connection.tlsVerifiesClients ? nil
+            : connection.tlsPeerCertificate.flatMap { $0.verified ? $0 : nil }
         guard let peer, mode == .appendForward || mode == .sanitizeSet else {
             if h.first(named: "x-forwarded-client-cert") != nil { h.remove("x-forwarded-client-cert") }
             return
@@ -92,10 +93,25 @@ enum HttpConnectionShared {
         if let by { parts.append("By=" + by) }
         parts.append("Hash=" + p.sha256)
         if details.cert { parts.append("Cert=\"" + urlEncoded(p.pem) + "\"") }
-        if details.subject { parts.append("Subject=\"" + p.subject.replacingOccurrences(of: "\"", with: "\\\"") + "\"") }
-        if details.uri { for u in p.uris { parts.append("URI=" + u) } }
-        if details.dns { for d in p.dnsNames { parts.append("DNS=" + d) } }
+        if details.subject { parts.append("Subject=" + quoted(p.subject)) }
+        if details.uri { for u in p.uris { parts.append("URI=" + xfccValue(u)) } }
+        if details.dns { for d in p.dnsNames { parts.append("DNS=" + xfccValue(d)) } }
         return parts.joined(separator: ";")
+    }
+
+    /// A quoted-string (RFC 9110 5.6.4): `\` and `"` escaped, so nothing inside can end it.
+    static func quoted(_ s: String) -> String {
+        var out = "\""
+        for c in s.unicodeScalars {
+            if c == "\\" || c == "\"" { out.unicodeScalars.append("\\") }
+            out.unicodeScalars.append(c)
+        }
+        return out + "\""
+    }
+
+    /// A value as is when it holds none of XFCC's separators, else quoted (Envoy's rule).
+    static func xfccValue(_ s: String) -> String {
+        s.unicodeScalars.contains { $0 == "," || $0 == ";" || $0 == "=" || $0 == "\"" || $0 == "\\" || $0 == " " } ? quoted(s) : s
     }
 
     private static func urlEncoded(_ s: String) -> String {

@@ -253,11 +253,20 @@ final class Router: HttpDecoderFilter {
         if status >= 500 { host?.outlier?.failure() } else { host?.outlier?.success() }
         a.count(status >= 500 ? .rqError : .rqSuccess, worker.stats)
         cstats.countCode(status, worker.stats)
-        if shouldRetry(status: status) || endStream && shouldRetryGrpc(h) {
-            if !endStream { a.client?.abandon() }
-            a.finished(worker.stats, cstats)
-            attempt = nil
-            if retry(on: nil) { return }
+        // A retry abandons this response, so it must be sure to happen first: the body must be
+        // replayable and a retry slot (budget, max_retries breaker) taken. Otherwise the
+        // response goes to the client as it is (the upstream is still there to send its body).
+        if (shouldRetry(status: status) || endStream && shouldRetryGrpc(h)) && (!hasBody || replayable && replay != nil) {
+            if takeRetrySlot() {
+                if !endStream { a.client?.abandon() }
+                a.finished(worker.stats, cstats)
+                attempt = nil
+                if retry(on: nil) { return }
+                // Cannot happen (checked above); the response is gone, so the client gets a 503.
+                stream.sendLocalReply(503, "upstream retry failed", flags: "URX")
+                return
+            }
+            worker.stats.inc(cstats.rqRetryOverflow)
         }
         if retriesDone > 0 { worker.stats.inc(cstats.rqRetrySuccess) }
         // The response is the one the client gets: no per-try deadline from here on.

@@ -498,7 +498,8 @@ def serial_seen(p, pki):
     r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{p.addr()[1]}", "-servername", NAME],
                        input=b"", capture_output=True, timeout=20)
     x = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=r.stdout, capture_output=True, timeout=20)
-    return x.stdout.decode().strip().split("=")[-1].upper()
+    text = x.stdout.decode().strip().split("=")[-1]
+    return int(text, 16) if text else None  # compared as numbers: openssl pads odd-length hex
 
 
 def test_a_replaced_certificate_is_served_without_sighup(pki, tmp_path):
@@ -518,7 +519,7 @@ def test_a_replaced_certificate_is_served_without_sighup(pki, tmp_path):
             shutil.copy(new["cert"], tmp_path / "edge.pem.new")
             os.rename(tmp_path / "edge.pem.new", cert_path)
             with open(new["cert"], "rb") as fh:
-                want = format(x509.load_pem_x509_certificate(fh.read()).serial_number, "X")
+                want = x509.load_pem_x509_certificate(fh.read()).serial_number
             assert want != before
             wait_for(lambda: serial_seen(p, pki) == want, timeout=15, what="the new certificate served")
             assert p.stat("server.reload_success") >= 1
@@ -528,3 +529,84 @@ def test_a_replaced_certificate_is_served_without_sighup(pki, tmp_path):
             os.rename(tmp_path / "edge.pem.bad", cert_path)
             p.wait_stat("server.reload_rejected", lambda v: v >= 1, timeout=15)
             assert serial_seen(p, pki) == want
+
+
+# --- Review faults (issue 11, second review)
+
+def test_a_session_from_a_listener_with_other_client_checks_does_not_resume(pki, tmp_path):
+    # Two instances share ticket keys but trust different client CAs: a session made with a
+    # good certificate on A must not let the same client skip B's check (a full handshake, which
+    # B's CA refuses).
+    keys = tmp_path / "ticket.key"
+    keys.write_bytes(os.urandom(80))
+    other_ca = pki._write("other-ca.pem", pki.other)
+    f = pki.files
+    with RecordingOrigin() as o:
+        tls_a = f'      client_ca: "{f["ca"]}"\n      require_client_certificate: true\n      session_ticket_keys: ["{keys}"]\n'
+        tls_b = f'      client_ca: "{other_ca}"\n      require_client_certificate: true\n      session_ticket_keys: ["{keys}"]\n'
+        with Proxy("http-proxy", config=tls_listener_config(pki, o, tls_a)) as a, \
+                Proxy("http-proxy", config=tls_listener_config(pki, o, tls_b)) as b:
+            for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+                ctx = client_context(pki, version)
+                ctx.load_cert_chain(f["client"]["cert"], f["client"]["key"])
+                sess, reused = get_over_tls(a, ctx)
+                assert sess is not None and not reused
+                assert get_over_tls(a, ctx, session=sess)[1], "A should resume its own session"
+                with pytest.raises((ssl.SSLError, ConnectionResetError, AssertionError)):
+                    get_over_tls(b, ctx, session=sess)
+            assert b.stat("listener.main.ssl.session_reused") == 0
+            assert len(o.requests) == 2 * 2
+
+
+def test_a_san_holding_a_comma_is_one_name(pki):
+    evil = pki._leaf("evil", "evil", pki.ca, pki.ca_key, uris=["spiffe://evil/x,spiffe://test/admin"])
+    pki.files["evil"] = evil
+    with RecordingOrigin() as o:
+        strict = config(pki, o).replace('match_subject_alt_names: [{ prefix: "spiffe://test/" }]',
+                                        'match_subject_alt_names: [{ exact: "spiffe://test/admin" }]')
+        with Proxy("http-proxy", config=strict) as p:
+            rc, body, err = curl(p, pki, "evil")
+            assert rc != 0, body
+            wait_for(lambda: p.stat("listener.main.ssl.fail_verify_san") == 1, what="fail_verify_san")
+        loose = config(pki, o).replace('match_subject_alt_names: [{ prefix: "spiffe://test/" }]',
+                                       'match_subject_alt_names: [{ prefix: "spiffe://" }]')
+        with Proxy("http-proxy", config=loose) as p:
+            rc, body, err = curl(p, pki, "evil")
+            assert rc == 0, err
+            xfcc = xfcc_seen(o)
+            # One URI, quoted because it holds a comma: not two identities.
+            assert 'URI="spiffe://evil/x,spiffe://test/admin"' in xfcc, xfcc
+            assert ";URI=spiffe://test/admin" not in xfcc
+
+
+def test_a_quote_in_the_subject_cannot_end_the_xfcc_quoted_string(pki):
+    crafted = pki._leaf("crafted", 'a",By=spiffe://forged;Hash=00;Subject="x', pki.ca, pki.ca_key, uris=["spiffe://test/q"])
+    pki.files["crafted"] = crafted
+    with RecordingOrigin() as o, Proxy("http-proxy", config=config(pki, o)) as p:
+        rc, body, err = curl(p, pki, "crafted")
+        assert rc == 0, err
+        xfcc = xfcc_seen(o)
+        # Parse the element as a proxy downstream would: quoted-strings with backslash escapes.
+        fields, i, cur, key = [], 0, "", None
+        while i < len(xfcc):
+            ch = xfcc[i]
+            if ch == '"':
+                i += 1
+                while xfcc[i] != '"':
+                    if xfcc[i] == "\\":
+                        i += 1
+                    cur += xfcc[i]
+                    i += 1
+            elif ch == "=" and key is None:
+                key, cur = cur, ""
+            elif ch in ";,":
+                fields.append((key, cur, ch))
+                key, cur = None, ""
+            else:
+                cur += ch
+            i += 1
+        fields.append((key, cur, ""))
+        assert [k for k, _, _ in fields] == ["By", "Hash", "Subject", "URI", "DNS"][:len(fields)], fields
+        assert all(sep != "," for _, _, sep in fields), "a second element was injected"
+        subject = dict((k, v) for k, v, _ in fields)["Subject"]
+        assert subject.startswith('O=Tests,CN=a\\"') and "By=spiffe://forged" in subject, subject

@@ -9,6 +9,7 @@ proxy with HTTP/2 upstreams (HAProxy's `proto h2`) as a check of the tests thems
 import hashlib
 import json
 import subprocess
+import time
 
 import pytest
 from h2_peers import CANCEL, H2Client, H2Origin, RecordingOrigin
@@ -463,3 +464,32 @@ def test_h2load_through_h2_downstream_and_h2_upstream_uses_few_upstream_connecti
         assert o.accepted == cstat(p, "upstream_cx_total")
         assert sum(o.requests_per_connection()) == 2000
         assert all(c.excess == [] for c in o.connections) and origin_errors(o) == []
+
+
+# --- Review faults (issue 11, second review)
+
+@pytest.mark.parametrize("protocol", ["http1", "http2"])
+def test_a_retriable_5xx_whose_retry_cannot_happen_reaches_the_client_whole(tmp_path, protocol):
+    # retry_on 5xx, but the request body (200 KB) is over max_request_body_buffer: the retry is
+    # impossible, so the 503 and its body must reach the client at once (it used to hang: the
+    # upstream was abandoned before the retry was known to be impossible).
+    origin = H2Origin() if protocol == "http2" else RecordingOrigin()
+    with origin as o, proxy(o, protocol=protocol, route=", retry_policy: { retry_on: 5xx, num_retries: 2 }, timeout: 0s") as p:
+        body = tmp_path / "up"
+        body.write_bytes(b"x" * 200_000)
+        r = subprocess.run(["curl", "-sS", "--max-time", "10", "-w", " %{http_code}", "--data-binary", f"@{body}",
+                            f"http://{hp(p)}/status/503"], capture_output=True, timeout=20)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.endswith(b" 503") and r.stdout.startswith(b"status"), r.stdout
+        assert cstat(p, "upstream_rq_retry") == 0
+        assert cstat(p, "upstream_rq_retry_success") == 0
+
+
+def test_an_upstream_that_takes_no_streams_fails_fast_instead_of_waiting_for_the_timeout():
+    with H2Origin(max_concurrent_streams=0) as o, proxy(o, route=", timeout: 20s") as p:
+        t0 = time.monotonic()
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "--max-time", "15", "-w", "%{http_code}",
+                            f"http://{hp(p)}/size/10"], capture_output=True, timeout=20)
+        assert r.stdout == b"503", r
+        assert time.monotonic() - t0 < 10, "waited for a timeout"
+        assert cstat(p, "upstream_cx_protocol_error") >= 1

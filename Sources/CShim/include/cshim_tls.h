@@ -76,17 +76,20 @@ void cshim_tls_failure(struct ssl_st *ssl, char *out, size_t outlen);
    with a message in err. */
 int cshim_tls_server_verify(struct ssl_ctx_st *ctx, const char *ca_file, int require, const char *crl_file,
                             char *err, size_t errlen);
+/* The session id context of a server context from a description of its client-certificate
+   checks (hashed): sessions resume only where the same checks apply. 1, or 0. */
+int cshim_tls_session_context(struct ssl_ctx_st *ctx, const unsigned char *desc, size_t len);
 /* A client certificate (chain file) and key for a client context. 1, or 0 with a message. */
 int cshim_tls_client_cert(struct ssl_ctx_st *ctx, const char *cert, const char *key, char *err, size_t errlen);
 /* Why a handshake failed, for stats, without touching the error queue: 1 the client sent no
    certificate, 2 its certificate did not verify, 0 anything else. */
 int cshim_tls_failure_kind(struct ssl_st *ssl);
 /* The peer's certificate after a handshake: 0 when none. `verified`: it passed verification.
-   subject (RFC 2253), URI and DNS subject alternative names (comma-separated), the SHA-256 of
+   subject (RFC 2253), URI and DNS subject alternative names (each followed by a NUL), the SHA-256 of
    its DER form, and its PEM. */
 int cshim_tls_peer_cert(struct ssl_st *ssl, int *verified, char *subject, size_t subjectlen, char *uris, size_t urislen,
                         char *dns, size_t dnslen, unsigned char *sha256, char *pem, size_t pemlen);
-/* The URI SANs of a context's own certificate (comma-separated): XFCC's By. */
+/* The URI SANs of a context's own certificate (each followed by a NUL): XFCC's By. */
 int cshim_tls_own_uris(struct ssl_ctx_st *ctx, char *uris, size_t urislen);
 /* Session ticket keys (nginx's and Envoy's 80-byte format: 16-byte name, 32-byte HMAC secret,
    32-byte AES-256 key), `count` of them back to back: the first encrypts new tickets, all

@@ -554,7 +554,8 @@ public enum ConfigLoader {
         }
         try m.finish()
         do {
-            let validation = clientCa.map { TlsContext.ClientValidation(caFile: $0, require: require, crlFile: crl) }
+            let identity = sans.map { "\($0)" }.joined(separator: "|")
+            let validation = clientCa.map { TlsContext.ClientValidation(caFile: $0, require: require, crlFile: crl, identity: identity) }
             let ctx = try TlsContext.server(cert: cert, key: key, alpn: alpn, minVersion: minVersion, clientValidation: validation,
                                             ticketKeys: ticketKeys, ocspStaple: ocsp)
             var t = TlsServerConfig(cert: cert, key: key, alpn: alpn, minVersion: minVersion, handshakeTimeoutMs: handshakeMs, context: ctx)

@@ -349,6 +349,8 @@ public final class Connection {
     public var tlsAlpn: String? { tls?.alpn }
     /// The TLS peer's certificate (mTLS), nil when none was given or there is no TLS.
     public var tlsPeerCertificate: PeerCertificate? { tls?.peerCertificate }
+    /// This connection's TLS checks client certificates (`client_ca`).
+    public var tlsVerifiesClients: Bool { tls?.context.verifiesClients ?? false }
     /// The URI SANs of this side's own certificate (a server's: XFCC's `By`).
     public var tlsLocalUris: [String] { tls?.context.ownUris ?? [] }
     /// The server name the TLS client sent, when we terminate TLS.
@@ -358,7 +360,11 @@ public final class Connection {
 
     private func deliver() {
         dispatching = true
-        defer { dispatching = false }
+        defer {
+            dispatching = false
+            // Closed while a consumer was parsing the read buffer in place: freed only now.
+            if state == .closed { readBuffer.release() }
+        }
         if readFilters.isEmpty {
             callbacks?.onData(self, readBuffer, endStream: readEOF)
             return
@@ -636,7 +642,9 @@ public final class Connection {
         guard state != .closed else { return }
         state = .closed
         closeSocket()
-        readBuffer.release()
+        // A consumer may be reading the buffer in place (nghttp2 in mem_recv) when its own
+        // callbacks close the connection: `deliver` frees it once that consumer returns.
+        if !dispatching { readBuffer.release() }
         writeBuffer.release()
         callbacks?.onClose(self, remote: remote)
         // A filter usually holds its connection (a session owns its downstream): keeping the

@@ -68,11 +68,19 @@ public final class TlsContext: @unchecked Sendable {  // thread boundary: an SSL
             throw TlsError(description: text(err))
         }
         let c = TlsContext(ctx: ctx, alpnWire: w, alpn: alpn, minVersion: minVersion, serverName: nil)
+        // Sessions resume only where the same client-certificate checks apply (none, or these).
+        var desc = Array("proxies:".utf8)
         if let v = clientValidation {
             guard cshim_tls_server_verify(ctx, v.caFile, v.require ? 1 : 0, v.crlFile, &err, err.count) == 1 else {
                 throw TlsError(description: text(err))
             }
+            desc += Array("mtls:\(v.require):\(v.identity)|".utf8)
+            desc += readFileBytes(v.caFile) ?? []
+            desc += [0]
+            if let crl = v.crlFile { desc += readFileBytes(crl) ?? [] }
+            c.verifiesClients = true
         }
+        _ = desc.withUnsafeBufferPointer { cshim_tls_session_context(ctx, $0.baseAddress, $0.count) }
         if let k = ticketKeys, cshim_tls_ticket_keys(ctx, k, Int32(k.count / 80), &err, err.count) != 1 {
             throw TlsError(description: text(err))
         }
@@ -84,19 +92,27 @@ public final class TlsContext: @unchecked Sendable {  // thread boundary: an SSL
 
     private static func text(_ b: [CChar]) -> String { String(decoding: b.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
 
-    /// Client certificates a server context asks for (mTLS).
+    /// Client certificates a server context asks for (mTLS). `identity`: what else decides
+    /// whether a certificate passes (the name matchers), for the session id context.
     public struct ClientValidation: Sendable {
         public var caFile: String
         public var require: Bool
         public var crlFile: String?
-        public init(caFile: String, require: Bool, crlFile: String?) { self.caFile = caFile; self.require = require; self.crlFile = crlFile }
+        public var identity: String
+        public init(caFile: String, require: Bool, crlFile: String?, identity: String = "") {
+            self.caFile = caFile; self.require = require; self.crlFile = crlFile; self.identity = identity
+        }
     }
+
+    /// The context verifies client certificates (`client_ca`): only then is a peer's
+    /// certificate an identity to forward.
+    public private(set) var verifiesClients = false
 
     /// The URI SANs of this (server) context's own certificate: XFCC's `By`.
     public var ownUris: [String] {
         var buf = [CChar](repeating: 0, count: 2048)
         _ = cshim_tls_own_uris(ctx, &buf, buf.count)
-        return TlsContext.text(buf).split(separator: ",").map(String.init)
+        return PeerCertificate.names(buf)
     }
 
     /// A client context: verifies the server against `caFile` (nil: the system's CAs) and
@@ -297,11 +313,23 @@ public struct PeerCertificate: Sendable {
         func text(_ b: [CChar]) -> String { String(decoding: b.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
         verified = v != 0
         self.subject = text(subject)
-        self.uris = text(uris).split(separator: ",").map(String.init)
-        dnsNames = text(dns).split(separator: ",").map(String.init)
+        self.uris = PeerCertificate.names(uris)
+        dnsNames = PeerCertificate.names(dns)
         let hex = Array("0123456789abcdef".utf8)
         sha256 = String(decoding: hash.flatMap { [hex[Int($0 >> 4)], hex[Int($0 & 15)]] }, as: UTF8.self)
         self.pem = text(pem)
+    }
+
+    /// NUL-terminated names back to back (the shim's list; an empty name ends it).
+    static func names(_ b: [CChar]) -> [String] {
+        var out: [String] = []
+        var start = 0
+        for i in b.indices where b[i] == 0 {
+            if i == start { break }
+            out.append(String(decoding: b[start..<i].map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            start = i + 1
+        }
+        return out
     }
 
     /// Whether any DNS or URI name matches one of `matchers` (none: any certificate passes).
