@@ -5,7 +5,6 @@ raw-socket handlers play broken or hostile upstreams."""
 import hashlib
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -79,8 +78,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"\r\n")
             return
         if path.startswith("/delay/"):
-            # Answers after N ms (a request still in flight when the test acts).
-            time.sleep(int(path.split("/")[2]) / 1000)
+            # Answers after N ms (a request still in flight when the test acts), or at once
+            # when the origin closes (no handler thread outlives its test).
+            srv.closing.wait(int(path.split("/")[2]) / 1000)
             return self._reply(200, b"delayed\n", [("X-Origin", srv.name)])
         if path.startswith("/status/"):
             return self._reply(int(path.split("/")[2]), b"status\n", [("X-Origin", srv.name)])
@@ -105,6 +105,7 @@ class Origin:
         self.name = name
         self.requests = []
         self.lock = threading.Lock()
+        self.closing = threading.Event()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.origin = self
@@ -120,6 +121,7 @@ class Origin:
             return [r[1] for r in self.requests]
 
     def close(self):
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 

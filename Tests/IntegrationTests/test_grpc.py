@@ -26,6 +26,7 @@ class Service:
         self.calls = {}
         self.lock = threading.Lock()
         self.metadata = []
+        self.stopping = threading.Event()
         h = grpc.method_handlers_generic_handler("test.Echo", {
             "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
             "ServerStream": grpc.unary_stream_rpc_method_handler(self.server_stream),
@@ -65,7 +66,8 @@ class Service:
             yield m[::-1]
 
     def slow(self, req, ctx):
-        time.sleep(3)
+        # Answers after 3 s (longer than any deadline the tests set), or when the server stops.
+        self.stopping.wait(3)
         return req
 
     def fail(self, req, ctx):
@@ -81,6 +83,7 @@ class Service:
         return self
 
     def __exit__(self, *exc):
+        self.stopping.set()
         self.server.stop(0)
 
 
