@@ -583,22 +583,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     private func onStreamClose(_ id: Int32, _ errorCode: UInt32) -> Int32 {
         guard let h = streamOf(id) else { return 0 }
         nghttp2_session_set_stream_user_data(session, id, nil)
-        h.closed = true
-        if let t = h.tunnel {
-            h.tunnel = nil
-            t.close()
-            worker.stats.dec(cxStats.downstreamCxUpgradesActive)
-        }
-        if let s = h.stream {
-            if !s.done { s.downstreamReset() }
-            // With the generation the stream started in (a reload may have changed the prefix).
-            HttpConnectionShared.settle(s, stats: s.router.factory.stats, worker: worker, context: &context, connection: connection)
-            if h.aboveHigh { h.aboveHigh = false }
-        }
-        dropPending(h)
-        h.earlyBody = nil
-        worker.stats.dec(cxStats.http2.streamsActive)
-        // Its methods may be on the stack: freed after this event.
+        settleStream(h)
         if h.liveIndex >= 0 {
             // Swap-remove; its methods may be on the stack: freed after this event.
             let i = h.liveIndex
@@ -613,6 +598,27 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             armDeadline(lastActivityMs &+ settings.idleTimeoutMs, if: settings.idleTimeoutMs > 0)
         }
         return 0
+    }
+
+    /// A stream is over (nghttp2 closed it, or the connection went): its tunnel closes, its
+    /// request ends as reset by the client if unfinished (flag DC), its stats and access log
+    /// settle with the generation it started in (a reload may have changed the prefix), and its
+    /// queued bytes go.
+    private func settleStream(_ h: Http2ServerStream) {
+        h.closed = true
+        if let t = h.tunnel {
+            h.tunnel = nil
+            t.close()
+            worker.stats.dec(cxStats.downstreamCxUpgradesActive)
+        }
+        if let s = h.stream {
+            if !s.done { s.downstreamReset() }
+            HttpConnectionShared.settle(s, stats: s.router.factory.stats, worker: worker, context: &context, connection: connection)
+        }
+        h.aboveHigh = false
+        dropPending(h)
+        h.earlyBody = nil
+        worker.stats.dec(cxStats.http2.streamsActive)
     }
 
     private func onFrameSend(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 {
@@ -811,15 +817,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
 
     func tunnelPauseClient(_ h: Http2ServerStream) { h.paused += 1 }
 
-    func tunnelResumeClient(_ h: Http2ServerStream) {
-        guard h.paused > 0, let session else { return }
-        h.paused -= 1
-        if h.paused == 0 && h.unconsumed > 0 {
-            _ = nghttp2_session_consume_stream(session, h.id, h.unconsumed)
-            h.unconsumed = 0
-            flushSoon()
-        }
-    }
+    func tunnelResumeClient(_ h: Http2ServerStream) { resumeWindow(h) }
 
     func resetStream(_ s: HttpStream) {
         guard let hs = h2(s) else { return }
@@ -882,11 +880,18 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     }
 
     func readEnable(_ s: HttpStream) {
-        guard let hs = h2(s), hs.paused > 0 else { return }
-        hs.paused -= 1
-        if hs.paused == 0 && hs.unconsumed > 0 {
-            _ = nghttp2_session_consume_stream(session, hs.id, hs.unconsumed)
-            hs.unconsumed = 0
+        guard let hs = h2(s) else { return }
+        resumeWindow(hs)
+    }
+
+    /// One pause of the stream's request body lifted; at the last, the window it held back
+    /// reopens (WINDOW_UPDATE).
+    private func resumeWindow(_ h: Http2ServerStream) {
+        guard h.paused > 0, let session else { return }
+        h.paused -= 1
+        if h.paused == 0 && h.unconsumed > 0 {
+            _ = nghttp2_session_consume_stream(session, h.id, h.unconsumed)
+            h.unconsumed = 0
             flushSoon()
         }
     }
@@ -1045,20 +1050,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         finished = true
         timer?.cancel()
         // Streams still open end as reset by the client (flag DC); their stats settle now.
-        for h in live {
-            h.closed = true
-            if let t = h.tunnel {
-                h.tunnel = nil
-                t.close()
-                worker.stats.dec(cxStats.downstreamCxUpgradesActive)
-            }
-            if let s = h.stream {
-                if !s.done { s.downstreamReset() }
-                HttpConnectionShared.settle(s, stats: s.router.factory.stats, worker: worker, context: &context, connection: connection)
-            }
-            dropPending(h)
-            worker.stats.dec(cxStats.http2.streamsActive)
-        }
+        for h in live { settleStream(h) }
         pendingStarts.removeAll()
         let st = worker.stats
         st.dec(cxStats.downstreamCxActive)
