@@ -120,9 +120,12 @@ final class HostPool: ConnectionPoolCallbacks {
     private(set) var pool: ConnectionPool<HostPool, HttpPoolStats>!
     /// Clients by connection slot.
     private var clients: [(any UpstreamClient)?] = []
-    /// The cluster speaks HTTP/2 to its hosts (fixed per pool: a reload that changes the
-    /// protocol makes a new cluster view, hence new pools).
-    let http2: Bool
+    /// What the cluster speaks to its hosts (fixed per pool: a reload that changes the
+    /// protocol makes a new cluster view, hence new pools). `auto` over TLS lets each
+    /// connection's ALPN choose (`AlpnConnection`); `auto` in clear is HTTP/1.1.
+    let upstreamProtocol: HttpClusterOptions.UpstreamProtocol
+    /// `http2.max_concurrent_streams`: what an HTTP/2 connection is expected to take.
+    private let http2Capacity: Int
 
     init(worker: Worker, address: SocketAddress, cluster: WorkerCluster, host: Int, stats: UpstreamRequestStats) {
         self.worker = worker
@@ -131,8 +134,12 @@ final class HostPool: ConnectionPoolCallbacks {
         self.stats = stats
         let cfg = cluster.snapshot.config
         let opts = cfg.binaryOptions as? HttpClusterOptions
-        http2 = opts?.upstreamProtocol == .http2
-        var pc = PoolConfig(expectedCapacity: http2 ? opts?.http2MaxConcurrentStreams ?? 100 : 1, idleTimeoutMs: opts?.idleTimeoutMs ?? 3_600_000,
+        let p = opts?.upstreamProtocol ?? .http1
+        upstreamProtocol = p == .auto && cfg.tls == nil ? .http1 : p
+        http2Capacity = opts?.http2MaxConcurrentStreams ?? 100
+        // auto: one request per connection until a host's ALPN says otherwise (guessing h2
+        // would queue a burst behind one HTTP/1.1 connection).
+        var pc = PoolConfig(expectedCapacity: upstreamProtocol == .http2 ? http2Capacity : 1, idleTimeoutMs: opts?.idleTimeoutMs ?? 3_600_000,
                             maxRequestsPerConnection: opts?.maxRequestsPerConnection)
         if let m = cfg.maxConnections { pc.maxConnections = PoolBreaker(count: cluster.snapshot.openConnections, limit: m) }
         if let m = cfg.maxPending { pc.maxPendingRequests = PoolBreaker(count: cluster.snapshot.pending, limit: m) }
@@ -156,12 +163,30 @@ final class HostPool: ConnectionPoolCallbacks {
     // MARK: - ConnectionPoolCallbacks
 
     func poolConnect(_ id: PoolConnectionID) {
-        let c: any UpstreamClient = http2 ? Http2Client(pool: self, id: id, cluster: lastPick.0, host: lastPick.1)
-                                          : Http1Client(pool: self, id: id, cluster: lastPick.0, host: lastPick.1)
+        let (cluster, host) = lastPick
+        let c: any UpstreamClient = switch upstreamProtocol {
+        case .http1: Http1Client(pool: self, id: id, cluster: cluster, host: host)
+        case .http2: Http2Client(pool: self, id: id, cluster: cluster, host: host)
+        case .auto: AlpnConnection(pool: self, id: id, cluster: cluster, host: host)
+        }
         let i = Int(id.slot)
         while clients.count <= i { clients.append(nil) }
         clients[i] = c
         c.connect()
+    }
+
+    /// `protocol: auto`: the TLS handshake of `connector` agreed on `alpn`; the client of that
+    /// protocol takes its connection over. Later connects expect what this host speaks.
+    func alpnChose(_ connector: AlpnConnection, _ c: Connection) {
+        let http2 = c.tlsAlpn == "h2"
+        worker.stats.inc(http2 ? stats.cxAlpnHttp2 : stats.cxAlpnHttp1)
+        pool.setExpectedCapacity(http2 ? http2Capacity : 1)
+        let (cluster, host) = (connector.cluster, connector.host)
+        let client: PooledConnection & UpstreamClient = http2 ? Http2Client(pool: self, id: connector.id, cluster: cluster, host: host)
+                                                              : Http1Client(pool: self, id: connector.id, cluster: cluster, host: host)
+        clients[Int(connector.id.slot)] = client
+        worker.dispatcher.deferredRelease(connector)  // on the stack: its callback is running
+        client.adopt(c, from: connector)
     }
 
     func poolClose(_ id: PoolConnectionID) {
@@ -199,7 +224,7 @@ class PooledConnection: ConnectionCallbacks {
     let host: Int
     var connection: Connection?
     var timer: Timer?
-    private var connectStartMs: UInt64 = 0
+    private(set) var connectStartMs: UInt64 = 0
     private(set) var connected = false
     var closed = false
 
@@ -249,6 +274,16 @@ class PooledConnection: ConnectionCallbacks {
     /// The socket (and TLS) is up: the subclass tells the pool how many requests it takes.
     func didConnect(_ c: Connection) {}
 
+    /// Takes over `c`, which `connector` connected (`protocol: auto`, once ALPN has chosen):
+    /// the host's connection accounting and the connect's timing carry over.
+    func adopt(_ c: Connection, from connector: PooledConnection) {
+        connection = c
+        connected = true
+        connectStartMs = connector.connectStartMs
+        c.callbacks = self
+        didConnect(c)
+    }
+
     // MARK: - ConnectionCallbacks (the protocol's part is the subclass's)
 
     func onConnected(_ c: Connection) {
@@ -269,6 +304,34 @@ class PooledConnection: ConnectionCallbacks {
     func onClose(_ c: Connection, remote: Bool) {}
     func onAboveWriteBufferHighWatermark(_ c: Connection) {}
     func onBelowWriteBufferLowWatermark(_ c: Connection) {}
+}
+
+/// `protocol: auto` on a TLS cluster: connects offering ALPN `[h2, http/1.1]` (or the
+/// cluster's `tls.alpn`), then hands the connection to the client of the protocol the host
+/// agreed on (HTTP/1.1 when it agreed on none), as Envoy's auto_config. Until then it is a
+/// connecting slot of the pool: it takes no request.
+final class AlpnConnection: PooledConnection, UpstreamClient {
+    func newStream() -> (any UpstreamStream)? { nil }
+
+    func closeQuietly() {
+        guard !closed else { return }
+        closed = true
+        timer?.cancel()
+        if let c = connection { c.callbacks = nil; c.close(); connection = nil }
+        cluster.hostClosed(host, worker.stats)
+    }
+
+    override func didConnect(_ c: Connection) {
+        closed = true  // the chosen client owns the connection and the host's accounting now
+        pool.alpnChose(self, c)
+        // Only now: this reference kept the connection alive until the client held it.
+        connection = nil
+    }
+
+    override func onClose(_ c: Connection, remote: Bool) {
+        connection = nil
+        connectFailed(timeout: false)
+    }
 }
 
 /// One upstream HTTP/1.1 connection of a pool: connects (TLS when the cluster has it),

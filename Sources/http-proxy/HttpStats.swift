@@ -161,6 +161,9 @@ final class UpstreamRequestStats: Sendable {
     let http1Errors: [Counter]
     // HTTP/2 upstreams.
     let cxHttp2Total: Counter
+    /// `protocol: auto`: what the hosts' ALPN chose, per connection.
+    let cxAlpnHttp1: Counter
+    let cxAlpnHttp2: Counter
     let h2RxReset: Counter
     let h2TxReset: Counter
     let goawayReceived: Counter
@@ -192,6 +195,8 @@ final class UpstreamRequestStats: Sendable {
         cxProtocolError = store.counter(p + "upstream_cx_protocol_error")
         http1Errors = Http1Error.allCases.map { store.counter(p + "http1." + $0.statName) }
         cxHttp2Total = store.counter(p + "upstream_cx_http2_total")
+        cxAlpnHttp1 = store.counter(p + "upstream_cx_alpn_http1")
+        cxAlpnHttp2 = store.counter(p + "upstream_cx_alpn_h2")
         h2RxReset = store.counter(p + "http2.rx_reset")
         h2TxReset = store.counter(p + "http2.tx_reset")
         goawayReceived = store.counter(p + "http2.goaway_received")

@@ -21,7 +21,7 @@ struct HttpProxyCommand: ParsableCommand {
     var upstreamIdleTimeout: String?
     @Flag(help: "With --listen: answer every plain-HTTP request with a 301 to the same URL over https (Envoy's require_tls: all).")
     var httpsRedirect = false
-    @Option(help: "With --listen: what to speak to the upstreams, http1 (default) or http2 (h2c, or h2 by ALPN over TLS).")
+    @Option(help: "With --listen: what to speak to the upstreams: http1 (default), http2 (h2c, or h2 by ALPN over TLS) or auto (ALPN chooses per TLS connection).")
     var upstreamProtocol: String?
 
     func run() throws {
@@ -29,8 +29,8 @@ struct HttpProxyCommand: ParsableCommand {
                                     || upstreamIdleTimeout != nil || upstreamProtocol != nil || httpsRedirect) {
             throw ValidationError("--route, --tls-cert/--tls-key, --timeout, --retries, --upstream-idle-timeout, --upstream-protocol and --https-redirect go with --listen; with --config set them in the file")
         }
-        if let p = upstreamProtocol, p != "http1" && p != "http2" {
-            throw ValidationError("--upstream-protocol: give http1 or http2, not \"\(p)\"")
+        if let p = upstreamProtocol, !["http1", "http2", "auto"].contains(p) {
+            throw ValidationError("--upstream-protocol: give http1, http2 or auto, not \"\(p)\"")
         }
         var clusterOptions: [(String, JSON)] = []
         if let t = upstreamIdleTimeout { clusterOptions.append(("idle_timeout", .string(t))) }

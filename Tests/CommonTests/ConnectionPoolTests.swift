@@ -159,6 +159,27 @@ private let http2 = PoolConfig(expectedCapacity: 100, idleTimeoutMs: 60_000)
     #expect(h.checkout() == (.attached(cx(0)), []))
 }
 
+@Test func aRevisedExpectedCapacityDecidesLaterConnects() {
+    // protocol: auto: one request per connect until a host's ALPN said h2.
+    let h = Harness(http1)
+    #expect(h.checkout() == (.queued(rq(0)), [.connect(cx(0))]))
+    #expect(h.checkout() == (.queued(rq(1)), [.connect(cx(1))]))
+    h.pool.setExpectedCapacity(100)
+    #expect(h.pool.config.expectedCapacity == 100)
+    // Two connects in flight now cover far more than the queue: no third.
+    #expect(h.checkout() == (.queued(rq(2)), []))
+    #expect(h.connected(cx(0), capacity: 100) == [
+        .attach(rq(0), to: cx(0), exclusive: false),
+        .attach(rq(1), to: cx(0), exclusive: false),
+        .attach(rq(2), to: cx(0), exclusive: false),
+    ])
+    // Back to one (the host now says http/1.1): each queued request needs its own connect,
+    // opened at the next event.
+    h.pool.setExpectedCapacity(1)
+    #expect(h.checkout() == (.attached(cx(0)), []))
+    #expect(h.connected(cx(1), capacity: 1) == [.armIdleTimer(cx(1), ms: 60_000)])
+}
+
 @Test func capacityLoweredBelowActiveTakesNoRequestUntilBelowIt() {
     let h = Harness(http2)
     _ = h.checkout()

@@ -4,6 +4,7 @@ raw-socket handlers play broken or hostile upstreams."""
 
 import hashlib
 import json
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -22,6 +23,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *a):
         pass
+
+    def setup(self):
+        # A TLS origin: the handshake runs in the connection's own thread, not the accept loop.
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10)
+            self.request.do_handshake()
+            with self.server.origin.lock:
+                self.server.origin.alpns.append(self.request.selected_alpn_protocol())
+        super().setup()
 
     def _body(self):
         """(body, chunked); chunked trailers land in self.trailers as (lowercase name, value)."""
@@ -99,14 +109,23 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class Origin:
-    """A threaded HTTP/1.1 origin on 127.0.0.1:0 that records every request it served."""
+    """A threaded HTTP/1.1 origin on 127.0.0.1:0 that records every request it served. With
+    `tls` = (cert file, key file), it speaks TLS, offering ALPN `alpn` (a list, or None for no
+    ALPN at all); `alpns` records what each TLS connection agreed on (None: nothing)."""
 
-    def __init__(self, name="origin"):
+    def __init__(self, name="origin", tls=None, alpn=None):
         self.name = name
         self.requests = []
+        self.alpns = []
         self.lock = threading.Lock()
         self.closing = threading.Event()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            if alpn:
+                ctx.set_alpn_protocols(alpn)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True, do_handshake_on_connect=False)
         self.httpd.daemon_threads = True
         self.httpd.origin = self
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -14,7 +14,7 @@ import time
 import pytest
 from h2_peers import CANCEL, H2Client, H2Origin, RecordingOrigin
 from harness import Proxy, connect, validate, wait_for
-from http_peers import pattern, read_response
+from http_peers import Origin, pattern, read_response
 from test_http_proxy import concurrently, curl, hp, proxy_for
 from tls_peers import cert
 
@@ -450,6 +450,87 @@ def test_tls_upstream_negotiates_h2_by_alpn():
         assert o.connections[0].alpn == "h2" and o.connections[0].sni == NAME
         assert cstat(p, "upstream_cx_http2_total") == 1
         assert cstat(p, "ssl.handshake") == 1
+
+
+# --- g2) protocol: auto, ALPN chooses per connection
+
+def auto_tls(ca):
+    return f'sni: {NAME}, ca: "{ca}"'
+
+
+def fetch_concurrently(p, client, n):
+    """n curl GETs of different sizes at once, each checked byte for byte."""
+    def one(i):
+        rc, out, err = curl(CLIENT_FLAGS[client], f"http://{hp(p)}/size/{1000 + i}")
+        assert rc == 0, err
+        assert out == pattern(1000 + i)
+    concurrently(one, n)
+
+
+@pytest.mark.parametrize("client", ["h1", "h2"])
+def test_auto_speaks_h2_to_a_host_whose_alpn_agrees_on_h2(tmp_path, client):
+    ca = cert(NAME)[0]
+    with H2Origin(tls=True, cert_name=NAME) as o, proxy(o, protocol="auto", tls=auto_tls(ca)) as p:
+        body, _, up, _ = fetch_download_and_upload(tmp_path, f"http://{hp(p)}", client)
+        assert body == pattern(5 * MIB)
+        assert up["protocol"] == "HTTP/2" and up["body_sha256"] == sha(pattern(MIB, seed=21))
+        # Requests at once share the h2 connection ALPN chose (expected capacity follows it).
+        fetch_concurrently(p, client, 8)
+        assert o.accepted == 1 and o.connections[0].alpn == "h2"
+        assert cstat(p, "upstream_cx_alpn_h2") == 1 and cstat(p, "upstream_cx_alpn_http1") == 0
+        assert cstat(p, "upstream_cx_http2_total") == 1
+        assert origin_errors(o) == []
+
+
+@pytest.mark.parametrize("origin_alpn", [["http/1.1"], None], ids=["alpn-http1", "no-alpn"])
+@pytest.mark.parametrize("client", ["h1", "h2"])
+def test_auto_speaks_http1_to_a_host_whose_alpn_says_http1_or_nothing(tmp_path, client, origin_alpn):
+    with Origin(tls=cert(NAME), alpn=origin_alpn) as o, \
+            proxy(o, protocol="auto", tls=auto_tls(cert(NAME)[0])) as p:
+        body, _, up, _ = fetch_download_and_upload(tmp_path, f"http://{hp(p)}", client)
+        assert body == pattern(5 * MIB)
+        assert up["body_sha256"] == sha(pattern(MIB, seed=21)) and up["body_len"] == MIB
+        fetch_concurrently(p, client, 8)
+        assert o.alpns and set(o.alpns) == {origin_alpn[0] if origin_alpn else None}
+        # One HTTP/1.1 connection per request in flight: as many connections as ALPN rounds.
+        assert cstat(p, "upstream_cx_alpn_http1") == len(o.alpns) and cstat(p, "upstream_cx_alpn_h2") == 0
+        assert cstat(p, "upstream_cx_http2_total") == 0
+
+
+def test_auto_on_a_plain_cluster_is_http1():
+    with Origin() as o, proxy(o, protocol="auto") as p:
+        rc, out, err = curl("--http2-prior-knowledge", f"http://{hp(p)}/echo")
+        assert rc == 0, err
+        assert json.loads(out)["method"] == "GET"
+        assert cstat(p, "upstream_cx_alpn_http1") == 0 and cstat(p, "upstream_cx_http2_total") == 0
+
+
+def test_auto_fails_over_when_the_tls_handshake_fails():
+    # A host whose certificate the cluster does not trust: a connect failure (503), no crash,
+    # and the next request tries again.
+    with H2Origin(tls=True, cert_name="other.example.com") as o, \
+            proxy(o, protocol="auto", tls=auto_tls(cert(NAME)[0])) as p:
+        for _ in range(3):
+            assert status_of(f"http://{hp(p)}/size/10") == 503
+        assert cstat(p, "upstream_cx_connect_fail") >= 3
+        assert cstat(p, "upstream_cx_alpn_h2") == 0 and cstat(p, "upstream_cx_alpn_http1") == 0
+
+
+def test_h2load_through_auto_to_h2_and_to_http1_hosts():
+    ca = cert(NAME)[0]
+    with H2Origin(tls=True, cert_name=NAME) as o, proxy(o, protocol="auto", tls=auto_tls(ca)) as p:
+        # As Envoy's ALPN pool: a connection is assumed to take one request until a host's
+        # ALPN has said h2 (a cold burst opens a connection per request); from then on the
+        # pool expects h2's capacity and a burst shares one connection.
+        rc, out, err = curl("--http1.1", f"http://{hp(p)}/size/10")
+        assert rc == 0 and out == pattern(10), err
+        rc, out = fetch_h2load(f"http://{hp(p)}/size/1000", 4, 10, 2000)
+        assert rc == 0 and "2000 succeeded, 0 failed, 0 errored" in out, out
+        assert o.accepted == 1 and origin_errors(o) == []
+    with Origin(tls=cert(NAME), alpn=["http/1.1"]) as o, proxy(o, protocol="auto", tls=auto_tls(ca)) as p:
+        rc, out = fetch_h2load(f"http://{hp(p)}/size/1000", 4, 10, 2000)
+        assert rc == 0 and "2000 succeeded, 0 failed, 0 errored" in out, out
+        assert cstat(p, "upstream_cx_alpn_h2") == 0 and cstat(p, "upstream_cx_alpn_http1") >= 1
 
 
 # --- h) load

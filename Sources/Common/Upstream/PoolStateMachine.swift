@@ -95,8 +95,8 @@ public struct PoolStateMachine<Stats: PoolStatsSink> {
         var count = 0
     }
 
-    /// Limits and timeouts (immutable for the pool's life).
-    public let config: PoolConfig
+    /// Limits and timeouts (fixed for the pool's life, but for `expectedCapacity`).
+    public private(set) var config: PoolConfig
     /// Where stat changes go; tests read `PoolCounters` here.
     public var stats: Stats
 
@@ -129,6 +129,14 @@ public struct PoolStateMachine<Stats: PoolStatsSink> {
         precondition(config.expectedCapacity >= 1, "expectedCapacity must be at least 1")
         self.config = config
         self.stats = stats
+    }
+
+    /// What a connection not yet connected is assumed to take from now on: an owner that learns
+    /// its host's protocol per connection (ALPN) revises its guess. Queued requests get the
+    /// connects they need at the next event.
+    public mutating func setExpectedCapacity(_ n: Int) {
+        precondition(n >= 1, "expectedCapacity must be at least 1")
+        config.expectedCapacity = n
     }
 
     // MARK: - Events

@@ -8,7 +8,8 @@ struct HttpClusterOptions: ClusterOptionsConfig {
     /// `max_requests_per_connection` (default unlimited): a connection that served this many
     /// requests closes after the last one (`upstream_cx_max_requests`).
     var maxRequestsPerConnection: Int?
-    /// `protocol` (default http1): what the proxy speaks to the cluster's hosts.
+    /// `protocol` (default http1): what the proxy speaks to the cluster's hosts; `auto` lets
+    /// each TLS connection's ALPN choose (h2, else HTTP/1.1), and is HTTP/1.1 in clear.
     var upstreamProtocol = UpstreamProtocol.http1
     /// `http2.max_concurrent_streams` (default 100): streams per upstream connection, at most
     /// (the host's own SETTINGS may lower it).
@@ -18,17 +19,23 @@ struct HttpClusterOptions: ClusterOptionsConfig {
     var http2InitialStreamWindow = 65535
     var http2InitialConnectionWindow = 1 << 20
 
-    enum UpstreamProtocol: String, Sendable { case http1, http2 }
+    enum UpstreamProtocol: String, Sendable { case http1, http2, auto }
 
     var configKey: String { "http_protocol_options" }
 
-    var defaultAlpn: [String]? { upstreamProtocol == .http2 ? ["h2"] : nil }
+    var defaultAlpn: [String]? {
+        switch upstreamProtocol {
+        case .http1: nil
+        case .http2: ["h2"]
+        case .auto: ["h2", "http/1.1"]
+        }
+    }
 
     var dump: JSON {
         var f: [(String, JSON)] = [("idle_timeout", .string(idleTimeoutMs.map { "\($0)ms" } ?? "0s"))]
         if let m = maxRequestsPerConnection { f.append(("max_requests_per_connection", .int(Int64(m)))) }
         f.append(("protocol", .string(upstreamProtocol.rawValue)))
-        if upstreamProtocol == .http2 {
+        if upstreamProtocol != .http1 {
             f.append(("http2", .object([("max_concurrent_streams", .int(Int64(http2MaxConcurrentStreams))),
                                         ("initial_stream_window_size", .int(Int64(http2InitialStreamWindow))),
                                         ("initial_connection_window_size", .int(Int64(http2InitialConnectionWindow)))])))
@@ -44,7 +51,7 @@ struct HttpClusterOptions: ClusterOptionsConfig {
             o.idleTimeoutMs = ms == 0 ? nil : ms
         }
         if let n = m.optional("max_requests_per_connection") { o.maxRequestsPerConnection = try n.int(min: 1, max: 1_000_000_000) }
-        if let p = m.optional("protocol") { o.upstreamProtocol = UpstreamProtocol(rawValue: try p.oneOf(["http1", "http2"]))! }
+        if let p = m.optional("protocol") { o.upstreamProtocol = UpstreamProtocol(rawValue: try p.oneOf(["http1", "http2", "auto"]))! }
         if let h = m.optional("http2") {
             let hm = try h.mapping()
             if let x = hm.optional("max_concurrent_streams") { o.http2MaxConcurrentStreams = try x.int(min: 1, max: 2_147_483_647) }
