@@ -43,6 +43,9 @@ final class HttpWorkerState: WorkerExtension {
     /// Per cluster slot: the cluster view the index below was built for, and its hosts' pools
     /// by host index (an array index per request instead of hashing an address).
     private var byIndex: [(view: ObjectIdentifier?, pools: [HostPool?])] = []
+    /// Pools a reload replaced (their cluster's protocol, TLS or pool limits changed): they
+    /// drain, and are let go once idle (their connections point at them).
+    private var retired: [HostPool] = []
 
     /// The pool for host `host` of `cluster` (made on first use).
     func pool(_ cluster: WorkerCluster, host: Int, stats: UpstreamRequestStats) -> HostPool {
@@ -58,10 +61,17 @@ final class HttpWorkerState: WorkerExtension {
         }
         let address = cluster.snapshot.hosts[host].address
         let p: HostPool
-        if let existing = pools[slot]?[address] {
+        if let existing = pools[slot]?[address], existing.definition == HostPool.definition(cluster.snapshot.config) {
             existing.lastPick = (cluster, host)
             p = existing
         } else {
+            if let old = pools[slot]?[address] {
+                // A reload changed what the pool is made of: new connections follow the new
+                // config; the old pool finishes its requests.
+                old.drain()
+                retired.removeAll { $0.isIdle }
+                if !old.isIdle { retired.append(old) }
+            }
             p = HostPool(worker: worker, address: address, cluster: cluster, host: host, stats: stats)
             pools[slot, default: [:]][address] = p
         }
@@ -84,6 +94,7 @@ final class HttpWorkerState: WorkerExtension {
             pools[slot] = keep.isEmpty ? nil : keep
             if slot < byIndex.count { byIndex[slot] = (nil, []) }  // rebuilt on the next pick
         }
+        retired.removeAll { $0.isIdle }
     }
 }
 
@@ -121,11 +132,19 @@ final class HostPool: ConnectionPoolCallbacks {
     /// Clients by connection slot.
     private var clients: [(any UpstreamClient)?] = []
     /// What the cluster speaks to its hosts (fixed per pool: a reload that changes the
-    /// protocol makes a new cluster view, hence new pools). `auto` over TLS lets each
+    /// protocol gets new pools, see `definition`). `auto` over TLS lets each
     /// connection's ALPN choose (`AlpnConnection`); `auto` in clear is HTTP/1.1.
     let upstreamProtocol: HttpClusterOptions.UpstreamProtocol
     /// `http2.max_concurrent_streams`: what an HTTP/2 connection is expected to take.
     private let http2Capacity: Int
+    /// What the pool was made from: a cluster view whose definition differs (a reload changed
+    /// the protocol, TLS or limits) gets a new pool.
+    let definition: JSON
+
+    static func definition(_ cfg: ClusterConfig) -> JSON {
+        .array([cfg.binaryOptions?.dump ?? .null, .bool(cfg.tls != nil), .array((cfg.tls?.alpn ?? []).map { .string($0) }),
+                .int(Int64(cfg.maxConnections ?? -1)), .int(Int64(cfg.maxPending ?? -1))])
+    }
 
     init(worker: Worker, address: SocketAddress, cluster: WorkerCluster, host: Int, stats: UpstreamRequestStats) {
         self.worker = worker
@@ -134,12 +153,14 @@ final class HostPool: ConnectionPoolCallbacks {
         self.stats = stats
         let cfg = cluster.snapshot.config
         let opts = cfg.binaryOptions as? HttpClusterOptions
+        definition = HostPool.definition(cfg)
         let p = opts?.upstreamProtocol ?? .http1
         upstreamProtocol = p == .auto && cfg.tls == nil ? .http1 : p
         http2Capacity = opts?.http2MaxConcurrentStreams ?? 100
-        // auto: one request per connection until a host's ALPN says otherwise (guessing h2
-        // would queue a burst behind one HTTP/1.1 connection).
-        var pc = PoolConfig(expectedCapacity: upstreamProtocol == .http2 ? http2Capacity : 1, idleTimeoutMs: opts?.idleTimeoutMs ?? 3_600_000,
+        // auto: as Envoy's ALPN pool today, a connect is expected to take h2's streams until a
+        // host answers otherwise (a cold burst waits for one handshake instead of opening a
+        // connection per request; an HTTP/1.1 answer sets 1 and the queue gets its connects).
+        var pc = PoolConfig(expectedCapacity: upstreamProtocol == .http1 ? 1 : http2Capacity, idleTimeoutMs: opts?.idleTimeoutMs ?? 3_600_000,
                             maxRequestsPerConnection: opts?.maxRequestsPerConnection)
         if let m = cfg.maxConnections { pc.maxConnections = PoolBreaker(count: cluster.snapshot.openConnections, limit: m) }
         if let m = cfg.maxPending { pc.maxPendingRequests = PoolBreaker(count: cluster.snapshot.pending, limit: m) }
@@ -184,8 +205,8 @@ final class HostPool: ConnectionPoolCallbacks {
         let (cluster, host) = (connector.cluster, connector.host)
         let client: PooledConnection & UpstreamClient = http2 ? Http2Client(pool: self, id: connector.id, cluster: cluster, host: host)
                                                               : Http1Client(pool: self, id: connector.id, cluster: cluster, host: host)
-        clients[Int(connector.id.slot)] = client
         worker.dispatcher.deferredRelease(connector)  // on the stack: its callback is running
+        clients[Int(connector.id.slot)] = client
         client.adopt(c, from: connector)
     }
 
@@ -363,6 +384,7 @@ final class Http1Client: PooledConnection, UpstreamClient, UpstreamStream {
     private var requestSent = false
     /// The map the response head being parsed goes into (one per response, not per read).
     private var parsing: HeaderMap?
+    private var responseMaps = HeaderMapCache(limit: 2)
 
     override init(pool: HostPool, id: PoolConnectionID, cluster: WorkerCluster, host: Int) {
         scratch = Buffer(pool: pool.worker.blocks)
@@ -471,7 +493,7 @@ final class Http1Client: PooledConnection, UpstreamClient, UpstreamStream {
                     if eof { responseFailed(a, reset: true) }
                     return
                 }
-                let h = parsing ?? HeaderMap()
+                let h = parsing ?? responseMaps.take()
                 parsing = h
                 switch parser.parseResponse(buffer.readable, headers: h, head: &head, requestWasHead: requestHead,
                                             requestWasConnect: requestConnect) {
@@ -487,6 +509,7 @@ final class Http1Client: PooledConnection, UpstreamClient, UpstreamStream {
                     buffer.drain(consumed)
                     parser.reset()
                     parsing = nil
+                    responseMaps.give(h)  // reused once its stream lets it go
                     if head.status < 200 && head.status != 101 { continue }  // 100 Continue & co: not forwarded
                     if head.framing == .tunnel {
                         // Only an upgrade the client asked for becomes a tunnel (a 101 nobody

@@ -5,7 +5,7 @@ import Common
 /// `HttpStream` that serves it, and the response bytes waiting for the client's window.
 final class Http2ServerStream {
     let id: Int32
-    let headers = HeaderMap()
+    let headers: HeaderMap
     var trailers: HeaderMap?
     /// RFC 7541 4.1 sizes of the header fields decoded so far (the HPACK bomb guard).
     var headerBytes = 0
@@ -45,8 +45,9 @@ final class Http2ServerStream {
     var streamIdleMs: UInt64 = 0
     var requestDeadline: UInt64 = 0
 
-    init(id: Int32, pool: BlockPool, now: UInt64) {
+    init(id: Int32, headers: HeaderMap, pool: BlockPool, now: UInt64) {
         self.id = id
+        self.headers = headers
         pendingSend = Buffer(pool: pool)
         lastActivityMs = now
     }
@@ -87,6 +88,8 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     private var session: OpaquePointer?
     /// Streams nghttp2 has open, owned here until it closes them.
     private var live: [Http2ServerStream] = []
+    /// Request header maps of finished streams, for the next ones.
+    private var headerMaps = HeaderMapCache()
     private var pendingStarts: [Http2ServerStream] = []
     private let out: Buffer
     private let scratch: Buffer
@@ -427,7 +430,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         guard frame.pointee.hd.type == UInt8(NGHTTP2_HEADERS.rawValue) else { return 0 }
         let id = frame.pointee.hd.stream_id
         if frame.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
-            let h = Http2ServerStream(id: id, pool: worker.blocks, now: monotonicMs())
+            let h = Http2ServerStream(id: id, headers: headerMaps.take(), pool: worker.blocks, now: monotonicMs())
             flood.streamOpened()
             h.liveIndex = live.count
             live.append(h)
@@ -618,6 +621,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         h.aboveHigh = false
         dropPending(h)
         h.earlyBody = nil
+        headerMaps.give(h.headers)
         worker.stats.dec(cxStats.http2.streamsActive)
     }
 

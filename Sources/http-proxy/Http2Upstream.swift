@@ -114,15 +114,19 @@ final class Http2Client: PooledConnection, UpstreamClient {
         flush()
         // The pool hears of the connection with the host's SETTINGS (the first frame a server
         // sends), which say how many requests it takes: assuming nghttp2's 100 would send
-        // streams a host allowing fewer refuses. The connect timeout covers the wait.
+        // streams a host allowing fewer refuses. What is left of the connect timeout covers
+        // the wait (TCP, TLS and SETTINGS together, not a second full timeout).
         let t = Timer(worker.dispatcher) { [unowned self] in
             if !settingsSeen { connectFailed(timeout: true) }
         }
         timer = t
-        t.arm(ms: cluster.snapshot.config.connectTimeoutMs)
+        let spent = monotonicMs() &- connectStartMs
+        let limit = cluster.snapshot.config.connectTimeoutMs
+        t.arm(ms: spent < limit ? limit - spent : 1)
     }
 
     private var settingsSeen = false
+    private var responseMaps = HeaderMapCache(limit: 8)
 
     override func connectFailed(timeout: Bool, local: Bool = false) {
         super.connectFailed(timeout: timeout, local: local)
@@ -307,7 +311,7 @@ final class Http2Client: PooledConnection, UpstreamClient {
     private func onBeginHeaders(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 {
         guard let s = streamOf(frame.pointee.hd.stream_id) else { return 0 }
         s.headerBytes = 0
-        if s.headersDone { s.trailers = HeaderMap() } else { s.response = HeaderMap() }
+        if s.headersDone { s.trailers = HeaderMap() } else { s.response = responseMaps.take() }
         return 0
     }
 
@@ -337,6 +341,7 @@ final class Http2Client: PooledConnection, UpstreamClient {
                 if status < 200 { s.response = nil; return 0 }  // 1xx: not forwarded
                 s.headersDone = true
                 s.response = nil
+                responseMaps.give(h)  // reused once its stream lets it go
                 if endStream { complete(s, a) { a.responseHeaders(h, endStream: true) } } else { a.responseHeaders(h, endStream: false) }
                 a.flushDownstream()
             } else if let t = s.trailers {

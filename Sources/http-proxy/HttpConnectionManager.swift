@@ -52,6 +52,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     private var processing = false
     /// The map the request head being parsed goes into.
     private var parsing: HeaderMap?
+    private var requestMaps = HeaderMapCache(limit: 2)
     private var closing = false
     private var pausedForPipeline = false
     private var draining = false
@@ -110,7 +111,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
                 if buffer.isEmpty { break }
                 refreshFactory()
                 // One map per request, kept across incomplete parses (not one per read).
-                let headers = parsing ?? HeaderMap()
+                let headers = parsing ?? requestMaps.take()
                 parsing = headers
                 switch parser.parseRequest(buffer.readable, headers: headers, head: &head) {
                 case .incomplete:
@@ -130,6 +131,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
                     buffer.drain(consumed)
                     headersDeadline = 0
                     parsing = nil
+                    requestMaps.give(headers)  // reused once its stream lets it go
                     startStream(headers)
                 }
             } else if !requestBodyDone {

@@ -16,7 +16,10 @@ final class Router: HttpDecoderFilter {
         // A dropped attempt is usually on the stack (its client is calling it): freed after this event.
         didSet { if let old = oldValue, old !== attempt { stream.worker.dispatcher.deferredRelease(old) } }
     }
-    private var attempted: [Int] = []
+    /// The host of the first attempt (-1: none yet) and those of retries (no array for the
+    /// common request that is never retried).
+    private var firstHost = -1
+    private var retryHosts: [Int] = []
     private var retriesLeft = 0
     private var retriesDone = 0
     private var retryPolicy: RetryPolicy?
@@ -190,11 +193,11 @@ final class Router: HttpDecoderFilter {
 
     private func startAttempt() {
         guard let wc = cluster, let cstats else { return }
-        guard let h = wc.pickHost(hashKey: hashKey, attempted: attempted) else {
+        guard let h = wc.pickHost(hashKey: hashKey, attempted: firstHost < 0 ? [] : [firstHost] + retryHosts) else {
             stream.sendLocalReply(503, "no healthy upstream", flags: "UH")
             return
         }
-        attempted.append(h)
+        if firstHost < 0 { firstHost = h } else { retryHosts.append(h) }
         let address = wc.snapshot.hosts[h].address
         stream.info.upstreamHost = address
         if case .auto = forward?.hostRewrite { stream.requestHeaders.set(.authority, address.description) }
@@ -242,7 +245,7 @@ final class Router: HttpDecoderFilter {
             stream.sendLocalReply(503, "upstream overflow", flags: "UO")
         case .connectFailure, .connectTimeout, .drained:
             if retry(on: .connectFailure) { return }
-            stream.sendLocalReply(503, "upstream connect error or disconnect/reset before headers", flags: attempted.count > 1 ? "UF,URX" : "UF")
+            stream.sendLocalReply(503, "upstream connect error or disconnect/reset before headers", flags: retryHosts.isEmpty ? "UF" : "UF,URX")
         }
     }
 

@@ -492,7 +492,9 @@ def test_a_client_reset_ends_only_its_stream_and_its_upstream_request():
         assert big.status == 200 and not big.ended and big.received <= 65535
         assert mid.status == 200 and mid.received == 2 * MIB and mid.digest() == pattern_sha(2 * MIB)
         assert late.status == 200 and late.received == MIB and late.digest() == pattern_sha(MIB)
-        wait_for(lambda: p.stat("http.main.http2.rx_reset") == 1, what="the client's reset counted")
+        # At least the client's CANCEL: DATA already on its way to the reset stream makes the
+        # h2 library answer each such frame with RST_STREAM(STREAM_CLOSED) too.
+        wait_for(lambda: p.stat("http.main.http2.rx_reset") >= 1, what="the client's reset counted")
         assert p.stat("http.main.http2.tx_reset") == 0
         # Teardown's leak check: the reset response's upstream connection does not stay open.
 

@@ -8,6 +8,7 @@ proxy with HTTP/2 upstreams (HAProxy's `proto h2`) as a check of the tests thems
 
 import hashlib
 import json
+import signal
 import subprocess
 import time
 
@@ -519,18 +520,83 @@ def test_auto_fails_over_when_the_tls_handshake_fails():
 def test_h2load_through_auto_to_h2_and_to_http1_hosts():
     ca = cert(NAME)[0]
     with H2Origin(tls=True, cert_name=NAME) as o, proxy(o, protocol="auto", tls=auto_tls(ca)) as p:
-        # As Envoy's ALPN pool: a connection is assumed to take one request until a host's
-        # ALPN has said h2 (a cold burst opens a connection per request); from then on the
-        # pool expects h2's capacity and a burst shares one connection.
-        rc, out, err = curl("--http1.1", f"http://{hp(p)}/size/10")
-        assert rc == 0 and out == pattern(10), err
+        # As Envoy's ALPN pool: a connect is expected to take h2's streams until a host says
+        # otherwise, so a cold burst of 40 waits for one handshake and shares its connection.
         rc, out = fetch_h2load(f"http://{hp(p)}/size/1000", 4, 10, 2000)
         assert rc == 0 and "2000 succeeded, 0 failed, 0 errored" in out, out
         assert o.accepted == 1 and origin_errors(o) == []
     with Origin(tls=cert(NAME), alpn=["http/1.1"]) as o, proxy(o, protocol="auto", tls=auto_tls(ca)) as p:
+        # An http/1.1 answer: the queue behind the first handshake gets a connect each.
         rc, out = fetch_h2load(f"http://{hp(p)}/size/1000", 4, 10, 2000)
         assert rc == 0 and "2000 succeeded, 0 failed, 0 errored" in out, out
-        assert cstat(p, "upstream_cx_alpn_h2") == 0 and cstat(p, "upstream_cx_alpn_http1") >= 1
+        assert cstat(p, "upstream_cx_alpn_h2") == 0 and cstat(p, "upstream_cx_alpn_http1") > 1
+
+
+def test_a_reload_that_changes_the_protocol_gives_new_connections_the_new_protocol():
+    # Review of issue 11: pools outlived a reload, so a cluster switched to `auto` kept its
+    # old client (and an http1 → http2 switch kept speaking HTTP/1.1).
+    ca = cert(NAME)[0]
+    with H2Origin(tls=True, cert_name=NAME) as o, proxy(o, protocol="http2", tls=auto_tls(ca)) as p:
+        rc, out, err = curl("--http1.1", f"http://{hp(p)}/size/10")
+        assert rc == 0 and out == pattern(10), err
+        assert cstat(p, "upstream_cx_http2_total") == 1 and cstat(p, "upstream_cx_alpn_h2") == 0
+        with open(p.config_path, "w") as f:
+            f.write(config(o, protocol="auto", tls=auto_tls(ca)))
+        p.signal(signal.SIGHUP)
+        p.wait_stat("server.reload_success", lambda v: v == 1)
+        for i in range(3):
+            rc, out, err = curl("--http1.1", f"http://{hp(p)}/size/{20 + i}")
+            assert rc == 0 and out == pattern(20 + i), err
+        # A new connection, chosen by ALPN; the old pool's idle connection closed.
+        assert cstat(p, "upstream_cx_alpn_h2") == 1 and o.accepted == 2
+        wait_for(lambda: cstat(p, "upstream_cx_active") == 1, what="the old pool's connection closed")
+
+
+def test_an_h2_host_silent_after_the_handshake_fails_within_one_connect_timeout():
+    # Review of issue 11: the wait for SETTINGS got a second full connect timeout.
+    import socket, ssl, threading
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*cert(NAME))
+    ctx.set_alpn_protocols(["h2"])
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    held = []
+    stop = threading.Event()
+
+    def serve():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                continue
+            try:
+                stop.wait(1.2)  # a slow handshake: 1.2 s of the 2 s connect timeout
+                held.append(ctx.wrap_socket(c, server_side=True))  # then silence
+            except (OSError, ssl.SSLError):
+                c.close()
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+
+    class Silent:
+        endpoint = f"127.0.0.1:{srv.getsockname()[1]}"
+    cfg = config(Silent, protocol="auto", tls=auto_tls(cert(NAME)[0])).replace(
+        "    endpoints:", "    connect_timeout: 2s\n    endpoints:")
+    try:
+        with Proxy("http-proxy", config=cfg) as p:
+            started = time.monotonic()
+            assert status_of(f"http://{hp(p)}/size/10") == 503
+            took = time.monotonic() - started
+            # 2 s from the connect; a fresh timeout after the handshake made it 3.2 s.
+            assert took < 2.8, f"503 after {took:.2f} s, not one connect timeout (2 s)"
+            assert cstat(p, "upstream_cx_connect_timeout") == 1
+    finally:
+        stop.set()
+        t.join()
+        for c in held:
+            c.close()
+        srv.close()
 
 
 # --- h) load

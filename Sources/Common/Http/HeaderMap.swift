@@ -71,6 +71,37 @@ public enum KnownHeader: UInt8, CaseIterable, Sendable {
 
 }
 
+/// A few spare `HeaderMap`s of one owner (a connection): a map the owner is done with is
+/// given back, and handed out again, reset, once nobody else holds it (a stream, a filter, a
+/// retry may keep it a while; `isKnownUniquelyReferenced` decides, so none is reused early).
+/// Saves a request or response its map and both arrays (three allocations). Maps grown past
+/// `maxBytes` (a huge header block) are not kept.
+public struct HeaderMapCache {
+    private var spares: [HeaderMap] = []
+    private let limit: Int
+    private static let maxBytes = 8192
+
+    public init(limit: Int = 4) { self.limit = limit }
+
+    /// A map to fill: a reset spare, else a new one.
+    public mutating func take() -> HeaderMap {
+        while !spares.isEmpty {
+            if isKnownUniquelyReferenced(&spares[spares.count - 1]) {
+                let m = spares.removeLast()
+                m.reset()
+                return m
+            }
+            spares.removeLast()  // still held elsewhere: it is its holder's now
+        }
+        return HeaderMap()
+    }
+
+    /// The owner is done with `m` (others may still hold it).
+    public mutating func give(_ m: HeaderMap) {
+        if spares.count < limit && m.capacityBytes <= HeaderMapCache.maxBytes { spares.append(m) }
+    }
+}
+
 /// One header: offsets of its name and value in the map's storage.
 public struct HeaderEntry: Sendable {
     public var nameStart: UInt32
@@ -105,6 +136,9 @@ public final class HeaderMap {
     }
 
     /// Empties the map, keeping its capacity.
+    /// Memory its arrays hold (a reused map keeps its capacity).
+    public var capacityBytes: Int { storage.capacity + entries.capacity * MemoryLayout<HeaderEntry>.stride }
+
     public func reset() {
         storage.removeAll(keepingCapacity: true)
         entries.removeAll(keepingCapacity: true)
@@ -295,6 +329,37 @@ public final class HeaderMap {
             }
             return nil
         }
+    }
+
+    /// Live indices of a known header, in order, without allocating (per-message paths).
+    /// Removing the entry just returned is fine: removal does not move entries.
+    public struct KnownIndices: Sequence, IteratorProtocol {
+        let map: HeaderMap
+        let k: KnownHeader
+        var i: Int
+
+        public mutating func next() -> Int? {
+            guard i >= 0 else { return nil }
+            let n = map.entries.count
+            while i < n {
+                let j = i
+                i += 1
+                let e = map.entries[j]
+                if e.known == k && !e.removed { return j }
+            }
+            i = -1
+            return nil
+        }
+    }
+
+    /// See `KnownIndices`.
+    public func all(_ k: KnownHeader) -> KnownIndices { KnownIndices(map: self, k: k, i: first(k) ?? -1) }
+
+    /// How many live `k` headers there are.
+    public func count(of k: KnownHeader) -> Int {
+        var n = 0
+        for _ in all(k) { n += 1 }
+        return n
     }
 
     /// Live indices of a known header.

@@ -301,7 +301,7 @@ public struct Http1HeadParser: Sendable {
             return e
         }
         // Host: exactly one in HTTP/1.1 (RFC 9112 3.2); an absolute target's authority wins.
-        let hosts = headers.indices(of: .authority).count + headers.indices(of: .host).count
+        let hosts = headers.count(of: .authority) + headers.count(of: .host)
         if hosts > 1 { return .duplicateHost }
         if hosts == 0 && minor == 1 && !head.isConnect { return .missingHost }
         if let (s, len) = authorityFromTarget {
@@ -394,15 +394,15 @@ public struct Http1HeadParser: Sendable {
     /// Decides a request's body framing (RFC 9112 6.3) and connection semantics.
     static func requestFraming(_ h: HeaderMap, _ head: inout Http1Head) -> Http1Error? {
         connectionSemantics(h, &head)
-        let te = h.indices(of: .transferEncoding)
-        let cl = h.indices(of: .contentLength)
-        if !te.isEmpty {
+        let te = h.has(.transferEncoding)
+        let cl = h.has(.contentLength)
+        if te {
             if head.minorVersion == 0 { return .transferEncodingHttp10 }
-            if !cl.isEmpty { return .contentLengthAndTransferEncoding }
-            if te.count != 1 || !h.valueEqualsIgnoringCase(te[0], "chunked") { return .badTransferEncoding }
+            if cl { return .contentLengthAndTransferEncoding }
+            if !singleChunked(h) { return .badTransferEncoding }
             head.framing = .chunked
-        } else if !cl.isEmpty {
-            switch contentLength(h, cl) {
+        } else if cl {
+            switch contentLength(h) {
             case .failure(let e): return e
             case .success(let len): head.framing = len == 0 ? .none : .length(len)
             }
@@ -412,7 +412,7 @@ public struct Http1HeadParser: Sendable {
         }
         // CONNECT has no content (RFC 9110 9.3.6): framing bytes would become tunnel bytes.
         if head.isConnect {
-            if head.framing != .none || !te.isEmpty { return .connectWithBody }
+            if head.framing != .none || te { return .connectWithBody }
             head.framing = .none
         }
         return nil
@@ -421,35 +421,41 @@ public struct Http1HeadParser: Sendable {
     /// Decides a response's framing (RFC 9112 6.3, in its order).
     static func responseFraming(_ h: HeaderMap, _ head: inout Http1Head, requestWasHead: Bool, requestWasConnect: Bool) -> Http1Error? {
         connectionSemantics(h, &head)
-        let te = h.indices(of: .transferEncoding)
-        let cl = h.indices(of: .contentLength)
+        let te = h.has(.transferEncoding)
+        let cl = h.has(.contentLength)
         var length: UInt64?
-        if !cl.isEmpty {
-            switch contentLength(h, cl) {
+        if cl {
+            switch contentLength(h) {
             case .failure(let e): return e
             case .success(let len): length = len
             }
         }
-        if !te.isEmpty {
-            if !cl.isEmpty { return .contentLengthAndTransferEncoding }
+        if te {
+            if cl { return .contentLengthAndTransferEncoding }
             if head.minorVersion == 0 { return .transferEncodingHttp10 }
-            if te.count != 1 || !h.valueEqualsIgnoringCase(te[0], "chunked") { return .badTransferEncoding }
+            if !singleChunked(h) { return .badTransferEncoding }
         }
         let s = head.status
         if s == 101 { head.upgrade = true; head.framing = .tunnel; return nil }
         if s < 200 || s == 204 || s == 304 || requestWasHead { head.framing = .none; return nil }
         if requestWasConnect && s < 300 { head.framing = .tunnel; return nil }
-        if !te.isEmpty { head.framing = .chunked } else if let length { head.framing = length == 0 ? .none : .length(length) } else {
+        if te { head.framing = .chunked } else if let length { head.framing = length == 0 ? .none : .length(length) } else {
             head.framing = .close
             head.keepAlive = false
         }
         return nil
     }
 
+    /// Exactly one Transfer-Encoding line, and it is `chunked`.
+    static func singleChunked(_ h: HeaderMap) -> Bool {
+        guard let f = h.first(.transferEncoding), h.count(of: .transferEncoding) == 1 else { return false }
+        return h.valueEqualsIgnoringCase(f, "chunked")
+    }
+
     /// The single value of every Content-Length line: digits only, no list, all equal.
-    static func contentLength(_ h: HeaderMap, _ lines: [Int]) -> Swift.Result<UInt64, Http1Error> {
+    static func contentLength(_ h: HeaderMap) -> Swift.Result<UInt64, Http1Error> {
         var value: UInt64?
-        for i in lines {
+        for i in h.all(.contentLength) {
             let v: UInt64? = h.withValue(i) { b in
                 if b.isEmpty || b.count > 18 { return nil }
                 var x: UInt64 = 0
@@ -466,8 +472,9 @@ public struct Http1HeadParser: Sendable {
         }
         // Identical duplicates are one (RFC 9110 8.6): forward only the first, written plainly
         // (`0003` goes on as `3`, so no peer reads it another way).
-        for i in lines.dropFirst() { h.remove(at: i) }
-        if let v = value, let first = lines.first, h.withValue(first, { $0.count > 1 && $0[0] == 0x30 }) {
+        let first = h.first(.contentLength)
+        for i in h.all(.contentLength) where i != first { h.remove(at: i) }
+        if let v = value, let first, h.withValue(first, { $0.count > 1 && $0[0] == 0x30 }) {
             h.set(.contentLength, String(v))
         }
         return .success(value ?? 0)
@@ -476,7 +483,7 @@ public struct Http1HeadParser: Sendable {
     /// Keep-alive by version and `Connection` tokens; `Upgrade` with `Connection: upgrade`.
     static func connectionSemantics(_ h: HeaderMap, _ head: inout Http1Head) {
         var close = false, keepAlive = false, upgrade = false
-        for i in h.indices(of: .connection) {
+        for i in h.all(.connection) {
             h.withValue(i) { v in
                 var start = 0
                 for j in 0...v.count where j == v.count || v[j] == 0x2C {
