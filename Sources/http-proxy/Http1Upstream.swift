@@ -12,6 +12,8 @@ final class HttpWorkerState: WorkerExtension {
     var rng: FastRandom
     /// X-Request-Id values (unpredictable, unlike `rng`).
     let secureRandom = SecureRandom()
+    /// Header maps of finished requests and responses, for the next ones.
+    let headerMaps = HeaderMapCache()
     /// Requests routed to each cluster slot, and retries in flight (the retry budget).
     private var active: [Int] = []
     private var retrying: [Int] = []
@@ -48,34 +50,52 @@ final class HttpWorkerState: WorkerExtension {
     private var retired: [HostPool] = []
 
     /// The pool for host `host` of `cluster` (made on first use).
+    ///
+    /// A reload that changes what a pool is made of (`HostPool.definition`) gives the
+    /// current cluster view a new pool; the old one drains and is kept in `retired` until
+    /// nothing refers to it (its connections and queued attempts point at it unowned). A
+    /// request of an older view (a retry across the reload) takes the current pool as it is,
+    /// never replacing a newer one. Re-entrant: draining the old pool may retry its queued
+    /// requests at once, back into this function, so the books are complete before it.
     func pool(_ cluster: WorkerCluster, host: Int, stats: UpstreamRequestStats) -> HostPool {
         let slot = cluster.snapshot.slot
         while byIndex.count <= slot { byIndex.append((nil, [])) }
         let view = ObjectIdentifier(cluster)
-        if byIndex[slot].view != view {
-            byIndex[slot] = (view, [HostPool?](repeating: nil, count: cluster.snapshot.hosts.count))
-        }
-        if let p = byIndex[slot].pools[host] {
+        if byIndex[slot].view == view, let p = byIndex[slot].pools[host] {
             p.lastPick = (cluster, host)
             return p
         }
+        let current = worker.cluster(slot: slot) === cluster
         let address = cluster.snapshot.hosts[host].address
         let p: HostPool
-        if let existing = pools[slot]?[address], existing.definition == HostPool.definition(cluster.snapshot.config) {
-            existing.lastPick = (cluster, host)
-            p = existing
-        } else {
-            if let old = pools[slot]?[address] {
-                // A reload changed what the pool is made of: new connections follow the new
-                // config; the old pool finishes its requests.
-                old.drain()
-                retired.removeAll { $0.isIdle }
-                if !old.isIdle { retired.append(old) }
+        var replaced: HostPool?
+        if let existing = pools[slot]?[address] {
+            if existing.definition == HostPool.definition(cluster.snapshot.config) {
+                existing.lastPick = (cluster, host)
+                p = existing
+            } else if !current {
+                p = existing
+            } else {
+                replaced = existing
+                p = HostPool(worker: worker, address: address, cluster: cluster, host: host, stats: stats)
+                pools[slot, default: [:]][address] = p
             }
+        } else {
             p = HostPool(worker: worker, address: address, cluster: cluster, host: host, stats: stats)
             pools[slot, default: [:]][address] = p
         }
-        byIndex[slot].pools[host] = p
+        if current {
+            if byIndex[slot].view != view {
+                byIndex[slot] = (view, [HostPool?](repeating: nil, count: cluster.snapshot.hosts.count))
+            }
+            byIndex[slot].pools[host] = p
+        }
+        if let old = replaced {
+            retired.append(old)
+            old.retiredByReload = true  // its queued requests move to `p` (Router.requeue)
+            old.drain()
+            retired.removeAll { $0.isIdle }
+        }
         return p
     }
 
@@ -140,6 +160,8 @@ final class HostPool: ConnectionPoolCallbacks {
     /// What the pool was made from: a cluster view whose definition differs (a reload changed
     /// the protocol, TLS or limits) gets a new pool.
     let definition: JSON
+    /// A reload replaced this pool: it drains, and requests it fails `.drained` go to the new one.
+    var retiredByReload = false
 
     static func definition(_ cfg: ClusterConfig) -> JSON {
         .array([cfg.binaryOptions?.dump ?? .null, .bool(cfg.tls != nil), .array((cfg.tls?.alpn ?? []).map { .string($0) }),
@@ -168,7 +190,9 @@ final class HostPool: ConnectionPoolCallbacks {
                               stats: HttpPoolStats(slab: worker.stats, handles: stats.pool), callbacks: self)
     }
 
-    var isIdle: Bool { pool.machine.isIdle }
+    /// No connection, no queued request, and no action of the pool pending (its waiters have
+    /// heard their fate): nothing refers to the pool any more.
+    var isIdle: Bool { pool.isQuiescent }
 
     func drain() { pool.drainConnections() }
 
@@ -384,11 +408,12 @@ final class Http1Client: PooledConnection, UpstreamClient, UpstreamStream {
     private var requestSent = false
     /// The map the response head being parsed goes into (one per response, not per read).
     private var parsing: HeaderMap?
-    private var responseMaps = HeaderMapCache(limit: 2)
+    private let responseMaps: HeaderMapCache
 
     override init(pool: HostPool, id: PoolConnectionID, cluster: WorkerCluster, host: Int) {
         scratch = Buffer(pool: pool.worker.blocks)
         requestOut = Buffer(pool: pool.worker.blocks)
+        responseMaps = HttpWorkerState.of(pool.worker).headerMaps
         super.init(pool: pool, id: id, cluster: cluster, host: host)
     }
 

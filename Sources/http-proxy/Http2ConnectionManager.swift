@@ -88,8 +88,6 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     private var session: OpaquePointer?
     /// Streams nghttp2 has open, owned here until it closes them.
     private var live: [Http2ServerStream] = []
-    /// Request header maps of finished streams, for the next ones.
-    private var headerMaps = HeaderMapCache()
     private var pendingStarts: [Http2ServerStream] = []
     private let out: Buffer
     private let scratch: Buffer
@@ -430,7 +428,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         guard frame.pointee.hd.type == UInt8(NGHTTP2_HEADERS.rawValue) else { return 0 }
         let id = frame.pointee.hd.stream_id
         if frame.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
-            let h = Http2ServerStream(id: id, headers: headerMaps.take(), pool: worker.blocks, now: monotonicMs())
+            let h = Http2ServerStream(id: id, headers: workerState.headerMaps.take(), pool: worker.blocks, now: monotonicMs())
             flood.streamOpened()
             h.liveIndex = live.count
             live.append(h)
@@ -621,7 +619,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         h.aboveHigh = false
         dropPending(h)
         h.earlyBody = nil
-        headerMaps.give(h.headers)
+        workerState.headerMaps.give(h.headers)
         worker.stats.dec(cxStats.http2.streamsActive)
     }
 

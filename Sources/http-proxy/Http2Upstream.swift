@@ -97,6 +97,7 @@ final class Http2Client: PooledConnection, UpstreamClient {
         maxStreams = o?.http2MaxConcurrentStreams ?? 100
         streamWindow = o?.http2InitialStreamWindow ?? 65535
         connectionWindow = o?.http2InitialConnectionWindow ?? 1 << 20
+        responseMaps = HttpWorkerState.of(pool.worker).headerMaps
         super.init(pool: pool, id: id, cluster: cluster, host: host)
     }
 
@@ -126,7 +127,7 @@ final class Http2Client: PooledConnection, UpstreamClient {
     }
 
     private var settingsSeen = false
-    private var responseMaps = HeaderMapCache(limit: 8)
+    private let responseMaps: HeaderMapCache
 
     override func connectFailed(timeout: Bool, local: Bool = false) {
         super.connectFailed(timeout: timeout, local: local)

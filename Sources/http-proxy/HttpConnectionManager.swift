@@ -52,7 +52,6 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
     private var processing = false
     /// The map the request head being parsed goes into.
     private var parsing: HeaderMap?
-    private var requestMaps = HeaderMapCache(limit: 2)
     private var closing = false
     private var pausedForPipeline = false
     private var draining = false
@@ -111,7 +110,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
                 if buffer.isEmpty { break }
                 refreshFactory()
                 // One map per request, kept across incomplete parses (not one per read).
-                let headers = parsing ?? requestMaps.take()
+                let headers = parsing ?? workerState.headerMaps.take()
                 parsing = headers
                 switch parser.parseRequest(buffer.readable, headers: headers, head: &head) {
                 case .incomplete:
@@ -131,7 +130,7 @@ final class HttpConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessio
                     buffer.drain(consumed)
                     headersDeadline = 0
                     parsing = nil
-                    requestMaps.give(headers)  // reused once its stream lets it go
+                    workerState.headerMaps.give(headers)  // reused once its stream lets it go
                     startStream(headers)
                 }
             } else if !requestBodyDone {

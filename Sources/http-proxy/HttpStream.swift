@@ -39,8 +39,14 @@ final class HttpStream {
     var requestTrailers: HeaderMap?
     var responseHeaders: HeaderMap?
     var info = StreamInfo()
-    /// Decoder filters, the router last.
-    private(set) var decoders: [HttpDecoderFilter] = []
+    /// The configured decoder filters; the router is the last decoder (`decoder(_:)`), kept
+    /// out of the array so a stream without filters allocates none.
+    private(set) var filterDecoders: [HttpDecoderFilter] = []
+    /// Decoders including the router (none before `installFilters`).
+    private var decoderCount = 0
+    @inline(__always) private func decoder(_ i: Int) -> HttpDecoderFilter {
+        i < filterDecoders.count ? filterDecoders[i] : router
+    }
     /// Encoder filters in configuration order (iterated from the end).
     private(set) var encoders: [HttpEncoderFilter] = []
     let router: Router
@@ -130,10 +136,10 @@ final class HttpStream {
         for f in factories {
             if let o = overrides, o.isDisabled(f.name) { continue }
             let (d, e) = f.create(stream: self)
-            if let d { decoders.append(d) }
+            if let d { filterDecoders.append(d) }
             if let e { encoders.append(e) }
         }
-        decoders.append(router)
+        decoderCount = filterDecoders.count + 1
     }
 
     var worker: Worker { cm.worker }
@@ -148,10 +154,10 @@ final class HttpStream {
 
     private func runDecodeHeaders(from start: Int, endStream: Bool) {
         var i = start
-        while i < decoders.count {
+        while i < decoderCount {
             if done { return }
             headersSeen = i + 1
-            if decoders[i].decodeHeaders(requestHeaders, endStream: endStream) == .stopIteration {
+            if decoder(i).decodeHeaders(requestHeaders, endStream: endStream) == .stopIteration {
                 headersStoppedAt = i
                 return
             }
@@ -175,7 +181,7 @@ final class HttpStream {
         var i = start
         while i < headersSeen {
             if done { return }
-            switch decoders[i].decodeData(data, endStream: endStream) {
+            switch decoder(i).decodeData(data, endStream: endStream) {
             case .continue: i += 1
             case .stopIterationAndBuffer:
                 dataStoppedAt = i
@@ -185,7 +191,7 @@ final class HttpStream {
                 return
             }
         }
-        if i < decoders.count && !done { bufferDecoded(data, endStream: endStream, from: i) }
+        if i < decoderCount && !done { bufferDecoded(data, endStream: endStream, from: i) }
     }
 
     private func bufferDecoded(_ data: Buffer, endStream: Bool, from: Int) {
@@ -217,7 +223,7 @@ final class HttpStream {
         var i = start
         while i < upTo {
             if done { return }
-            if decoders[i].decodeTrailers(t) == .stopIteration {
+            if decoder(i).decodeTrailers(t) == .stopIteration {
                 dataStoppedAt = i
                 decodeTrailersPending = true
                 trailersFrom = i + 1
@@ -225,7 +231,7 @@ final class HttpStream {
             }
             i += 1
         }
-        if i < decoders.count {
+        if i < decoderCount {
             decodeTrailersPending = true
             trailersFrom = i
         }
@@ -448,7 +454,7 @@ final class HttpStream {
         if done { return }
         done = true
         if !responseComplete, let t = tunnel { tunnel = nil; t.release(worker.stats) }
-        for d in decoders { d.onStreamDone() }
+        for i in 0..<decoderCount { decoder(i).onStreamDone() }
         decodeBuffer = nil
         encodeBuffer = nil
     }

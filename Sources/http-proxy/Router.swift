@@ -208,6 +208,10 @@ final class Router: HttpDecoderFilter {
         attempt = a
         if let p = retryPolicy, p.perTryTimeoutMs > 0 { perTryDeadline = monotonicMs() &+ p.perTryTimeoutMs }
         updateDeadline()
+        checkout(a, pool)
+    }
+
+    private func checkout(_ a: UpstreamAttempt, _ pool: HostPool) {
         switch pool.pool.checkout(a) {
         case .attached(let id):
             if let c = pool.stream(id) { a.attached(c) } else { a.poolFailed(.connectFailure) }
@@ -216,6 +220,19 @@ final class Router: HttpDecoderFilter {
         case .failed(let reason):
             a.poolFailed(reason)
         }
+    }
+
+    /// A reload replaced the pool `a` waited in (its cluster's protocol, TLS or limits
+    /// changed): the same host's new pool takes the request, with no retry spent (a reload
+    /// drops no request). False when there is no other pool to go to.
+    private func requeue(_ a: UpstreamAttempt) -> Bool {
+        guard let wc = cluster, let cstats else { return false }
+        let pool = stream.cm.workerState.pool(wc, host: a.host, stats: cstats)
+        guard pool !== a.pool, !pool.retiredByReload else { return false }
+        let n = UpstreamAttempt(router: self, pool: pool, cluster: wc, host: a.host)
+        attempt = n
+        checkout(n, pool)
+        return true
     }
 
     /// The attempt got a connection: the head, then what the client already sent.
@@ -243,6 +260,8 @@ final class Router: HttpDecoderFilter {
         switch reason {
         case .pendingOverflow, .requestOverflow:
             stream.sendLocalReply(503, "upstream overflow", flags: "UO")
+        case .drained where a.pool.retiredByReload && requeue(a):
+            return
         case .connectFailure, .connectTimeout, .drained:
             if retry(on: .connectFailure) { return }
             stream.sendLocalReply(503, "upstream connect error or disconnect/reset before headers", flags: retryHosts.isEmpty ? "UF" : "UF,URX")

@@ -246,3 +246,33 @@ private func dechunk(_ text: String, step: Int) -> (String, [(String, String)], 
     #expect(h.indices(of: .xForwardedFor).count == 1)
     #expect(h.value(.xForwardedFor) == "6.6.6.6, 7.7.7.7, 127.0.0.1")
 }
+
+@Test func headerMapCacheReusesAMapOnlyOnceNobodyElseHoldsIt() {
+    let cache = HeaderMapCache(limit: 2)
+    var held: HeaderMap? = cache.take()
+    held!.add("x-a", "1")
+    cache.give(held!)
+    // Still held by its stream: the next request gets a fresh map.
+    let other = cache.take()
+    #expect(other !== held && other.count == 0)
+    let id = ObjectIdentifier(held!)
+    held = nil
+    // Let go: reused, and empty.
+    let again = cache.take()
+    #expect(ObjectIdentifier(again) == id && again.count == 0 && again.first(named: "x-a") == nil)
+    // Bounded: a third spare pushes the oldest out; a grown map is not kept.
+    cache.give(HeaderMap()); cache.give(HeaderMap()); cache.give(again)
+    let big = HeaderMap()
+    big.add("x-big", String(repeating: "b", count: 20_000))
+    cache.give(big)
+    #expect(cache.take() !== big)
+}
+
+@Test func knownIndicesSkipRemovedEntriesAndSurviveRemovalWhileIterating() {
+    let h = HeaderMap()
+    h.add("content-length", "3"); h.add("x", "y"); h.add("content-length", "3"); h.add("content-length", "03")
+    #expect(h.count(of: .contentLength) == 3)
+    var seen: [Int] = []
+    for i in h.all(.contentLength) { seen.append(i); h.remove(at: i) }
+    #expect(seen == [0, 2, 3] && h.count(of: .contentLength) == 0 && h.count == 1)
+}

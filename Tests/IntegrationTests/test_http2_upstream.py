@@ -552,6 +552,41 @@ def test_a_reload_that_changes_the_protocol_gives_new_connections_the_new_protoc
         wait_for(lambda: cstat(p, "upstream_cx_active") == 1, what="the old pool's connection closed")
 
 
+def test_requests_queued_in_a_pool_a_reload_replaces_move_to_the_new_pool():
+    # Review of issue 11: a reload that changes a pool's definition drains the old pool; the
+    # requests waiting in its queue go to the new pool (no 503, no retry spent), and the old
+    # pool is freed only once nothing refers to it (it used to crash in a reload storm).
+    with Origin() as o:
+        def cfg(idle):
+            return config(o, protocol=None).replace("idle_timeout: 1s", f"idle_timeout: {idle}").replace(
+                "    http_protocol_options", "    circuit_breakers: { max_connections: 1 }\n    http_protocol_options")
+        with Proxy("http-proxy", config=cfg("1s")) as p:
+            results = {}
+
+            def get(i, path):
+                rc, out, err = curl("--http1.1", "-o", "/dev/null", "-w", "%{http_code}", f"http://{hp(p)}{path}")
+                results[i] = out.decode()
+            import threading
+            slow = threading.Thread(target=get, args=(0, "/delay/1500"))
+            slow.start()
+            wait_for(lambda: cstat(p, "upstream_rq_active") == 1, what="the slow request on the only connection")
+            queued = [threading.Thread(target=get, args=(i, f"/size/{i}")) for i in range(1, 4)]
+            for t in queued:
+                t.start()
+            wait_for(lambda: cstat(p, "upstream_rq_pending_active") == 3, what="three requests queued")
+            with open(p.config_path, "w") as f:
+                f.write(cfg("2s"))
+            p.signal(signal.SIGHUP)
+            p.wait_stat("server.reload_success", lambda v: v == 1)
+            # The first request after the reload gets the new pool (and drains the old one).
+            get(4, "/size/4")
+            for t in [slow] + queued:
+                t.join(30)
+            assert results == {0: "200", 1: "200", 2: "200", 3: "200", 4: "200"}, results
+            assert cstat(p, "upstream_rq_retry") == 0
+            assert cstat(p, "upstream_rq_pending_active") == 0
+
+
 def test_an_h2_host_silent_after_the_handshake_fails_within_one_connect_timeout():
     # Review of issue 11: the wait for SETTINGS got a second full connect timeout.
     import socket, ssl, threading

@@ -71,34 +71,44 @@ public enum KnownHeader: UInt8, CaseIterable, Sendable {
 
 }
 
-/// A few spare `HeaderMap`s of one owner (a connection): a map the owner is done with is
-/// given back, and handed out again, reset, once nobody else holds it (a stream, a filter, a
-/// retry may keep it a while; `isKnownUniquelyReferenced` decides, so none is reused early).
-/// Saves a request or response its map and both arrays (three allocations). Maps grown past
-/// `maxBytes` (a huge header block) are not kept.
-public struct HeaderMapCache {
+/// Spare `HeaderMap`s of one worker: a map its owner (a codec, an upstream client) is done
+/// with is given back, and handed out again, reset, once nobody else holds it (a stream, a
+/// filter, a retry may keep it a while; `isKnownUniquelyReferenced` decides, so none is
+/// reused early). Saves a request or response its map and both arrays (three allocations).
+/// Bounded: at most `limit` spares per worker, none grown past `maxBytes` (a huge header
+/// block); when full, the oldest spare is let go.
+public final class HeaderMapCache {
     private var spares: [HeaderMap] = []
     private let limit: Int
     private static let maxBytes = 8192
 
-    public init(limit: Int = 4) { self.limit = limit }
+    public init(limit: Int = 128) {
+        self.limit = limit
+        spares.reserveCapacity(limit)
+    }
 
-    /// A map to fill: a reset spare, else a new one.
-    public mutating func take() -> HeaderMap {
-        while !spares.isEmpty {
-            if isKnownUniquelyReferenced(&spares[spares.count - 1]) {
-                let m = spares.removeLast()
+    /// A map to fill: a reset spare nobody holds any more, else a new one. Only the oldest
+    /// few are looked at (the likeliest to be free), so maps held by long responses cost a
+    /// request no more than that.
+    public func take() -> HeaderMap {
+        let n = min(spares.count, 8)
+        var i = 0
+        while i < n {
+            if isKnownUniquelyReferenced(&spares[i]) {
+                let m = spares.remove(at: i)
                 m.reset()
                 return m
             }
-            spares.removeLast()  // still held elsewhere: it is its holder's now
+            i += 1
         }
         return HeaderMap()
     }
 
     /// The owner is done with `m` (others may still hold it).
-    public mutating func give(_ m: HeaderMap) {
-        if spares.count < limit && m.capacityBytes <= HeaderMapCache.maxBytes { spares.append(m) }
+    public func give(_ m: HeaderMap) {
+        guard m.capacityBytes <= HeaderMapCache.maxBytes else { return }
+        if spares.count >= limit { spares.removeFirst() }
+        spares.append(m)
     }
 }
 

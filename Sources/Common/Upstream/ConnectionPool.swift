@@ -54,6 +54,10 @@ public final class ConnectionPool<Callbacks: ConnectionPoolCallbacks, Stats: Poo
         machine = PoolStateMachine(config: config, stats: stats)
     }
 
+    /// No connection and no queued request (`machine.isIdle`), and no action loop running or
+    /// action waiting to be delivered: an owner may free the pool.
+    public var isQuiescent: Bool { !running && actions.isEmpty && waiters.isEmpty && machine.isIdle }
+
     /// Timers go before the dispatcher whose event_base they live in.
     deinit { timers.removeAll() }
 
