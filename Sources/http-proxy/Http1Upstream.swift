@@ -100,20 +100,25 @@ final class HttpWorkerState: WorkerExtension {
     }
 
     /// Hosts that left their cluster or turned unhealthy: their pools drain (idle connections
-    /// close now, busy ones after their request; queued requests are handed back).
+    /// close now, busy ones after their request; queued requests are handed back). The books
+    /// come first: draining may retry a queued request at once, back into `pool()`, which may
+    /// add a pool for another host; each drained pool is kept in `retired` until nothing
+    /// refers to it (a later pick of the host gets a fresh pool).
     func clustersChanged(_ worker: Worker) {
+        var draining: [HostPool] = []
         for (slot, byAddress) in pools {
             let wc = worker.cluster(slot: slot)
             var healthy = Set<SocketAddress>()
             if let wc { for h in wc.snapshot.hosts where h.healthy { healthy.insert(h.address) } }
-            var keep = byAddress
             for (address, pool) in byAddress where !healthy.contains(address) {
-                pool.drain()
-                if pool.isIdle { keep.removeValue(forKey: address) }
+                draining.append(pool)
+                pools[slot]?.removeValue(forKey: address)
             }
-            pools[slot] = keep.isEmpty ? nil : keep
+            if pools[slot]?.isEmpty == true { pools[slot] = nil }
             if slot < byIndex.count { byIndex[slot] = (nil, []) }  // rebuilt on the next pick
         }
+        retired.append(contentsOf: draining)
+        for p in draining { p.drain() }
         retired.removeAll { $0.isIdle }
     }
 }

@@ -192,7 +192,19 @@ final class Router: HttpDecoderFilter {
     // MARK: - Attempts
 
     private func startAttempt() {
-        guard let wc = cluster, let cstats else { return }
+        guard var wc = cluster, let cstats else { return }
+        if firstHost >= 0, let now = worker.cluster(slot: wc.snapshot.slot), now !== wc {
+            // The cluster changed since the last try (discovery, health, a reload): a retry
+            // picks from what it is now, never from hosts that have left. Hosts already tried
+            // are found again by address.
+            let tried = ([firstHost] + retryHosts).map { wc.snapshot.hosts[$0].address }
+            let again = now.snapshot.hosts.indices.filter { tried.contains(now.snapshot.hosts[$0].address) }
+            firstHost = again.first ?? -1
+            retryHosts = Array(again.dropFirst())
+            if firstHost < 0 { retryHosts = [] }
+            wc = now
+            cluster = now
+        }
         guard let h = wc.pickHost(hashKey: hashKey, attempted: firstHost < 0 ? [] : [firstHost] + retryHosts) else {
             stream.sendLocalReply(503, "no healthy upstream", flags: "UH")
             return
@@ -226,7 +238,8 @@ final class Router: HttpDecoderFilter {
     /// changed): the same host's new pool takes the request, with no retry spent (a reload
     /// drops no request). False when there is no other pool to go to.
     private func requeue(_ a: UpstreamAttempt) -> Bool {
-        guard let wc = cluster, let cstats else { return false }
+        guard let cstats else { return false }
+        let wc = a.cluster
         let pool = stream.cm.workerState.pool(wc, host: a.host, stats: cstats)
         guard pool !== a.pool, !pool.retiredByReload else { return false }
         let n = UpstreamAttempt(router: self, pool: pool, cluster: wc, host: a.host)
@@ -271,8 +284,8 @@ final class Router: HttpDecoderFilter {
     /// Response headers from the upstream: maybe a retry, else on to the client.
     func attemptHeaders(_ a: UpstreamAttempt, _ h: HeaderMap, status: Int, endStream: Bool) {
         guard attempt === a, let cstats else { return }
-        let host = cluster?.snapshot.hosts[a.host]
-        if status >= 500 { host?.outlier?.failure() } else { host?.outlier?.success() }
+        let host = a.cluster.snapshot.hosts[a.host]
+        if status >= 500 { host.outlier?.failure() } else { host.outlier?.success() }
         a.count(status >= 500 ? .rqError : .rqSuccess, worker.stats)
         cstats.countCode(status, worker.stats)
         // A retry abandons this response, so it must be sure to happen first: the body must be
@@ -343,7 +356,7 @@ final class Router: HttpDecoderFilter {
         guard attempt === a, let cstats else { return }
         a.finished(worker.stats, cstats)
         attempt = nil
-        cluster?.snapshot.hosts[a.host].outlier?.failure()
+        a.cluster.snapshot.hosts[a.host].outlier?.failure()
         a.count(.rqError, worker.stats)
         worker.stats.inc(cstats.rqRxReset)
         if kind == .refusedStream { worker.stats.inc(cstats.streamRefused) }

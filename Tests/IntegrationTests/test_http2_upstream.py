@@ -8,6 +8,7 @@ proxy with HTTP/2 upstreams (HAProxy's `proto h2`) as a check of the tests thems
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -585,6 +586,45 @@ def test_requests_queued_in_a_pool_a_reload_replaces_move_to_the_new_pool():
             assert results == {0: "200", 1: "200", 2: "200", 3: "200", 4: "200"}, results
             assert cstat(p, "upstream_rq_retry") == 0
             assert cstat(p, "upstream_rq_pending_active") == 0
+
+
+def test_requests_queued_at_a_host_that_leaves_the_cluster_are_retried_on_another(tmp_path):
+    # The pool of a host that leaves drains: its busy connection finishes, its queued requests
+    # are retried elsewhere (the drain may retry them at once, back into the pool table while
+    # it is being updated: the books come first).
+    path = str(tmp_path / "eps.json")
+
+    def endpoints(o):
+        with open(path + ".new", "w") as f:
+            json.dump({"endpoints": [{"address": o.endpoint}]}, f)
+        os.rename(path + ".new", path)
+    with Origin("a") as a, Origin("b") as b:
+        endpoints(a)
+        cfg = config(a, protocol=None, route=", retry_policy: { retry_on: connect-failure, num_retries: 2 }").replace(
+            f"    endpoints: [{a.endpoint}]", f"    discovery: file\n    path: {path}").replace(
+            "    http_protocol_options", "    circuit_breakers: { max_connections: 1 }\n    http_protocol_options")
+        with Proxy("http-proxy", config=cfg) as p:
+            results = {}
+
+            def get(i, path_):
+                rc, out, err = curl("--http1.1", "-o", "/dev/null", "-w", "%{http_code}", f"http://{hp(p)}{path_}")
+                results[i] = out.decode()
+            import threading
+            slow = threading.Thread(target=get, args=(0, "/delay/1500"))
+            slow.start()
+            wait_for(lambda: cstat(p, "upstream_rq_active") == 1, what="the slow request on the only connection")
+            queued = [threading.Thread(target=get, args=(i, f"/size/{i}")) for i in range(1, 4)]
+            for t in queued:
+                t.start()
+            wait_for(lambda: cstat(p, "upstream_rq_pending_active") == 3, what="three requests queued")
+            endpoints(b)
+            p.wait_stat("cluster.web.update_success", lambda v: v >= 1)
+            for t in [slow] + queued:
+                t.join(30)
+            assert results == {0: "200", 1: "200", 2: "200", 3: "200"}, results
+            assert sorted(b.paths()) == ["/size/1", "/size/2", "/size/3"] and a.paths() == ["/delay/1500"], (a.paths(), b.paths(), cstat(p, "upstream_rq_retry"))
+            rc, out, err = curl("--http1.1", f"http://{hp(p)}/size/5")
+            assert rc == 0 and out == pattern(5) and b.paths()[-1] == "/size/5"
 
 
 def test_an_h2_host_silent_after_the_handshake_fails_within_one_connect_timeout():
