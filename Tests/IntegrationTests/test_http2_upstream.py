@@ -553,6 +553,32 @@ def test_a_reload_that_changes_the_protocol_gives_new_connections_the_new_protoc
         wait_for(lambda: cstat(p, "upstream_cx_active") == 1, what="the old pool's connection closed")
 
 
+class QueuedBehindASlowRequest:
+    """Through `p` (a cluster with `max_connections: 1`): GET /delay/1500 on the only
+    connection, then three GETs /size/1..3 waiting in the pool's queue. `get(i, path)` adds
+    another; `finish()` joins them all and returns {i: status}."""
+
+    def __init__(self, p):
+        import threading
+        self.p, self.results, self.threads = p, {}, []
+        self.threads.append(threading.Thread(target=self.get, args=(0, "/delay/1500")))
+        self.threads[0].start()
+        wait_for(lambda: cstat(p, "upstream_rq_active") == 1, what="the slow request on the only connection")
+        for i in range(1, 4):
+            self.threads.append(threading.Thread(target=self.get, args=(i, f"/size/{i}")))
+            self.threads[-1].start()
+        wait_for(lambda: cstat(p, "upstream_rq_pending_active") == 3, what="three requests queued")
+
+    def get(self, i, path):
+        rc, out, err = curl("--http1.1", "-o", "/dev/null", "-w", "%{http_code}", f"http://{hp(self.p)}{path}")
+        self.results[i] = out.decode()
+
+    def finish(self):
+        for t in self.threads:
+            t.join(30)
+        return self.results
+
+
 def test_requests_queued_in_a_pool_a_reload_replaces_move_to_the_new_pool():
     # Review of issue 11: a reload that changes a pool's definition drains the old pool; the
     # requests waiting in its queue go to the new pool (no 503, no retry spent), and the old
@@ -562,27 +588,14 @@ def test_requests_queued_in_a_pool_a_reload_replaces_move_to_the_new_pool():
             return config(o, protocol=None).replace("idle_timeout: 1s", f"idle_timeout: {idle}").replace(
                 "    http_protocol_options", "    circuit_breakers: { max_connections: 1 }\n    http_protocol_options")
         with Proxy("http-proxy", config=cfg("1s")) as p:
-            results = {}
-
-            def get(i, path):
-                rc, out, err = curl("--http1.1", "-o", "/dev/null", "-w", "%{http_code}", f"http://{hp(p)}{path}")
-                results[i] = out.decode()
-            import threading
-            slow = threading.Thread(target=get, args=(0, "/delay/1500"))
-            slow.start()
-            wait_for(lambda: cstat(p, "upstream_rq_active") == 1, what="the slow request on the only connection")
-            queued = [threading.Thread(target=get, args=(i, f"/size/{i}")) for i in range(1, 4)]
-            for t in queued:
-                t.start()
-            wait_for(lambda: cstat(p, "upstream_rq_pending_active") == 3, what="three requests queued")
+            q = QueuedBehindASlowRequest(p)
             with open(p.config_path, "w") as f:
                 f.write(cfg("2s"))
             p.signal(signal.SIGHUP)
             p.wait_stat("server.reload_success", lambda v: v == 1)
             # The first request after the reload gets the new pool (and drains the old one).
-            get(4, "/size/4")
-            for t in [slow] + queued:
-                t.join(30)
+            q.get(4, "/size/4")
+            results = q.finish()
             assert results == {0: "200", 1: "200", 2: "200", 3: "200", 4: "200"}, results
             assert cstat(p, "upstream_rq_retry") == 0
             assert cstat(p, "upstream_rq_pending_active") == 0
@@ -604,23 +617,10 @@ def test_requests_queued_at_a_host_that_leaves_the_cluster_are_retried_on_anothe
             f"    endpoints: [{a.endpoint}]", f"    discovery: file\n    path: {path}").replace(
             "    http_protocol_options", "    circuit_breakers: { max_connections: 1 }\n    http_protocol_options")
         with Proxy("http-proxy", config=cfg) as p:
-            results = {}
-
-            def get(i, path_):
-                rc, out, err = curl("--http1.1", "-o", "/dev/null", "-w", "%{http_code}", f"http://{hp(p)}{path_}")
-                results[i] = out.decode()
-            import threading
-            slow = threading.Thread(target=get, args=(0, "/delay/1500"))
-            slow.start()
-            wait_for(lambda: cstat(p, "upstream_rq_active") == 1, what="the slow request on the only connection")
-            queued = [threading.Thread(target=get, args=(i, f"/size/{i}")) for i in range(1, 4)]
-            for t in queued:
-                t.start()
-            wait_for(lambda: cstat(p, "upstream_rq_pending_active") == 3, what="three requests queued")
+            q = QueuedBehindASlowRequest(p)
             endpoints(b)
             p.wait_stat("cluster.web.update_success", lambda v: v >= 1)
-            for t in [slow] + queued:
-                t.join(30)
+            results = q.finish()
             assert results == {0: "200", 1: "200", 2: "200", 3: "200"}, results
             assert sorted(b.paths()) == ["/size/1", "/size/2", "/size/3"] and a.paths() == ["/delay/1500"], (a.paths(), b.paths(), cstat(p, "upstream_rq_retry"))
             rc, out, err = curl("--http1.1", f"http://{hp(p)}/size/5")
