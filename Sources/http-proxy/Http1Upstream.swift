@@ -71,7 +71,7 @@ final class HttpWorkerState: WorkerExtension {
         var replaced: HostPool?
         if let existing = pools[slot]?[address] {
             if existing.definition == HostPool.definition(cluster.snapshot.config) {
-                existing.lastPick = (cluster, host)
+                if current { existing.lastPick = (cluster, host) }  // new connects follow the current view
                 p = existing
             } else if !current {
                 p = existing
@@ -94,9 +94,20 @@ final class HttpWorkerState: WorkerExtension {
             retired.append(old)
             old.retiredByReload = true  // its queued requests move to `p` (Router.requeue)
             old.drain()
-            retired.removeAll { $0.isIdle }
+            sweepRetired()
         }
         return p
+    }
+
+    /// Lets go of retired pools nothing refers to. Through the dispatcher's deferred release:
+    /// this may run inside one of the pool's own clients (an HTTP/2 client in nghttp2 whose
+    /// stream close retried a request at once), which reads the pool again after returning.
+    private func sweepRetired() {
+        retired.removeAll { p in
+            guard p.isIdle else { return false }
+            worker.dispatcher.deferredRelease(p)
+            return true
+        }
     }
 
     /// Hosts that left their cluster or turned unhealthy: their pools drain (idle connections
@@ -119,7 +130,7 @@ final class HttpWorkerState: WorkerExtension {
         }
         retired.append(contentsOf: draining)
         for p in draining { p.drain() }
-        retired.removeAll { $0.isIdle }
+        sweepRetired()
     }
 }
 

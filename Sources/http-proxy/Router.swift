@@ -40,6 +40,8 @@ final class Router: HttpDecoderFilter {
     private var pausedDownstream = false
     private var pausedUpstream = false
     private var holdsRetrySlot = false
+    /// The `max_retries` breaker count the held retry slot took (nil: none).
+    private var heldRetries: SharedCount?
 
     init(factory: HttpProxyFactory) { self.factory = factory }
 
@@ -437,7 +439,10 @@ final class Router: HttpDecoderFilter {
         let active = state.activeRequests(wc.snapshot.slot)
         let budget = max(3, active / 5)
         if state.retriesInFlight(wc.snapshot.slot) >= budget { return false }
-        if let max = wc.snapshot.config.maxRetries, !wc.snapshot.retries.tryAcquire(limit: max) { return false }
+        if let max = wc.snapshot.config.maxRetries {
+            guard wc.snapshot.retries.tryAcquire(limit: max) else { return false }
+            heldRetries = wc.snapshot.retries
+        }
         state.retryStarted(wc.snapshot.slot)
         holdsRetrySlot = true
         return true
@@ -447,7 +452,9 @@ final class Router: HttpDecoderFilter {
         guard holdsRetrySlot, let wc = cluster else { return }
         holdsRetrySlot = false
         stream.cm.workerState.retryEnded(wc.snapshot.slot)
-        if wc.snapshot.config.maxRetries != nil { wc.snapshot.retries.release() }
+        // The breaker count taken, whatever view the router has moved to since.
+        heldRetries?.release()
+        heldRetries = nil
     }
 
     // MARK: - Timeouts
