@@ -145,10 +145,10 @@ public final class HeaderMap {
         entries.reserveCapacity(16)
     }
 
-    /// Empties the map, keeping its capacity.
     /// Memory its arrays hold (a reused map keeps its capacity).
     public var capacityBytes: Int { storage.capacity + entries.capacity * MemoryLayout<HeaderEntry>.stride }
 
+    /// Empties the map, keeping its capacity.
     public func reset() {
         storage.removeAll(keepingCapacity: true)
         entries.removeAll(keepingCapacity: true)

@@ -79,10 +79,10 @@ public final class ConnectionPool<Callbacks: ConnectionPoolCallbacks, Stats: Poo
         return true
     }
 
-    /// The connect of `id` finished; its client takes `capacity` concurrent requests.
     /// See `PoolStateMachine.setExpectedCapacity`.
     public func setExpectedCapacity(_ n: Int) { machine.setExpectedCapacity(n) }
 
+    /// The connect of `id` finished; its client takes `capacity` concurrent requests.
     public func connected(_ id: PoolConnectionID, capacity: Int) {
         machine.connected(id, capacity: capacity, nowMs: monotonicMs(), into: &actions)
         run()
