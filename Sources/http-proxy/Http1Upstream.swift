@@ -335,6 +335,18 @@ class PooledConnection: ConnectionCallbacks {
     /// The socket (and TLS) is up: the subclass tells the pool how many requests it takes.
     func didConnect(_ c: Connection) {}
 
+    /// The part of every protocol's `closeQuietly`: marks the connection closed, closes its
+    /// socket without callbacks and gives back the host's connection accounting. False when it
+    /// was closed already; the subclass then fails its requests.
+    func closeSocketQuietly() -> Bool {
+        guard !closed else { return false }
+        closed = true
+        timer?.cancel()
+        if let c = connection { c.callbacks = nil; c.close() }
+        cluster.hostClosed(host, worker.stats)
+        return true
+    }
+
     /// Takes over `c`, which `connector` connected (`protocol: auto`, once ALPN has chosen):
     /// the host's connection accounting and the connect's timing carry over.
     func adopt(_ c: Connection, from connector: PooledConnection) {
@@ -375,11 +387,7 @@ final class AlpnConnection: PooledConnection, UpstreamClient {
     func newStream() -> (any UpstreamStream)? { nil }
 
     func closeQuietly() {
-        guard !closed else { return }
-        closed = true
-        timer?.cancel()
-        if let c = connection { c.callbacks = nil; c.close(); connection = nil }
-        cluster.hostClosed(host, worker.stats)
+        if closeSocketQuietly() { connection = nil }
     }
 
     override func didConnect(_ c: Connection) {
@@ -440,12 +448,8 @@ final class Http1Client: PooledConnection, UpstreamClient, UpstreamStream {
 
     /// Closes without telling the pool (it asked).
     func closeQuietly() {
-        guard !closed else { return }
-        closed = true
-        timer?.cancel()
+        guard closeSocketQuietly() else { return }
         if let a = attempt { attempt = nil; a.upstreamReset(.connectionTermination) }
-        if let c = connection { c.callbacks = nil; c.close() }
-        cluster.hostClosed(host, worker.stats)
     }
 
     /// Closes and tells the pool (the response said close, a protocol error, a reset).

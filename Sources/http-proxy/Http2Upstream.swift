@@ -89,6 +89,14 @@ final class Http2Client: PooledConnection, UpstreamClient {
     private let maxStreams: Int
     private let streamWindow: Int
     private let connectionWindow: Int
+    /// `connection_keepalive`: a PING every interval (0: none); the host has `timeout` to send
+    /// anything at all after one (its ACK, or frames ahead of it).
+    private let keepaliveIntervalMs: UInt64
+    private let keepaliveTimeoutMs: UInt64
+    /// When the PING waiting for its ACK went out (0: none), and when bytes last came in.
+    private var pingSentMs: UInt64 = 0
+    private var lastReceiveMs: UInt64 = 0
+    private var protocolErrorCounted = false
 
     override init(pool: HostPool, id: PoolConnectionID, cluster: WorkerCluster, host: Int) {
         out = Buffer(pool: pool.worker.blocks)
@@ -97,6 +105,8 @@ final class Http2Client: PooledConnection, UpstreamClient {
         maxStreams = o?.http2MaxConcurrentStreams ?? 100
         streamWindow = o?.http2InitialStreamWindow ?? 65535
         connectionWindow = o?.http2InitialConnectionWindow ?? 1 << 20
+        keepaliveIntervalMs = o?.http2KeepaliveIntervalMs ?? 0
+        keepaliveTimeoutMs = o?.http2KeepaliveTimeoutMs ?? 20_000
         responseMaps = HttpWorkerState.of(pool.worker).headerMaps
         super.init(pool: pool, id: id, cluster: cluster, host: host)
     }
@@ -117,9 +127,7 @@ final class Http2Client: PooledConnection, UpstreamClient {
         // sends), which say how many requests it takes: assuming nghttp2's 100 would send
         // streams a host allowing fewer refuses. What is left of the connect timeout covers
         // the wait (TCP, TLS and SETTINGS together, not a second full timeout).
-        let t = Timer(worker.dispatcher) { [unowned self] in
-            if !settingsSeen { connectFailed(timeout: true) }
-        }
+        let t = Timer(worker.dispatcher) { [unowned self] in onTimer() }
         timer = t
         let spent = monotonicMs() &- connectStartMs
         let limit = cluster.snapshot.config.connectTimeoutMs
@@ -132,6 +140,42 @@ final class Http2Client: PooledConnection, UpstreamClient {
     override func connectFailed(timeout: Bool, local: Bool = false) {
         super.connectFailed(timeout: timeout, local: local)
         if !inSession { releaseSession() }
+    }
+
+    /// The one timer: the wait for the host's SETTINGS, then the keep-alive PINGs.
+    private func onTimer() {
+        if !settingsSeen { connectFailed(timeout: true); return }
+        guard keepaliveIntervalMs > 0, let session, !closed, !inSession else { return }
+        let now = monotonicMs()
+        if pingSentMs > 0 {
+            // Bytes from the host since the PING count as a sign of life (a response queued
+            // ahead of the ACK must not make a busy host look dead), as in Envoy.
+            let deadline = max(pingSentMs, lastReceiveMs) &+ keepaliveTimeoutMs
+            if now < deadline { timer?.arm(ms: deadline &- now); return }
+            worker.stats.inc(pool.stats.keepaliveTimeout)
+            closeAndReport()
+            return
+        }
+        var opaque = HttpWorkerState.of(worker).rng.next()
+        _ = withUnsafeBytes(of: &opaque) { nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), $0.bindMemory(to: UInt8.self).baseAddress) }
+        pingSentMs = now
+        timer?.arm(ms: keepaliveTimeoutMs)
+        flush()
+    }
+
+    /// The next keep-alive PING: `interval` plus up to 15% of it at random (Envoy's default
+    /// `interval_jitter`), so a pool's connections do not ping in step.
+    private func armKeepalive() {
+        guard keepaliveIntervalMs > 0, !closed else { timer?.cancel(); return }
+        let jitter = HttpWorkerState.of(worker).rng.next() % (keepaliveIntervalMs * 15 / 100 + 1)
+        timer?.arm(ms: keepaliveIntervalMs &+ jitter)
+    }
+
+    /// A connection error (ours to find or the host's GOAWAY sent back for it), counted once.
+    private func countProtocolError() {
+        if protocolErrorCounted { return }
+        protocolErrorCounted = true
+        worker.stats.inc(pool.stats.cxProtocolError)
     }
 
     private func makeSession() -> Bool {
@@ -361,11 +405,11 @@ final class Http2Client: PooledConnection, UpstreamClient {
                 let capacity = min(remote, maxStreams)
                 if !settingsSeen {
                     settingsSeen = true
-                    timer?.cancel()
+                    armKeepalive()
                     if capacity == 0 {
                         // A host that takes no streams now: a failed connect, so the request
                         // goes elsewhere (or is retried) instead of waiting for its timeout.
-                        worker.stats.inc(pool.stats.cxProtocolError)
+                        countProtocolError()
                         connectFailed(timeout: false)
                         return 0
                     }
@@ -385,6 +429,11 @@ final class Http2Client: PooledConnection, UpstreamClient {
             }
         case NGHTTP2_RST_STREAM.rawValue:
             worker.stats.inc(pool.stats.h2RxReset)
+        case NGHTTP2_PING.rawValue:
+            if hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0 && pingSentMs > 0 {
+                pingSentMs = 0
+                armKeepalive()
+            }
         default:
             break
         }
@@ -435,7 +484,12 @@ final class Http2Client: PooledConnection, UpstreamClient {
     }
 
     private func onFrameSend(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 {
-        if frame.pointee.hd.type == UInt8(NGHTTP2_RST_STREAM.rawValue) { worker.stats.inc(pool.stats.h2TxReset) }
+        switch UInt32(frame.pointee.hd.type) {
+        case NGHTTP2_RST_STREAM.rawValue: worker.stats.inc(pool.stats.h2TxReset)
+        // nghttp2 answers a host's broken frames (or HTTP/1.1 bytes) with GOAWAY and an error code.
+        case NGHTTP2_GOAWAY.rawValue where frame.pointee.goaway.error_code != NGHTTP2_NO_ERROR.rawValue: countProtocolError()
+        default: break
+        }
         return 0
     }
 
@@ -444,13 +498,14 @@ final class Http2Client: PooledConnection, UpstreamClient {
     override func onData(_ c: Connection, _ buffer: Buffer, endStream: Bool) {
         guard let session, !closed else { buffer.release(); return }
         if !buffer.isEmpty {
+            if keepaliveIntervalMs > 0 { lastReceiveMs = monotonicMs() }
             inSession = true
             let n = nghttp2_session_mem_recv(session, buffer.readable.baseAddress!.assumingMemoryBound(to: UInt8.self), buffer.count)
             inSession = false
             buffer.release()
             if closed { releaseSession(); return }
             if n < 0 {
-                worker.stats.inc(pool.stats.cxProtocolError)
+                countProtocolError()
                 _ = nghttp2_session_terminate_session(session, NGHTTP2_PROTOCOL_ERROR.rawValue)
                 flush()
                 closeAndReport()
@@ -496,11 +551,7 @@ final class Http2Client: PooledConnection, UpstreamClient {
 
     /// Closes without telling the pool (it asked): every open request hears of a reset.
     func closeQuietly() {
-        guard !closed else { return }
-        closed = true
-        timer?.cancel()
-        if let c = connection { c.callbacks = nil; c.close() }
-        cluster.hostClosed(host, worker.stats)
+        guard closeSocketQuietly() else { return }
         let open = Array(streams.values)
         for s in open {
             s.released = true

@@ -167,6 +167,8 @@ final class UpstreamRequestStats: Sendable {
     let h2RxReset: Counter
     let h2TxReset: Counter
     let goawayReceived: Counter
+    /// Connections closed for a keep-alive PING left unanswered (`http2.keepalive_timeout`).
+    let keepaliveTimeout: Counter
     /// REFUSED_STREAM, or streams above a GOAWAY's last stream id (`http2.stream_refused_errors`).
     let streamRefused: Counter
     /// Pool stats (`upstream_rq_total`, `_active`, `_pending_*`, `upstream_cx_*` of pools).
@@ -200,6 +202,7 @@ final class UpstreamRequestStats: Sendable {
         h2RxReset = store.counter(p + "http2.rx_reset")
         h2TxReset = store.counter(p + "http2.tx_reset")
         goawayReceived = store.counter(p + "http2.goaway_received")
+        keepaliveTimeout = store.counter(p + "http2.keepalive_timeout")
         streamRefused = store.counter(p + "http2.stream_refused_errors")
         pool = PoolStatHandles(store: store, prefix: p)
     }

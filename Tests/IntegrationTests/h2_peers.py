@@ -421,6 +421,7 @@ class H2OriginConnection:
         self.goaway_received = None     # (error code, last stream id) from the client
         self.ignored = []               # streams above our GOAWAY's last stream id (never answered)
         self.settings_acked = False
+        self.pings = 0                  # PING frames received (h2 answers each with its ACK)
         self.alpn = None
         self.sni = None
         self.closed = False             # the socket is closed (either side)
@@ -738,6 +739,8 @@ class _H2OriginLoop:
                 self.rec.goaway_received = (int(ev.error_code), ev.last_stream_id)
             elif isinstance(ev, h2.events.SettingsAcknowledged):
                 self.rec.settings_acked = True
+            elif isinstance(ev, h2.events.PingReceived):
+                self.rec.pings += 1
 
     def _request(self, ev):
         sid = ev.stream_id

@@ -14,8 +14,8 @@ import subprocess
 import time
 
 import pytest
-from h2_peers import CANCEL, H2Client, H2Origin, RecordingOrigin
-from harness import Proxy, connect, validate, wait_for
+from h2_peers import CANCEL, PREFACE, H2Client, H2Origin, RecordingOrigin, frames
+from harness import Proxy, Server, connect, validate, wait_for
 from http_peers import Origin, pattern, read_response
 from test_http_proxy import concurrently, curl, hp, proxy_for
 from tls_peers import cert
@@ -715,3 +715,72 @@ def test_an_upstream_that_takes_no_streams_fails_fast_instead_of_waiting_for_the
         assert r.stdout == b"503", r
         assert time.monotonic() - t0 < 10, "waited for a timeout"
         assert cstat(p, "upstream_cx_protocol_error") >= 1
+
+
+# --- i) connection_keepalive (PING) and hosts that break the protocol
+
+KEEPALIVE = "connection_keepalive: { interval: 200ms, timeout: 500ms }"
+
+
+def test_keepalive_pings_an_idle_connection_and_keeps_it_while_the_host_answers():
+    with H2Origin() as o, Proxy("http-proxy", config=config(o, http2=KEEPALIVE).replace("idle_timeout: 1s", "idle_timeout: 3s")) as p:
+        assert status_of(f"http://{hp(p)}/size/10") == 200
+        wait_for(lambda: o.connections[0].pings >= 4, timeout=10, what="4 PINGs on the idle connection")
+        assert status_of(f"http://{hp(p)}/size/10") == 200
+        assert o.accepted == 1 and cstat(p, "upstream_cx_total") == 1
+        assert cstat(p, "http2.keepalive_timeout") == 0 and not o.connections[0].closed
+
+
+def silent_h2_host(seen):
+    """An h2c host that completes the SETTINGS exchange, then reads everything and answers
+    nothing (a peer behind a dead NAT entry looks like this): the bytes it got go to `seen`."""
+    from test_http2_protections import SETTINGS, frame
+
+    def handler(c, server):
+        c.settimeout(30)
+        c.sendall(frame(SETTINGS, 0, 0) + frame(SETTINGS, 1, 0))
+        while True:
+            d = c.recv(65536)
+            if not d:
+                seen.append(None)  # the proxy closed the connection
+                return
+            seen.append(d)
+    return Server(handler)
+
+
+def test_keepalive_closes_a_connection_whose_host_stops_answering_and_fails_its_request():
+    seen = []
+    with silent_h2_host(seen) as h, proxy(h, http2=KEEPALIVE, route=", timeout: 20s") as p:
+        t0 = time.monotonic()
+        assert status_of(f"http://{hp(p)}/size/10") == 503
+        # Without the PINGs this request would wait for its 20 s route timeout (504).
+        assert time.monotonic() - t0 < 10
+        assert cstat(p, "http2.keepalive_timeout") == 1
+        wait_for(lambda: None in seen, what="the proxy closing the silent connection")
+        got = b"".join(d for d in seen if d)
+        assert got.startswith(PREFACE)
+        pings = [(flags, payload) for t, flags, _, payload in frames(got[len(PREFACE):]) if t == 0x6]
+        assert pings and all(flags == 0 and len(payload) == 8 for flags, payload in pings), pings
+
+
+def test_an_h2_host_answering_in_http1_counts_a_protocol_error():
+    def handler(c, server):
+        c.settimeout(10)
+        c.recv(65536)
+        c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        while c.recv(65536):
+            pass
+    with Server(handler) as h, proxy(h) as p:
+        assert status_of(f"http://{hp(p)}/size/10") == 503
+        assert cstat(p, "upstream_cx_protocol_error") == 1
+        assert cstat(p, "upstream_cx_connect_fail") == 1
+
+
+def test_keepalive_keys_are_checked():
+    for bad, msg in [("connection_keepalive: { interval: 2d }", "interval"),
+                     ("connection_keepalive: { interval: 1s, timeout: 0 }", "timeout"),
+                     ("connection_keepalive: { interval: 1s, jitter: 5 }", "jitter")]:
+        class Dummy:
+            endpoint = "127.0.0.1:9"
+        r = validate(config(Dummy, http2=bad), "http-proxy")
+        assert r.returncode == 1 and f"http2.connection_keepalive.{msg}" in r.stderr, (bad, r.stderr)

@@ -94,6 +94,13 @@ public struct ConfigValue {
         return v
     }
 
+    /// A duration in milliseconds within `min...max` (a message naming both otherwise).
+    public func durationMs(min: UInt64, max: UInt64) throws(ConfigError) -> UInt64 {
+        let v = try durationMs()
+        guard v >= min && v <= max else { throw fail("\(formatDuration(v)) is out of range \(formatDuration(min))...\(formatDuration(max))") }
+        return v
+    }
+
     /// A size in bytes: 65536, "64KiB", "1MiB", "1GiB" (also KB/MB as powers of 1024? no: only the
     /// binary units are accepted, to avoid ambiguity).
     public func bytes(min: Int = 0, max: Int = Int.max) throws(ConfigError) -> Int {
