@@ -62,6 +62,7 @@ final class HttpProxyFactory: FilterFactory {
             switch f {
             case .healthCheck(let h): return HealthCheckFilterFactory(config: h, stats: statsCopy)
             case .headerMutation(let m): return HeaderMutationFilterFactory(config: m)
+            case .grpcStats(let g): return GrpcStatsFilterFactory(config: g, clusters: c.routeTable.clusterNames, store: store)
             }
         }
     }

@@ -12,6 +12,8 @@ final class Router: HttpDecoderFilter {
     private var forward: ForwardAction?
     private var cluster: WorkerCluster?
     private var cstats: UpstreamRequestStats?
+    /// The routed cluster, as an index into the route table's `clusterNames` (-1: none yet).
+    private(set) var clusterIndex = -1
     private(set) var attempt: UpstreamAttempt? {
         // A dropped attempt is usually on the stack (its client is calling it): freed after this event.
         didSet { if let old = oldValue, old !== attempt { stream.worker.dispatcher.deferredRelease(old) } }
@@ -95,6 +97,7 @@ final class Router: HttpDecoderFilter {
             }
             let index = r.pickClusterIndex(random: stream.cm.nextRandom()) ?? 0
             cstats = factory.clusterStats[index]
+            clusterIndex = index
             guard let wc = worker.cluster(slot: factory.clusterSlots[index]) else {
                 worker.stats.inc(factory.stats.noCluster)
                 stream.sendLocalReply(503, "no cluster", flags: "NC")

@@ -143,3 +143,29 @@ private func error(_ http: String) -> String {
     #expect(Grpc.percentEncoded("no healthy upstream") == "no healthy upstream")
     #expect(Grpc.percentEncoded("100% \u{e9}\n") == "100%25 %C3%A9%0A")
 }
+
+/// gRPC messages of many sizes (0 bytes to 70 KB) back to back, fed in random pieces (single
+/// bytes, cuts inside the 5-byte prefix, several messages in one piece): every split counts
+/// each message once.
+@Test func grpcMessageCounterCountsMessagesWhateverThePieces() {
+    var rng = FastRandom(seed: 42)
+    for round in 0..<200 {
+        var body: [UInt8] = []
+        let messages = 1 + rng.below(40)
+        for i in 0..<messages {
+            let len = i % 7 == 0 ? 0 : (i % 11 == 0 ? 70_000 + rng.below(1000) : rng.below(300))
+            body.append(UInt8(i & 1))
+            body += [UInt8(len >> 24 & 0xFF), UInt8(len >> 16 & 0xFF), UInt8(len >> 8 & 0xFF), UInt8(len & 0xFF)]
+            body += [UInt8](repeating: 0x5A, count: len)
+        }
+        var counter = GrpcMessageCounter()
+        var at = 0
+        while at < body.count {
+            let piece = round % 5 == 0 ? 1 : 1 + rng.below(round % 2 == 0 ? 9 : 20_000)
+            let end = min(body.count, at + piece)
+            body[at..<end].withUnsafeBytes { counter.feed($0) }
+            at = end
+        }
+        #expect(counter.count == messages, "round \(round)")
+    }
+}

@@ -2,6 +2,7 @@
 handlers on raw bytes, no protoc), unary and streaming calls over h2c and TLS, deadlines via
 grpc-timeout, retries on gRPC statuses, and the proxy's own errors arriving as gRPC statuses."""
 
+import json
 import threading
 import time
 from concurrent import futures
@@ -87,7 +88,7 @@ class Service:
         self.server.stop(0)
 
 
-def config(svc_endpoint, tls=False, route_extra="", cluster_extra=""):
+def config(svc_endpoint, tls=False, route_extra="", cluster_extra="", http_extra=""):
     c, k = cert(NAME)
     tls_line = f'    tls: {{ cert: "{c}", key: "{k}" }}\n' if tls else ""
     return f"""admin: {{ address: 127.0.0.1:0 }}
@@ -96,7 +97,7 @@ listeners:
   - name: main
     address: 127.0.0.1:0
 {tls_line}    http:
-      routes:
+{http_extra}      routes:
         - match: {{ prefix: /test.Echo/ }}
           cluster: grpc
 {route_extra}clusters:
@@ -217,3 +218,93 @@ def test_unavailable_is_retried_when_the_route_says_so():
             call(ch, "Flaky", b"ok")
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE and e.value.details() == "try again"
         assert p.stat("cluster.grpc.upstream_rq_retry") == 0
+
+
+# --- grpc_stats: per-cluster call stats, per method for the allowlisted ones
+
+GRPC_STATS = """      http_filters:
+        - name: grpc_stats
+          individual_method_stats_allowlist:
+            services: [{ name: test.Echo, method_names: [Unary, Bidi, Fail] }]
+"""
+
+
+def grpc_stats(p, method=None):
+    base = "cluster.grpc.grpc." + (f"test.Echo.{method}." if method else "")
+    s = p.stats()
+    return {k: s.get(base + k, 0) for k in ("success", "failure", "total", "request_message_count", "response_message_count")}
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
+def test_grpc_stats_count_calls_by_status_and_messages_per_allowlisted_method(tls):
+    with Service() as svc, Proxy("http-proxy", config=config(svc.endpoint, tls=tls, http_extra=GRPC_STATS)) as p, channel(p, tls) as ch:
+        with futures.ThreadPoolExecutor(8) as ex:
+            outs = list(ex.map(lambda i: call(ch, "Unary", b"u%d" % i * 5000), range(20)))
+        assert outs == [b"u%d" % i * 5000 for i in range(20)]
+        # 300 messages each way, some large enough to span DATA frames and reads.
+        msgs = [b"m%d" % i * (i * 50 + 1) for i in range(300)]
+        assert list(call(ch, "Bidi", iter(msgs), kind="stream_stream")) == [m[::-1] for m in msgs]
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as e:
+                call(ch, "Fail", b"x")
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        # Not in the allowlist: the cluster's unprefixed stats.
+        assert list(call(ch, "ServerStream", b"0007abc", kind="unary_stream")) == [b"abc-%d" % i for i in range(7)]
+        wait_for(lambda: grpc_stats(p, "Fail")["total"] == 3 and grpc_stats(p)["total"] == 1, what="every call counted")
+        assert grpc_stats(p, "Unary") == {"success": 20, "failure": 0, "total": 20, "request_message_count": 20, "response_message_count": 20}
+        assert grpc_stats(p, "Bidi") == {"success": 1, "failure": 0, "total": 1, "request_message_count": 300, "response_message_count": 300}
+        assert grpc_stats(p, "Fail") == {"success": 0, "failure": 3, "total": 3, "request_message_count": 3, "response_message_count": 0}
+        assert grpc_stats(p) == {"success": 1, "failure": 0, "total": 1, "request_message_count": 1, "response_message_count": 7}
+        _, body = p.get("/stats?format=json")
+        hists = {h["name"]: h for s in json.loads(body)["stats"] for h in s.get("histograms", [])}
+        assert hists["cluster.grpc.grpc.test.Echo.Unary.upstream_rq_time"]["count"] == 20
+        assert hists["cluster.grpc.grpc.upstream_rq_time"]["count"] == 1
+
+
+def test_grpc_stats_count_the_proxys_own_errors_and_a_client_cannot_make_stat_names():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = f"127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+    with Proxy("http-proxy", config=config(dead, http_extra=GRPC_STATS)) as p, channel(p) as ch:
+        for method in ["Unary", "Nope", "Unary.x", "../../admin"]:
+            with pytest.raises(grpc.RpcError) as e:
+                call(ch, method, b"x")
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        wait_for(lambda: grpc_stats(p)["failure"] == 3, what="the unlisted calls counted")
+        assert grpc_stats(p, "Unary")["failure"] == 1 and grpc_stats(p, "Unary")["total"] == 1
+        names = [k for k in p.stats() if ".grpc.grpc." in k]
+        assert not any("Nope" in k or "admin" in k for k in names), names
+
+
+def test_grpc_stats_config_is_checked():
+    from harness import validate
+    for bad, where in [("stats_for_all_methods: true", "stats_for_all_methods"),
+                       ("individual_method_stats_allowlist: { services: [{ name: 'a b', method_names: [M] }] }", "services[0].name"),
+                       ("individual_method_stats_allowlist: { services: [{ name: s, method_names: [M.x] }] }", "method_names[0]"),
+                       ("individual_method_stats_allowlist: { services: [{ name: s, method_names: [M, M] }] }", "method_names[1]"),
+                       ("individual_method_stats_allowlist: { services: [{ name: s }] }", "method_names")]:
+        cfg = config("127.0.0.1:9", http_extra=f"      http_filters: [{{ name: grpc_stats, {bad} }}]\n")
+        r = validate(cfg, "http-proxy")
+        assert r.returncode == 1 and where in r.stderr, (bad, r.stderr)
+
+
+def grpc_body(sizes):
+    """gRPC length-prefixed messages of the given sizes, back to back."""
+    return b"".join(b"\x00" + n.to_bytes(4, "big") + bytes([i % 251]) * n for i, n in enumerate(sizes))
+
+
+def test_grpc_stats_count_messages_packed_into_one_frame_or_split_across_frames():
+    # grpcio writes one message per DATA frame; a raw client packs 50 small ones into one frame
+    # and splits 70 KB ones across several, and the h2 origin echoes the body in its own frames.
+    sizes = [3] * 50 + [70_000, 0, 70_000] + [1] * 10
+    with H2Origin() as o, Proxy("http-proxy", config=config(o.endpoint, http_extra=GRPC_STATS)) as p:
+        with H2Client(p.addr()) as c:
+            sid = c.request("POST", "/test.Echo/Unary", headers=[("content-type", "application/grpc"), ("te", "trailers")],
+                            body=grpc_body(sizes))
+            c.wait_done(sid, timeout=10)
+            assert dict(c.streams[sid].trailers)["grpc-status"] == "0" and bytes(c.streams[sid].body) == grpc_body(sizes)
+        wait_for(lambda: grpc_stats(p, "Unary")["total"] == 1, what="the call counted")
+        assert grpc_stats(p, "Unary") == {"success": 1, "failure": 0, "total": 1,
+                                          "request_message_count": len(sizes), "response_message_count": len(sizes)}

@@ -15,16 +15,71 @@ struct HeaderMutationFilterConfig: Sendable {
     var response = HeaderMutation()
 }
 
+/// `http_filters[i]: {name: grpc_stats, ...}`: per-cluster gRPC call stats, per method for
+/// the methods listed (stat names are registered at config time, so the list bounds them).
+struct GrpcStatsFilterConfig: Sendable {
+    /// `individual_method_stats_allowlist.services[i]`: a service and its methods.
+    var services: [(name: String, methods: [String])] = []
+    /// The most methods the allowlist may name (each costs 26 stat slots per routed cluster).
+    static let maxMethods = 1000
+
+    static func parse(_ m: ConfigMap) throws(ConfigError) -> GrpcStatsFilterConfig {
+        var c = GrpcStatsFilterConfig()
+        if let v = m.optional("stats_for_all_methods"), try v.bool() {
+            throw v.fail("per-method stats for every method would make a stat name of whatever a client sends; list the methods in individual_method_stats_allowlist")
+        }
+        guard let a = m.optional("individual_method_stats_allowlist") else { return c }
+        let am = try a.mapping()
+        var total = 0
+        var seen = Set<String>()
+        for sv in try am.required("services").list() {
+            let sm = try sv.mapping()
+            let nameV = try sm.required("name")
+            let name = try nameV.string()
+            guard isGrpcName(name, dots: true) else { throw nameV.fail("\"\(name)\" is not a gRPC service name (letters, digits, _ and .)") }
+            var methods: [String] = []
+            for mv in try sm.required("method_names").list() {
+                let method = try mv.string()
+                guard isGrpcName(method, dots: false) else { throw mv.fail("\"\(method)\" is not a gRPC method name (letters, digits and _)") }
+                guard seen.insert("/\(name)/\(method)").inserted else { throw mv.fail("\(name)/\(method) is listed twice") }
+                methods.append(method)
+            }
+            total += methods.count
+            if total > maxMethods { throw sv.fail("more than \(maxMethods) methods in the allowlist") }
+            try sm.finish()
+            c.services.append((name, methods))
+        }
+        try am.finish()
+        return c
+    }
+
+    private static func isGrpcName(_ s: String, dots: Bool) -> Bool {
+        guard !s.isEmpty, s.utf8.count <= 200, s.first != ".", s.last != "." else { return false }
+        return s.utf8.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || (dots && c == 0x2E)
+        }
+    }
+
+    var dump: JSON {
+        .object([("name", .string("grpc_stats")),
+                 ("individual_method_stats_allowlist", .object([("services", .array(services.map { s in
+                     .object([("name", .string(s.name)), ("method_names", .array(s.methods.map { .string($0) }))])
+                 }))]))])
+    }
+}
+
 /// One entry of `http_filters`, in order (the router is always the last, implicitly).
 enum HttpFilterConfig: Sendable {
     case healthCheck(HealthCheckFilterConfig)
     case headerMutation(HeaderMutationFilterConfig)
+    case grpcStats(GrpcStatsFilterConfig)
 
     /// The name filters go by in config and in `typed_per_filter_config`.
     var name: String {
         switch self {
         case .healthCheck: "health_check"
         case .headerMutation: "header_mutation"
+        case .grpcStats: "grpc_stats"
         }
     }
 
@@ -37,6 +92,8 @@ enum HttpFilterConfig: Sendable {
             m.request.dump(side: "request", into: &f)
             m.response.dump(side: "response", into: &f)
             return .object(f)
+        case .grpcStats(let g):
+            return g.dump
         }
     }
 }
@@ -216,7 +273,7 @@ struct HttpProxyConfig: ListenerFilterConfig {
         let m = try v.mapping()
         let name = try m.required("name")
         let f: HttpFilterConfig
-        switch try name.oneOf(["header_mutation", "health_check"]) {
+        switch try name.oneOf(["header_mutation", "health_check", "grpc_stats"]) {
         case "health_check":
             var h = HealthCheckFilterConfig()
             if let p = m.optional("path") {
@@ -227,6 +284,8 @@ struct HttpProxyConfig: ListenerFilterConfig {
             }
             if let p = m.optional("pass_through_mode") { h.passThroughMode = try p.bool() }
             f = .healthCheck(h)
+        case "grpc_stats":
+            f = .grpcStats(try GrpcStatsFilterConfig.parse(m))
         default:
             let hm = HeaderMutationFilterConfig(request: try HeaderMutation.parse(m, side: "request"),
                                                 response: try HeaderMutation.parse(m, side: "response"))
