@@ -23,7 +23,8 @@ final class Http2ServerStream {
     var liveIndex = -1
     /// An extended CONNECT (WebSocket) the upstream accepted: DATA both ways is relayed.
     var tunnel: Http2StreamTunnel?
-    /// The request is an extended CONNECT: its DATA is for the tunnel, held until it is up.
+    /// A CONNECT (plain, or extended with `:protocol`): its DATA is for the tunnel, held until
+    /// it is up (within the stream window, which is not reopened before).
     var extendedConnect = false
     // Response side.
     let pendingSend: Buffer
@@ -342,9 +343,18 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     /// `:authority` and `host` reconciled, cookies joined into one field; a problem to answer
     /// instead, if any.
     private func translateRequest(_ h: HeaderMap, _ s: HttpStream) -> (status: Int, text: String)? {
-        if let m = h.first(.method), h.valueEqualsIgnoringCase(m, "CONNECT") {
-            guard let p = h.first(.protocol) else { return (501, "CONNECT over HTTP/2 is not supported") }
-            guard h.valueEqualsIgnoringCase(p, "websocket") else { return (501, "unsupported :protocol") }
+        var plainConnect = false
+        if let m = h.first(.method), h.valueEqualsIgnoringCase(m, "CONNECT"), h.first(.protocol) == nil {
+            // RFC 9113 8.5: `:authority` host:port and no `:scheme`/`:path`; the stream's DATA
+            // is the tunnel's, as with HTTP/1.1's CONNECT (routes with `connect_matcher`).
+            guard let a = h.first(.authority), h.withValue(a, { isConnectTarget($0) && isValidAuthority($0) }) else {
+                return (400, "bad CONNECT target")
+            }
+            plainConnect = true
+            s.isConnect = true
+            if let hs = h2(s) { hs.extendedConnect = true }
+        } else if let m = h.first(.method), h.valueEqualsIgnoringCase(m, "CONNECT") {
+            guard let p = h.first(.protocol), h.valueEqualsIgnoringCase(p, "websocket") else { return (501, "unsupported :protocol") }
             // RFC 8441 to the HTTP/1.1 upgrade an upstream understands (Envoy's transform): GET
             // with Upgrade, and a Sec-WebSocket-Key, which RFC 8441 clients do not send.
             h.remove(.protocol)
@@ -358,13 +368,17 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         // Origin-form only (RFC 9113 8.3.1): nghttp2 checks `:path` only for http and https, and
         // an absolute or relative path would reach an HTTP/1.1 upstream as another target than
         // the `:authority` the route was chosen by.
-        guard let sc = h.first(.scheme), h.valueEqualsIgnoringCase(sc, "http") || h.valueEqualsIgnoringCase(sc, "https") else {
+        guard plainConnect || h.first(.scheme).map({ h.valueEqualsIgnoringCase($0, "http") || h.valueEqualsIgnoringCase($0, "https") }) == true else {
             return (400, "unsupported :scheme")
         }
-        guard let pi = h.first(.path), h.withValue(pi, { p in
-            p.first == UInt8(ascii: "/") || (p.count == 1 && p[0] == UInt8(ascii: "*") && h.first(.method).map { h.valueEqualsIgnoringCase($0, "OPTIONS") } == true)
-        }) else {
-            return (400, "bad :path")
+        if plainConnect {
+            if h.first(.path) != nil || h.first(.scheme) != nil { return (400, "CONNECT with :path or :scheme") }
+        } else {
+            guard let pi = h.first(.path), h.withValue(pi, { p in
+                p.first == UInt8(ascii: "/") || (p.count == 1 && p[0] == UInt8(ascii: "*") && h.first(.method).map { h.valueEqualsIgnoringCase($0, "OPTIONS") } == true)
+            }) else {
+                return (400, "bad :path")
+            }
         }
         let hostIndex = h.first(.host)
         if let a = h.first(.authority) {
@@ -549,7 +563,9 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         }
         h.lastActivityMs = monotonicMs()
         lastActivityMs = h.lastActivityMs
-        if h.paused > 0 {
+        // A CONNECT's bytes wait in `earlyBody` until its tunnel is up: the stream's window is
+        // not reopened meanwhile, so the window bounds them.
+        if h.paused > 0 || (h.extendedConnect && h.tunnel == nil) {
             h.unconsumed += data.count
             _ = nghttp2_session_consume_connection(session, data.count)
         } else {
@@ -789,6 +805,10 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             }
             if hs.remoteEnded { relay.fromClient(nil, end: true) }
             relay.start()
+            if hs.paused == 0 && hs.unconsumed > 0, let session {
+                _ = nghttp2_session_consume_stream(session, hs.id, hs.unconsumed)
+                hs.unconsumed = 0
+            }
         }
         flushSoon()
     }

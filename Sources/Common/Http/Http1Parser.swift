@@ -266,11 +266,7 @@ public struct Http1HeadParser: Sendable {
         headers.addEntry(nameStart: 0, nameLength: 0, valueStart: ms, valueLength: method.count, known: .method)
         var authorityFromTarget: (Int, Int)?
         if head.isConnect {
-            // authority-form only: host:port, the port 1-65535.
-            guard let colon = target.lastIndex(of: 0x3A), colon > 0, !target.contains(0x2F) else { return .badTarget }
-            let port = target[(colon + 1)...]
-            guard !port.isEmpty, port.count <= 5, port.allSatisfy({ $0 &- 0x30 < 10 }),
-                  let p = Int(String(decoding: port, as: UTF8.self)), p >= 1, p <= 65535 else { return .badTarget }
+            guard isConnectTarget(target) else { return .badTarget }
             let s = headers.appendStorage(target)
             authorityFromTarget = (s, target.count)
         } else if target[0] == 0x2F {
@@ -543,6 +539,16 @@ public struct Http1HeadParser: Sendable {
 
 private let slashLiteral: StaticString = "/"
 private var slashByte: UnsafeRawPointer { UnsafeRawPointer(slashLiteral.utf8Start) }
+
+/// A CONNECT target (RFC 9110 9.3.6, and HTTP/2's `:authority` of a CONNECT): authority-form
+/// only, `host:port` with the port 1-65535.
+public func isConnectTarget(_ target: UnsafeRawBufferPointer) -> Bool {
+    guard let colon = target.lastIndex(of: 0x3A), colon > 0, !target.contains(0x2F) else { return false }
+    let port = target[(colon + 1)...]
+    guard !port.isEmpty, port.count <= 5, port.allSatisfy({ $0 &- 0x30 < 10 }),
+          let p = Int(String(decoding: port, as: UTF8.self)), p >= 1, p <= 65535 else { return false }
+    return true
+}
 
 /// RFC 3986 authority as a Host value: reg-name or IP literal characters and a port; no space,
 /// no userinfo, not empty.
