@@ -103,7 +103,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     private var finalGoawaySent = false
     /// Error codes of GOAWAYs this code submitted and not yet seen sent (others are nghttp2's own).
     private var ownGoaways: [UInt32] = []
-    private var flood = Http2FloodGuard()
+    private lazy var flood = settings.http2.floodGuard
     /// A limit tripped inside a callback: the counter and code `fatal` uses.
     private var tripped: (counter: Counter, code: UInt32)?
     private var hpackBombs = 0
@@ -173,7 +173,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         defer { nghttp2_option_del(opt) }
         nghttp2_option_set_no_auto_window_update(opt, 1)
         nghttp2_option_set_max_settings(opt, 32)
-        nghttp2_option_set_max_outbound_ack(opt, 1000)
+        nghttp2_option_set_max_outbound_ack(opt, settings.http2.maxOutboundControlFrames)
         nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096)
         nghttp2_option_set_max_continuations(opt, 8)
         // Rapid reset (CVE-2023-44487): nghttp2's token bucket, twice the stream limit deep.

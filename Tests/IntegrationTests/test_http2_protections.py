@@ -340,3 +340,36 @@ def test_no_started_request_fails_across_sigterm_under_h2load():
         assert started > 500 and started == done == succeeded and timeouts == 0, out
         assert "0 4xx, 0 5xx" in out, out
         assert p.wait(15) == 0
+
+
+def test_raised_abuse_limits_let_the_same_frames_through():
+    # Three empty DATA frames and 150 PRIORITY frames trip the defaults (above); limits raised
+    # by Envoy's option names let the stream finish on a connection that stays open.
+    opts = ("      http2_protocol_options: { max_consecutive_inbound_frames_with_empty_payload: 5,"
+            " max_inbound_priority_frames_per_stream: 200 }\n")
+    with RecordingOrigin() as o, proxy(o, opts) as p:
+        c = Raw(p)
+        c.start(c.request(1, method="POST", end=False) + frame(DATA, 0, 1) * 3
+                + frame(PRIORITY, 0, 3, struct.pack(">IB", 0, 15)) * 150 + frame(DATA, END_STREAM, 1, b"x"))
+        fs = c.read_until(lambda fs: 1 in ended(fs) or goaway_codes(bytes(c.got)))
+        assert 1 in ended(fs) and goaway_codes(bytes(c.got)) == [], [(t, f, s) for t, f, s, _ in fs]
+        assert p.stat("http.main.downstream_cx_protocol_error") == 0
+        c.close()
+
+
+@pytest.mark.parametrize("opts,attack,counter", [
+    ("max_inbound_priority_frames_per_stream: 10", lambda c: frame(PRIORITY, 0, 3, struct.pack(">IB", 0, 15)) * 20,
+     "inbound_priority_frames_flood"),
+    ("premature_reset_total_stream_count: 50, max_concurrent_streams: 1000",
+     lambda c: b"".join(c.request(2 * i + 1) + frame(RST_STREAM, 0, 2 * i + 1, CANCEL.to_bytes(4, "big")) for i in range(60)),
+     "premature_reset_close"),
+], ids=["priority", "premature-reset"])
+def test_lowered_abuse_limits_trip_on_fewer_frames(opts, attack, counter):
+    # 20 PRIORITY frames and 60 early resets pass the defaults (100 per stream, 500 streams).
+    with RecordingOrigin() as o, proxy(o, f"      http2_protocol_options: {{ {opts} }}\n") as p:
+        c = Raw(p)
+        c.start(attack(c))
+        c.read_to_close()
+        assert goaway_codes(bytes(c.got)) == [ENHANCE_YOUR_CALM]
+        assert p.stat(f"http.main.http2.{counter}") == 1
+        still_serves(p)

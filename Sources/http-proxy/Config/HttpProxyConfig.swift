@@ -151,6 +151,25 @@ struct Http2ProtocolOptions: Sendable {
     var initialConnectionWindowSize = 1 << 20
     /// SETTINGS_HEADER_TABLE_SIZE: the HPACK dynamic table the client may use.
     var hpackTableSize = 4096
+    /// Envoy's abuse limits, with its defaults (docs/http-proxy.md, "Protections"): queued
+    /// PING/SETTINGS ACKs a client may make the proxy owe; DATA frames with an empty payload in a
+    /// row; PRIORITY frames per stream opened; WINDOW_UPDATE frames per DATA frame sent; the
+    /// streams a connection must have opened before the premature-reset rule applies.
+    var maxOutboundControlFrames = 1000
+    var maxConsecutiveInboundFramesWithEmptyPayload = 1
+    var maxInboundPriorityFramesPerStream = 100
+    var maxInboundWindowUpdateFramesPerDataFrameSent = 10
+    var prematureResetMinStreams = 500
+
+    /// The flood guard a connection starts with.
+    var floodGuard: Http2FloodGuard {
+        var g = Http2FloodGuard()
+        g.maxConsecutiveEmpty = maxConsecutiveInboundFramesWithEmptyPayload
+        g.maxPriorityPerStream = maxInboundPriorityFramesPerStream
+        g.maxWindowUpdatePerDataSent = maxInboundWindowUpdateFramesPerDataFrameSent
+        g.prematureResetMinStreams = prematureResetMinStreams
+        return g
+    }
 
     static func parse(_ v: ConfigValue) throws(ConfigError) -> Http2ProtocolOptions {
         let m = try v.mapping()
@@ -159,6 +178,15 @@ struct Http2ProtocolOptions: Sendable {
         if let x = m.optional("initial_stream_window_size") { o.initialStreamWindowSize = try x.bytes(min: 65535, max: 2_147_483_647) }
         if let x = m.optional("initial_connection_window_size") { o.initialConnectionWindowSize = try x.bytes(min: 65535, max: 2_147_483_647) }
         if let x = m.optional("hpack_table_size") { o.hpackTableSize = try x.bytes(min: 0, max: 1 << 20) }
+        if let x = m.optional("max_outbound_control_frames") { o.maxOutboundControlFrames = try x.int(min: 1, max: 1_000_000) }
+        if let x = m.optional("max_consecutive_inbound_frames_with_empty_payload") {
+            o.maxConsecutiveInboundFramesWithEmptyPayload = try x.int(min: 0, max: 1_000_000)
+        }
+        if let x = m.optional("max_inbound_priority_frames_per_stream") { o.maxInboundPriorityFramesPerStream = try x.int(min: 0, max: 1_000_000) }
+        if let x = m.optional("max_inbound_window_update_frames_per_data_frame_sent") {
+            o.maxInboundWindowUpdateFramesPerDataFrameSent = try x.int(min: 1, max: 1_000_000)
+        }
+        if let x = m.optional("premature_reset_total_stream_count") { o.prematureResetMinStreams = try x.int(min: 1, max: 1_000_000_000) }
         try m.finish()
         return o
     }
@@ -167,7 +195,12 @@ struct Http2ProtocolOptions: Sendable {
         .object([("max_concurrent_streams", .int(Int64(maxConcurrentStreams))),
                  ("initial_stream_window_size", .int(Int64(initialStreamWindowSize))),
                  ("initial_connection_window_size", .int(Int64(initialConnectionWindowSize))),
-                 ("hpack_table_size", .int(Int64(hpackTableSize)))])
+                 ("hpack_table_size", .int(Int64(hpackTableSize))),
+                 ("max_outbound_control_frames", .int(Int64(maxOutboundControlFrames))),
+                 ("max_consecutive_inbound_frames_with_empty_payload", .int(Int64(maxConsecutiveInboundFramesWithEmptyPayload))),
+                 ("max_inbound_priority_frames_per_stream", .int(Int64(maxInboundPriorityFramesPerStream))),
+                 ("max_inbound_window_update_frames_per_data_frame_sent", .int(Int64(maxInboundWindowUpdateFramesPerDataFrameSent))),
+                 ("premature_reset_total_stream_count", .int(Int64(prematureResetMinStreams)))])
     }
 }
 
