@@ -1,3 +1,5 @@
+import Common
+
 /// gRPC facts the proxy needs: status codes for local replies, `grpc-timeout`, `grpc-message`.
 enum Grpc {
     static let deadlineExceeded = 4
@@ -14,6 +16,14 @@ enum Grpc {
         case 429, 502, 503, 504: 14  // UNAVAILABLE
         default: 2        // UNKNOWN
         }
+    }
+
+    /// `application/grpc`, alone or with `+format` or parameters (as Envoy's
+    /// isGrpcRequestHeaders): gRPC-Web (`application/grpc-web...`) carries its status in the
+    /// body and is not gRPC here.
+    static func isGrpcContentType(_ v: UnsafeRawBufferPointer) -> Bool {
+        guard v.count >= 16, equalsLiteralIgnoringCase(UnsafeRawBufferPointer(rebasing: v[0..<16]), "application/grpc") else { return false }
+        return v.count == 16 || v[16] == UInt8(ascii: "+") || v[16] == UInt8(ascii: ";")
     }
 
     /// `grpc-timeout` (1 to 8 digits and a unit: H, M, S, m, u, n) in ms, rounded up; nil when

@@ -1,4 +1,5 @@
 import Common
+import Synchronization
 
 /// One set of gRPC call stats: `cluster.<name>.grpc.[<service>.<method>.]<stat>`.
 struct GrpcCallStats: Sendable {
@@ -7,7 +8,6 @@ struct GrpcCallStats: Sendable {
     let total: Counter
     let requestMessages: Counter
     let responseMessages: Counter
-    let time: Histogram
 
     init(store: StatsStore, prefix p: String) {
         success = store.counter(p + "success")
@@ -15,33 +15,57 @@ struct GrpcCallStats: Sendable {
         total = store.counter(p + "total")
         requestMessages = store.counter(p + "request_message_count")
         responseMessages = store.counter(p + "response_message_count")
-        time = store.histogram(p + "upstream_rq_time")
+    }
+}
+
+/// The stats of one `grpc_stats` filter, registered on first use (Envoy makes them as calls
+/// arrive too): a config naming many methods and clusters costs stat slots only for the
+/// pairs that see calls, and a reload that renames methods does not use up the store.
+final class GrpcStatsTable: Sendable {
+    let clusters: [String]
+    /// `<service>.<method>` of each allowlisted method (index + 1 in `stats(cluster:method:)`).
+    let names: [String]
+    private let store: StatsStore
+    private let made = Mutex<[Int: GrpcCallStats]>([:])
+
+    init(clusters: [String], names: [String], store: StatsStore) {
+        self.clusters = clusters; self.names = names; self.store = store
+    }
+
+    /// Method 0 is the cluster's unprefixed set (calls to methods not in the allowlist).
+    func stats(cluster c: Int, method m: Int) -> GrpcCallStats {
+        let key = c * (names.count + 1) + m
+        return made.withLock { d in
+            if let s = d[key] { return s }
+            let s = GrpcCallStats(store: store, prefix: "cluster.\(clusters[c]).grpc." + (m == 0 ? "" : names[m - 1] + "."))
+            d[key] = s
+            return s
+        }
     }
 }
 
 /// `grpc_stats` (Envoy's filter of that name): counts each gRPC call under the cluster its
 /// route sent it to, by its final `grpc-status` (0 is a success; a call reset before any status
-/// is a failure), with the messages each way and the time to the status. Methods in the
-/// allowlist have their own stats; every other call counts in the cluster's unprefixed ones
-/// (a client cannot make stat names). Streams that are not gRPC get no filter at all.
+/// is a failure), with the messages each way. Methods in the allowlist have their own stats;
+/// every other call counts in the cluster's unprefixed ones (a client cannot make stat
+/// names). Streams that are not gRPC get no filter at all.
 struct GrpcStatsFilterFactory: HttpFilterFactory {
-    /// `/<service>/<method>` to its index in each cluster's stats (0: the unprefixed set).
+    /// `/<service>/<method>` to its index in `table` (0: the unprefixed set).
     let methods: [String: Int]
-    /// By cluster index (the route table's `clusterNames`), then method index.
-    let stats: [[GrpcCallStats]]
+    let table: GrpcStatsTable
     var name: String { "grpc_stats" }
 
     init(config: GrpcStatsFilterConfig, clusters: [String], store: StatsStore) {
-        var paths: [String] = []
-        for s in config.services { for m in s.methods { paths.append("/\(s.name)/\(m)") } }
+        var names: [String] = []
         var index: [String: Int] = [:]
-        for (i, p) in paths.enumerated() { index[p] = i + 1 }
-        methods = index
-        stats = clusters.map { c in
-            let base = "cluster.\(c).grpc."
-            return [GrpcCallStats(store: store, prefix: base)]
-                + paths.map { GrpcCallStats(store: store, prefix: base + $0.dropFirst().replacingOccurrences(of: "/", with: ".") + ".") }
+        for s in config.services {
+            for m in s.methods {
+                names.append("\(s.name).\(m)")
+                index["/\(s.name)/\(m)"] = names.count
+            }
         }
+        methods = index
+        table = GrpcStatsTable(clusters: clusters, names: names, store: store)
     }
 
     func create(stream: HttpStream) -> (HttpDecoderFilter?, HttpEncoderFilter?) {
@@ -109,14 +133,13 @@ final class GrpcStatsFilter: HttpDecoderFilter, HttpEncoderFilter {
         if counted { return }
         counted = true
         let c = stream.router.clusterIndex
-        guard c >= 0 && c < factory.stats.count else { return }  // never routed: no cluster to count under
-        let s = factory.stats[c][method]
+        guard c >= 0 && c < factory.table.clusters.count else { return }  // never routed: no cluster to count under
+        let s = factory.table.stats(cluster: c, method: method)
         let slab = stream.worker.stats
         slab.inc(s.total)
         slab.inc(status == 0 ? s.success : s.failure)
         slab.add(s.requestMessages, requestMessages.count)
         slab.add(s.responseMessages, responseMessages.count)
-        slab.record(s.time, monotonicMs() &- stream.info.startMs)
     }
 }
 

@@ -104,6 +104,12 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     /// Error codes of GOAWAYs this code submitted and not yet seen sent (others are nghttp2's own).
     private var ownGoaways: [UInt32] = []
     private lazy var flood = settings.http2.floodGuard
+    /// `connection_keepalive`: PINGs to the client. They and their ACKs are not activity: a
+    /// connection with no stream still idles out.
+    private lazy var keepalive = Http2Keepalive(settings.http2.connectionKeepalive)
+    /// What the read being processed held: a PING ACK, anything else.
+    private var readSawPingAck = false
+    private var readSawOther = false
     /// A limit tripped inside a callback: the counter and code `fatal` uses.
     private var tripped: (counter: Counter, code: UInt32)?
     private var hpackBombs = 0
@@ -210,14 +216,25 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             return .stopIteration
         }
         armDeadline(lastActivityMs &+ settings.idleTimeoutMs, if: settings.idleTimeoutMs > 0)
+        if keepalive.enabled { scheduleKeepalive() }
         if worker.draining { onDrain() }
         flush()
         return .stopIteration
     }
 
     func onData(_ buffer: Buffer, endStream: Bool) -> FilterStatus {
+        let before = lastActivityMs
         lastActivityMs = monotonicMs()
+        guard keepalive.enabled else {
+            processInput()
+            return .stopIteration
+        }
+        keepalive.received(now: lastActivityMs)
+        readSawPingAck = false
+        readSawOther = false
         processInput()
+        // An ACK of the proxy's own PING is not the client using the connection.
+        if readSawPingAck && !readSawOther { lastActivityMs = before }
         return .stopIteration
     }
 
@@ -486,6 +503,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     /// Every frame header, before nghttp2 acts on the frame (PRIORITY frames reach no other
     /// callback): the flood limits.
     private func onBeginFrame(_ hd: nghttp2_frame_hd) -> Int32 {
+        if hd.type == UInt8(NGHTTP2_PING.rawValue) && hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0 { readSawPingAck = true } else { readSawOther = true }
         let endStream = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
         let calm = NGHTTP2_ENHANCE_YOUR_CALM.rawValue
         switch flood.received(type: hd.type, length: hd.length, endStream: endStream) {
@@ -529,6 +547,8 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
                 s.decodeData(scratch, endStream: true)
                 flushSoon()
             }
+        case NGHTTP2_PING.rawValue:
+            if hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0 && keepalive.awaitingAck { scheduleKeepalive() }
         case NGHTTP2_RST_STREAM.rawValue:
             worker.stats.inc(stats.http2.rxReset)
             if let h = streamOf(hd.stream_id), !h.localEnded, flood.prematureReset() != .ok {
@@ -926,6 +946,12 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
 
     func armDeadline(_ deadline: UInt64, if condition: Bool) { if condition { timer?.arm(deadline) } }
 
+    private func scheduleKeepalive() {
+        let now = monotonicMs()
+        keepalive.schedule(now: now, random: workerState.rng.next())
+        if case .wait(let d) = keepalive.due(now: now) { armDeadline(d, if: true) }
+    }
+
     func setStreamIdleTimeout(_ s: HttpStream, _ ms: UInt64) {
         guard let hs = h2(s) else { return }
         hs.streamIdleMs = ms
@@ -985,6 +1011,27 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         }
         if draining && !finalGoawaySent {
             if now >= drainDeadline { sendFinalGoaway() } else { consider(drainDeadline) }
+        }
+        if keepalive.enabled && !closing {
+            switch keepalive.due(now: now) {
+            case .wait(let d):
+                consider(d)
+            case .dead:
+                worker.stats.inc(stats.http2.keepaliveTimeout)
+                closeConnection()
+                return
+            case .ping:
+                if let session {
+                    Http2Keepalive.submitPing(session, random: workerState.rng.next())
+                    keepalive.pinged(now: now)
+                    consider(now &+ keepalive.config.timeoutMs)
+                    // Writing the PING is not activity either.
+                    let before = lastActivityMs
+                    flush()
+                    lastActivityMs = before
+                    if finished { return }
+                }
+            }
         }
         // Streams the proxy reset wait only for their RST_STREAM to be written (a client that
         // does not read may never take it): they do not keep the connection from idling.

@@ -89,13 +89,8 @@ final class Http2Client: PooledConnection, UpstreamClient {
     private let maxStreams: Int
     private let streamWindow: Int
     private let connectionWindow: Int
-    /// `connection_keepalive`: a PING every interval (0: none); the host has `timeout` to send
-    /// anything at all after one (its ACK, or frames ahead of it).
-    private let keepaliveIntervalMs: UInt64
-    private let keepaliveTimeoutMs: UInt64
-    /// When the PING waiting for its ACK went out (0: none), and when bytes last came in.
-    private var pingSentMs: UInt64 = 0
-    private var lastReceiveMs: UInt64 = 0
+    /// `connection_keepalive`: the PINGs' schedule.
+    private var keepalive: Http2Keepalive
     private var protocolErrorCounted = false
 
     override init(pool: HostPool, id: PoolConnectionID, cluster: WorkerCluster, host: Int) {
@@ -105,8 +100,7 @@ final class Http2Client: PooledConnection, UpstreamClient {
         maxStreams = o?.http2MaxConcurrentStreams ?? 100
         streamWindow = o?.http2InitialStreamWindow ?? 65535
         connectionWindow = o?.http2InitialConnectionWindow ?? 1 << 20
-        keepaliveIntervalMs = o?.http2KeepaliveIntervalMs ?? 0
-        keepaliveTimeoutMs = o?.http2KeepaliveTimeoutMs ?? 20_000
+        keepalive = Http2Keepalive(o?.http2Keepalive ?? Http2KeepaliveConfig())
         responseMaps = HttpWorkerState.of(pool.worker).headerMaps
         super.init(pool: pool, id: id, cluster: cluster, host: host)
     }
@@ -145,30 +139,28 @@ final class Http2Client: PooledConnection, UpstreamClient {
     /// The one timer: the wait for the host's SETTINGS, then the keep-alive PINGs.
     private func onTimer() {
         if !settingsSeen { connectFailed(timeout: true); return }
-        guard keepaliveIntervalMs > 0, let session, !closed, !inSession else { return }
+        guard keepalive.enabled, let session, !closed, !inSession else { return }
         let now = monotonicMs()
-        if pingSentMs > 0 {
-            // Bytes from the host since the PING count as a sign of life (a response queued
-            // ahead of the ACK must not make a busy host look dead), as in Envoy.
-            let deadline = max(pingSentMs, lastReceiveMs) &+ keepaliveTimeoutMs
-            if now < deadline { timer?.arm(ms: deadline &- now); return }
+        switch keepalive.due(now: now) {
+        case .wait(let d):
+            timer?.arm(ms: d &- now)
+        case .dead:
             worker.stats.inc(pool.stats.keepaliveTimeout)
             closeAndReport()
-            return
+        case .ping:
+            Http2Keepalive.submitPing(session, random: HttpWorkerState.of(worker).rng.next())
+            keepalive.pinged(now: now)
+            timer?.arm(ms: keepalive.config.timeoutMs)
+            flush()
         }
-        var opaque = HttpWorkerState.of(worker).rng.next()
-        _ = withUnsafeBytes(of: &opaque) { nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), $0.bindMemory(to: UInt8.self).baseAddress) }
-        pingSentMs = now
-        timer?.arm(ms: keepaliveTimeoutMs)
-        flush()
     }
 
-    /// The next keep-alive PING: `interval` plus up to 15% of it at random (Envoy's default
-    /// `interval_jitter`), so a pool's connections do not ping in step.
+    /// The next keep-alive PING (the jitter keeps a pool's connections from pinging in step).
     private func armKeepalive() {
-        guard keepaliveIntervalMs > 0, !closed else { timer?.cancel(); return }
-        let jitter = HttpWorkerState.of(worker).rng.next() % (keepaliveIntervalMs * 15 / 100 + 1)
-        timer?.arm(ms: keepaliveIntervalMs &+ jitter)
+        guard keepalive.enabled, !closed else { timer?.cancel(); return }
+        let now = monotonicMs()
+        keepalive.schedule(now: now, random: HttpWorkerState.of(worker).rng.next())
+        if case .wait(let d) = keepalive.due(now: now) { timer?.arm(ms: d &- now) }
     }
 
     /// A connection error (ours to find or the host's GOAWAY sent back for it), counted once.
@@ -364,7 +356,7 @@ final class Http2Client: PooledConnection, UpstreamClient {
         guard let s = streamOf(frame.pointee.hd.stream_id), let map = s.headersDone ? s.trailers : s.response else { return 0 }
         s.headerBytes += name.count + value.count + 32
         if s.headerBytes > Self.maxResponseHeaderBytes {
-            worker.stats.inc(pool.stats.cxProtocolError)
+            countProtocolError()
             _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), s.id, NGHTTP2_INTERNAL_ERROR.rawValue)
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue
         }
@@ -430,10 +422,7 @@ final class Http2Client: PooledConnection, UpstreamClient {
         case NGHTTP2_RST_STREAM.rawValue:
             worker.stats.inc(pool.stats.h2RxReset)
         case NGHTTP2_PING.rawValue:
-            if hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0 && pingSentMs > 0 {
-                pingSentMs = 0
-                armKeepalive()
-            }
+            if hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0 && keepalive.awaitingAck { armKeepalive() }
         default:
             break
         }
@@ -498,7 +487,7 @@ final class Http2Client: PooledConnection, UpstreamClient {
     override func onData(_ c: Connection, _ buffer: Buffer, endStream: Bool) {
         guard let session, !closed else { buffer.release(); return }
         if !buffer.isEmpty {
-            if keepaliveIntervalMs > 0 { lastReceiveMs = monotonicMs() }
+            if keepalive.enabled { keepalive.received(now: monotonicMs()) }
             inSession = true
             let n = nghttp2_session_mem_recv(session, buffer.readable.baseAddress!.assumingMemoryBound(to: UInt8.self), buffer.count)
             inSession = false

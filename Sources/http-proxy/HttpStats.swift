@@ -106,6 +106,8 @@ final class Http2Stats: Sendable {
     /// SETTINGS/PING acknowledgements piling up for a client that does not read (nghttp2's
     /// max_outbound_ack).
     let outboundControlFlood: Counter
+    /// Connections closed for a keep-alive PING the client left unanswered.
+    let keepaliveTimeout: Counter
     /// More CONTINUATION frames than nghttp2's limit (CVE-2024-28182).
     let continuationFlood: Counter
     /// A second header block decoding to over 4 × the header limit on one connection.
@@ -132,6 +134,7 @@ final class Http2Stats: Sendable {
         inboundPriorityFramesFlood = store.counter(p + "inbound_priority_frames_flood")
         inboundWindowUpdateFramesFlood = store.counter(p + "inbound_window_update_frames_flood")
         outboundControlFlood = store.counter(p + "outbound_control_flood")
+        keepaliveTimeout = store.counter(p + "keepalive_timeout")
         continuationFlood = store.counter(p + "continuation_flood")
         hpackBombClose = store.counter(p + "hpack_bomb_close")
         tooManyStreams = store.counter(p + "too_many_streams")

@@ -91,10 +91,10 @@ final class HttpStream {
     var isConnect = false
     /// The HTTP/2 stream id carrying this stream (0 on HTTP/1.1).
     var codecStreamId: Int32 = 0
-    /// A gRPC request (`content-type: application/grpc...`): local replies are trailers-only
-    /// gRPC responses.
+    /// A gRPC request (`content-type: application/grpc`, `application/grpc+...`, not gRPC-Web):
+    /// local replies are trailers-only gRPC responses.
     lazy var isGrpc: Bool = requestHeaders.first(named: "content-type").map { i in
-        requestHeaders.withValue(i) { v in v.count >= 16 && equalsLiteralIgnoringCase(UnsafeRawBufferPointer(rebasing: v[0..<16]), "application/grpc") }
+        requestHeaders.withValue(i) { v in Grpc.isGrpcContentType(v) }
     } ?? false
 
     init(cm: any HttpServerCodec, headers: HeaderMap, router: Router) {

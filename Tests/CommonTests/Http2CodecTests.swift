@@ -169,3 +169,20 @@ private func error(_ http: String) -> String {
         #expect(counter.count == messages, "round \(round)")
     }
 }
+
+@Test func keepaliveSchedulesPingsAndCountsAnyBytesAsLife() {
+    var k = Http2Keepalive(Http2KeepaliveConfig(intervalMs: 1000, timeoutMs: 300))
+    k.schedule(now: 0, random: 0)
+    #expect(k.due(now: 999) == .wait(1000))
+    #expect(k.due(now: 1000) == .ping)
+    k.pinged(now: 1000)
+    #expect(k.awaitingAck && k.due(now: 1299) == .wait(1300))
+    k.received(now: 1200)  // a frame queued ahead of the ACK
+    #expect(k.due(now: 1300) == .wait(1500))
+    #expect(k.due(now: 1500) == .dead)
+    k.acked(now: 1400, random: 149)  // jitter: up to 15% of the interval
+    #expect(!k.awaitingAck && k.due(now: 1400) == .wait(2549))
+    k.acked(now: 1500, random: 0)  // an ACK nobody waited for changes nothing
+    #expect(k.due(now: 1500) == .wait(2549))
+    #expect(!Http2Keepalive(Http2KeepaliveConfig()).enabled)
+}

@@ -617,3 +617,57 @@ clusters:
             sock.close()
     finally:
         server.shutdown()
+
+
+# --- connection_keepalive toward clients
+
+KEEPALIVE = "      http2_protocol_options: { connection_keepalive: { interval: 200ms, timeout: 500ms } }\n"
+
+
+def keepalive_config(origin, extra=""):
+    from test_http2_protections import config
+    return config(origin, KEEPALIVE + extra)
+
+
+def test_keepalive_pings_an_answering_client_and_its_idle_connection_still_times_out():
+    import h2.config
+    import h2.connection
+    import h2.events
+    with RecordingOrigin() as o, Proxy("http-proxy", config=keepalive_config(o, "      idle_timeout: 2s\n")) as p:
+        sock = socket.create_connection(p.addr(), timeout=10)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":scheme", "http"), (":path", "/size/10"), (":authority", "t")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        pings, status, closed = 0, None, False
+        deadline = time.monotonic() + 15
+        while not closed:
+            assert time.monotonic() < deadline, f"still open after 15 s (idle_timeout 2 s): {pings} PINGs"
+            data = sock.recv(65536)
+            if not data:
+                closed = True
+                break
+            for ev in conn.receive_data(data):  # h2 answers each PING with its ACK
+                if isinstance(ev, h2.events.PingReceived):
+                    pings += 1
+                elif isinstance(ev, h2.events.ResponseReceived):
+                    status = dict(ev.headers)[b":status"]
+            sock.sendall(conn.data_to_send())
+        sock.close()
+        assert status == b"200" and pings >= 3, (status, pings)
+        assert p.stat("http.main.downstream_cx_idle_timeout") == 1
+        assert p.stat("http.main.http2.keepalive_timeout") == 0
+
+
+def test_keepalive_closes_a_client_that_stops_answering_and_resets_its_stream_upstream():
+    from test_http2_protections import Raw
+    with RecordingOrigin() as o, Proxy("http-proxy", config=keepalive_config(o)) as p:
+        c = Raw(p)
+        c.start(c.request(1, path="/delay/8000"))
+        fs = c.read_to_close(timeout=10)  # reads everything, answers nothing
+        pings = [f for t, f, _, _ in fs if t == 0x6]
+        assert pings and all(f == 0 for f in pings), fs
+        assert p.stat("http.main.http2.keepalive_timeout") == 1
+        wait_for(lambda: p.stat("http.main.downstream_rq_active") == 0 and p.stat("cluster.web.upstream_rq_active") == 0,
+                 what="the stream and its upstream request gone")
+        c.close()

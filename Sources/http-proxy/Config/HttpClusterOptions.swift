@@ -18,11 +18,9 @@ struct HttpClusterOptions: ClusterOptionsConfig {
     /// response the proxy takes before its client reads it.
     var http2InitialStreamWindow = 65535
     var http2InitialConnectionWindow = 1 << 20
-    /// `http2.connection_keepalive` (Envoy's): a PING every `interval` (plus up to 15% jitter)
-    /// on each connection; one whose host sends nothing within `timeout` of a PING is closed.
-    /// `interval` 0 (the default) sends none.
-    var http2KeepaliveIntervalMs: UInt64 = 0
-    var http2KeepaliveTimeoutMs: UInt64 = 20_000
+    /// `http2.connection_keepalive` (Envoy's): PINGs on each connection; one whose host sends
+    /// nothing within the timeout of a PING is closed.
+    var http2Keepalive = Http2KeepaliveConfig()
 
     enum UpstreamProtocol: String, Sendable { case http1, http2, auto }
 
@@ -44,8 +42,7 @@ struct HttpClusterOptions: ClusterOptionsConfig {
             f.append(("http2", .object([("max_concurrent_streams", .int(Int64(http2MaxConcurrentStreams))),
                                         ("initial_stream_window_size", .int(Int64(http2InitialStreamWindow))),
                                         ("initial_connection_window_size", .int(Int64(http2InitialConnectionWindow))),
-                                        ("connection_keepalive", .object([("interval", .string(formatDuration(http2KeepaliveIntervalMs))),
-                                                                          ("timeout", .string(formatDuration(http2KeepaliveTimeoutMs)))]))])))
+                                        ("connection_keepalive", http2Keepalive.dump)])))
         }
         return .object(f)
     }
@@ -64,12 +61,7 @@ struct HttpClusterOptions: ClusterOptionsConfig {
             if let x = hm.optional("max_concurrent_streams") { o.http2MaxConcurrentStreams = try x.int(min: 1, max: 2_147_483_647) }
             if let x = hm.optional("initial_stream_window_size") { o.http2InitialStreamWindow = try x.bytes(min: 65535, max: 2_147_483_647) }
             if let x = hm.optional("initial_connection_window_size") { o.http2InitialConnectionWindow = try x.bytes(min: 65535, max: 2_147_483_647) }
-            if let k = hm.optional("connection_keepalive") {
-                let km = try k.mapping()
-                if let x = km.optional("interval") { o.http2KeepaliveIntervalMs = try x.durationMs(min: 0, max: 86_400_000) }
-                if let x = km.optional("timeout") { o.http2KeepaliveTimeoutMs = try x.durationMs(min: 1, max: 3_600_000) }
-                try km.finish()
-            }
+            if let k = hm.optional("connection_keepalive") { o.http2Keepalive = try Http2KeepaliveConfig.parse(k) }
             try hm.finish()
         }
         try m.finish()

@@ -160,6 +160,8 @@ struct Http2ProtocolOptions: Sendable {
     var maxInboundPriorityFramesPerStream = 100
     var maxInboundWindowUpdateFramesPerDataFrameSent = 10
     var prematureResetMinStreams = 500
+    /// `connection_keepalive`: PINGs to clients (off by default).
+    var connectionKeepalive = Http2KeepaliveConfig()
 
     /// The flood guard a connection starts with.
     var floodGuard: Http2FloodGuard {
@@ -186,6 +188,7 @@ struct Http2ProtocolOptions: Sendable {
         if let x = m.optional("max_inbound_window_update_frames_per_data_frame_sent") {
             o.maxInboundWindowUpdateFramesPerDataFrameSent = try x.int(min: 1, max: 1_000_000)
         }
+        if let x = m.optional("connection_keepalive") { o.connectionKeepalive = try Http2KeepaliveConfig.parse(x) }
         if let x = m.optional("premature_reset_total_stream_count") { o.prematureResetMinStreams = try x.int(min: 1, max: 1_000_000_000) }
         try m.finish()
         return o
@@ -200,7 +203,8 @@ struct Http2ProtocolOptions: Sendable {
                  ("max_consecutive_inbound_frames_with_empty_payload", .int(Int64(maxConsecutiveInboundFramesWithEmptyPayload))),
                  ("max_inbound_priority_frames_per_stream", .int(Int64(maxInboundPriorityFramesPerStream))),
                  ("max_inbound_window_update_frames_per_data_frame_sent", .int(Int64(maxInboundWindowUpdateFramesPerDataFrameSent))),
-                 ("premature_reset_total_stream_count", .int(Int64(prematureResetMinStreams)))])
+                 ("premature_reset_total_stream_count", .int(Int64(prematureResetMinStreams))),
+                 ("connection_keepalive", connectionKeepalive.dump)])
     }
 }
 
