@@ -38,6 +38,9 @@ final class Http2ServerStream {
     /// The proxy reset the stream (its RST_STREAM may still wait for the socket): it holds no
     /// response bytes and no longer keeps the connection busy.
     var resetSent = false
+    /// The tunnel's host reset its connection after bytes still queued here: they go first,
+    /// then RST_STREAM with this code.
+    var resetAfterSend: UInt32?
     // Request flow control: while paused the stream's window is not reopened.
     var paused = 0
     var unconsumed = 0
@@ -45,12 +48,14 @@ final class Http2ServerStream {
     var lastActivityMs: UInt64
     var streamIdleMs: UInt64 = 0
     var requestDeadline: UInt64 = 0
+    let openedMs: UInt64
 
     init(id: Int32, headers: HeaderMap, pool: BlockPool, now: UInt64) {
         self.id = id
         self.headers = headers
         pendingSend = Buffer(pool: pool)
         lastActivityMs = now
+        openedMs = now
     }
 }
 
@@ -107,8 +112,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     /// `connection_keepalive`: PINGs to the client. They and their ACKs are not activity: a
     /// connection with no stream still idles out.
     private lazy var keepalive = Http2Keepalive(settings.http2.connectionKeepalive)
-    /// What the read being processed held: a PING ACK, anything else.
-    private var readSawPingAck = false
+    /// The read being processed began a frame other than PING, or carried DATA.
     private var readSawOther = false
     /// A limit tripped inside a callback: the counter and code `fatal` uses.
     private var tripped: (counter: Counter, code: UInt32)?
@@ -118,6 +122,8 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     /// Response bytes one stream may queue before its upstream is paused, and resumed.
     static let streamHighWatermark = 256 << 10
     static let streamLowWatermark = 128 << 10
+    /// Envoy's premature_reset_min_stream_lifetime_seconds.
+    static let prematureResetLifetimeMs: UInt64 = 1000
 
     init(factory: HttpProxyFactory, worker: Worker, connection: Connection, context: DownstreamContext) {
         self.factory = factory
@@ -225,16 +231,12 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     func onData(_ buffer: Buffer, endStream: Bool) -> FilterStatus {
         let before = lastActivityMs
         lastActivityMs = monotonicMs()
-        guard keepalive.enabled else {
-            processInput()
-            return .stopIteration
-        }
-        keepalive.received(now: lastActivityMs)
-        readSawPingAck = false
+        if keepalive.enabled { keepalive.received(now: lastActivityMs) }
         readSawOther = false
         processInput()
-        // An ACK of the proxy's own PING is not the client using the connection.
-        if readSawPingAck && !readSawOther { lastActivityMs = before }
+        // PINGs (the client's, or ACKs of the proxy's) are not the client using the connection:
+        // they do not defer idle_timeout (Envoy's). Nor does a read without a whole frame header.
+        if !readSawOther && !finished { lastActivityMs = before }
         return .stopIteration
     }
 
@@ -473,6 +475,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     }
 
     private func onHeader(_ frame: UnsafePointer<nghttp2_frame>, _ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) -> Int32 {
+        readSawOther = true  // a header block whose frame began in an earlier read
         guard let h = streamOf(frame.pointee.hd.stream_id) else { return 0 }
         h.headerBytes += name.count + value.count + 32
         h.headerCount += 1
@@ -493,6 +496,9 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             }
             return 0
         }
+        // A CONNECT's DATA is the tunnel's from its first byte, even in the read that carried
+        // its HEADERS (the stream starts after that read): its window stays shut until then.
+        if h.trailers == nil && name.count == 7 && equalsLiteral(name, ":method") && equalsLiteral(value, "CONNECT") { h.extendedConnect = true }
         let map = h.trailers ?? h.headers
         let ns = map.appendStorage(name)
         let vs = map.appendStorage(value)
@@ -503,7 +509,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     /// Every frame header, before nghttp2 acts on the frame (PRIORITY frames reach no other
     /// callback): the flood limits.
     private func onBeginFrame(_ hd: nghttp2_frame_hd) -> Int32 {
-        if hd.type == UInt8(NGHTTP2_PING.rawValue) && hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0 { readSawPingAck = true } else { readSawOther = true }
+        if hd.type != UInt8(NGHTTP2_PING.rawValue) { readSawOther = true }
         let endStream = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
         let calm = NGHTTP2_ENHANCE_YOUR_CALM.rawValue
         switch flood.received(type: hd.type, length: hd.length, endStream: endStream) {
@@ -551,7 +557,10 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             if hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0 && keepalive.awaitingAck { scheduleKeepalive() }
         case NGHTTP2_RST_STREAM.rawValue:
             worker.stats.inc(stats.http2.rxReset)
-            if let h = streamOf(hd.stream_id), !h.localEnded, flood.prematureReset() != .ok {
+            // Premature (Envoy): reset by the client before its response ended and within a
+            // second of opening; a long call or tunnel the client cancels is not an attack.
+            if let h = streamOf(hd.stream_id), !h.localEnded, monotonicMs() &- h.openedMs < Self.prematureResetLifetimeMs,
+               flood.prematureReset() != .ok {
                 return trip(stats.http2.prematureResetClose, calm)
             }
         default:
@@ -576,6 +585,7 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     }
 
     private func onDataChunk(_ id: Int32, _ data: UnsafeRawBufferPointer) -> Int32 {
+        readSawOther = true  // DATA whose frame began in an earlier read
         guard let session else { return 0 }
         guard let h = streamOf(id) else {
             _ = nghttp2_session_consume_connection(session, data.count)
@@ -676,11 +686,20 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             }
             return 0
         case NGHTTP2_DATA.rawValue, NGHTTP2_HEADERS.rawValue:
-            if hd.type == UInt8(NGHTTP2_DATA.rawValue) { flood.dataSent() }
+            if hd.type == UInt8(NGHTTP2_DATA.rawValue) {
+                flood.dataSent()
+                if let h = streamOf(hd.stream_id), let code = h.resetAfterSend, h.pendingSend.isEmpty {
+                    h.resetAfterSend = nil
+                    resetLocally(h, code)
+                    return 0
+                }
+            }
             guard hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0, let h = streamOf(hd.stream_id) else { return 0 }
             h.localEnded = true
             // The response is whole while the client still sends: it may stop (RFC 9113 8.1).
-            if !h.remoteEnded {
+            // Not a tunnel: END_STREAM is its host's FIN, a half-close (RFC 9113 8.5), and the
+            // client's bytes still go on to the host.
+            if !h.remoteEnded && h.tunnel == nil {
                 _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), h.id, NGHTTP2_NO_ERROR.rawValue)
             }
         default:
@@ -854,7 +873,15 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     /// The tunnel's upstream closed or failed before the stream ended: reset it.
     func tunnelClosed(_ h: Http2ServerStream) {
         guard !finished, !h.closed else { return }
-        if !h.sendEnd { resetLocally(h, NGHTTP2_CANCEL.rawValue) } else { flushSoon() }
+        // The host's connection failed (a reset, not a FIN): CONNECT_ERROR (RFC 9113 8.5).
+        if h.sendEnd {
+            flushSoon()
+        } else if h.pendingSend.isEmpty {
+            resetLocally(h, NGHTTP2_CONNECT_ERROR.rawValue)
+        } else {
+            h.resetAfterSend = NGHTTP2_CONNECT_ERROR.rawValue  // what the host sent before its reset goes first
+            resume(h)
+        }
     }
 
     func tunnelPauseClient(_ h: Http2ServerStream) { h.paused += 1 }

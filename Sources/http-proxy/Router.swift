@@ -103,6 +103,12 @@ final class Router: HttpDecoderFilter {
                 stream.sendLocalReply(503, "no cluster", flags: "NC")
                 return .stopIteration
             }
+            if case .connect = r.match.path, f.forwardConnect,
+               (wc.snapshot.config.binaryOptions as? HttpClusterOptions)?.upstreamProtocol == .http2 {
+                // An HTTP/2 host would need RFC 8441-style CONNECT from this side: not built.
+                stream.sendLocalReply(501, "CONNECT forwarding needs an HTTP/1.1 cluster", flags: "")
+                return .stopIteration
+            }
             cluster = wc
             stream.cm.workerState.requestStarted(wc.snapshot.slot)
             stream.info.clusterName = wc.snapshot.name

@@ -671,3 +671,28 @@ def test_keepalive_closes_a_client_that_stops_answering_and_resets_its_stream_up
         wait_for(lambda: p.stat("http.main.downstream_rq_active") == 0 and p.stat("cluster.web.upstream_rq_active") == 0,
                  what="the stream and its upstream request gone")
         c.close()
+
+
+def test_a_client_pinging_on_its_own_does_not_keep_an_idle_connection_open():
+    # Envoy's idle_timeout counts streams, not frames: PINGs every 300 ms do not defer it.
+    from test_http2_protections import PING, Raw, config, frame
+    with RecordingOrigin() as o, Proxy("http-proxy", config=config(o, "      idle_timeout: 1s\n")) as p:
+        c = Raw(p)
+        c.start()
+        deadline = time.monotonic() + 10
+        closed = False
+        while not closed:
+            assert time.monotonic() < deadline, "still open 10 s into a 1 s idle_timeout"
+            try:
+                c.send(frame(PING, 0, 0, b"12345678"))
+            except OSError:
+                break
+            c.s.settimeout(0.3)
+            try:
+                closed = c.s.recv(65536) == b""
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                closed = True
+        c.close()
+        assert p.stat("http.main.downstream_cx_idle_timeout") == 1

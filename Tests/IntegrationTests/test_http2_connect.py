@@ -31,8 +31,9 @@ class Tunnels:
         self.sock.sendall(self.conn.data_to_send())
         self.streams = {}
         self.sent = {}
+        self.goaway = None
 
-    def open(self, authority, data=b"", end=True, websocket=False):
+    def open(self, authority, data=b"", end=True, websocket=False, data_now=b""):
         sid = self.conn.get_next_available_stream_id()
         if websocket:  # RFC 8441, once the proxy's SETTINGS allow it
             self.run_until(lambda: self.conn.remote_settings.get(0x8) == 1, what="SETTINGS_ENABLE_CONNECT_PROTOCOL")
@@ -40,15 +41,22 @@ class Tunnels:
                                          (":path", "/chat"), (":authority", authority), ("sec-websocket-version", "13")])
         else:
             self.conn.send_headers(sid, [(":method", "CONNECT"), (":authority", authority)])
+        sent = 0
+        while sent < len(data_now):  # in the same write as the HEADERS (one read at the proxy)
+            n = min(len(data_now) - sent, self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+            if n <= 0:
+                break
+            self.conn.send_data(sid, data_now[sent:sent + n])
+            sent += n
         self.streams[sid] = {"status": None, "out": bytearray(data), "got": bytearray(), "ended": False,
                              "reset": None, "end": end, "end_sent": False}
-        self.sent[sid] = 0
+        self.sent[sid] = sent
         self.sock.sendall(self.conn.data_to_send())
         return sid
 
     def step(self, wait=0.05):
         for sid, s in self.streams.items():
-            if s["ended"] or s["reset"] is not None or s["status"] != "200":
+            if s["reset"] is not None or s["status"] != "200" or s["end_sent"]:
                 continue
             while s["out"]:
                 n = min(len(s["out"]), self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
@@ -76,6 +84,8 @@ class Tunnels:
                 self.streams[ev.stream_id]["ended"] = True
             elif isinstance(ev, h2.events.StreamReset):
                 self.streams[ev.stream_id]["reset"] = ev.error_code
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                self.goaway = ev.error_code
         self.sock.sendall(self.conn.data_to_send())
 
     def run_until(self, pred, timeout=30, what="condition"):
@@ -168,7 +178,8 @@ def test_bytes_sent_before_the_tunnel_is_up_stay_within_the_stream_window(kind):
         with Proxy("http-proxy", config=cfg) as p:
             t = Tunnels(p)
             try:
-                sid = t.open("far.test:443", end=False, websocket=kind == "websocket")
+                # As much as the window takes in the same write as the HEADERS, then more.
+                sid = t.open("far.test:443", end=False, websocket=kind == "websocket", data_now=bytes(65535))
                 t.streams[sid]["status"] = "200"  # send at once, before any answer (as a client may)
                 t.streams[sid]["out"] = bytearray(8 << 20)
                 wait_for(lambda: tier.connections == 1, what="the CONNECT forwarded")
@@ -183,3 +194,89 @@ def test_bytes_sent_before_the_tunnel_is_up_stay_within_the_stream_window(kind):
                 t.close()
                 for c in held:
                     c.close()
+
+
+def tunnel_config(host):
+    return http_config("""      routes:
+        - match: { connect_matcher: {} }
+          cluster: host""", {"host": host.endpoint})
+
+
+@pytest.mark.parametrize("when", ["at-accept", "after-client-bytes"])
+def test_a_host_that_resets_after_its_last_bytes_ends_the_stream_with_connect_error(when):
+    # The bytes and the TCP RST arrive in one event: the reset must still be read (it used to be
+    # missed until the client wrote again or stream_idle_timeout); the bytes go to the client
+    # before the RST_STREAM. At accept, the kernel may drop them with the reset, or the reset
+    # may fail the connect (a 503).
+    import struct
+
+    def bye_then_reset(c, server):
+        c.settimeout(10)
+        if when != "at-accept":
+            c.recv(10)  # the client's first bytes: the tunnel is up
+        c.sendall(b"bye")
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+    with Server(bye_then_reset) as host, Proxy("http-proxy", config=tunnel_config(host)) as p:
+        t = Tunnels(p)
+        try:
+            sids = [t.open("h.test:1", b"go", end=False) for _ in range(4)]
+            t.run_until(lambda: all(t.streams[s]["reset"] is not None or t.streams[s]["ended"] for s in sids),
+                        timeout=10, what="every tunnel ended")
+            for s in sids:
+                st = t.streams[s]
+                if when == "at-accept" and st["status"] == "503":
+                    continue  # the reset came before the proxy saw the connection up: a failed connect
+                got = bytes(st["got"])
+                assert (got == b"bye" or when == "at-accept" and got == b"") and st["reset"] == 0xA, t.state()  # CONNECT_ERROR
+            wait_for(lambda: p.stat("http.main.downstream_cx_upgrades_active") == 0 and p.stat("cluster.host.upstream_cx_active") == 0,
+                     what="tunnels and host connections released")
+        finally:
+            t.close()
+
+
+def test_a_host_half_close_leaves_the_client_direction_open():
+    # RFC 9113 8.5: the host's FIN is END_STREAM, a half-close; the client goes on sending
+    # until its own END_STREAM, as over HTTP/1.1.
+    got = []
+
+    def banner_then_read(c, server):
+        c.sendall(b"banner")
+        c.shutdown(socket.SHUT_WR)
+        n = 0
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            n += len(d)
+        got.append(n)
+    with Server(banner_then_read) as host, Proxy("http-proxy", config=tunnel_config(host)) as p:
+        t = Tunnels(p)
+        try:
+            sid = t.open("h.test:1", end=False)
+            t.run_until(lambda: t.streams[sid]["ended"], what="the host's END_STREAM")
+            assert bytes(t.streams[sid]["got"]) == b"banner" and t.streams[sid]["reset"] is None, t.state()
+            t.streams[sid]["out"] = bytearray(pattern(300_000))
+            t.streams[sid]["end"] = True
+            t.run_until(lambda: got, what="the host reading the client's bytes to their end")
+            assert got == [300_000] and t.streams[sid]["reset"] is None, (got, t.state())
+            wait_for(lambda: p.stat("http.main.downstream_cx_upgrades_active") == 0, what="the tunnel closed")
+        finally:
+            t.close()
+
+
+def test_connect_forwarding_to_an_http2_cluster_is_refused_locally():
+    from h2_peers import H2Origin
+    with H2Origin() as o:
+        cfg = http_config("""      routes:
+        - match: { connect_matcher: {} }
+          cluster: tier
+          connect_mode: forward""", {"tier": o.endpoint}).replace("idle_timeout: 1s }", "idle_timeout: 1s, protocol: http2 }")
+        with Proxy("http-proxy", config=cfg) as p:
+            t = Tunnels(p)
+            try:
+                sid = t.open("far.test:443")
+                t.run_until(lambda: t.streams[sid]["status"], what="an answer")
+                assert t.streams[sid]["status"] == "501" and o.accepted == 0
+            finally:
+                t.close()

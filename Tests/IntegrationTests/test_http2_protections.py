@@ -373,3 +373,22 @@ def test_lowered_abuse_limits_trip_on_fewer_frames(opts, attack, counter):
         assert goaway_codes(bytes(c.got)) == [ENHANCE_YOUR_CALM]
         assert p.stat(f"http.main.http2.{counter}") == 1
         still_serves(p)
+
+
+def test_streams_the_client_cancels_after_a_second_are_not_premature_resets():
+    # Envoy's rule counts resets within premature_reset_min_stream_lifetime (1 s): long calls a
+    # client cancels (gRPC streams, tunnels) must not close the connection.
+    with RecordingOrigin() as o, proxy(o, "      http2_protocol_options: { premature_reset_total_stream_count: 10 }\n") as p:
+        c = Raw(p)
+        c.start(b"".join(c.request(2 * i + 1, path="/delay/8000") for i in range(12)))
+        wait_for(lambda: len(o.paths()) == 12, what="12 requests upstream")
+        import select
+        end = time.monotonic() + 1.2  # the streams age past 1 s (reading what comes meanwhile)
+        while (left := end - time.monotonic()) > 0:
+            if select.select([c.s], [], [], left)[0]:
+                c.got += c.s.recv(65536)
+        c.send(b"".join(frame(RST_STREAM, 0, 2 * i + 1, CANCEL.to_bytes(4, "big")) for i in range(12)) + c.request(25))
+        fs = c.read_until(lambda fs: 25 in ended(fs) or goaway_codes(bytes(c.got)))
+        assert 25 in ended(fs) and goaway_codes(bytes(c.got)) == [], [(t, f, s) for t, f, s, _ in fs][-5:]
+        assert p.stat("http.main.http2.premature_reset_close") == 0
+        c.close()
