@@ -1189,12 +1189,16 @@ final class Http2StreamTunnel: ConnectionCallbacks {
         self.cm = cm; self.stream = stream; self.upstream = upstream
         scratch = Buffer(pool: upstream.connection.worker.blocks)
         upstream.connection.callbacks = self
+        // Nothing else wakes a tunnel whose host reset after its last bytes.
+        upstream.connection.readsUntilEagain = true
     }
 
     /// Bytes that came with the 101 are the first DATA.
     func start() {
         let c = upstream.connection
         if !c.readBuffer.isEmpty || c.readEOF { onData(c, c.readBuffer, endStream: c.readEOF) }
+        // A reset that came before the tunnel (with bytes read after a short read) is seen now.
+        if !closed { c.continueReading() }
     }
 
     func fromClient(_ data: UnsafeRawBufferPointer?, end: Bool) {

@@ -50,10 +50,12 @@ public final class Connection {
     /// The kernel reported the peer's FIN (EPOLLRDHUP, libevent's EV_CLOSED): read until 0,
     /// whatever a short read suggests, or the FIN queued behind the data would be missed.
     private var peerFinPending = false
-    /// Readable and writable in one event, which is how libevent reports EPOLLHUP/EPOLLERR (a
-    /// reset; it drops EV_CLOSED then): read until EAGAIN or the error, whatever a short read
-    /// suggests, or a reset that came with the last bytes is never seen (edge-triggered).
-    private var readToEnd = false
+    /// Read until EAGAIN (or the error), whatever a short read suggests. libevent reports
+    /// EPOLLHUP/EPOLLERR (a reset) as readable and writable without EV_CLOSED, which is what an
+    /// ordinary event looks like too; so a reset that came with the last bytes is missed after
+    /// a short read (edge-triggered) until the next event. A consumer that would get no next
+    /// event (a tunnel waiting on its host) sets this, for one read syscall more per event.
+    public var readsUntilEagain = false
     private var writeReady = true
     /// The peer sent FIN.
     public private(set) var readEOF = false
@@ -212,7 +214,6 @@ public final class Connection {
             if !writeBuffer.isEmpty || pipeBytes > 0 || shutdownPending { flush() }
         }
         if what & Int16(EV_CLOSED) != 0 { peerFinPending = true }
-        if what & Int16(EV_READ | EV_WRITE) == Int16(EV_READ | EV_WRITE) { readToEnd = true }
         if what & Int16(EV_READ | EV_CLOSED) != 0 && state == .open {
             readReady = true
             if readEnabled { readLoop() }
@@ -253,7 +254,7 @@ public final class Connection {
                 if n == worker.blocks.blockSize && spliceTarget != nil { bulk = true }
                 // A short read drained the socket; new data brings a new edge. (A FIN already
                 // queued brings none: EV_CLOSED told us about it, so keep reading then.)
-                if n < space.count && !peerFinPending && !readToEnd { readReady = false }
+                if n < space.count && !peerFinPending && !readsUntilEagain { readReady = false }
             } else if n == 0 {
                 readEOF = true
                 readReady = false
@@ -262,7 +263,6 @@ public final class Connection {
                 if e == EINTR { continue }
                 if e == EAGAIN {
                     readReady = false
-                    readToEnd = false
                     if readBuffer.isEmpty { readBuffer.release() }  // an idle connection holds no block
                     continue
                 }
@@ -312,7 +312,7 @@ public final class Connection {
             bytesRead &+= UInt64(n)
             // As on the plain path: the socket's last read came up short and OpenSSL holds
             // nothing more, so skip the read that would only say EAGAIN (unless a FIN waits).
-            if !peerFinPending && !readToEnd && cshim_tls_drained(t.ssl) != 0 { readReady = false }
+            if !peerFinPending && !readsUntilEagain && cshim_tls_drained(t.ssl) != 0 { readReady = false }
         } else if n == 0 {
             readEOF = true
             readReady = false
