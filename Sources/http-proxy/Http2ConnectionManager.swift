@@ -997,8 +997,9 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
             guard let s = h.stream, !h.resetSent else { continue }
             if s.done {
                 // The response is all handed over but waits for the client's window: the stream
-                // idle timeout still applies until nghttp2 closes the stream.
-                if h.streamIdleMs > 0 && !h.localEnded {
+                // idle timeout still applies until nghttp2 closes the stream. So it does to a
+                // tunnel whose host half-closed while its client stays silent.
+                if h.streamIdleMs > 0 && (!h.localEnded || (h.tunnel != nil && !h.remoteEnded)) {
                     let d = h.lastActivityMs &+ h.streamIdleMs
                     if now >= d {
                         worker.stats.inc(stats.downstreamRqIdleTimeout)

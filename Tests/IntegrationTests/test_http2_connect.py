@@ -280,3 +280,30 @@ def test_connect_forwarding_to_an_http2_cluster_is_refused_locally():
                 assert t.streams[sid]["status"] == "501" and o.accepted == 0
             finally:
                 t.close()
+
+
+def test_a_tunnel_half_closed_by_its_host_is_still_bounded_by_stream_idle_timeout():
+    # The host sends and closes; the client never ends its side: stream_idle_timeout must still
+    # release the stream and the host's connection (one client could otherwise pin them all).
+    def hello_then_fin(c, server):
+        c.sendall(b"hello")
+        c.shutdown(socket.SHUT_WR)
+        c.settimeout(30)
+        while c.recv(65536):
+            pass
+    with Server(hello_then_fin) as host:
+        cfg = http_config("""      stream_idle_timeout: 1s
+      routes:
+        - match: { connect_matcher: {} }
+          cluster: host""", {"host": host.endpoint})
+        with Proxy("http-proxy", config=cfg) as p:
+            t = Tunnels(p)
+            try:
+                sid = t.open("h.test:1", end=False)
+                t.run_until(lambda: t.streams[sid]["reset"] is not None, timeout=10, what="the silent half-closed tunnel reset")
+                assert bytes(t.streams[sid]["got"]) == b"hello" and t.streams[sid]["ended"], t.state()
+                wait_for(lambda: p.stat("http.main.downstream_cx_upgrades_active") == 0 and p.stat("cluster.host.upstream_cx_active") == 0,
+                         what="the tunnel and the host's connection released")
+                assert p.stat("http.main.downstream_rq_idle_timeout") == 1
+            finally:
+                t.close()
