@@ -108,10 +108,10 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
     private var finalGoawaySent = false
     /// Error codes of GOAWAYs this code submitted and not yet seen sent (others are nghttp2's own).
     private var ownGoaways: [UInt32] = []
-    private lazy var flood = settings.http2.floodGuard
+    private var flood: Http2FloodGuard
     /// `connection_keepalive`: PINGs to the client. They and their ACKs are not activity: a
     /// connection with no stream still idles out.
-    private lazy var keepalive = Http2Keepalive(settings.http2.connectionKeepalive)
+    private var keepalive: Http2Keepalive
     /// The read being processed began a frame other than PING, or carried DATA.
     private var readSawOther = false
     /// A limit tripped inside a callback: the counter and code `fatal` uses.
@@ -132,6 +132,8 @@ final class Http2ConnectionManager: ReadFilter, ConnectionCallbacks, ActiveSessi
         self.connection = connection
         self.context = context
         cxStats = factory.stats
+        flood = factory.settings.http2.floodGuard
+        keepalive = Http2Keepalive(factory.settings.http2.connectionKeepalive)
         tracker = FactoryTracker(worker: worker, factory: factory, context: context)
         out = Buffer(pool: worker.blocks)
         scratch = Buffer(pool: worker.blocks)
