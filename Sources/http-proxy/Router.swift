@@ -37,6 +37,9 @@ final class Router: HttpDecoderFilter {
     private var replay: Buffer?
     private var replayable = true
     private var globalDeadline: UInt64 = 0
+    /// The route timeout of a request still arriving: it starts when the request has ended
+    /// (Envoy's), so a slow upload is not cut by a timeout meant for the response.
+    private var pendingTimeoutMs: UInt64 = 0
     private var perTryDeadline: UInt64 = 0
     private var retryTimer: Timer?
     private var pausedDownstream = false
@@ -127,14 +130,14 @@ final class Router: HttpDecoderFilter {
                 if hasBody { replay = Buffer(pool: worker.blocks) }
             }
             let timeout = stream.isGrpc ? Router.grpcTimeoutMs(f, h) : f.timeoutMs
-            if timeout > 0 { globalDeadline = monotonicMs() &+ timeout }
+            if timeout > 0 { if requestComplete { globalDeadline = monotonicMs() &+ timeout } else { pendingTimeoutMs = timeout } }
             startAttempt()
             return .stopIteration
         }
     }
 
     func decodeData(_ data: Buffer, endStream: Bool) -> FilterDataStatus {
-        if endStream { requestComplete = true }
+        if endStream { requestEnded() }
         if let replay, replayable {
             if replay.count + data.count <= factory.settings.maxRequestBodyBuffer {
                 replay.append(data.readable)
@@ -159,7 +162,7 @@ final class Router: HttpDecoderFilter {
     }
 
     func decodeTrailers(_ t: HeaderMap) -> FilterHeadersStatus {
-        requestComplete = true
+        requestEnded()
         trailers = t
         if let a = attempt, let c = a.client { c.sendTrailers(t) }
         return .stopIteration
@@ -355,7 +358,18 @@ final class Router: HttpDecoderFilter {
     }
 
     /// The response the client gets is complete: no deadline left, the retry slot goes back.
+    /// The client's request is whole: the route timeout starts now.
+    private func requestEnded() {
+        requestComplete = true
+        if pendingTimeoutMs > 0 {
+            globalDeadline = monotonicMs() &+ pendingTimeoutMs
+            pendingTimeoutMs = 0
+            updateDeadline()
+        }
+    }
+
     private func responseDone() {
+        pendingTimeoutMs = 0
         globalDeadline = 0
         perTryDeadline = 0
         stream.routeDeadlineMs = 0

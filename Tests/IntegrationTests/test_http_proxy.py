@@ -352,6 +352,45 @@ def test_route_timeout_gives_504():
             up.results.setdefault("ev", threading.Event()).set()
 
 
+@pytest.mark.parametrize("client", ["http1", "h2"])
+def test_the_route_timeout_starts_when_the_request_has_ended(client):
+    # Envoy's rule: a slow upload (1.5 s here) is not cut by a 500 ms route timeout, which
+    # bounds the wait for the response once the request is whole.
+    with Origin() as o, proxy_for(o, args=["--timeout", "500ms"]) as p:
+        body = b"x" * 10
+        if client == "http1":
+            s = connect(p.addr())
+            s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n")
+            for i in range(10):
+                s.sendall(body[i:i + 1])
+                if i == 9:
+                    break
+                s.settimeout(0.15)  # paces the upload; an early answer (a 504) ends it
+                try:
+                    early = s.recv(65536)
+                except socket.timeout:
+                    continue
+                raise AssertionError(f"answered mid-upload: {early[:60]!r}")
+            s.settimeout(10)
+            status, _, got = read_response(s)
+            s.close()
+        else:
+            from h2_peers import H2Client, H2Stream
+            with H2Client(p.addr()) as c:
+                sid = c.conn.get_next_available_stream_id()
+                c.conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":authority", "t"), (":path", "/echo"),
+                                          ("content-length", "10")])
+                c.streams[sid] = H2Stream(sid, True, True)
+                for i in range(10):
+                    c.conn.send_data(sid, body[i:i + 1], end_stream=i == 9)
+                    c.step(wait=0.15)  # paces the upload, reading meanwhile
+                    assert i == 9 or not c.streams[sid].done, f"answered mid-upload: {c.streams[sid].status}"
+                c.wait_done(sid, timeout=10)
+                status, got = c.streams[sid].status, bytes(c.streams[sid].body)
+        assert status == 200 and json.loads(got)["body_len"] == 10, (status, got[:200])
+        assert p.stat("cluster.upstream.upstream_rq_timeout") == 0
+
+
 def test_slowloris_is_cut_at_the_headers_timeout():
     with Origin() as o:
         cfg = http_config("""      request_headers_timeout: 500ms
